@@ -1,0 +1,1 @@
+"""Anomaly detection methods; each is a Detector returning a Result."""

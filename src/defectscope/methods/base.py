@@ -1,0 +1,40 @@
+"""The Detector protocol and the Result every method returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+
+
+@dataclass
+class Result:
+    """What a detector says about a batch of N images.
+
+    Attributes:
+        paths: the N image paths (as given), in input order.
+        image_scores: (N,) float64, higher = more anomalous.
+        anomaly_maps: (N, S, S) float32 at the model's input resolution S (the square size
+            images were resized to); use :func:`defectscope.report.resize_map` for other sizes.
+        masks: optional (N, S, S) bool, where the method produces a binary decision itself.
+        settings: everything that produced the result (method, backbone, version, parameters).
+        extras: method-specific diagnostics (e.g. CoDeGraph communities), JSON-serialisable.
+    """
+
+    paths: list[str]
+    image_scores: np.ndarray
+    anomaly_maps: np.ndarray
+    masks: np.ndarray | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class Detector(Protocol):
+    """A method. Zero-shot methods need no ``fit``; trained methods learn in ``fit``."""
+
+    def fit(self, images: Sequence[np.ndarray]) -> "Detector":
+        ...
+
+    def predict(self, images: Sequence[np.ndarray], paths: Sequence[str] | None = None) -> Result:
+        ...
