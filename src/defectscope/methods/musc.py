@@ -1,0 +1,339 @@
+"""MuSc: zero-shot anomaly classification and segmentation by mutual scoring.
+
+The unlabeled batch scores itself: a normal patch finds close patches in many other images of
+the batch, a defective patch in few. Three pure tensor steps, each usable on its own:
+
+- :func:`lnamd` — local neighbourhood aggregation with multiple degrees (per layer, per r);
+- :func:`mutual_scores` — the mutual scoring mechanism (MSM) on one (N, L, C) feature set;
+- :func:`rscin` — re-scoring image scores over a constrained image-level neighbourhood.
+
+:class:`MuSc` chains them on top of a backbone and returns a :class:`Result`.
+
+Exactness and speed of MSM: for unit vectors ``||a - b|| = sqrt(2 - 2 a.b)``, so the nearest
+patch of image j for every patch of image i is a row maximum of the similarity block
+``Z_i Z_j^T``; the same block's column maxima serve the opposite direction (j to i). Each
+unordered image pair therefore costs one L x L matrix product and two reductions, instead of two
+L x L distance matrices. Peak working memory of the pairwise part is one L x L block per
+pair being reduced (4 L^2 bytes), independent of N; the per-image nearest-distance table that
+MSM (and CoDeGraph) needs holds N x N x L float32 values.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from defectscope import __version__
+from defectscope.errors import ConfigError
+from defectscope.methods.base import Result
+
+ProgressCallback = Callable[[str, int, int], None]
+"""Called as ``progress(stage, done, total)`` during long work."""
+
+SMALL_BATCH_WARNING = 20
+
+
+def _check_interval(lower: float, upper: float) -> None:
+    if not (0.0 <= lower < upper <= 1.0):
+        raise ConfigError(
+            f"scoring interval [{lower}, {upper}) is invalid: need 0 <= lower < upper <= 1"
+        )
+
+
+def interval_bounds(num_references: int, lower: float, upper: float) -> tuple[int, int]:
+    """Rank range [start, end) of the sorted per-image distances that MSM averages.
+
+    ``start = floor(lower * M)``, ``end = floor(upper * M)`` for M = N - 1 reference images,
+    widened so that at least one value is used (small batches) and clipped to M.
+    """
+    _check_interval(lower, upper)
+    if num_references < 1:
+        raise ConfigError("mutual scoring needs at least 2 images (1 reference per image)")
+    start = min(int(math.floor(lower * num_references)), num_references - 1)
+    end = min(int(math.floor(upper * num_references)), num_references)
+    return start, max(end, start + 1)
+
+
+def lnamd(
+    feature_map: torch.Tensor, degrees: Sequence[int] = (1, 3, 5), *, count_include_pad: bool = False
+) -> list[torch.Tensor]:
+    """Local neighbourhood aggregation with multiple degrees.
+
+    ``feature_map`` is (N, C, h, w). Each image's map is standardised over (C, h, w) (a
+    LayerNorm without affine parameters); for each degree r it is averaged over r x r
+    neighbourhoods (stride 1, same grid; at borders only the cells inside the grid count unless
+    ``count_include_pad``), then every patch vector is L2-normalised. Returns one (N, h*w, C)
+    tensor per degree.
+    """
+    if feature_map.ndim != 4:
+        raise ConfigError(f"lnamd expects an (N, C, h, w) tensor, got shape {tuple(feature_map.shape)}")
+    x = F.layer_norm(feature_map.float(), feature_map.shape[1:])
+    out = []
+    for r in degrees:
+        if r < 1 or r % 2 == 0:
+            raise ConfigError(f"aggregation degree {r} is invalid: degrees must be odd and >= 1")
+        y = x if r == 1 else F.avg_pool2d(x, r, stride=1, padding=r // 2, count_include_pad=count_include_pad)
+        y = y.flatten(2).transpose(1, 2)
+        out.append(F.normalize(y, dim=-1).contiguous())
+    return out
+
+
+def nearest_similarities(features: torch.Tensor, *, progress: Callable[[int], None] | None = None) -> torch.Tensor:
+    """For each ordered pair (i, j), i != j, and patch p of image i: max_q <z_i(p), z_j(q)>.
+
+    ``features``: (N, L, C) L2-normalised. Returns (N, N, L) with the diagonal set to -inf.
+    One L x L product per unordered pair; its row maxima give i -> j and its column maxima
+    give j -> i. ``progress(pairs_done)`` is called after each row of pairs.
+    """
+    n, length, _ = features.shape
+    table = torch.empty(n, n, length, dtype=torch.float32, device=features.device)
+    table[torch.arange(n), torch.arange(n)] = -math.inf
+    z = features.float()
+    done = 0
+    for i in range(n - 1):
+        zi = z[i]
+        for j in range(i + 1, n):
+            block = zi @ z[j].T
+            table[i, j] = block.amax(dim=1)
+            table[j, i] = block.amax(dim=0)
+        done += n - 1 - i
+        if progress is not None:
+            progress(done)
+    return table
+
+
+def similarities_to_distances(similarities: torch.Tensor) -> torch.Tensor:
+    """Euclidean distance of unit vectors from their cosine: sqrt(max(2 - 2 s, 0)); -inf -> inf."""
+    return torch.sqrt(torch.clamp(2.0 - 2.0 * similarities, min=0.0))
+
+
+def interval_mean(distances: torch.Tensor, lower: float = 0.0, upper: float = 0.3) -> torch.Tensor:
+    """MSM reduction: (N, N, L) per-image nearest distances (diagonal inf) -> (N, L) scores.
+
+    For each patch the N - 1 distances to the other images are sorted ascending and the values
+    whose rank lies in [floor(lower (N-1)), floor(upper (N-1))) are averaged (at least one).
+    """
+    n = distances.shape[0]
+    start, end = interval_bounds(n - 1, lower, upper)
+    smallest = torch.topk(distances, end, dim=1, largest=False, sorted=True).values
+    return smallest[:, start:end].mean(dim=1)
+
+
+def mutual_scores(
+    features: torch.Tensor,
+    lower: float = 0.0,
+    upper: float = 0.3,
+    *,
+    progress: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """Mutual scoring of a batch: (N, L, C) L2-normalised patch features -> (N, L) patch scores.
+
+    Patch p of image i gets, for every other image j, the distance to its nearest patch of j;
+    these N - 1 values are sorted and the mean of those whose rank lies in the interval
+    [floor(lower (N-1)), floor(upper (N-1))) is the score (at least one value is used).
+    """
+    if features.ndim != 3:
+        raise ConfigError(f"mutual_scores expects an (N, L, C) tensor, got shape {tuple(features.shape)}")
+    if features.shape[0] < 2:
+        raise ConfigError(f"mutual scoring needs at least 2 images, got {features.shape[0]}")
+    _check_interval(lower, upper)
+    distances = similarities_to_distances(nearest_similarities(features, progress=progress))
+    return interval_mean(distances, lower, upper)
+
+
+def rscin(scores: torch.Tensor | np.ndarray, embeddings: torch.Tensor | np.ndarray, ks: Sequence[int] = (1, 2, 3)) -> np.ndarray:
+    """Re-scoring with a constrained image-level neighbourhood.
+
+    ``scores`` (N,) are min-max normalised to s; W = E E^T from the (N, D) L2-normalised
+    embeddings. For each k, every row of W keeps its k largest entries (the image itself
+    included), the rest are zeroed, rows are normalised to sum 1 and P_k s is computed; the
+    result is the mean over k of P_k s. k = 1 is the identity; k is capped at N.
+    """
+    s = torch.as_tensor(np.asarray(scores, dtype=np.float64))
+    e = F.normalize(torch.as_tensor(np.asarray(embeddings, dtype=np.float64)), dim=1)
+    n = s.shape[0]
+    if e.shape[0] != n:
+        raise ConfigError(f"rscin got {n} scores but {e.shape[0]} embeddings")
+    if not ks:
+        raise ConfigError("rscin needs at least one k")
+    span = s.max() - s.min() if n else torch.tensor(0.0)
+    s = (s - s.min()) / span if n and span > 0 else torch.zeros_like(s)
+    similarity = e @ e.T
+    similarity.fill_diagonal_(math.inf)
+    result = torch.zeros_like(s)
+    for k in ks:
+        if k < 1:
+            raise ConfigError(f"rscin k must be >= 1, got {k}")
+        k = min(k, n)
+        top = torch.topk(similarity, k, dim=1)
+        weights = top.values.clone()
+        weights[:, 0] = 1.0
+        weights = torch.clamp(weights, min=0.0)
+        weights = weights / weights.sum(dim=1, keepdim=True)
+        result += (weights * s[top.indices]).sum(dim=1)
+    return (result / len(ks)).numpy()
+
+
+@dataclass(frozen=True)
+class MuScConfig:
+    """MuSc settings; the defaults are the authors' where they exist, else chosen by measurement.
+
+    Attributes:
+        backbone: registry name of the feature extractor.
+        weights: local weights folder for hub backbones (None: the embedded or hub default).
+        image_size: square input size (None: the backbone's documented default).
+        layers: backbone layers to use (None: the backbone's default layers).
+        degrees: LNAMD aggregation degrees r.
+        lower, upper: MSM scoring interval [lower, upper) over the sorted per-image distances.
+        rscin_ks: RsCIN neighbourhood sizes (k = 1 is the identity).
+        smoothing_sigma: Gaussian blur of the anomaly maps in input pixels (0 = none).
+        count_include_pad: LNAMD border handling (False: average only cells inside the grid).
+        batch_size: images per backbone forward pass.
+    """
+
+    backbone: str = "efficientnet-lite0"
+    weights: str | None = None
+    image_size: int | None = None
+    layers: tuple[str | int, ...] | None = None
+    degrees: tuple[int, ...] = (1, 3, 5)
+    lower: float = 0.0
+    upper: float = 0.3
+    rscin_ks: tuple[int, ...] = (1, 2, 3)
+    smoothing_sigma: float = 0.0
+    count_include_pad: bool = False
+    batch_size: int = 8
+
+    def validate(self) -> None:
+        _check_interval(self.lower, self.upper)
+        if not self.degrees or any(r < 1 or r % 2 == 0 for r in self.degrees):
+            raise ConfigError(f"aggregation degrees {self.degrees} are invalid: need odd values >= 1")
+        if not self.rscin_ks or any(k < 1 for k in self.rscin_ks):
+            raise ConfigError(f"RsCIN k list {self.rscin_ks} is invalid: need values >= 1")
+        if self.smoothing_sigma < 0:
+            raise ConfigError(f"smoothing sigma must be >= 0, got {self.smoothing_sigma}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch size must be >= 1, got {self.batch_size}")
+
+
+def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of (N, H, W) maps (radius 4 sigma, reflect padding)."""
+    if sigma <= 0:
+        return maps
+    radius = max(1, int(math.ceil(4 * sigma)))
+    radius = min(radius, maps.shape[-1] - 1, maps.shape[-2] - 1)
+    offsets = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    x = maps.unsqueeze(1)
+    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="reflect"), kernel.view(1, 1, 1, -1))
+    x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode="reflect"), kernel.view(1, 1, -1, 1))
+    return x.squeeze(1)
+
+
+@dataclass
+class MuScScores:
+    """Intermediate MuSc output, kept for methods that build on it (CoDeGraph)."""
+
+    patch_scores: torch.Tensor
+    grid: tuple[int, int]
+    embeddings: torch.Tensor
+    feature_sets: list[torch.Tensor] = field(default_factory=list)
+
+
+class MuSc:
+    """Zero-shot detector: scores an unlabeled batch by mutual scoring (no fit needed)."""
+
+    method = "musc"
+
+    def __init__(self, config: MuScConfig | None = None, backbone=None) -> None:
+        self.config = config or MuScConfig()
+        self.config.validate()
+        self._backbone = backbone
+
+    @property
+    def backbone(self):
+        if self._backbone is None:
+            from defectscope.backbones import get_backbone
+
+            cfg = self.config
+            layers = list(cfg.layers) if cfg.layers is not None else None
+            self._backbone = get_backbone(cfg.backbone, weights=cfg.weights, image_size=cfg.image_size, layers=layers)
+        return self._backbone
+
+    def fit(self, images: Sequence[np.ndarray]) -> "MuSc":
+        """Zero-shot: nothing to learn. Present for the common Detector interface."""
+        return self
+
+    def settings(self) -> dict:
+        backbone = self.backbone
+        return {
+            "method": self.method,
+            "version": __version__,
+            **asdict(self.config),
+            "image_size": backbone.image_size,
+            "layers": list(backbone.layer_names),
+        }
+
+    def feature_sets(self, images: Sequence[np.ndarray], progress: ProgressCallback | None = None) -> tuple[list[torch.Tensor], tuple[int, int], torch.Tensor]:
+        """Backbone features -> LNAMD feature sets, one (N, L, C) per (layer, degree)."""
+        from defectscope.methods.features import extract_in_batches
+
+        features = extract_in_batches(self.backbone, images, self.config.batch_size, progress)
+        sets = []
+        for layer in features.layers:
+            sets.extend(lnamd(layer, self.config.degrees, count_include_pad=self.config.count_include_pad))
+        return sets, features.grid, features.embedding
+
+    def patch_scores(self, images: Sequence[np.ndarray], progress: ProgressCallback | None = None) -> MuScScores:
+        """Features and MSM patch scores (N, L), averaged over layers and degrees."""
+        n = len(images)
+        if n < 2:
+            raise ConfigError(f"mutual scoring needs at least 2 images, got {n}")
+        if n < SMALL_BATCH_WARNING:
+            warnings.warn(
+                f"mutual scoring of only {n} images: results are more reliable with about "
+                f"{SMALL_BATCH_WARNING} or more images of the same product",
+                stacklevel=2,
+            )
+        sets, grid, embeddings = self.feature_sets(images, progress)
+        pairs = n * (n - 1) // 2
+        total = pairs * len(sets)
+        accumulated = torch.zeros(n, sets[0].shape[1])
+        for index, feature_set in enumerate(sets):
+            report = None
+            if progress is not None:
+                report = lambda done, base=index * pairs: progress("scoring", base + done, total)  # noqa: E731
+            accumulated += mutual_scores(feature_set, self.config.lower, self.config.upper, progress=report)
+        return MuScScores(accumulated / len(sets), grid, embeddings, sets)
+
+    def maps_from_patch_scores(self, patch_scores: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """(N, L) patch scores -> (N, S, S) anomaly maps at the input resolution."""
+        size = self.backbone.image_size
+        maps = patch_scores.view(-1, 1, *grid)
+        maps = F.interpolate(maps, size=(size, size), mode="bilinear", align_corners=True).squeeze(1)
+        return gaussian_blur(maps, self.config.smoothing_sigma)
+
+    def predict(
+        self,
+        images: Sequence[np.ndarray],
+        paths: Sequence[str] | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> Result:
+        """Score the batch: anomaly maps, image scores (max of map, then RsCIN)."""
+        scores = self.patch_scores(images, progress)
+        maps = self.maps_from_patch_scores(scores.patch_scores, scores.grid)
+        raw = maps.flatten(1).amax(dim=1)
+        image_scores = rscin(raw, scores.embeddings, self.config.rscin_ks)
+        return Result(
+            paths=[str(p) for p in (paths if paths is not None else range(len(images)))],
+            image_scores=np.asarray(image_scores, dtype=np.float64),
+            anomaly_maps=maps.numpy().astype(np.float32),
+            settings=self.settings(),
+            extras={"raw_image_scores": raw.tolist()},
+        )

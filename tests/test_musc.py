@@ -1,0 +1,114 @@
+"""MuSc math: LNAMD, mutual scoring and RsCIN against straightforward references."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from defectscope.errors import ConfigError
+from defectscope.methods.musc import MuScConfig, interval_bounds, lnamd, mutual_scores, rscin
+
+
+def reference_mutual_scores(features: torch.Tensor, lower: float, upper: float) -> torch.Tensor:
+    """The authors' formulation: every ordered pair separately, explicit distances, float64."""
+    z = features.double()
+    n, length, _ = z.shape
+    scores = torch.empty(n, length, dtype=torch.float64)
+    m = n - 1
+    start, end = int(math.floor(lower * m)), int(math.floor(upper * m))
+    start = min(start, m - 1)
+    end = max(min(end, m), start + 1)
+    for i in range(n):
+        per_image = []
+        for j in range(n):
+            if j != i:
+                per_image.append(torch.cdist(z[i], z[j]).min(dim=1).values)
+        ordered = torch.stack(per_image, dim=1).sort(dim=1).values
+        scores[i] = ordered[:, start:end].mean(dim=1)
+    return scores
+
+
+@pytest.mark.parametrize(
+    "n,length,channels,lower,upper",
+    [(2, 5, 3, 0.0, 0.3), (3, 16, 8, 0.0, 0.3), (7, 9, 4, 0.0, 0.5), (12, 20, 16, 0.1, 0.4), (25, 12, 6, 0.0, 0.3), (10, 30, 32, 0.5, 1.0)],
+)
+def test_mutual_scores_match_per_pair_reference(n, length, channels, lower, upper):
+    generator = torch.Generator().manual_seed(n * 1000 + length)
+    features = F.normalize(torch.randn(n, length, channels, generator=generator), dim=-1)
+    fast = mutual_scores(features, lower, upper)
+    slow = reference_mutual_scores(features, lower, upper)
+    assert fast.shape == (n, length)
+    assert torch.allclose(fast.double(), slow, atol=1e-4, rtol=0)
+
+
+def test_mutual_scores_duplicate_images_score_zero_and_outlier_high():
+    generator = torch.Generator().manual_seed(0)
+    base = F.normalize(torch.randn(1, 10, 8, generator=generator), dim=-1).repeat(6, 1, 1)
+    base[3, 4] = F.normalize(torch.randn(8, generator=generator), dim=0)
+    scores = mutual_scores(base)
+    assert torch.isfinite(scores).all()
+    assert scores[3, 4] == scores.max()
+    others = torch.ones_like(scores, dtype=torch.bool)
+    others[3, 4] = False
+    assert scores[others].max() < 1e-3
+
+
+def test_interval_bounds_small_batches_use_at_least_one_value():
+    assert interval_bounds(1, 0.0, 0.3) == (0, 1)
+    assert interval_bounds(3, 0.0, 0.3) == (0, 1)
+    assert interval_bounds(10, 0.0, 0.3) == (0, 3)
+    assert interval_bounds(9, 0.5, 0.6) == (4, 5)
+    assert interval_bounds(4, 0.9, 1.0) == (3, 4)
+
+
+def test_mutual_scores_refuses_single_image_and_bad_interval():
+    with pytest.raises(ConfigError, match="at least 2 images"):
+        mutual_scores(torch.ones(1, 4, 3))
+    with pytest.raises(ConfigError, match="interval"):
+        mutual_scores(torch.ones(3, 4, 3), 0.5, 0.2)
+
+
+def test_lnamd_hand_computed_case():
+    feature_map = torch.arange(2 * 3 * 3, dtype=torch.float32).view(1, 2, 3, 3)
+    r1, r3 = lnamd(feature_map, (1, 3))
+    standardised = (feature_map - feature_map.mean()) / feature_map.std(unbiased=False)
+    centre_channels = standardised[0, :, 1, 1]
+    assert torch.allclose(r1[0, 4], F.normalize(centre_channels, dim=0), atol=1e-5)
+    corner_mean = standardised[0, :, :2, :2].mean(dim=(1, 2))
+    assert torch.allclose(r3[0, 0], F.normalize(corner_mean, dim=0), atol=1e-5)
+    centre_mean = standardised[0].mean(dim=(1, 2))
+    assert torch.allclose(r3[0, 4], F.normalize(centre_mean, dim=0), atol=1e-5)
+    assert r3.shape == (1, 9, 2)
+    assert torch.allclose(r3.norm(dim=-1), torch.ones(1, 9))
+
+
+def test_lnamd_rejects_even_degree():
+    with pytest.raises(ConfigError, match="odd"):
+        lnamd(torch.ones(1, 2, 3, 3), (2,))
+
+
+def test_rscin_hand_computed_case():
+    scores = np.array([0.0, 1.0, 2.0, 4.0])
+    embeddings = np.array([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [0.6, 0.8]])
+    s = scores / 4.0
+    # row-wise similarities: 0:[1,.8,0,.6] 1:[.8,1,.6,.96] 2:[0,.6,1,.8] 3:[.6,.96,.8,1]
+    k2 = np.array([(1 * s[0] + 0.8 * s[1]) / 1.8, (1 * s[1] + 0.96 * s[3]) / 1.96, (1 * s[2] + 0.8 * s[3]) / 1.8, (1 * s[3] + 0.96 * s[1]) / 1.96])
+    expected = (s + k2) / 2
+    assert np.allclose(rscin(scores, embeddings, (1, 2)), expected, atol=1e-12)
+    assert np.allclose(rscin(scores, embeddings, (1,)), s)
+
+
+def test_rscin_constant_scores_and_large_k():
+    out = rscin(np.ones(3), np.eye(3), (1, 2, 10))
+    assert np.all(np.isfinite(out)) and np.allclose(out, 0.0)
+
+
+def test_config_validation():
+    with pytest.raises(ConfigError):
+        MuScConfig(degrees=(2,)).validate()
+    with pytest.raises(ConfigError):
+        MuScConfig(lower=0.4, upper=0.3).validate()
