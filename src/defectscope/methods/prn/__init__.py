@@ -1,0 +1,26 @@
+"""PRN: prototypical residual network for supervised few-shot defect segmentation."""
+
+from defectscope.methods.prn.detector import PRN, PRNConfig, PRNProgress, multiscale_features
+from defectscope.methods.prn.export import export_onnx
+from defectscope.methods.prn.generate import (
+    AnomalyGenerator,
+    estimate_foreground,
+    paste_real_defect,
+    perlin_noise,
+    pseudo_defect,
+)
+from defectscope.methods.prn.protocol import kshot_split
+
+__all__ = [
+    "PRN",
+    "PRNConfig",
+    "PRNProgress",
+    "AnomalyGenerator",
+    "estimate_foreground",
+    "export_onnx",
+    "kshot_split",
+    "multiscale_features",
+    "paste_real_defect",
+    "perlin_noise",
+    "pseudo_defect",
+]

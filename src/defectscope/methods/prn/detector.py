@@ -1,0 +1,420 @@
+"""PRN detector: configuration, training (seeded, resumable), prediction, save and load.
+
+Training data: normal images plus a few real defective images with masks. Every epoch draws
+``samples_per_epoch`` samples balanced as ``shares`` (default 50 % normal, 25 % real defects
+pasted onto normal images, 25 % Perlin pseudo defects; see :mod:`.generate`). Backbone features of
+the normal images are computed once and cached (float16); only generated images go through the
+frozen backbone during training. Randomness of epoch ``e`` comes from the seed pair
+``(seed, e)``, so a run resumed from a checkpoint continues exactly as an uninterrupted one.
+
+The image score is the mean of the ``top_k`` highest pixel scores (default 100 pixels, about
+0.15 % of a 256 x 256 map: large enough to ignore a single hot pixel, small enough for tiny
+defects).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from defectscope import __version__
+from defectscope.errors import ConfigError, ModelFileError
+from defectscope.methods.base import Result
+from defectscope.methods.modelfile import load_model, save_model
+from defectscope.methods.prn.generate import AnomalyGenerator, epoch_plan
+from defectscope.methods.prn.model import PRNHead, build_prototypes, prn_loss, prototype_count, top_k_mean
+
+METHOD = "prn"
+CHECKPOINT_METHOD = "prn-checkpoint"
+
+
+@dataclass(frozen=True)
+class PRNConfig:
+    """PRN settings (defaults fit a ~20 min CPU budget per category on 2 cores).
+
+    Attributes:
+        backbone: backbone registry name (frozen feature extractor).
+        backbone_weights: optional local weights file for the backbone.
+        image_size: square input size S; maps are S x S.
+        layers: backbone layers, finest first, at strides that double (4/8/16).
+        prototype_fraction: prototypes per scale as a fraction of the normal images (at least 1).
+        max_prototypes: upper bound on prototypes per scale.
+        widths: hidden channels of the head per scale.
+        attention_scales: scales (0 = finest) whose residuals get multi-size window attention.
+        attention_divisors: attention window sides as divisors of the scale's side (H, H/2, ...).
+        epochs: training epochs.
+        samples_per_epoch: samples per epoch (None: one per normal image).
+        batch_size: training and prediction batch size.
+        learning_rate: AdamW peak learning rate (cosine decay to 0 over all steps).
+        weight_decay: AdamW weight decay.
+        focal_gamma: focal-loss gamma.
+        top_k: pixels averaged for the image score.
+        shares: (normal, real pasted, pseudo) share of each epoch's samples.
+        seed: seed for prototypes, initialisation, sampling and generation.
+    """
+
+    backbone: str = "efficientnet-lite0"
+    backbone_weights: str | None = None
+    image_size: int = 256
+    layers: tuple[str, ...] = ("stride4", "stride8", "stride16")
+    prototype_fraction: float = 0.1
+    max_prototypes: int = 32
+    widths: tuple[int, ...] = (32, 48, 64)
+    attention_scales: tuple[int, ...] = (1, 2)
+    attention_divisors: tuple[int, ...] = (1, 2, 4, 8)
+    epochs: int = 10
+    samples_per_epoch: int | None = 320
+    batch_size: int = 8
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-4
+    focal_gamma: float = 4.0
+    top_k: int = 100
+    shares: tuple[float, float, float] = (0.5, 0.25, 0.25)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.image_size <= 0 or self.image_size % 32 != 0:
+            raise ConfigError(f"PRN image_size must be a positive multiple of 32, got {self.image_size}.")
+        if len(self.layers) < 2:
+            raise ConfigError(f"PRN needs at least two backbone layers (multi-scale), got {list(self.layers)}.")
+        if len(self.widths) != len(self.layers):
+            raise ConfigError(f"PRN widths {list(self.widths)} need one entry per layer {list(self.layers)}.")
+        if not 0 < self.prototype_fraction <= 1:
+            raise ConfigError(f"PRN prototype_fraction must be in (0, 1], got {self.prototype_fraction}.")
+        for name in ("max_prototypes", "epochs", "batch_size", "top_k"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"PRN {name} must be at least 1, got {getattr(self, name)}.")
+        if self.samples_per_epoch is not None and self.samples_per_epoch < 1:
+            raise ConfigError(f"PRN samples_per_epoch must be at least 1, got {self.samples_per_epoch}.")
+        if len(self.shares) != 3 or min(self.shares) < 0 or sum(self.shares) <= 0:
+            raise ConfigError(f"PRN shares must be three non-negative numbers (normal, real, pseudo), got {self.shares}.")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"PRN learning_rate must be positive, got {self.learning_rate}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict of the settings."""
+        return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "PRNConfig":
+        """Inverse of :meth:`to_dict`; unknown keys fail clearly."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ModelFileError(f"PRN config has unknown settings {unknown}; it was made by another version.")
+        converted = {key: tuple(value) if isinstance(value, list) else value for key, value in values.items()}
+        return cls(**converted)
+
+
+@dataclass
+class PRNProgress:
+    """A progress report: stage ("features", "prototypes", "train"), done of total, last loss."""
+
+    stage: str
+    done: int
+    total: int
+    loss: float | None = None
+    epoch: int | None = None
+
+
+ProgressCallback = Callable[[PRNProgress], None]
+
+
+def _layer_strides(layer_names: Sequence[str]) -> list[int]:
+    strides = []
+    for position, name in enumerate(layer_names):
+        match = re.fullmatch(r"stride(\d+)", str(name))
+        strides.append(int(match.group(1)) if match else 4 * 2**position)
+    return strides
+
+
+def multiscale_features(backbone: Any, batch: torch.Tensor) -> list[torch.Tensor]:
+    """Backbone features at their own strides (finest first) for a normalised batch.
+
+    Uses the backbone's native stage outputs when it exposes them (``model.forward_blocks``);
+    otherwise takes ``extract()`` (all layers on the finest grid) and average-pools each layer
+    by its stride ratio to the finest layer (ratios from "strideN" layer names, else 1, 2, 4...).
+    """
+    model = getattr(backbone, "model", None)
+    block_indices = getattr(backbone, "_block_indices", None)
+    if model is not None and hasattr(model, "forward_blocks") and block_indices is not None:
+        with torch.no_grad():
+            return [m.detach() for m in model.forward_blocks(batch.to(torch.float32), block_indices)]
+    with torch.no_grad():
+        features = backbone.extract(batch)
+    strides = _layer_strides(features.layer_names)
+    finest = min(strides)
+    maps = []
+    for layer, stride in zip(features.layers, strides):
+        layer = layer.detach().clone()
+        factor = max(1, stride // finest)
+        maps.append(F.avg_pool2d(layer, factor) if factor > 1 else layer)
+    return maps
+
+
+def _default_backbone(config: PRNConfig) -> Any:
+    from defectscope.backbones import get_backbone
+
+    return get_backbone(
+        config.backbone, weights=config.backbone_weights, image_size=config.image_size, layers=list(config.layers)
+    )
+
+
+class PRN:
+    """Prototypical residual network (supervised with a few real anomalies plus generated ones).
+
+    Args:
+        config: settings; see :class:`PRNConfig`.
+        backbone: an already built backbone (default: built from ``config`` via the registry).
+    """
+
+    def __init__(self, config: PRNConfig | None = None, *, backbone: Any | None = None) -> None:
+        self.config = config or PRNConfig()
+        self._backbone = backbone
+        self.head: PRNHead | None = None
+        self.model_info: dict[str, Any] = {}
+        self.losses: list[float] = []
+
+    @property
+    def backbone(self) -> Any:
+        """The frozen backbone (built on first use)."""
+        if self._backbone is None:
+            self._backbone = _default_backbone(self.config)
+        return self._backbone
+
+    def _features(self, images: Sequence[np.ndarray]) -> list[torch.Tensor]:
+        return multiscale_features(self.backbone, self.backbone.preprocess(list(images)))
+
+    def _build_head(self, info: dict[str, Any]) -> PRNHead:
+        return PRNHead(
+            info["in_channels"],
+            info["grid_sizes"],
+            self.config.image_size,
+            info["prototype_count"],
+            widths=self.config.widths,
+            attention_scales=self.config.attention_scales,
+            attention_divisors=self.config.attention_divisors,
+        )
+
+    def fit(
+        self,
+        normal_images: Sequence[np.ndarray],
+        anomalies: Sequence[tuple[np.ndarray, np.ndarray]] = (),
+        *,
+        progress: ProgressCallback | None = None,
+        checkpoint_dir: str | Path | None = None,
+        resume: bool = False,
+    ) -> "PRN":
+        """Train on normal images and real (image, mask) anomalies; checkpoints every epoch.
+
+        With ``resume=True`` and a checkpoint in ``checkpoint_dir``, training continues after the
+        last finished epoch (the checkpoint must come from the same settings).
+        """
+        config = self.config
+        if len(normal_images) == 0:
+            raise ConfigError("PRN needs at least one normal training image.")
+        if resume and checkpoint_dir is None:
+            raise ConfigError("PRN resume=True needs a checkpoint_dir.")
+        report = progress or (lambda event: None)
+        generator = AnomalyGenerator(normal_images, anomalies, image_size=config.image_size)
+        count = len(generator.normals)
+
+        cached: list[list[torch.Tensor]] = []
+        for start in range(0, count, config.batch_size):
+            chunk = generator.normals[start : start + config.batch_size]
+            cached.append([m.to(torch.float16) for m in self._features(chunk)])
+            report(PRNProgress("features", min(start + config.batch_size, count), count))
+        scales = [torch.cat([chunk[s] for chunk in cached]) for s in range(len(cached[0]))]
+        del cached
+
+        info = {
+            "in_channels": [int(m.shape[1]) for m in scales],
+            "grid_sizes": [int(m.shape[-1]) for m in scales],
+            "prototype_count": prototype_count(count, config.prototype_fraction, config.max_prototypes),
+            "backbone": str(getattr(self.backbone, "name", config.backbone)),
+            "layer_names": list(getattr(self.backbone, "layer_names", config.layers)),
+            "normal_images": count,
+            "real_anomalies": len(generator.anomalies),
+        }
+        for side, next_side in zip(info["grid_sizes"], info["grid_sizes"][1:]):
+            if side != 2 * next_side:
+                raise ConfigError(f"PRN layers must halve in resolution scale to scale; got grids {info['grid_sizes']}.")
+
+        torch.manual_seed(config.seed)
+        head = self._build_head(info)
+        optimizer = torch.optim.AdamW(head.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+        samples = config.samples_per_epoch or count
+        steps_per_epoch = math.ceil(samples / config.batch_size)
+        total_steps = steps_per_epoch * config.epochs
+        start_epoch = 0
+        losses: list[float] = []
+        checkpoint = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        if resume and checkpoint is not None and (checkpoint / "config.json").is_file():
+            start_epoch, losses = self._restore_checkpoint(checkpoint, head, optimizer, info)
+        else:
+            report(PRNProgress("prototypes", 0, 1))
+            head.set_prototypes(build_prototypes([m.to(torch.float32) for m in scales], info["prototype_count"], seed=config.seed))
+            report(PRNProgress("prototypes", 1, 1))
+
+        for epoch in range(start_epoch, config.epochs):
+            rng = np.random.default_rng([config.seed, epoch])
+            plan = epoch_plan(samples, count, bool(generator.anomalies), config.shares, rng)
+            head.train()
+            epoch_losses = []
+            for step in range(steps_per_epoch):
+                global_step = epoch * steps_per_epoch + step
+                for group in optimizer.param_groups:
+                    group["lr"] = config.learning_rate * 0.5 * (1 + math.cos(math.pi * global_step / total_steps))
+                batch_plan = plan[step * config.batch_size : (step + 1) * config.batch_size]
+                generated = [generator.make(index, kind, rng) if kind != "normal" else None for index, kind in batch_plan]
+                fresh = [g.image for g in generated if g is not None]
+                fresh_features = self._features(fresh) if fresh else []
+                features = [[] for _ in scales]
+                masks = []
+                fresh_position = 0
+                for (index, _kind), sample in zip(batch_plan, generated):
+                    for s in range(len(scales)):
+                        if sample is None:
+                            features[s].append(scales[s][index].to(torch.float32))
+                        else:
+                            features[s].append(fresh_features[s][fresh_position])
+                    if sample is None:
+                        masks.append(np.zeros((config.image_size, config.image_size), dtype=np.float32))
+                    else:
+                        masks.append(sample.mask.astype(np.float32))
+                        fresh_position += 1
+                inputs = [torch.stack(f) for f in features]
+                target = torch.from_numpy(np.stack(masks)).unsqueeze(1)
+                loss = prn_loss(head(*inputs), target, config.focal_gamma)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                epoch_losses.append(float(loss.detach()))
+                report(PRNProgress("train", epoch * steps_per_epoch + step + 1, total_steps, epoch_losses[-1], epoch))
+            losses.append(float(np.mean(epoch_losses)))
+            if checkpoint is not None:
+                self._save_checkpoint(checkpoint, head, optimizer, info, epoch + 1, losses)
+        head.eval()
+        self.head = head
+        self.model_info = info
+        self.losses = losses
+        return self
+
+    def _save_checkpoint(
+        self,
+        folder: Path,
+        head: PRNHead,
+        optimizer: torch.optim.Optimizer,
+        info: dict[str, Any],
+        epochs_done: int,
+        losses: list[float],
+    ) -> None:
+        tensors = {f"head.{name}": value for name, value in head.state_dict().items()}
+        state = optimizer.state_dict()
+        for param_id, param_state in state["state"].items():
+            for key, value in param_state.items():
+                tensors[f"optimizer.{param_id}.{key}"] = torch.as_tensor(value)
+        header = {
+            "prn": self.config.to_dict(),
+            "model": info,
+            "epochs_done": epochs_done,
+            "losses": losses,
+            "param_groups": state["param_groups"],
+        }
+        save_model(folder, CHECKPOINT_METHOD, tensors, header, overwrite=True)
+
+    def _restore_checkpoint(
+        self,
+        folder: Path,
+        head: PRNHead,
+        optimizer: torch.optim.Optimizer,
+        info: dict[str, Any],
+    ) -> tuple[int, list[float]]:
+        tensors, header = load_model(folder, CHECKPOINT_METHOD)
+        saved = header["config"]
+        if saved.get("prn") != self.config.to_dict():
+            raise ConfigError(f"checkpoint '{folder}' was made with other PRN settings; resume with the same settings.")
+        if saved.get("model", {}).get("normal_images") != info["normal_images"]:
+            raise ConfigError(f"checkpoint '{folder}' was made from another set of normal images.")
+        head_state = {name[5:]: value for name, value in tensors.items() if name.startswith("head.")}
+        prototypes = [head_state[f"prototypes_{s}"] for s in range(head.scales)]
+        head.set_prototypes(prototypes)
+        head.load_state_dict(head_state)
+        optimizer_state: dict[int, dict[str, torch.Tensor]] = {}
+        for name, value in tensors.items():
+            if name.startswith("optimizer."):
+                _, param_id, key = name.split(".", 2)
+                optimizer_state.setdefault(int(param_id), {})[key] = value
+        optimizer.load_state_dict({"state": optimizer_state, "param_groups": saved["param_groups"]})
+        return int(saved["epochs_done"]), list(saved["losses"])
+
+    def _require_head(self) -> PRNHead:
+        if self.head is None:
+            raise ConfigError("This PRN model is not trained: call fit() or PRN.load() first.")
+        return self.head
+
+    def anomaly_maps(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """Pixel anomaly probabilities (N, S, S) for RGB uint8 images."""
+        head = self._require_head().eval()
+        maps = []
+        with torch.no_grad():
+            for start in range(0, len(images), self.config.batch_size):
+                features = self._features(images[start : start + self.config.batch_size])
+                maps.append(torch.sigmoid(head(*features))[:, 0])
+        return torch.cat(maps)
+
+    def predict(self, images: Sequence[np.ndarray], paths: Sequence[str] | None = None) -> Result:
+        """Anomaly maps (N, S, S) and image scores (mean of the top-k pixel scores)."""
+        if len(images) == 0:
+            raise ConfigError("PRN predict() was given no images.")
+        if paths is not None and len(paths) != len(images):
+            raise ConfigError(f"PRN predict() got {len(images)} images but {len(paths)} paths.")
+        maps = self.anomaly_maps(list(images))
+        scores = top_k_mean(maps, self.config.top_k)
+        return Result(
+            paths=[str(p) for p in paths] if paths is not None else [f"image_{i}" for i in range(len(images))],
+            image_scores=scores.numpy().astype(np.float64),
+            anomaly_maps=maps.numpy().astype(np.float32),
+            settings={
+                "method": METHOD,
+                "backbone": self.model_info.get("backbone", self.config.backbone),
+                "version": __version__,
+                "config": self.config.to_dict(),
+            },
+        )
+
+    def save(self, folder: str | Path, *, overwrite: bool = False) -> Path:
+        """Write the trained model (safetensors + JSON) to ``folder``."""
+        head = self._require_head()
+        header = {"prn": self.config.to_dict(), "model": self.model_info, "losses": self.losses}
+        return save_model(folder, METHOD, dict(head.state_dict()), header, overwrite=overwrite)
+
+    @classmethod
+    def load(cls, folder: str | Path, *, backbone: Any | None = None) -> "PRN":
+        """Load a model written by :meth:`save`; a file from another method or version fails clearly."""
+        tensors, header = load_model(folder, METHOD)
+        saved = header["config"]
+        try:
+            config = PRNConfig.from_dict(saved["prn"])
+            info = saved["model"]
+        except (KeyError, TypeError) as exc:
+            raise ModelFileError(f"model '{folder}' has an incomplete PRN config ({exc}).") from None
+        detector = cls(config, backbone=backbone)
+        head = detector._build_head(info)
+        try:
+            head.set_prototypes([tensors[f"prototypes_{s}"] for s in range(head.scales)])
+            head.load_state_dict(tensors)
+        except (KeyError, RuntimeError) as exc:
+            raise ModelFileError(f"model '{folder}' weights do not match its PRN config: {exc}") from None
+        head.eval()
+        detector.head = head
+        detector.model_info = info
+        detector.losses = list(saved.get("losses", []))
+        return detector

@@ -1,0 +1,79 @@
+"""ONNX export of a trained PRN: normalised image batch -> anomaly maps and image scores.
+
+The exported graph holds the frozen backbone's feature stages, the prototypes, the head and the
+top-k image score. Its input ``image`` is the output of ``backbone.preprocess`` (N, 3, S, S)
+float32; outputs are ``anomaly_map`` (N, S, S) probabilities and ``image_score`` (N,). With
+``include_backbone=False`` the inputs are the multi-scale feature maps instead (``feature_0`` ...,
+finest first), for backbones that cannot be traced.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from defectscope.errors import ConfigError
+from defectscope.methods.prn.model import PRNHead, top_k_mean
+
+
+class _MapsAndScores(nn.Module):
+    def __init__(self, head: PRNHead, top_k: int, backbone: Any | None) -> None:
+        super().__init__()
+        self.head = head
+        self.top_k = top_k
+        self.backbone = backbone
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.backbone is not None:
+            from defectscope.methods.prn.detector import multiscale_features
+
+            inputs = tuple(multiscale_features(self.backbone, inputs[0]))
+        maps = torch.sigmoid(self.head(*inputs))[:, 0]
+        return maps, top_k_mean(maps, self.top_k)
+
+
+def export_onnx(
+    detector: Any, path: str | Path, *, include_backbone: bool = True, batch_size: int = 1, opset: int = 17
+) -> Path:
+    """Write ``detector`` (a trained :class:`~defectscope.methods.prn.PRN`) as ONNX to ``path``.
+
+    The batch dimension is dynamic; ``batch_size`` only sets the tracing example.
+    """
+    head = detector.head
+    if head is None:
+        raise ConfigError("This PRN model is not trained: call fit() or PRN.load() before exporting.")
+    head.eval()
+    size = detector.config.image_size
+    image = torch.zeros(batch_size, 3, size, size)
+    backbone = detector.backbone if include_backbone else None
+    if backbone is not None:
+        example: tuple[torch.Tensor, ...] = (image,)
+        names = ["image"]
+    else:
+        from defectscope.methods.prn.detector import multiscale_features
+
+        example = tuple(multiscale_features(detector.backbone, image))
+        names = [f"feature_{i}" for i in range(len(example))]
+    wrapper = _MapsAndScores(head, detector.config.top_k, backbone).eval()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    dynamic = {name: {0: "batch"} for name in names + ["anomaly_map", "image_score"]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            wrapper,
+            example,
+            str(temporary),
+            input_names=names,
+            output_names=["anomaly_map", "image_score"],
+            dynamic_axes=dynamic,
+            opset_version=opset,
+            dynamo=False,
+        )
+    temporary.replace(path)
+    return path

@@ -1,0 +1,321 @@
+"""Anomaly generation for PRN training: real defects pasted on normal images, and pseudo defects.
+
+All functions work on RGB uint8 images (H, W, 3) that are already at the training size, take a
+``numpy.random.Generator`` for every random choice (so a seed fixes the output), and return the
+exact mask of the pixels they changed.
+
+* :func:`paste_real_defect` cuts a real defect out by its mask, augments it (flips, 90 degree
+  rotations, scale 0.75 to 1.25, brightness/contrast jitter) and pastes it hard (alpha 1) onto a
+  normal image, centred on a foreground pixel. The returned mask is exactly the set of pasted
+  pixels: outside it the image is unchanged, inside it every pixel is the defect's pixel.
+* :func:`pseudo_defect` thresholds seeded Perlin noise into a mask and alpha-blends a procedural
+  texture or a shifted, rotated patch of another normal image into it, with one alpha in
+  [0.5, 1] per defect: inside the mask ``out = round((1 - alpha) * image + alpha * texture)``,
+  outside it the image is unchanged.
+* :func:`estimate_foreground` is the simple object estimate used to place defects "on the
+  object": each pixel's colour distance to the median border colour, split by Otsu's threshold.
+  When the split is weak (the two classes differ by less than 20 grey levels on average, as on
+  textures and on tiles that fill the frame) or the foreground covers less than 5 % of the image,
+  the whole image counts as foreground.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+from skimage.filters import threshold_otsu
+
+
+def perlin_noise(shape: tuple[int, int], cells: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """2-D gradient (Perlin) noise of ``shape`` with ``cells`` lattice cells per axis, in about [-1, 1]."""
+    height, width = shape
+    cells_y, cells_x = max(1, int(cells[0])), max(1, int(cells[1]))
+    angles = rng.uniform(0.0, 2.0 * np.pi, size=(cells_y + 1, cells_x + 1))
+    gradients = np.stack([np.cos(angles), np.sin(angles)], axis=-1)
+    ys = np.linspace(0.0, cells_y, height, endpoint=False)
+    xs = np.linspace(0.0, cells_x, width, endpoint=False)
+    grid_y, grid_x = np.meshgrid(ys, xs, indexing="ij")
+    cell_y, cell_x = grid_y.astype(int), grid_x.astype(int)
+    frac_y, frac_x = grid_y - cell_y, grid_x - cell_x
+
+    def corner(dy: int, dx: int) -> np.ndarray:
+        gradient = gradients[cell_y + dy, cell_x + dx]
+        return gradient[..., 0] * (frac_y - dy) + gradient[..., 1] * (frac_x - dx)
+
+    def fade(t: np.ndarray) -> np.ndarray:
+        return t * t * t * (t * (t * 6 - 15) + 10)
+
+    weight_y, weight_x = fade(frac_y), fade(frac_x)
+    top = corner(0, 0) * (1 - weight_x) + corner(0, 1) * weight_x
+    bottom = corner(1, 0) * (1 - weight_x) + corner(1, 1) * weight_x
+    return (top * (1 - weight_y) + bottom * weight_y) * np.sqrt(2.0)
+
+
+def fractal_noise(shape: tuple[int, int], cells: int, octaves: int, rng: np.random.Generator) -> np.ndarray:
+    """Sum of Perlin octaves (each twice the frequency, half the amplitude), scaled to [0, 1]."""
+    total = np.zeros(shape, dtype=np.float64)
+    amplitude = 1.0
+    for octave in range(octaves):
+        total += amplitude * perlin_noise(shape, (cells * 2**octave, cells * 2**octave), rng)
+        amplitude *= 0.5
+    low, high = total.min(), total.max()
+    return (total - low) / (high - low) if high > low else np.zeros(shape)
+
+
+def estimate_foreground(image: np.ndarray, *, min_separation: float = 20.0) -> np.ndarray:
+    """Boolean foreground estimate: distance to the median border colour, Otsu-thresholded."""
+    rgb = _as_rgb(image).astype(np.float64)
+    border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]], axis=0)
+    distance = np.sqrt(((rgb - np.median(border, axis=0)) ** 2).sum(axis=-1))
+    whole = np.ones(distance.shape, dtype=bool)
+    if distance.max() - distance.min() < 1e-6:
+        return whole
+    threshold = threshold_otsu(distance)
+    foreground = distance > threshold
+    if not foreground.any() or foreground.all():
+        return whole
+    if distance[foreground].mean() - distance[~foreground].mean() < min_separation:
+        return whole
+    foreground = ndimage.binary_opening(foreground, iterations=2)
+    foreground = ndimage.binary_fill_holes(foreground)
+    if foreground.mean() < 0.05:
+        return whole
+    return foreground
+
+
+def _as_rgb(image: np.ndarray) -> np.ndarray:
+    if image.ndim == 2:
+        return np.repeat(image[:, :, None], 3, axis=2)
+    if image.ndim == 3 and image.shape[2] == 1:
+        return np.repeat(image, 3, axis=2)
+    return image
+
+
+def _resize(array: np.ndarray, size: tuple[int, int], nearest: bool = False) -> np.ndarray:
+    """Resize an (H, W[, 3]) uint8 / bool array to (height, width) with PIL."""
+    height, width = size
+    if array.shape[0] == height and array.shape[1] == width:
+        return array
+    if array.dtype == bool:
+        resized = Image.fromarray(array.astype(np.uint8) * 255).resize((width, height), Image.Resampling.NEAREST)
+        return np.asarray(resized) > 127
+    method = Image.Resampling.NEAREST if nearest else Image.Resampling.BILINEAR
+    return np.asarray(Image.fromarray(array).resize((width, height), method))
+
+
+def _sample_centre(allowed: np.ndarray, rng: np.random.Generator) -> tuple[int, int]:
+    ys, xs = np.nonzero(allowed)
+    index = int(rng.integers(len(ys)))
+    return int(ys[index]), int(xs[index])
+
+
+def paste_real_defect(
+    normal: np.ndarray,
+    defect_image: np.ndarray,
+    defect_mask: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    foreground: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cut a real defect out by its mask, augment it, paste it onto ``normal``; -> (image, mask).
+
+    ``defect_image`` and ``defect_mask`` are resized to ``normal``'s size first. The defect is
+    centred on a pixel of ``foreground`` (default: :func:`estimate_foreground` of ``normal``).
+    The returned mask marks exactly the pasted pixels (alpha 1).
+    """
+    normal = _as_rgb(normal)
+    height, width = normal.shape[:2]
+    mask = _resize(np.asarray(defect_mask).astype(bool), (height, width))
+    if not mask.any():
+        return normal.copy(), np.zeros((height, width), dtype=bool)
+    source = _resize(_as_rgb(defect_image), (height, width))
+    ys, xs = np.nonzero(mask)
+    patch = source[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+    patch_mask = mask[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+    if rng.random() < 0.5:
+        patch, patch_mask = patch[:, ::-1], patch_mask[:, ::-1]
+    if rng.random() < 0.5:
+        patch, patch_mask = patch[::-1], patch_mask[::-1]
+    turns = int(rng.integers(4))
+    patch, patch_mask = np.rot90(patch, turns), np.rot90(patch_mask, turns)
+    scale = float(rng.uniform(0.75, 1.25))
+    new_h = int(np.clip(round(patch.shape[0] * scale), 1, height))
+    new_w = int(np.clip(round(patch.shape[1] * scale), 1, width))
+    patch = _resize(np.ascontiguousarray(patch), (new_h, new_w))
+    patch_mask = _resize(np.ascontiguousarray(patch_mask), (new_h, new_w))
+    if not patch_mask.any():
+        return normal.copy(), np.zeros((height, width), dtype=bool)
+    contrast = rng.uniform(0.85, 1.15)
+    brightness = rng.uniform(-15.0, 15.0)
+    mean = patch[patch_mask].mean()
+    patch = np.clip((patch.astype(np.float64) - mean) * contrast + mean + brightness, 0, 255).astype(np.uint8)
+
+    allowed = estimate_foreground(normal) if foreground is None else foreground.astype(bool)
+    if not allowed.any():
+        allowed = np.ones((height, width), dtype=bool)
+    centre_y, centre_x = _sample_centre(allowed, rng)
+    top = int(np.clip(centre_y - new_h // 2, 0, height - new_h))
+    left = int(np.clip(centre_x - new_w // 2, 0, width - new_w))
+
+    output = normal.copy()
+    pasted = np.zeros((height, width), dtype=bool)
+    pasted[top : top + new_h, left : left + new_w] = patch_mask
+    region = output[top : top + new_h, left : left + new_w]
+    region[patch_mask] = patch[patch_mask]
+    return output, pasted
+
+
+def procedural_texture(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """A random RGB uint8 texture: coloured fractal noise, stripes, checks or speckle."""
+    height, width = shape
+    kind = int(rng.integers(4))
+    colour_a = rng.uniform(0, 255, size=3)
+    colour_b = rng.uniform(0, 255, size=3)
+    if kind == 0:
+        weight = fractal_noise(shape, int(rng.integers(2, 9)), 4, rng)
+    elif kind == 1:
+        angle = rng.uniform(0, np.pi)
+        period = rng.uniform(4, 24)
+        ys, xs = np.mgrid[0:height, 0:width]
+        weight = 0.5 + 0.5 * np.sin(2 * np.pi * (xs * np.cos(angle) + ys * np.sin(angle)) / period)
+    elif kind == 2:
+        period = int(rng.integers(4, 24))
+        ys, xs = np.mgrid[0:height, 0:width]
+        weight = (((ys // period) + (xs // period)) % 2).astype(np.float64)
+    else:
+        weight = rng.random(shape)
+        weight = ndimage.gaussian_filter(weight, sigma=rng.uniform(0.5, 2.0))
+        weight = (weight - weight.min()) / max(weight.max() - weight.min(), 1e-9)
+    texture = (1 - weight)[..., None] * colour_a + weight[..., None] * colour_b
+    return np.clip(texture, 0, 255).astype(np.uint8)
+
+
+def perlin_mask(
+    shape: tuple[int, int], rng: np.random.Generator, *, allowed: np.ndarray | None = None, attempts: int = 10
+) -> np.ndarray:
+    """A thresholded Perlin-noise blob mask (inside ``allowed``); never empty unless ``allowed`` is."""
+    height, width = shape
+    allowed_mask = np.ones(shape, dtype=bool) if allowed is None else allowed.astype(bool)
+    for _ in range(attempts):
+        cells = int(2 ** rng.integers(1, 5))
+        noise = perlin_noise(shape, (cells, cells), rng)
+        mask = (noise > rng.uniform(0.35, 0.6)) & allowed_mask
+        if mask.mean() > 0.002:
+            return mask
+    centre_y, centre_x = _sample_centre(allowed_mask, rng)
+    radius = max(2, min(height, width) // 16)
+    ys, xs = np.mgrid[0:height, 0:width]
+    return (((ys - centre_y) ** 2 + (xs - centre_x) ** 2) <= radius**2) & allowed_mask
+
+
+def pseudo_defect(
+    normal: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    other_images: Sequence[np.ndarray] = (),
+    foreground: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Blend a procedural texture (or a patch of another normal image) into a Perlin mask.
+
+    Returns (image, mask, alpha): inside ``mask`` the pixels are
+    ``round((1 - alpha) * normal + alpha * texture)``; outside they are unchanged.
+    """
+    normal = _as_rgb(normal)
+    shape = normal.shape[:2]
+    allowed = estimate_foreground(normal) if foreground is None else foreground.astype(bool)
+    if not allowed.any():
+        allowed = np.ones(shape, dtype=bool)
+    mask = perlin_mask(shape, rng, allowed=allowed)
+    if len(other_images) > 0 and rng.random() < 0.5:
+        other = _resize(_as_rgb(other_images[int(rng.integers(len(other_images)))]), shape)
+        other = np.rot90(other, int(rng.integers(1, 4)))
+        other = _resize(np.ascontiguousarray(other), shape)
+        texture = np.roll(other, (int(rng.integers(shape[0])), int(rng.integers(shape[1]))), axis=(0, 1))
+        texture = np.clip(texture.astype(np.float64) * rng.uniform(0.6, 1.4), 0, 255).astype(np.uint8)
+    else:
+        texture = procedural_texture(shape, rng)
+    alpha = float(rng.uniform(0.5, 1.0))
+    blended = np.rint((1 - alpha) * normal.astype(np.float64) + alpha * texture.astype(np.float64))
+    output = normal.copy()
+    output[mask] = np.clip(blended, 0, 255).astype(np.uint8)[mask]
+    return output, mask, alpha
+
+
+@dataclass
+class GeneratedSample:
+    """One training sample: image (H, W, 3) uint8, mask (H, W) bool, kind and blend alpha."""
+
+    image: np.ndarray
+    mask: np.ndarray
+    kind: str
+    alpha: float
+
+
+KINDS = ("normal", "real", "pseudo")
+
+
+def epoch_plan(
+    count: int, normal_images: int, has_real: bool, shares: Sequence[float], rng: np.random.Generator
+) -> list[tuple[int, str]]:
+    """``count`` (normal-image index, kind) pairs with the kinds in the given shares, shuffled.
+
+    ``shares`` are (normal, real, pseudo); with no real anomalies their share goes to pseudo.
+    """
+    normal_share, real_share, pseudo_share = (float(s) for s in shares)
+    if not has_real:
+        pseudo_share += real_share
+        real_share = 0.0
+    total = normal_share + real_share + pseudo_share
+    n_normal = int(round(count * normal_share / total))
+    n_real = int(round(count * real_share / total))
+    n_pseudo = max(0, count - n_normal - n_real)
+    kinds = ["normal"] * n_normal + ["real"] * n_real + ["pseudo"] * n_pseudo
+    kinds = [kinds[i] for i in rng.permutation(len(kinds))]
+    order = np.concatenate([rng.permutation(normal_images) for _ in range(-(-count // normal_images))])
+    return [(int(order[i]), kinds[i]) for i in range(count)]
+
+
+class AnomalyGenerator:
+    """Makes training samples from normal images and a few real (image, mask) anomalies.
+
+    Images are resized to ``image_size`` once; foreground estimates are cached per normal image.
+    """
+
+    def __init__(
+        self,
+        normal_images: Sequence[np.ndarray],
+        anomalies: Sequence[tuple[np.ndarray, np.ndarray]] = (),
+        *,
+        image_size: int,
+    ) -> None:
+        shape = (image_size, image_size)
+        self.normals = [_resize(_as_rgb(np.asarray(image)), shape) for image in normal_images]
+        self.anomalies = [
+            (_resize(_as_rgb(np.asarray(image)), shape), _resize(np.asarray(mask).astype(bool), shape))
+            for image, mask in anomalies
+        ]
+        self.anomalies = [(image, mask) for image, mask in self.anomalies if mask.any()]
+        self._foregrounds: dict[int, np.ndarray] = {}
+
+    def foreground(self, index: int) -> np.ndarray:
+        """Cached :func:`estimate_foreground` of normal image ``index``."""
+        if index not in self._foregrounds:
+            self._foregrounds[index] = estimate_foreground(self.normals[index])
+        return self._foregrounds[index]
+
+    def make(self, index: int, kind: str, rng: np.random.Generator) -> GeneratedSample:
+        """One sample of ``kind`` ("normal", "real" or "pseudo") built on normal image ``index``."""
+        normal = self.normals[index]
+        if kind == "normal":
+            return GeneratedSample(normal, np.zeros(normal.shape[:2], dtype=bool), kind, 0.0)
+        if kind == "real" and self.anomalies:
+            image, mask = self.anomalies[int(rng.integers(len(self.anomalies)))]
+            pasted, pasted_mask = paste_real_defect(normal, image, mask, rng, foreground=self.foreground(index))
+            return GeneratedSample(pasted, pasted_mask, "real", 1.0)
+        others = [self.normals[int(i)] for i in rng.integers(len(self.normals), size=min(4, len(self.normals)))]
+        image, mask, alpha = pseudo_defect(normal, rng, other_images=others, foreground=self.foreground(index))
+        return GeneratedSample(image, mask, "pseudo", alpha)

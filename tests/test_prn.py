@@ -1,0 +1,246 @@
+"""PRN: model pieces, a tiny synthetic training task, save/load, resume, k-shot split, ONNX."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from defectscope.backbones.base import Features
+from defectscope.errors import ConfigError, ModelFileError
+from defectscope.methods.modelfile import save_model
+from defectscope.methods.prn import PRN, PRNConfig, kshot_split, multiscale_features
+from defectscope.methods.prn.model import (
+    MultiSizeAttention,
+    PRNHead,
+    kmeans,
+    nearest_prototype_residual,
+    top_k_mean,
+)
+
+SIZE = 64
+
+
+class FakeBackbone:
+    """Tiny frozen random CNN with layers at strides 4/8/16, all returned on the stride-4 grid."""
+
+    name = "fake"
+    image_size = SIZE
+    layer_names = ["stride4", "stride8", "stride16"]
+
+    def __init__(self) -> None:
+        generator = torch.Generator().manual_seed(123)
+        self.weights = [
+            torch.randn(8, 3, 3, 3, generator=generator) * 0.5,
+            torch.randn(8, 8, 3, 3, generator=generator) * 0.3,
+            torch.randn(8, 8, 3, 3, generator=generator) * 0.3,
+        ]
+
+    def preprocess(self, images):
+        batch = []
+        for image in images:
+            if image.shape[:2] != (SIZE, SIZE):
+                image = np.asarray(Image.fromarray(image).resize((SIZE, SIZE), Image.Resampling.BILINEAR))
+            batch.append(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255.0)
+        return torch.stack(batch)
+
+    def extract(self, batch):
+        x4 = torch.relu(F.conv2d(F.avg_pool2d(batch, 4), self.weights[0], padding=1))
+        x8 = torch.relu(F.conv2d(F.avg_pool2d(x4, 2), self.weights[1], padding=1))
+        x16 = torch.relu(F.conv2d(F.avg_pool2d(x8, 2), self.weights[2], padding=1))
+        grid = x4.shape[-2:]
+        layers = [x4] + [F.interpolate(x, size=grid, mode="bilinear", align_corners=False) for x in (x8, x16)]
+        return Features(layers=layers, embedding=x16.mean(dim=(2, 3)), layer_names=list(self.layer_names))
+
+
+def texture(rng: np.random.Generator) -> np.ndarray:
+    base = rng.integers(60, 110, size=(SIZE, SIZE, 1)).astype(np.uint8)
+    return np.repeat(base, 3, axis=2)
+
+
+def planted(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    image = texture(rng)
+    mask = np.zeros((SIZE, SIZE), dtype=bool)
+    top, left = (int(v) for v in rng.integers(8, SIZE - 24, size=2))
+    mask[top : top + 14, left : left + 14] = True
+    image[mask] = 240
+    return image, mask
+
+
+def tiny_config(**overrides) -> PRNConfig:
+    values = dict(
+        backbone="fake", image_size=SIZE, widths=(8, 8, 8), epochs=6, samples_per_epoch=32,
+        batch_size=8, learning_rate=1e-2, top_k=20, max_prototypes=4, seed=0,
+    )
+    values.update(overrides)
+    return PRNConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def task():
+    rng = np.random.default_rng(0)
+    normals = [texture(rng) for _ in range(12)]
+    anomalies = [planted(rng) for _ in range(3)]
+    tests = [planted(rng) for _ in range(3)]
+    return normals, anomalies, tests
+
+
+@pytest.fixture(scope="module")
+def trained(task):
+    normals, anomalies, _ = task
+    torch.manual_seed(0)
+    return PRN(tiny_config(), backbone=FakeBackbone()).fit(normals, anomalies)
+
+
+def test_kmeans_is_seeded_and_finds_clusters():
+    generator = torch.Generator().manual_seed(0)
+    points = torch.cat([torch.randn(20, 5, generator=generator) + 10 * c for c in range(3)])
+    first = kmeans(points, 3, seed=1)
+    assert torch.equal(first, kmeans(points, 3, seed=1))
+    centres = sorted(float(c.mean()) for c in first)
+    assert np.allclose(centres, [0, 10, 20], atol=1.0)
+
+
+def test_residual_uses_nearest_prototype():
+    prototypes = torch.stack([torch.zeros(2, 3, 3), torch.ones(2, 3, 3) * 5])
+    features = torch.ones(1, 2, 3, 3) * 4
+    assert torch.allclose(nearest_prototype_residual(features, prototypes), torch.ones(1, 2, 3, 3))
+
+
+def test_attention_keeps_shape_and_head_outputs_input_resolution():
+    attention = MultiSizeAttention(4, 8, (1, 2, 4, 8))
+    assert attention.windows == [8, 4, 2, 1]
+    assert attention(torch.randn(2, 4, 8, 8)).shape == (2, 4, 8, 8)
+    head = PRNHead([3, 5, 7], [16, 8, 4], 64, 2, widths=(8, 8, 8))
+    out = head(torch.randn(2, 3, 16, 16), torch.randn(2, 5, 8, 8), torch.randn(2, 7, 4, 4))
+    assert out.shape == (2, 1, 64, 64)
+
+
+def test_top_k_mean():
+    maps = torch.zeros(1, 4, 4)
+    maps[0, 0, :3] = torch.tensor([1.0, 0.5, 0.25])
+    assert float(top_k_mean(maps, 2)[0]) == pytest.approx(0.75)
+
+
+def test_multiscale_features_pools_to_strides():
+    backbone = FakeBackbone()
+    maps = multiscale_features(backbone, backbone.preprocess([np.zeros((SIZE, SIZE, 3), np.uint8)]))
+    assert [m.shape[-1] for m in maps] == [16, 8, 4]
+
+
+def test_training_reduces_loss_and_localises_defect(trained, task):
+    _, _, tests = task
+    assert trained.losses[-1] < trained.losses[0]
+    result = trained.predict([image for image, _ in tests])
+    assert result.anomaly_maps.shape == (3, SIZE, SIZE) and result.anomaly_maps.dtype == np.float32
+    for anomaly_map, (_, mask) in zip(result.anomaly_maps, tests):
+        peak = np.unravel_index(np.argmax(anomaly_map), anomaly_map.shape)
+        assert mask[peak]
+    normal_scores = trained.predict(task[0][:3]).image_scores
+    assert result.image_scores.min() > normal_scores.max()
+
+
+def test_save_load_round_trip(trained, task, tmp_path):
+    images = [image for image, _ in task[2]]
+    trained.save(tmp_path / "model")
+    loaded = PRN.load(tmp_path / "model", backbone=FakeBackbone())
+    assert loaded.config == trained.config
+    assert np.array_equal(loaded.predict(images).anomaly_maps, trained.predict(images).anomaly_maps)
+
+
+def test_wrong_method_file_fails_clearly(tmp_path):
+    save_model(tmp_path / "other", "uflow", {"w": torch.zeros(1)}, {})
+    with pytest.raises(ModelFileError, match="made by method 'uflow', not 'prn'"):
+        PRN.load(tmp_path / "other", backbone=FakeBackbone())
+
+
+def test_untrained_predict_and_bad_config_fail_clearly():
+    with pytest.raises(ConfigError, match="not trained"):
+        PRN(tiny_config(), backbone=FakeBackbone()).predict([np.zeros((SIZE, SIZE, 3), np.uint8)])
+    with pytest.raises(ConfigError, match="multiple of 32"):
+        PRNConfig(image_size=100)
+
+
+def test_resume_continues_like_an_uninterrupted_run(task, tmp_path):
+    normals, anomalies, tests = task
+    images = [image for image, _ in tests]
+    config = tiny_config(epochs=2, samples_per_epoch=8)
+    full = PRN(config, backbone=FakeBackbone()).fit(normals, anomalies)
+    PRN(tiny_config(epochs=1, samples_per_epoch=8), backbone=FakeBackbone()).fit(
+        normals, anomalies, checkpoint_dir=tmp_path / "ckpt"
+    )
+    header = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    header["config"]["prn"]["epochs"] = 2
+    (tmp_path / "ckpt" / "config.json").write_text(json.dumps(header))
+    with pytest.raises(ConfigError, match="other PRN settings"):
+        PRN(tiny_config(epochs=2, samples_per_epoch=16), backbone=FakeBackbone()).fit(
+            normals, anomalies, checkpoint_dir=tmp_path / "ckpt", resume=True
+        )
+    events = []
+    resumed = PRN(config, backbone=FakeBackbone()).fit(
+        normals, anomalies, checkpoint_dir=tmp_path / "ckpt", resume=True, progress=events.append
+    )
+    assert {e.epoch for e in events if e.stage == "train"} == {1}
+    assert resumed.losses == pytest.approx(full.losses, rel=1e-5)
+    assert np.allclose(resumed.predict(images).anomaly_maps, full.predict(images).anomaly_maps, atol=1e-5)
+
+
+def test_onnx_parity(trained, task, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    from defectscope.methods.prn import export_onnx
+
+    images = [image for image, _ in task[2]]
+    path = export_onnx(trained, tmp_path / "prn.onnx")
+    batch = trained.backbone.preprocess(images)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    maps, scores = session.run(None, {"image": batch.numpy()})
+    reference = trained.predict(images)
+    assert np.abs(maps - reference.anomaly_maps).max() <= 1e-4
+    assert np.abs(scores - reference.image_scores).max() <= 1e-4
+
+
+def _write(path: Path, array: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+    return path
+
+
+def test_kshot_split_is_seeded_and_never_leaks(tmp_path):
+    from defectscope.data.layouts import Sample
+
+    rng = np.random.default_rng(0)
+    samples = []
+    for column, (defect_type, count) in enumerate((("Crack", 6), ("Fray", 3))):
+        for i in range(count):
+            image = _write(tmp_path / defect_type / f"{i}.jpg", rng.integers(0, 255, (16, 16), dtype=np.uint8))
+            mask = np.zeros((16, 16), np.uint8)
+            mask[i : i + 4, 4 * column : 4 * column + 4] = 255
+            mask_path = _write(tmp_path / defect_type / f"{i}.png", mask)
+            samples.append(Sample(path=image, label=1, mask_path=mask_path, defect_type=defect_type))
+    for i in range(4):
+        samples.append(Sample(path=_write(tmp_path / "Free" / f"{i}.jpg", np.full((16, 16), i, np.uint8)), label=0))
+
+    train, test = kshot_split(samples, k=2, seed=0)
+    assert [s.defect_type for s in train].count("Crack") == 2 and [s.defect_type for s in train].count("Fray") == 2
+    assert len(train) + len(test) == len(samples)
+    assert kshot_split(samples, k=2, seed=0) == (train, test)
+    assert kshot_split(samples, k=2, seed=1)[0] != train
+
+    def identities(group):
+        found = set()
+        for sample in group:
+            for file in (sample.path, sample.mask_path):
+                if file is not None:
+                    found.add(str(Path(file).resolve()))
+                    found.add(hashlib.sha256(Path(file).read_bytes()).hexdigest())
+        return found
+
+    assert not identities(train) & identities(test)
+    few_train, few_test = kshot_split(samples, k=10, seed=0)
+    assert [s.defect_type for s in few_test].count("Fray") == 1
