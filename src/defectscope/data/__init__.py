@@ -1,0 +1,28 @@
+"""Image loading and validation, dataset layouts and a synthetic defect generator."""
+
+from defectscope.data.io import IMAGE_EXTENSIONS, check_images, read_image, read_mask
+from defectscope.data.layouts import (
+    Category,
+    Sample,
+    discover,
+    magnetic_tile,
+    mvtec_category,
+    plain_folder,
+)
+from defectscope.data.synthetic import DEFECT_KINDS, synthetic_images, write_mvtec_category
+
+__all__ = [
+    "DEFECT_KINDS",
+    "IMAGE_EXTENSIONS",
+    "Category",
+    "Sample",
+    "check_images",
+    "discover",
+    "magnetic_tile",
+    "mvtec_category",
+    "plain_folder",
+    "read_image",
+    "read_mask",
+    "synthetic_images",
+    "write_mvtec_category",
+]
