@@ -1,0 +1,108 @@
+"""PRN anomaly generation: exact masks, seeded output, foreground placement, balanced epochs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from defectscope.methods.prn.generate import (
+    AnomalyGenerator,
+    epoch_plan,
+    estimate_foreground,
+    paste_real_defect,
+    perlin_mask,
+    perlin_noise,
+    pseudo_defect,
+)
+
+SIZE = 64
+
+
+def _texture(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(40, 120, size=(SIZE, SIZE, 3)).astype(np.uint8)
+
+
+def _defect() -> tuple[np.ndarray, np.ndarray]:
+    image = _texture(99)
+    mask = np.zeros((SIZE, SIZE), dtype=bool)
+    mask[20:30, 10:26] = True
+    mask[30:34, 10:14] = True
+    image[mask] = 250
+    return image, mask
+
+
+def test_perlin_noise_is_seeded_and_bounded():
+    first = perlin_noise((32, 48), (4, 6), np.random.default_rng(3))
+    second = perlin_noise((32, 48), (4, 6), np.random.default_rng(3))
+    assert np.array_equal(first, second)
+    assert first.shape == (32, 48) and np.abs(first).max() <= 1.5 and first.std() > 0.05
+
+
+def test_pasted_mask_is_exactly_the_changed_pixels():
+    normal = _texture(1)
+    image, mask = _defect()
+    for seed in range(10):
+        out, pasted = paste_real_defect(normal, image, mask, np.random.default_rng(seed))
+        assert pasted.dtype == bool and pasted.any()
+        assert np.array_equal(out[~pasted], normal[~pasted])
+        assert (out[pasted] != normal[pasted]).any(axis=-1).all()
+        assert 0.5 * mask.sum() <= pasted.sum() <= 1.7 * mask.sum()
+
+
+def test_paste_lands_on_the_foreground():
+    normal = np.full((SIZE, SIZE, 3), 10, dtype=np.uint8)
+    normal[16:48, 16:48] = 200
+    foreground = estimate_foreground(normal)
+    assert foreground[20:44, 20:44].all() and not foreground[:8].any()
+    image, mask = _defect()
+    small = np.zeros_like(mask)
+    small[20:23, 20:23] = True
+    for seed in range(10):
+        _, pasted = paste_real_defect(normal, image, small, np.random.default_rng(seed), foreground=foreground)
+        ys, xs = np.nonzero(pasted)
+        assert foreground[int(ys.mean()), int(xs.mean())]
+
+
+def test_uniform_texture_counts_as_whole_foreground():
+    assert estimate_foreground(_texture(5)).all()
+
+
+def test_pseudo_defect_blends_only_inside_mask():
+    normal = _texture(2)
+    others = [_texture(3), _texture(4)]
+    for seed in range(10):
+        out, mask, alpha = pseudo_defect(normal, np.random.default_rng(seed), other_images=others)
+        assert mask.any() and 0.5 <= alpha <= 1.0
+        assert np.array_equal(out[~mask], normal[~mask])
+        assert (out[mask] != normal[mask]).any()
+
+
+def test_pseudo_defect_is_seeded():
+    normal = _texture(2)
+    first = pseudo_defect(normal, np.random.default_rng(7))
+    second = pseudo_defect(normal, np.random.default_rng(7))
+    assert np.array_equal(first[0], second[0]) and np.array_equal(first[1], second[1])
+
+
+def test_perlin_mask_respects_allowed_region():
+    allowed = np.zeros((SIZE, SIZE), dtype=bool)
+    allowed[:, :20] = True
+    mask = perlin_mask((SIZE, SIZE), np.random.default_rng(0), allowed=allowed)
+    assert mask.any() and not mask[:, 20:].any()
+
+
+def test_epoch_plan_is_balanced():
+    plan = epoch_plan(40, 7, True, (0.5, 0.25, 0.25), np.random.default_rng(0))
+    kinds = [kind for _, kind in plan]
+    assert kinds.count("normal") == 20 and kinds.count("real") == 10 and kinds.count("pseudo") == 10
+    assert {index for index, _ in plan} == set(range(7))
+    no_real = [kind for _, kind in epoch_plan(40, 7, False, (0.5, 0.25, 0.25), np.random.default_rng(0))]
+    assert no_real.count("real") == 0 and no_real.count("pseudo") == 20
+
+
+@pytest.mark.parametrize("kind", ["normal", "real", "pseudo"])
+def test_generator_samples(kind):
+    generator = AnomalyGenerator([_texture(i) for i in range(3)], [_defect()], image_size=32)
+    sample = generator.make(1, kind, np.random.default_rng(0))
+    assert sample.image.shape == (32, 32, 3) and sample.mask.shape == (32, 32)
+    assert sample.kind == kind and sample.mask.any() == (kind != "normal")
