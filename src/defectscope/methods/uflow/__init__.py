@@ -1,0 +1,21 @@
+"""U-Flow: a U-shaped normalizing flow on multi-scale features with an a contrario threshold."""
+
+from defectscope.methods.uflow.detector import METHOD, UFlow, UFlowConfig
+from defectscope.methods.uflow.flow import UFlowNet, anomaly_map, flow_loss
+from defectscope.methods.uflow.iou import iou_auto, iou_oracle, iou_oracle_threshold
+from defectscope.methods.uflow.nfa import block_log_nfa_map, detect, region_log_nfa_map
+
+__all__ = [
+    "METHOD",
+    "UFlow",
+    "UFlowConfig",
+    "UFlowNet",
+    "anomaly_map",
+    "block_log_nfa_map",
+    "detect",
+    "flow_loss",
+    "iou_auto",
+    "iou_oracle",
+    "iou_oracle_threshold",
+    "region_log_nfa_map",
+]

@@ -1,0 +1,103 @@
+"""ONNX export of a trained U-Flow model.
+
+``export_onnx(model, path)`` writes the whole image -> anomaly map pipeline: input ``image``
+(N, 3, S, S) as returned by the backbone's ``preprocess`` (resized and normalised RGB), outputs
+``anomaly_map`` (N, S, S) and ``latent_<s>`` (N, C_s, h_s, w_s) per scale, finest first (the
+latents feed :func:`defectscope.methods.uflow.nfa.detect` for masks). The backbones must be
+traceable ``torch.nn.Module`` networks: the embedded EfficientNet-Lite backbone exposes its
+network as ``.model`` with ``forward_blocks``; any backbone that is itself a module whose
+``extract`` wraps its ``forward`` also works. With ``include_backbone=False`` the graph starts at
+the raw backbone features instead (inputs ``feature_<s>``).
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from defectscope.errors import ConfigError
+from defectscope.methods.uflow.detector import UFlow
+from defectscope.methods.uflow.flow import UFlowNet, anomaly_map
+
+
+class _Layer(nn.Module):
+    """One backbone layer as a plain module: normalised image -> (N, C, h, w)."""
+
+    def __init__(self, backbone: object) -> None:
+        super().__init__()
+        network = getattr(backbone, "model", None)
+        indices = getattr(backbone, "_block_indices", None)
+        if isinstance(network, nn.Module) and hasattr(network, "forward_blocks") and indices is not None:
+            self.network = network
+            self.indices = list(indices)
+        elif isinstance(backbone, nn.Module):
+            self.network = backbone
+            self.indices = None
+        else:
+            raise ConfigError(
+                f"backbone {getattr(backbone, 'name', backbone)!r} is not a torch module; export with "
+                "include_backbone=False"
+            )
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        if self.indices is None:
+            return self.network(image)
+        return self.network.forward_blocks(image, self.indices)[0]
+
+
+class _FeaturesToMap(nn.Module):
+    def __init__(self, flow: UFlowNet, mean: Sequence[torch.Tensor], std: Sequence[torch.Tensor], size: int) -> None:
+        super().__init__()
+        self.flow = flow
+        self.size = size
+        for scale, (m, s) in enumerate(zip(mean, std)):
+            self.register_buffer(f"mean_{scale}", m[None].clone())
+            self.register_buffer(f"std_{scale}", s[None].clone())
+
+    def forward(self, *features: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        normalised = [(f - getattr(self, f"mean_{s}")) / getattr(self, f"std_{s}") for s, f in enumerate(features)]
+        latents, _ = self.flow(normalised)
+        return (anomaly_map(latents, self.size), *latents)
+
+
+class _ImageToMap(nn.Module):
+    def __init__(self, layers: Sequence[_Layer], head: _FeaturesToMap) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+        self.head = head
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.head(*[layer(image) for layer in self.layers])
+
+
+def export_onnx(model: UFlow, path: str | Path, *, include_backbone: bool = True, opset: int = 17) -> Path:
+    """Write the trained ``model`` as ONNX to ``path`` (batch size dynamic); returns the path."""
+    flow = model._require_fitted()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    size = model.config.image_size
+    head = _FeaturesToMap(flow, model.feature_mean, model.feature_std, size).eval()
+    n_scales = len(flow.grids)
+    latent_names = [f"latent_{s}" for s in range(n_scales)]
+    output_names = ["anomaly_map", *latent_names]
+    dynamic = {name: {0: "batch"} for name in output_names}
+    if include_backbone:
+        module: nn.Module = _ImageToMap([_Layer(b) for b in model.backbones], head).eval()
+        inputs: tuple[torch.Tensor, ...] = (torch.zeros(1, 3, size, size),)
+        input_names = ["image"]
+    else:
+        module = head
+        inputs = tuple(torch.zeros(1, c, g, g) for c, g in zip(flow.channels, flow.grids))
+        input_names = [f"feature_{s}" for s in range(n_scales)]
+    dynamic.update({name: {0: "batch"} for name in input_names})
+    temporary = path.with_name(f".{path.name}.tmp")
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, inputs, str(temporary), input_names=input_names, output_names=output_names,
+                          dynamic_axes=dynamic, opset_version=opset, dynamo=False)
+    temporary.replace(path)
+    return path

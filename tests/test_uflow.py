@@ -1,0 +1,198 @@
+"""U-Flow detector: flow, training, save/load, checkpoints and ONNX export on tiny fake features."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from defectscope.backbones.base import Features
+from defectscope.errors import ConfigError, ModelFileError
+from defectscope.methods.modelfile import save_model
+from defectscope.methods.uflow import UFlow, UFlowConfig, UFlowNet, anomaly_map, flow_loss
+
+SIZE = 32
+
+
+class FakeBackbone(nn.Module):
+    """A frozen random conv + average pooling: one layer at ``stride``."""
+
+    def __init__(self, stride: int, channels: int, image_size: int = SIZE) -> None:
+        super().__init__()
+        self.name = "fake"
+        self.image_size = image_size
+        self.layer_names = [f"stride{stride}"]
+        self.stride = stride
+        generator = torch.Generator().manual_seed(stride)
+        self.conv = nn.Conv2d(3, channels, 3, padding=1)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.randn(self.conv.weight.shape, generator=generator) * 0.3)
+            self.conv.bias.zero_()
+        self.requires_grad_(False).eval()
+
+    def preprocess(self, images: list[np.ndarray]) -> torch.Tensor:
+        batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0
+        return F.interpolate(batch, size=(self.image_size, self.image_size), mode="bilinear",
+                             align_corners=False) - 0.5
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(torch.tanh(self.conv(batch)), self.stride)
+
+    def extract(self, batch: torch.Tensor) -> Features:
+        with torch.no_grad():
+            layer = self(batch)
+        return Features(layers=[layer], embedding=layer.mean(dim=(2, 3)), layer_names=self.layer_names)
+
+
+def _config(**changes: object) -> UFlowConfig:
+    base = UFlowConfig(backbone="fake", image_size=SIZE, layers=("stride4", "stride8"), epochs=3,
+                       batch_size=4, blocks_per_scale=2, feature_batch_size=8)
+    return replace(base, **changes)
+
+
+def _backbones() -> list[FakeBackbone]:
+    return [FakeBackbone(4, 6), FakeBackbone(8, 12)]
+
+
+def _images(count: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    base = rng.integers(90, 160, size=(SIZE, SIZE, 3))
+    return [np.clip(base + rng.integers(-10, 10, size=base.shape), 0, 255).astype(np.uint8) for _ in range(count)]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    """Tiny tensors: one thread avoids thread-synchronisation stalls on a shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def trained() -> UFlow:
+    return UFlow(_config(), backbones=_backbones()).fit(_images(8))
+
+
+def test_flow_shapes_and_invertible_upsampling_keeps_dimensions() -> None:
+    net = UFlowNet([6, 12], [8, 4], blocks_per_scale=2)
+    features = [torch.randn(2, 6, 8, 8), torch.randn(2, 12, 4, 4)]
+    latents, log_det = net(features)
+    assert [tuple(z.shape) for z in latents] == [(2, 7, 8, 8), (2, 8, 4, 4)]
+    assert sum(z[0].numel() for z in latents) == sum(f[0].numel() for f in features)
+    assert net.latent_channels == [z.shape[1] for z in latents]
+    assert log_det.shape == (2,)
+
+
+def test_flow_log_det_matches_autograd_jacobian() -> None:
+    torch.manual_seed(0)
+    net = UFlowNet([8], [2], blocks_per_scale=2).double()
+    with torch.no_grad():
+        for parameter in net.parameters():
+            if parameter.requires_grad:
+                parameter.add_(0.3 * torch.randn_like(parameter))
+    x = torch.randn(1, 8, 2, 2, dtype=torch.float64)
+
+    def flat(v: torch.Tensor) -> torch.Tensor:
+        return net([v.view(1, 8, 2, 2)])[0][0].reshape(-1)
+
+    jacobian = torch.autograd.functional.jacobian(flat, x.reshape(-1))
+    _, log_det = net([x])
+    assert log_det.item() == pytest.approx(torch.linalg.slogdet(jacobian)[1].item(), abs=1e-6)
+
+
+def test_anomaly_map_is_one_minus_mean_likelihood() -> None:
+    latents = [torch.zeros(1, 3, 4, 4), torch.full((1, 2, 2, 2), 2.0)]
+    result = anomaly_map(latents, 8)
+    expected = 1.0 - 0.5 * (1.0 + np.exp(-2.0))
+    assert result.shape == (1, 8, 8)
+    assert torch.allclose(result, torch.full((1, 8, 8), expected, dtype=torch.float32))
+
+
+def test_training_reduces_the_loss() -> None:
+    generator = torch.Generator().manual_seed(0)
+    shared_fine = torch.randn(16, 1, 8, 8, generator=generator)
+    shared_coarse = torch.randn(16, 1, 4, 4, generator=generator)
+    features = [shared_fine + 0.1 * torch.randn(16, 6, 8, 8, generator=generator),
+                shared_coarse + 0.1 * torch.randn(16, 12, 4, 4, generator=generator)]
+    config = _config(epochs=20, batch_size=16, learning_rate=1e-2, lr_decay=1.0)
+    model = UFlow(config, backbones=_backbones()).fit_features(features)
+    assert len(model.history) == 20
+    assert model.history[-1] < model.history[0] - 0.1
+
+
+def test_fit_predict_gives_maps_scores_and_masks(trained: UFlow) -> None:
+    images = _images(3, seed=1)
+    result = trained.predict(images, paths=["a", "b", "c"])
+    assert result.anomaly_maps.shape == (3, SIZE, SIZE) and result.anomaly_maps.dtype == np.float32
+    assert result.masks is not None and result.masks.shape == (3, SIZE, SIZE) and result.masks.dtype == bool
+    np.testing.assert_allclose(result.image_scores, result.anomaly_maps.reshape(3, -1).max(axis=1))
+    assert result.paths == ["a", "b", "c"] and result.settings["method"] == "uflow"
+    assert np.all((result.anomaly_maps >= 0) & (result.anomaly_maps <= 1))
+
+
+def test_training_is_deterministic(trained: UFlow) -> None:
+    again = UFlow(_config(), backbones=_backbones()).fit(_images(8))
+    assert again.history == trained.history
+
+
+def test_save_load_round_trip_gives_identical_maps(trained: UFlow, tmp_path: Path) -> None:
+    images = _images(2, seed=2)
+    trained.save(tmp_path / "model")
+    loaded = UFlow.load(tmp_path / "model", backbones=_backbones())
+    before, after = trained.predict(images), loaded.predict(images)
+    assert np.array_equal(before.anomaly_maps, after.anomaly_maps)
+    assert np.array_equal(before.masks, after.masks)
+    assert loaded.config == trained.config
+
+
+def test_loading_another_methods_file_fails_clearly(tmp_path: Path) -> None:
+    save_model(tmp_path / "prn", "prn", {"w": torch.zeros(2)}, {"x": 1})
+    with pytest.raises(ModelFileError, match="'prn' model, not a U-Flow model"):
+        UFlow.load(tmp_path / "prn")
+
+
+def test_checkpoint_resume_equals_uninterrupted_training(tmp_path: Path) -> None:
+    images = _images(8)
+    full = UFlow(_config(epochs=3), backbones=_backbones()).fit(images)
+    UFlow(_config(epochs=2), backbones=_backbones()).fit(images, checkpoint_dir=tmp_path / "ckpt")
+    resumed = UFlow(_config(epochs=3), backbones=_backbones()).fit(
+        images, checkpoint_dir=tmp_path / "ckpt", resume=True)
+    assert resumed.epochs_done == 3 and len(resumed.history) == 3
+    assert resumed.history == full.history
+    for a, b in zip(full.flow.state_dict().values(), resumed.flow.state_dict().values()):
+        assert torch.equal(a, b)
+    with pytest.raises(ModelFileError, match="other U-Flow settings"):
+        UFlow(_config(epochs=4, learning_rate=1e-2), backbones=_backbones()).fit(
+            images, checkpoint_dir=tmp_path / "ckpt", resume=True)
+
+
+def test_bad_settings_and_misuse_raise() -> None:
+    with pytest.raises(ConfigError):
+        UFlowConfig(epochs=0)
+    with pytest.raises(ConfigError):
+        UFlowConfig(nfa_method="magic")
+    with pytest.raises(ConfigError, match="not trained"):
+        UFlow(_config(), backbones=_backbones()).predict(_images(1))
+    with pytest.raises(ConfigError, match="half"):
+        UFlow(_config(), backbones=[FakeBackbone(4, 6), FakeBackbone(16, 12)]).fit(_images(2))
+
+
+def test_onnx_export_matches_pytorch(trained: UFlow, tmp_path: Path) -> None:
+    onnxruntime = pytest.importorskip("onnxruntime")
+    from defectscope.methods.uflow.export import export_onnx
+
+    path = export_onnx(trained, tmp_path / "uflow.onnx")
+    images = _images(2, seed=3)
+    batch = trained.backbones[0].preprocess(images)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    onnx_maps = session.run(["anomaly_map"], {"image": batch.numpy()})[0]
+    torch_maps = trained.predict(images).anomaly_maps
+    assert onnx_maps.shape == torch_maps.shape
+    assert np.max(np.abs(onnx_maps - torch_maps)) <= 1e-4
