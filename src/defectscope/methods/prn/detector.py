@@ -69,10 +69,10 @@ class PRNConfig:
     widths: tuple[int, ...] = (32, 48, 64)
     attention_scales: tuple[int, ...] = (1, 2)
     attention_divisors: tuple[int, ...] = (1, 2, 4, 8)
-    epochs: int = 10
-    samples_per_epoch: int | None = 320
+    epochs: int = 8
+    samples_per_epoch: int | None = 192
     batch_size: int = 8
-    learning_rate: float = 1e-3
+    learning_rate: float = 2e-3
     weight_decay: float = 1e-4
     focal_gamma: float = 4.0
     top_k: int = 100

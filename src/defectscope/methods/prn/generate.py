@@ -6,8 +6,9 @@ exact mask of the pixels they changed.
 
 * :func:`paste_real_defect` cuts a real defect out by its mask, augments it (flips, 90 degree
   rotations, scale 0.75 to 1.25, brightness/contrast jitter) and pastes it hard (alpha 1) onto a
-  normal image, centred on a foreground pixel. The returned mask is exactly the set of pasted
-  pixels: outside it the image is unchanged, inside it every pixel is the defect's pixel.
+  normal image, centred on a foreground pixel and clipped to the foreground. The returned mask
+  is exactly the set of pasted pixels: outside it the image is unchanged, inside it every pixel
+  is the defect's pixel.
 * :func:`pseudo_defect` thresholds seeded Perlin noise into a mask and alpha-blends a procedural
   texture or a shifted, rotated patch of another normal image into it, with one alpha in
   [0.5, 1] per defect: inside the mask ``out = round((1 - alpha) * image + alpha * texture)``,
@@ -15,7 +16,8 @@ exact mask of the pixels they changed.
 * :func:`estimate_foreground` is the simple object estimate used to place defects "on the
   object": each pixel's colour distance to the median border colour, split by Otsu's threshold.
   When the split is weak (the two classes differ by less than 20 grey levels on average, as on
-  textures and on tiles that fill the frame) or the foreground covers less than 5 % of the image,
+  textures), when the "foreground" covers more than 25 % of the border pixels (an object that
+  fills the frame, such as a cropped tile with brightness bands) or less than 5 % of the image,
   the whole image counts as foreground.
 """
 
@@ -66,7 +68,9 @@ def fractal_noise(shape: tuple[int, int], cells: int, octaves: int, rng: np.rand
     return (total - low) / (high - low) if high > low else np.zeros(shape)
 
 
-def estimate_foreground(image: np.ndarray, *, min_separation: float = 20.0) -> np.ndarray:
+def estimate_foreground(
+    image: np.ndarray, *, min_separation: float = 20.0, max_border_fraction: float = 0.25
+) -> np.ndarray:
     """Boolean foreground estimate: distance to the median border colour, Otsu-thresholded."""
     rgb = _as_rgb(image).astype(np.float64)
     border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]], axis=0)
@@ -79,6 +83,9 @@ def estimate_foreground(image: np.ndarray, *, min_separation: float = 20.0) -> n
     if not foreground.any() or foreground.all():
         return whole
     if distance[foreground].mean() - distance[~foreground].mean() < min_separation:
+        return whole
+    border_foreground = np.concatenate([foreground[0], foreground[-1], foreground[:, 0], foreground[:, -1]])
+    if border_foreground.mean() > max_border_fraction:
         return whole
     foreground = ndimage.binary_opening(foreground, iterations=2)
     foreground = ndimage.binary_fill_holes(foreground)
@@ -125,7 +132,8 @@ def paste_real_defect(
 
     ``defect_image`` and ``defect_mask`` are resized to ``normal``'s size first. The defect is
     centred on a pixel of ``foreground`` (default: :func:`estimate_foreground` of ``normal``).
-    The returned mask marks exactly the pasted pixels (alpha 1).
+    Pixels of the defect that fall off the foreground are not pasted. The returned mask marks
+    exactly the pasted pixels (alpha 1).
     """
     normal = _as_rgb(normal)
     height, width = normal.shape[:2]
@@ -161,11 +169,15 @@ def paste_real_defect(
     top = int(np.clip(centre_y - new_h // 2, 0, height - new_h))
     left = int(np.clip(centre_x - new_w // 2, 0, width - new_w))
 
+    placed_mask = np.zeros((height, width), dtype=bool)
+    placed_mask[top : top + new_h, left : left + new_w] = patch_mask
+    placed = np.zeros_like(normal)
+    placed[top : top + new_h, left : left + new_w] = patch
+    pasted = placed_mask & allowed
+    if not pasted.any():
+        pasted = placed_mask
     output = normal.copy()
-    pasted = np.zeros((height, width), dtype=bool)
-    pasted[top : top + new_h, left : left + new_w] = patch_mask
-    region = output[top : top + new_h, left : left + new_w]
-    region[patch_mask] = patch[patch_mask]
+    output[pasted] = placed[pasted]
     return output, pasted
 
 
@@ -201,7 +213,7 @@ def perlin_mask(
     height, width = shape
     allowed_mask = np.ones(shape, dtype=bool) if allowed is None else allowed.astype(bool)
     for _ in range(attempts):
-        cells = int(2 ** rng.integers(1, 5))
+        cells = int(2 ** rng.integers(1, 4))
         noise = perlin_noise(shape, (cells, cells), rng)
         mask = (noise > rng.uniform(0.35, 0.6)) & allowed_mask
         if mask.mean() > 0.002:
