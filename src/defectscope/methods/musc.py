@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Sequence
 
@@ -84,27 +85,53 @@ def lnamd(
     return out
 
 
-def nearest_similarities(features: torch.Tensor, *, progress: Callable[[int], None] | None = None) -> torch.Tensor:
+def nearest_similarities(
+    features: torch.Tensor,
+    *,
+    workers: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> torch.Tensor:
     """For each ordered pair (i, j), i != j, and patch p of image i: max_q <z_i(p), z_j(q)>.
 
     ``features``: (N, L, C) L2-normalised. Returns (N, N, L) with the diagonal set to -inf.
     One L x L product per unordered pair; its row maxima give i -> j and its column maxima
-    give j -> i. ``progress(pairs_done)`` is called after each row of pairs.
+    give j -> i. The rows of pairs are spread over ``workers`` threads (default: torch's thread
+    count), each running single-threaded torch ops: many small ops parallelise better this way
+    than through torch's intra-op pool, and stay fast when other programs load the machine.
+    ``progress(pairs_done)`` is called as rows finish.
     """
     n, length, _ = features.shape
     table = torch.empty(n, n, length, dtype=torch.float32, device=features.device)
     table[torch.arange(n), torch.arange(n)] = -math.inf
-    z = features.float()
-    done = 0
-    for i in range(n - 1):
+    z = features.float().contiguous()
+
+    def row(i: int) -> int:
         zi = z[i]
         for j in range(i + 1, n):
             block = zi @ z[j].T
             table[i, j] = block.amax(dim=1)
             table[j, i] = block.amax(dim=0)
-        done += n - 1 - i
-        if progress is not None:
-            progress(done)
+        return n - 1 - i
+
+    workers = workers or torch.get_num_threads()
+    if workers <= 1 or z.device.type != "cpu":
+        done = 0
+        for i in range(n - 1):
+            done += row(i)
+            if progress is not None:
+                progress(done)
+        return table
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(workers) as pool:
+            done = 0
+            for finished in pool.map(row, range(n - 1)):
+                done += finished
+                if progress is not None:
+                    progress(done)
+    finally:
+        torch.set_num_threads(previous)
     return table
 
 

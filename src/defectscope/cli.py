@@ -1,0 +1,189 @@
+"""The `defectscope` command: a thin layer that parses options, calls the library and prints."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import warnings
+from pathlib import Path
+from typing import Iterator, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from defectscope import __version__
+from defectscope.errors import DefectscopeError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Industrial visual inspection: which parts are defective, and where.",
+)
+console = Console(stderr=True)
+
+MethodOption = typer.Option("musc", "--method", "-m", help="musc (zero-shot, default) or codegraph (zero-shot, recurring defects).")
+BackboneOption = typer.Option(None, "--backbone", "-b", help="Feature extractor (see `defectscope backbones`); default: the embedded EfficientNet-Lite.")
+WeightsOption = typer.Option(None, "--weights", help="Local folder with backbone weights (DINOv2/CLIP), for offline use.")
+ImageSizeOption = typer.Option(None, "--image-size", help="Square input size in pixels (default: the backbone's).")
+BatchSizeOption = typer.Option(8, "--batch-size", help="Images per backbone forward pass.")
+ThreadsOption = typer.Option(None, "--threads", help="CPU threads for torch (default: torch's choice).")
+OverwriteOption = typer.Option(False, "--overwrite", help="Replace an existing output folder from an earlier defectscope run.")
+SkipOption = typer.Option(False, "--skip-unreadable", help="Skip unreadable images (listed in every output) instead of stopping.")
+SmoothingOption = typer.Option(None, "--smoothing", help="Gaussian blur of the anomaly maps, sigma in input pixels (0 = off).")
+
+
+@contextlib.contextmanager
+def _progress() -> Iterator:
+    """A rich progress display; yields a ``progress(stage, done, total)`` callback."""
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()]
+    with Progress(*columns, console=console) as bar:
+        tasks: dict[str, int] = {}
+
+        def update(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        yield update
+
+
+def _fail(error: Exception) -> None:
+    console.print(f"[bold red]error:[/] {error}", highlight=False)
+    raise typer.Exit(code=2)
+
+
+@contextlib.contextmanager
+def _user_errors() -> Iterator[None]:
+    """Turn library errors into one printed sentence and exit code 2 (no traceback)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = lambda message, *args, **kwargs: console.print(f"[yellow]warning:[/] {message}", highlight=False)
+        try:
+            yield
+        except DefectscopeError as error:
+            _fail(error)
+        except KeyboardInterrupt:
+            console.print("interrupted: no output was written")
+            raise typer.Exit(code=130)
+
+
+def _options(method, backbone, weights, image_size, batch_size, threads, skip_unreadable, overwrite, smoothing):
+    from defectscope.pipeline import RunOptions
+
+    method_options = {}
+    if smoothing is not None:
+        method_options["smoothing_sigma"] = smoothing
+    return RunOptions(
+        method=method,
+        backbone=backbone,
+        weights=str(weights) if weights else None,
+        image_size=image_size,
+        batch_size=batch_size,
+        threads=threads,
+        skip_unreadable=skip_unreadable,
+        overwrite=overwrite,
+        method_options=method_options,
+    )
+
+
+def _print_metrics(metrics: dict) -> None:
+    from defectscope.report.tables import format_metric, metric_columns
+
+    columns = metric_columns(metrics)
+    table = Table(title="metrics (%)")
+    table.add_column("category")
+    for column in columns:
+        table.add_column(column, justify="right")
+    for name, values in metrics.items():
+        table.add_row(name, *(format_metric(values.get(c)) for c in columns))
+    Console().print(table)
+
+
+@app.command()
+def score(
+    folder: Path = typer.Argument(..., help="Folder of images to inspect (searched recursively)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder: scores.csv, maps/, report.html."),
+    method: str = MethodOption,
+    backbone: Optional[str] = BackboneOption,
+    weights: Optional[Path] = WeightsOption,
+    image_size: Optional[int] = ImageSizeOption,
+    batch_size: int = BatchSizeOption,
+    threads: Optional[int] = ThreadsOption,
+    overwrite: bool = OverwriteOption,
+    skip_unreadable: bool = SkipOption,
+    smoothing: Optional[float] = SmoothingOption,
+) -> None:
+    """Score an unlabeled batch of images zero-shot; the most anomalous come first."""
+    from defectscope.pipeline import score_folder
+
+    options = _options(method, backbone, weights, image_size, batch_size, threads, skip_unreadable, overwrite, smoothing)
+    with _user_errors(), _progress() as progress:
+        result = score_folder(folder, out, options, progress=progress)
+    order = result.image_scores.argsort()[::-1][:5]
+    console.print(f"scored {len(result.paths)} images; most anomalous:")
+    for index in order:
+        console.print(f"  {result.image_scores[index]:.4f}  {result.paths[index]}", highlight=False)
+    console.print(f"wrote {out}/scores.csv, {out}/maps/, {out}/report.html")
+
+
+@app.command()
+def evaluate(
+    root: Path = typer.Argument(..., help="An MVTec AD category, a root of categories, or a magnetic-tile root."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder: metrics.json, metrics.md, per-category outputs."),
+    method: str = MethodOption,
+    backbone: Optional[str] = BackboneOption,
+    weights: Optional[Path] = WeightsOption,
+    image_size: Optional[int] = ImageSizeOption,
+    batch_size: int = BatchSizeOption,
+    threads: Optional[int] = ThreadsOption,
+    overwrite: bool = OverwriteOption,
+    skip_unreadable: bool = SkipOption,
+    smoothing: Optional[float] = SmoothingOption,
+    category: Optional[list[str]] = typer.Option(None, "--category", "-c", help="Only these categories (repeatable)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the documented train/test split where a layout needs one."),
+) -> None:
+    """Score each category's test set and measure image and pixel metrics."""
+    from defectscope.pipeline import evaluate_dataset
+
+    options = _options(method, backbone, weights, image_size, batch_size, threads, skip_unreadable, overwrite, smoothing)
+    with _user_errors(), _progress() as progress:
+        metrics = evaluate_dataset(root, out, options, categories=category, seed=seed, progress=progress)
+    _print_metrics(metrics)
+    console.print(f"wrote {out}/metrics.json, {out}/metrics.md and per-category outputs")
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("defectscope-demo"), "--out", "-o", help="Output folder."),
+    count: int = typer.Option(60, "--count", help="How many solar-cell images to inspect."),
+    overwrite: bool = OverwriteOption,
+    threads: Optional[int] = ThreadsOption,
+) -> None:
+    """Inspect a sample of real solar-cell images shipped in the `elpv-dataset` package (offline)."""
+    from defectscope.sample import run_demo
+
+    with _user_errors(), _progress() as progress:
+        metrics = run_demo(out, count=count, overwrite=overwrite, threads=threads, progress=progress)
+    _print_metrics(metrics)
+    console.print(f"open {out}/elpv/report.html to see the most anomalous cells first")
+
+
+@app.command()
+def backbones() -> None:
+    """List the available feature extractors."""
+    from defectscope.backbones import available_backbones
+
+    for name, description in available_backbones().items():
+        typer.echo(f"{name:24s} {description}")
+
+
+@app.command()
+def version() -> None:
+    """Print the defectscope version."""
+    typer.echo(__version__)
+
+
+def main() -> None:  # pragma: no cover - entry point for `python -m defectscope`
+    sys.exit(app())

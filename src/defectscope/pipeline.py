@@ -1,0 +1,236 @@
+"""End-to-end runs used by the CLI and usable from Python: score a folder, evaluate a dataset.
+
+Data flows one way: files -> ``data`` (validated arrays) -> detector (backbone features,
+method) -> ``metrics`` -> ``report`` outputs. Every run writes into a hidden staging folder
+that becomes the output folder only when the run succeeds, so a crash or Ctrl-C never leaves
+half-written outputs, and an existing output folder is replaced only with ``overwrite``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from defectscope.data.io import read_image, read_mask
+from defectscope.data.layouts import Category, Sample, discover, plain_folder
+from defectscope.errors import ConfigError, ImageReadError
+from defectscope.methods.base import Result
+from defectscope.metrics import image_metrics, pixel_metrics
+from defectscope.report.atomic import atomic_write_text, staged_output
+from defectscope.report.batch import write_batch_outputs
+from defectscope.report.tables import metrics_markdown
+
+ProgressCallback = Callable[[str, int, int], None]
+ZERO_SHOT_METHODS = ("musc", "codegraph")
+TRAINED_METHODS = ("uflow", "prn")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Options shared by ``score`` and ``evaluate``; ``method_options`` go to the method config."""
+
+    method: str = "musc"
+    backbone: str | None = None
+    weights: str | None = None
+    image_size: int | None = None
+    batch_size: int = 8
+    threads: int | None = None
+    skip_unreadable: bool = False
+    overwrite: bool = False
+    method_options: Mapping[str, Any] = field(default_factory=dict)
+
+
+def apply_threads(threads: int | None) -> None:
+    """Set the number of CPU threads torch uses (None keeps torch's default)."""
+    if threads is not None:
+        if threads < 1:
+            raise ConfigError(f"--threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+
+
+def build_detector(options: RunOptions):
+    """A zero-shot detector (``musc`` or ``codegraph``) configured from ``options``."""
+    common: dict[str, Any] = {"weights": options.weights, "image_size": options.image_size, "batch_size": options.batch_size}
+    if options.backbone is not None:
+        common["backbone"] = options.backbone
+    common.update(options.method_options)
+    if options.method == "musc":
+        from defectscope.methods.musc import MuSc, MuScConfig
+
+        return MuSc(MuScConfig(**common))
+    if options.method == "codegraph":
+        from defectscope.methods.codegraph import CoDeGraph, CoDeGraphConfig
+
+        return CoDeGraph(CoDeGraphConfig(**common))
+    if options.method in TRAINED_METHODS:
+        raise ConfigError(
+            f"method '{options.method}' needs training: use `defectscope fit --method {options.method}` "
+            "then `defectscope predict`, or `defectscope evaluate --method {options.method}`"
+        )
+    raise ConfigError(f"unknown method '{options.method}'; choose one of {', '.join(ZERO_SHOT_METHODS + TRAINED_METHODS)}")
+
+
+def read_batch(
+    paths: Sequence[Path], skip_unreadable: bool = False
+) -> tuple[list[np.ndarray], list[Path], list[tuple[Path, str]]]:
+    """Read every image before any heavy work. The first unreadable file stops the run with
+    its one-sentence error, unless ``skip_unreadable``: then it is listed in ``skipped``."""
+    images: list[np.ndarray] = []
+    kept: list[Path] = []
+    skipped: list[tuple[Path, str]] = []
+    for path in paths:
+        try:
+            images.append(read_image(path))
+        except ImageReadError as exc:
+            if not skip_unreadable:
+                raise
+            skipped.append((path, str(exc)))
+        else:
+            kept.append(path)
+    return images, kept, skipped
+
+
+def _settings_with_inputs(result: Result, **inputs: Any) -> None:
+    result.settings = {**result.settings, **{k: str(v) if isinstance(v, Path) else v for k, v in inputs.items()}}
+
+
+def score_folder(
+    folder: str | Path, out: str | Path, options: RunOptions = RunOptions(), progress: ProgressCallback | None = None
+) -> Result:
+    """Score every image under ``folder`` (recursive) and write ``out``: scores.csv, maps/,
+    report.html (and skipped.csv when files were skipped)."""
+    apply_threads(options.threads)
+    samples = plain_folder(folder)
+    with staged_output(out, options.overwrite) as staging:
+        images, paths, skipped = read_batch([s.path for s in samples], options.skip_unreadable)
+        if len(images) < 2:
+            raise ConfigError(f"'{folder}' holds {len(images)} readable image(s); mutual scoring needs at least 2")
+        detector = build_detector(options)
+        started = time.perf_counter()
+        result = detector.predict(images, [str(p) for p in paths], progress=progress)
+        _settings_with_inputs(result, input=Path(folder), seconds=round(time.perf_counter() - started, 2))
+        write_batch_outputs(staging, result, images, title=f"defectscope: {Path(folder).name}", skipped=skipped, communities=result.extras.get("communities"))
+    return result
+
+
+def _mask_at(mask: np.ndarray, size: int) -> np.ndarray:
+    """Resize a ground-truth mask to the model resolution (bilinear, then > 0.5)."""
+    if mask.shape == (size, size):
+        return mask
+    resized = Image.fromarray(mask.astype(np.uint8) * 255).resize((size, size), Image.BILINEAR)
+    return np.asarray(resized) > 127
+
+
+def load_ground_truth(samples: Sequence[Sample], images: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Full-resolution boolean masks for labelled samples (empty for normal images)."""
+    masks = []
+    for sample, image in zip(samples, images):
+        if sample.mask_path is not None:
+            masks.append(read_mask(sample.mask_path, expected_shape=image.shape[:2]))
+        else:
+            masks.append(np.zeros(image.shape[:2], dtype=bool))
+    return masks
+
+
+def category_metrics(result: Result, samples: Sequence[Sample], images: Sequence[np.ndarray], has_masks: bool) -> dict[str, float | None]:
+    """Image metrics always; pixel metrics at the model resolution when the category has masks,
+    else reported as absent (None)."""
+    labels = np.array([s.label for s in samples], dtype=int)
+    metrics: dict[str, float | None] = dict(image_metrics(result.image_scores, labels))
+    size = result.anomaly_maps.shape[-1]
+    if has_masks:
+        masks = np.stack([_mask_at(m, size) for m in load_ground_truth(samples, images)])
+        metrics.update(pixel_metrics(result.anomaly_maps, masks))
+        if result.masks is not None:
+            from defectscope.metrics import binary_mask_metrics
+
+            metrics.update(binary_mask_metrics(result.masks, masks, result.anomaly_maps))
+    else:
+        metrics.update({k: None for k in ("pixel_auroc", "pixel_ap", "pixel_f1_max", "pixel_aupro")})
+    return metrics
+
+
+def _labels_text(samples: Sequence[Sample]) -> list[str | None]:
+    return [("good" if s.label == 0 else (s.defect_type or "defective")) if s.label is not None else None for s in samples]
+
+
+def evaluate_category(
+    category: Category, options: RunOptions, progress: ProgressCallback | None = None
+) -> tuple[Result, list[np.ndarray], list[Sample], list[tuple[Path, str]], dict[str, float | None]]:
+    """Score one category's test set (zero-shot: the test batch scores itself) and measure it."""
+    images, kept, skipped = read_batch([s.path for s in category.test], options.skip_unreadable)
+    by_path = {s.path: s for s in category.test}
+    samples = [by_path[p] for p in kept]
+    if category.has_masks:
+        load_ground_truth(samples, images)
+    detector = build_detector(options)
+    started = time.perf_counter()
+    result = detector.predict(images, [str(s.path) for s in samples], progress=progress)
+    _settings_with_inputs(result, category=category.name, input=category.root, seconds=round(time.perf_counter() - started, 2))
+    metrics = category_metrics(result, samples, images, category.has_masks)
+    return result, images, samples, skipped, metrics
+
+
+def evaluate_dataset(
+    root: str | Path,
+    out: str | Path,
+    options: RunOptions = RunOptions(),
+    *,
+    categories: Sequence[str] | None = None,
+    seed: int = 0,
+    progress: ProgressCallback | None = None,
+    on_category: Callable[[str, dict[str, float | None]], None] | None = None,
+) -> dict[str, dict[str, float | None]]:
+    """Evaluate every category under ``root``; writes ``out/metrics.json`` ({category: {metric:
+    value}}, fractions, null = undefined), ``out/metrics.md`` (table with a mean row) and the
+    per-image outputs of each category under ``out/<category>/``."""
+    found = discover(root, seed=seed)
+    if categories:
+        wanted = set(categories)
+        unknown = wanted - {c.name for c in found}
+        if unknown:
+            raise ConfigError(f"no category named {', '.join(sorted(unknown))} under '{root}'; found {', '.join(c.name for c in found)}")
+        found = [c for c in found if c.name in wanted]
+    return evaluate_categories(found, out, options, progress=progress, on_category=on_category)
+
+
+def evaluate_categories(
+    found: Sequence[Category],
+    out: str | Path,
+    options: RunOptions = RunOptions(),
+    *,
+    progress: ProgressCallback | None = None,
+    on_category: Callable[[str, dict[str, float | None]], None] | None = None,
+) -> dict[str, dict[str, float | None]]:
+    """Evaluate the given categories into ``out`` (see :func:`evaluate_dataset`)."""
+    apply_threads(options.threads)
+    results: dict[str, dict[str, float | None]] = {}
+    with staged_output(out, options.overwrite) as staging:
+        for category in found:
+            report = None
+            if progress is not None:
+                report = lambda stage, done, total, name=category.name: progress(f"{name}: {stage}", done, total)  # noqa: E731
+            result, images, samples, skipped, metrics = evaluate_category(category, options, report)
+            results[category.name] = metrics
+            write_batch_outputs(
+                staging / category.name,
+                result,
+                images,
+                title=f"defectscope: {category.name}",
+                skipped=skipped,
+                labels=_labels_text(samples),
+                metrics={category.name: metrics},
+                communities=result.extras.get("communities"),
+            )
+            if on_category is not None:
+                on_category(category.name, metrics)
+        atomic_write_text(staging / "metrics.json", json.dumps(results, indent=2) + "\n")
+        atomic_write_text(staging / "metrics.md", metrics_markdown(results))
+    return results

@@ -1,0 +1,109 @@
+"""Writing one scored batch to a folder: scores.csv, maps/ overlays and report.html."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from defectscope.methods.base import Result
+from defectscope.report.atomic import atomic_write_text
+from defectscope.report.html import ReportEntry, write_report
+from defectscope.report.overlay import batch_color_range, heatmap_overlay, make_thumbnail, resize_mask, save_png
+from defectscope.report.tables import score_order, write_scores_csv
+
+OVERLAY_MAX_SIDE = 512
+
+
+def _overlay_name(index: int, path: str) -> str:
+    stem = Path(path).stem or "image"
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in stem)
+    return f"{index:05d}_{safe}.png"
+
+
+def _shrink(image: np.ndarray, max_side: int) -> np.ndarray:
+    height, width = image.shape[:2]
+    if max(height, width) <= max_side:
+        return image
+    return make_thumbnail(image, width=max(1, round(width * max_side / max(height, width))))
+
+
+def write_batch_outputs(
+    folder: Path,
+    result: Result,
+    images: Sequence[np.ndarray],
+    *,
+    title: str,
+    skipped: Sequence[tuple[Any, str]] = (),
+    labels: Sequence[str | None] | None = None,
+    metrics: Mapping[str, Mapping[str, float | None]] | None = None,
+    summary: Mapping[str, Any] | str | None = None,
+    communities: Sequence[Mapping[str, Any]] | None = None,
+) -> None:
+    """Write ``scores.csv``, ``maps/<n>_<name>.png`` overlays (and ``masks/`` when the method
+    produced masks) and a self-contained ``report.html`` for one batch into ``folder``.
+
+    Overlays share one colour scale over the batch (1st to 99th percentile of all map values),
+    so a hot spot means the same in every picture. Skipped files appear in the CSV (score
+    empty) and the report.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    maps_dir = folder / "maps"
+    maps_dir.mkdir(exist_ok=True)
+    masks_dir = folder / "masks"
+    if result.masks is not None:
+        masks_dir.mkdir(exist_ok=True)
+    vmin, vmax = batch_color_range(result.anomaly_maps)
+    order = score_order(result.paths, result.image_scores)
+    ranks = np.empty(len(order), dtype=int)
+    ranks[order] = np.arange(1, len(order) + 1)
+    map_files: list[str] = []
+    entries: list[ReportEntry] = []
+    for index, (path, image) in enumerate(zip(result.paths, images)):
+        shown = _shrink(image, OVERLAY_MAX_SIDE)
+        mask = None
+        if result.masks is not None:
+            mask = resize_mask(result.masks[index], shown.shape[:2])
+            save_png(masks_dir / _overlay_name(index, path), (mask * 255).astype(np.uint8))
+        overlay = heatmap_overlay(shown, result.anomaly_maps[index], vmin=vmin, vmax=vmax, mask=mask)
+        name = _overlay_name(index, path)
+        save_png(maps_dir / name, overlay)
+        map_files.append(f"maps/{name}")
+        entries.append(
+            ReportEntry(
+                path=str(path),
+                score=float(result.image_scores[index]),
+                rank=int(ranks[index]),
+                thumbnail=shown,
+                overlay=overlay,
+                mask=mask,
+                label=None if labels is None else labels[index],
+            )
+        )
+    write_scores_csv(
+        folder / "scores.csv",
+        result.paths,
+        result.image_scores,
+        labels=labels,
+        extra_columns={"map": map_files},
+    )
+    if skipped:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["path", "reason"])
+        writer.writerows((str(path), reason) for path, reason in skipped)
+        atomic_write_text(folder / "skipped.csv", buffer.getvalue())
+    write_report(
+        folder / "report.html",
+        title=title,
+        entries=entries,
+        settings=result.settings,
+        skipped=[(str(p), reason) for p, reason in skipped],
+        summary=summary,
+        communities=communities,
+        metrics=metrics,
+        color_range=(vmin, vmax),
+    )
