@@ -27,6 +27,15 @@ from defectscope.methods.prn.model import (
 SIZE = 64
 
 
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """Tiny tensors: one thread is much faster than two on a shared, busy CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 class FakeBackbone:
     """Tiny frozen random CNN with layers at strides 4/8/16, all returned on the stride-4 grid."""
 
