@@ -31,6 +31,16 @@ def _shrink(image: np.ndarray, max_side: int) -> np.ndarray:
     return make_thumbnail(image, width=max(1, round(width * max_side / max(height, width))))
 
 
+def _append_skipped(csv_path: Path, skipped: Sequence[tuple[Any, str]], *, with_label: bool) -> None:
+    """Add skipped files to scores.csv: empty score and rank, status "skipped: <reason>"."""
+    buffer = io.StringIO(csv_path.read_text())
+    buffer.seek(0, io.SEEK_END)
+    writer = csv.writer(buffer, lineterminator="\n")
+    for path, reason in skipped:
+        writer.writerow([str(path), "", "", *([""] if with_label else []), "", f"skipped: {reason}"])
+    atomic_write_text(csv_path, buffer.getvalue())
+
+
 def write_batch_outputs(
     folder: Path,
     result: Result,
@@ -47,8 +57,8 @@ def write_batch_outputs(
     produced masks) and a self-contained ``report.html`` for one batch into ``folder``.
 
     Overlays share one colour scale over the batch (1st to 99th percentile of all map values),
-    so a hot spot means the same in every picture. Skipped files appear in the CSV (score
-    empty) and the report.
+    so a hot spot means the same in every picture. Skipped files appear in scores.csv (empty score and
+    rank, status 'skipped: <reason>'), in skipped.csv and in the report.
     """
     folder.mkdir(parents=True, exist_ok=True)
     maps_dir = folder / "maps"
@@ -88,9 +98,10 @@ def write_batch_outputs(
         result.paths,
         result.image_scores,
         labels=labels,
-        extra_columns={"map": map_files},
+        extra_columns={"map": map_files, "status": ["scored"] * len(map_files)},
     )
     if skipped:
+        _append_skipped(folder / "scores.csv", skipped, with_label=labels is not None)
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(["path", "reason"])

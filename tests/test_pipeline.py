@@ -1,0 +1,142 @@
+"""End to end on synthetic data: score a folder, evaluate a category, CLI behaviour."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from defectscope.cli import app
+from defectscope.data.synthetic import synthetic_images, write_mvtec_category
+from defectscope.errors import ConfigError, DefectscopeError
+from defectscope.methods.musc import MuSc, MuScConfig
+from defectscope.pipeline import RunOptions, evaluate_dataset, score_folder
+
+FAST = {"image_size": 64}
+
+
+def _write_folder(folder: Path, count: int = 12, defective: tuple[int, ...] = (5,), seed: int = 3) -> list[Path]:
+    images, _ = synthetic_images(count, kind="texture", size=96, defective=defective, seed=seed, defect="spot")
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index, image in enumerate(images):
+        path = folder / f"part_{index:02d}.png"
+        Image.fromarray(image).save(path)
+        paths.append(path)
+    return paths
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_musc_ranks_the_planted_defect_first():
+    images, masks = synthetic_images(16, kind="texture", size=96, defective=(7,), seed=11, defect="blotch")
+    result = MuSc(MuScConfig(image_size=96)).predict(images)
+    assert int(np.argmax(result.image_scores)) == 7
+    assert np.isfinite(result.anomaly_maps).all()
+    peak = np.unravel_index(np.argmax(result.anomaly_maps[7]), result.anomaly_maps[7].shape)
+    assert masks[7][peak]
+
+
+def test_musc_small_batch_warns_and_single_image_is_refused():
+    images, _ = synthetic_images(3, kind="object", size=64, seed=1)
+    with pytest.warns(UserWarning, match="more reliable"):
+        result = MuSc(MuScConfig(**FAST)).predict(images)
+    assert np.isfinite(result.image_scores).all() and np.isfinite(result.anomaly_maps).all()
+    with pytest.raises(ConfigError, match="at least 2 images"):
+        MuSc(MuScConfig(**FAST)).predict(images[:1])
+
+
+def test_score_folder_writes_outputs_and_leaves_inputs_alone(tmp_path):
+    folder = tmp_path / "parts"
+    _write_folder(folder)
+    before = _digest(folder)
+    out = tmp_path / "out"
+    result = score_folder(folder, out, RunOptions(image_size=64))
+    assert _digest(folder) == before
+    rows = list(csv.DictReader((out / "scores.csv").open()))
+    assert [int(r["rank"]) for r in rows] == list(range(1, 13))
+    scores = [float(r["score"]) for r in rows]
+    assert scores == sorted(scores, reverse=True)
+    assert rows[0]["path"].endswith("part_05.png")
+    assert len(list((out / "maps").glob("*.png"))) == 12
+    html = (out / "report.html").read_text()
+    assert "part_05.png" in html and "musc" in html
+    assert result.settings["method"] == "musc"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_existing_output_is_not_overwritten_without_flag(tmp_path):
+    folder = tmp_path / "parts"
+    _write_folder(folder, count=6)
+    out = tmp_path / "out"
+    score_folder(folder, out, RunOptions(image_size=64))
+    first = _digest(out)
+    with pytest.raises(DefectscopeError, match="overwrite"):
+        score_folder(folder, out, RunOptions(image_size=64))
+    assert _digest(out) == first
+    score_folder(folder, out, RunOptions(image_size=64, overwrite=True))
+
+
+def test_unreadable_image_stops_run_or_is_skipped_and_listed(tmp_path):
+    folder = tmp_path / "parts"
+    _write_folder(folder, count=6)
+    broken = folder / "broken.png"
+    broken.write_bytes((folder / "part_00.png").read_bytes()[:60])
+    before = _digest(folder)
+    with pytest.raises(DefectscopeError, match="broken.png"):
+        score_folder(folder, tmp_path / "out", RunOptions(image_size=64))
+    assert not (tmp_path / "out").exists()
+    score_folder(folder, tmp_path / "out", RunOptions(image_size=64, skip_unreadable=True))
+    assert _digest(folder) == before
+    rows = list(csv.DictReader((tmp_path / "out" / "scores.csv").open()))
+    skipped = [r for r in rows if r["status"].startswith("skipped")]
+    assert len(skipped) == 1 and skipped[0]["path"].endswith("broken.png")
+    assert "broken.png" in (tmp_path / "out" / "report.html").read_text()
+    assert "broken.png" in (tmp_path / "out" / "skipped.csv").read_text()
+
+
+def test_evaluate_writes_metrics_json_and_table(tmp_path):
+    root = write_mvtec_category(tmp_path / "widget", kind="object", n_train=2, n_test_good=8, n_test_defect=4, size=96, seed=5)
+    metrics = evaluate_dataset(root, tmp_path / "eval", RunOptions(image_size=64))
+    saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert saved == metrics
+    values = saved["widget"]
+    for key in ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap", "pixel_f1_max", "pixel_aupro"):
+        assert 0.0 <= values[key] <= 1.0
+    assert values["pixel_auroc"] > 0.8
+    table = (tmp_path / "eval" / "metrics.md").read_text()
+    assert "widget" in table and "mean" in table
+    assert (tmp_path / "eval" / "widget" / "report.html").is_file()
+
+
+def test_evaluate_category_without_ground_truth_and_all_normal(tmp_path):
+    root = tmp_path / "plain_cat"
+    (root / "train" / "good").mkdir(parents=True)
+    _write_folder(root / "test" / "good", count=6, defective=())
+    metrics = evaluate_dataset(root, tmp_path / "eval", RunOptions(image_size=64))["plain_cat"]
+    assert metrics["image_auroc"] is None
+    assert metrics["pixel_auroc"] is None and metrics["pixel_aupro"] is None
+
+
+runner = CliRunner()
+
+
+def test_cli_score_and_clear_error(tmp_path):
+    folder = tmp_path / "parts"
+    _write_folder(folder, count=6)
+    ok = runner.invoke(app, ["score", str(folder), "--out", str(tmp_path / "o"), "--image-size", "64", "--threads", "2"])
+    assert ok.exit_code == 0, ok.output
+    assert (tmp_path / "o" / "report.html").is_file()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    bad = runner.invoke(app, ["score", str(empty), "--out", str(tmp_path / "o2")])
+    assert bad.exit_code == 2
+    assert "no images found" in bad.output and "Traceback" not in bad.output
