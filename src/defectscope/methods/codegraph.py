@@ -1,0 +1,355 @@
+"""CoDeGraph: mutual scoring that filters consistent anomalies (defects recurring in the batch).
+
+MuSc fails when one kind of defect recurs in several images: the defective patches find close
+matches in the other defective images and look normal. CoDeGraph reuses the per-image nearest
+distance tables that mutual scoring computes anyway (one (N, N, L) table per LNAMD feature set)
+and adds four cheap steps, none of which repeats the pairwise work:
+
+1. :func:`neighbour_burnout` — per patch, the sorted distances to the other images
+   d_(1) <= ... <= d_(N-1), log-gaps tau_k = ln(d_(k+1) / d_(k)) and the endurance ratio
+   ``burnout(p) = max_{1 <= k <= K} k tau_k(p) / median_q(k tau_k(q))`` (median over every patch
+   of the batch at that k). The argmax k is the number of images that "support" the patch before
+   its neighbours run out. See docs/CODEGRAPH.md for the argument and the calibration.
+2. :func:`image_graph` — nodes are images; every burnt-out patch of image i whose distance after
+   the jump is high (it would be anomalous without its supporters) adds 1 to the edge between i
+   and each of its k supporting images; the matrix is symmetrised.
+3. :func:`find_communities` — Leiden with the Constant Potts Model; communities of at least
+   ``min_community_size`` images whose mean edge weight per member pair reaches
+   ``min_pair_weight`` are kept.
+4. :func:`excluded_interval_mean` — for community members, mutual scoring is recomputed from the
+   same tables with the other members of the community excluded as references (their distances
+   set to +inf, interval bounds taken for the reduced reference count); then maps, image score =
+   max, RsCIN, as in MuSc.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from defectscope.errors import ConfigError
+from defectscope.methods.base import Result
+from defectscope.methods.musc import (
+    MuSc,
+    MuScConfig,
+    ProgressCallback,
+    interval_bounds,
+    interval_mean,
+    nearest_similarities,
+    rscin,
+    similarities_to_distances,
+)
+
+_DISTANCE_FLOOR = 1e-6
+"""Distances are floored here before taking logarithms (identical patches have distance 0)."""
+
+
+@dataclass(frozen=True)
+class CoDeGraphConfig(MuScConfig):
+    """MuSc settings plus the CoDeGraph parameters (defaults chosen by measurement, see
+    docs/CODEGRAPH.md).
+
+    Attributes:
+        max_support_fraction: K = ceil(fraction (N - 1)), the largest number of supporting
+            images a consistent anomaly may have (recurring defects in up to this share of the
+            batch are filtered).
+        burnout_threshold: a patch is burnt out when its endurance ratio exceeds this.
+        jump_quantile: a burnt-out patch links images only when its distance after the jump
+            exceeds this quantile of the batch's MSM patch scores (it would score as anomalous
+            without its supporters).
+        resolution: CPM resolution, in linking patches per image pair.
+        min_pair_weight: a community is kept when its mean (symmetrised) edge weight per member
+            pair reaches this many linking patches.
+        min_community_size: smallest community kept.
+        seed: Leiden seed.
+        draw_graphs: attach a PNG picture of the image graph to every reported community.
+    """
+
+    max_support_fraction: float = 0.5
+    burnout_threshold: float = 20.0
+    jump_quantile: float = 0.99
+    resolution: float = 1.0
+    min_pair_weight: float = 4.0
+    min_community_size: int = 2
+    seed: int = 0
+    draw_graphs: bool = True
+
+    def validate(self) -> None:
+        super().validate()
+        if not 0.0 < self.max_support_fraction <= 1.0:
+            raise ConfigError(f"max_support_fraction must be in (0, 1], got {self.max_support_fraction}")
+        if self.burnout_threshold <= 0:
+            raise ConfigError(f"burnout_threshold must be > 0, got {self.burnout_threshold}")
+        if not 0.0 <= self.jump_quantile <= 1.0:
+            raise ConfigError(f"jump_quantile must be in [0, 1], got {self.jump_quantile}")
+        if self.resolution <= 0:
+            raise ConfigError(f"resolution must be > 0, got {self.resolution}")
+        if self.min_pair_weight < 0:
+            raise ConfigError(f"min_pair_weight must be >= 0, got {self.min_pair_weight}")
+        if self.min_community_size < 2:
+            raise ConfigError(f"min_community_size must be >= 2, got {self.min_community_size}")
+
+
+@dataclass
+class Burnout:
+    """Neighbour-burnout statistics of every patch of a batch.
+
+    Attributes:
+        ratio: (N, L) endurance ratio max_k k tau_k / median(k tau_k).
+        support: (N, L) int64 argmax k: the number of images before the jump (1..K).
+        before: (N, L) distance d_(k) just before the jump.
+        after: (N, L) distance d_(k+1) just after the jump.
+        neighbours: (N, L, K) int64 indices of the K nearest other images, nearest first.
+    """
+
+    ratio: torch.Tensor
+    support: torch.Tensor
+    before: torch.Tensor
+    after: torch.Tensor
+    neighbours: torch.Tensor
+
+
+def max_support(num_images: int, fraction: float) -> int:
+    """K = ceil(fraction (N - 1)), clipped to [1, N - 2] (a jump needs a value after it)."""
+    if num_images < 3:
+        raise ConfigError(f"neighbour burnout needs at least 3 images, got {num_images}")
+    return max(1, min(int(math.ceil(fraction * (num_images - 1))), num_images - 2))
+
+
+def neighbour_burnout(distances: torch.Tensor, support: int) -> Burnout:
+    """Endurance ratio of every patch from an (N, N, L) per-image nearest-distance table.
+
+    The diagonal (an image with itself) must be +inf. For each patch the K + 1 smallest
+    distances to other images are kept (K = ``support``), tau_k = ln(d_(k+1) / d_(k)) for
+    k = 1..K, and the ratio is max_k k tau_k / m_k with m_k the median of k tau_k over all
+    patches of the batch.
+    """
+    n, _, length = distances.shape
+    if not 1 <= support <= n - 2:
+        raise ConfigError(f"support {support} is invalid for {n} images: need 1 <= K <= N - 2")
+    nearest = torch.topk(distances, support + 1, dim=1, largest=False, sorted=True)
+    values = nearest.values.transpose(1, 2).clamp_min(_DISTANCE_FLOOR)
+    order = nearest.indices.transpose(1, 2)
+    ranks = torch.arange(1, support + 1, dtype=values.dtype)
+    scaled_gaps = ranks * torch.log(values[..., 1:] / values[..., :-1])
+    typical = scaled_gaps.reshape(-1, support).median(dim=0).values.clamp_min(_DISTANCE_FLOOR)
+    ratio, jump = (scaled_gaps / typical).max(dim=-1)
+    before = values.gather(-1, jump.unsqueeze(-1)).squeeze(-1)
+    after = values.gather(-1, (jump + 1).unsqueeze(-1)).squeeze(-1)
+    return Burnout(ratio, jump + 1, before, after, order[..., :support].contiguous())
+
+
+def linking_patches(burnout: Burnout, patch_scores: torch.Tensor, threshold: float, jump_quantile: float) -> torch.Tensor:
+    """(N, L) bool: burnt-out patches (ratio > threshold) whose distance after the jump exceeds
+    the ``jump_quantile`` quantile of the batch's MSM ``patch_scores``."""
+    level = torch.quantile(patch_scores.flatten().double(), jump_quantile).item()
+    return (burnout.ratio > threshold) & (burnout.after > level)
+
+
+def image_graph(burnout: Burnout, linking: torch.Tensor) -> np.ndarray:
+    """(N, N) symmetric edge weights: each linking patch of image i adds 1 to (i, j) for each of
+    its supporting images j (those before the jump); then W + W^T, zero diagonal."""
+    n, _, support = burnout.neighbours.shape
+    ranks = torch.arange(support)
+    used = linking.unsqueeze(-1) & (ranks < burnout.support.unsqueeze(-1))
+    sources = torch.arange(n).view(n, 1, 1).expand_as(used)
+    weights = torch.zeros(n * n, dtype=torch.float64)
+    weights.index_add_(0, (sources[used] * n + burnout.neighbours[used]), torch.ones(int(used.sum()), dtype=torch.float64))
+    matrix = weights.view(n, n).numpy()
+    matrix = matrix + matrix.T
+    np.fill_diagonal(matrix, 0.0)
+    return matrix
+
+
+def find_communities(
+    weights: np.ndarray,
+    resolution: float,
+    *,
+    min_size: int = 2,
+    min_pair_weight: float = 0.0,
+    seed: int = 0,
+) -> list[list[int]]:
+    """Leiden (CPM objective, ``resolution`` in weight per node pair) on the image graph.
+
+    Returns the communities of at least ``min_size`` images whose mean edge weight per member
+    pair is at least ``min_pair_weight``, largest first, each sorted.
+    """
+    import igraph
+    import leidenalg
+
+    n = weights.shape[0]
+    rows, cols = np.nonzero(np.triu(weights, k=1))
+    if rows.size == 0:
+        return []
+    graph = igraph.Graph(n=n, edges=list(zip(rows.tolist(), cols.tolist())))
+    graph.es["weight"] = weights[rows, cols].tolist()
+    partition = leidenalg.find_partition(
+        graph, leidenalg.CPMVertexPartition, weights="weight", resolution_parameter=resolution, seed=seed
+    )
+    kept = []
+    for members in partition:
+        if len(members) < min_size:
+            continue
+        block = weights[np.ix_(members, members)]
+        pairs = len(members) * (len(members) - 1) / 2
+        if block.sum() / 2 / pairs >= min_pair_weight:
+            kept.append(sorted(members))
+    return sorted(kept, key=lambda c: (-len(c), c[0]))
+
+
+def excluded_interval_mean(distances: torch.Tensor, excluded: torch.Tensor, lower: float = 0.0, upper: float = 0.3) -> torch.Tensor:
+    """MSM reduction with some references removed: (N, N, L) distances, (N, N) bool
+    ``excluded[i, j]`` (j may not serve as a reference for image i) -> (N, L) scores.
+
+    Excluded entries count as +inf; image i's interval bounds are taken for its own number of
+    remaining references. Images that lose every reference keep their unrestricted score.
+    """
+    n = distances.shape[0]
+    excluded = excluded.clone()
+    excluded.fill_diagonal_(True)
+    references = n - excluded.sum(dim=1)
+    scores = interval_mean(distances, lower, upper)
+    for count in torch.unique(references).tolist():
+        if count == n - 1 or count < 1:
+            continue
+        rows = torch.nonzero(references == count).flatten()
+        start, end = interval_bounds(count, lower, upper)
+        masked = distances[rows].masked_fill(excluded[rows].unsqueeze(-1), math.inf)
+        smallest = torch.topk(masked, end, dim=1, largest=False, sorted=True).values
+        scores[rows] = smallest[:, start:end].mean(dim=1)
+    return scores
+
+
+def graph_picture(weights: np.ndarray, communities: Sequence[Sequence[int]], highlight: int | None = None) -> bytes:
+    """A small PNG of the image graph: nodes on a circle, edge width by weight, members of each
+    community coloured (``highlight``: only that community coloured). Returns PNG bytes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    n = weights.shape[0]
+    angles = 2 * np.pi * np.arange(n) / max(n, 1)
+    xy = np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    figure = Figure(figsize=(3.2, 3.2), dpi=80)
+    axes = figure.add_subplot()
+    axes.set_axis_off()
+    axes.set_aspect("equal")
+    peak = weights.max() if weights.size and weights.max() > 0 else 1.0
+    rows, cols = np.nonzero(np.triu(weights, k=1))
+    for i, j in zip(rows, cols):
+        axes.plot(xy[[i, j], 0], xy[[i, j], 1], color="0.6", linewidth=0.3 + 2.0 * weights[i, j] / peak, zorder=1)
+    colours = np.full(n, "0.8", dtype=object)
+    palette = ["tab:red", "tab:blue", "tab:green", "tab:orange", "tab:purple", "tab:brown"]
+    for index, members in enumerate(communities):
+        if highlight is None or index == highlight:
+            colours[list(members)] = palette[index % len(palette)]
+    axes.scatter(xy[:, 0], xy[:, 1], c=list(colours), s=max(8, 400 // max(n, 1)), edgecolors="k", linewidths=0.3, zorder=2)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", bbox_inches="tight")
+    return buffer.getvalue()
+
+
+@dataclass
+class CoDeGraphScores:
+    """Everything CoDeGraph derives for a batch, for diagnostics and tests."""
+
+    musc_patch_scores: torch.Tensor
+    patch_scores: torch.Tensor
+    burnout: Burnout
+    linking: torch.Tensor
+    weights: np.ndarray
+    communities: list[list[int]]
+    grid: tuple[int, int]
+    embeddings: torch.Tensor
+
+
+class CoDeGraph(MuSc):
+    """MuSc with consistent-anomaly filtering: detects groups of images that vouch for each
+    other's defects and re-scores them without each other as references."""
+
+    method = "codegraph"
+
+    def __init__(self, config: CoDeGraphConfig | None = None, backbone=None) -> None:
+        super().__init__(config or CoDeGraphConfig(), backbone)
+
+    def analyse(self, images: Sequence[np.ndarray], progress: ProgressCallback | None = None) -> CoDeGraphScores:
+        """Features, distance tables, burnout, graph, communities and filtered patch scores."""
+        cfg: CoDeGraphConfig = self.config  # type: ignore[assignment]
+        n = len(images)
+        if n < 3:
+            raise ConfigError(f"CoDeGraph needs at least 3 images, got {n}")
+        sets, grid, embeddings = self.feature_sets(images, progress)
+        pairs = n * (n - 1) // 2
+        total = pairs * len(sets)
+        tables = []
+        for index, feature_set in enumerate(sets):
+            report = None
+            if progress is not None:
+                report = lambda done, base=index * pairs: progress("scoring", base + done, total)  # noqa: E731
+            tables.append(similarities_to_distances(nearest_similarities(feature_set, progress=report)))
+        musc_scores = torch.stack([interval_mean(t, cfg.lower, cfg.upper) for t in tables]).mean(dim=0)
+        mean_table = torch.stack(tables).mean(dim=0)
+        burnout = neighbour_burnout(mean_table, max_support(n, cfg.max_support_fraction))
+        del mean_table
+        linking = linking_patches(burnout, musc_scores, cfg.burnout_threshold, cfg.jump_quantile)
+        weights = image_graph(burnout, linking)
+        communities = find_communities(
+            weights, cfg.resolution, min_size=cfg.min_community_size, min_pair_weight=cfg.min_pair_weight, seed=cfg.seed
+        )
+        patch_scores = musc_scores
+        if communities:
+            excluded = torch.zeros(n, n, dtype=torch.bool)
+            for members in communities:
+                index = torch.tensor(members)
+                excluded[index.unsqueeze(1), index.unsqueeze(0)] = True
+            members_all = excluded.any(dim=1)
+            filtered = torch.stack([excluded_interval_mean(t, excluded, cfg.lower, cfg.upper) for t in tables]).mean(dim=0)
+            patch_scores = torch.where(members_all.unsqueeze(1), filtered, musc_scores)
+        return CoDeGraphScores(musc_scores, patch_scores, burnout, linking, weights, communities, grid, embeddings)
+
+    def predict(
+        self,
+        images: Sequence[np.ndarray],
+        paths: Sequence[str] | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> Result:
+        """Score the batch with consistent-anomaly filtering; ``extras["communities"]`` lists the
+        detected groups (members as paths, a graph picture as PNG bytes)."""
+        return self.result(self.analyse(images, progress), paths)
+
+    def result(self, scores: CoDeGraphScores, paths: Sequence[str] | None = None) -> Result:
+        """The Result of an :meth:`analyse` output: maps, image scores (max, then RsCIN) and the
+        communities as ``extras["communities"]``."""
+        cfg: CoDeGraphConfig = self.config  # type: ignore[assignment]
+        n = scores.patch_scores.shape[0]
+        names = [str(p) for p in (paths if paths is not None else range(n))]
+        if len(names) != n:
+            raise ConfigError(f"got {len(names)} paths for {n} images")
+        maps = self.maps_from_patch_scores(scores.patch_scores, scores.grid)
+        raw = maps.flatten(1).amax(dim=1)
+        image_scores = rscin(raw, scores.embeddings, cfg.rscin_ks)
+        communities = [
+            {
+                "id": number,
+                "members": [names[i] for i in members],
+                "image_png": graph_picture(scores.weights, scores.communities, number) if cfg.draw_graphs else None,
+            }
+            for number, members in enumerate(scores.communities)
+        ]
+        return Result(
+            paths=names,
+            image_scores=np.asarray(image_scores, dtype=np.float64),
+            anomaly_maps=maps.numpy().astype(np.float32),
+            settings=self.settings(),
+            extras={
+                "raw_image_scores": raw.tolist(),
+                "communities": communities,
+                "linking_patches": scores.linking.sum(dim=1).tolist(),
+            },
+        )

@@ -1,0 +1,126 @@
+"""CoDeGraph: burnout statistic, graph, communities, filtered re-scoring, end to end.
+
+The end-to-end tests run the embedded EfficientNet-Lite0 backbone at 128 px on 24 synthetic
+texture images (about 10 s per batch on two loaded cores); the others use small hand-built
+distance tables.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from defectscope.data.synthetic import synthetic_images
+from defectscope.errors import ConfigError
+from defectscope.methods.codegraph import (
+    CoDeGraph,
+    CoDeGraphConfig,
+    excluded_interval_mean,
+    find_communities,
+    image_graph,
+    linking_patches,
+    max_support,
+    neighbour_burnout,
+)
+from defectscope.methods.musc import interval_bounds, interval_mean
+from defectscope.metrics import pixel_metrics
+
+N_IMAGES = 24
+RECURRING = tuple(range(2, 18, 2))
+
+
+def _table(n: int, length: int, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    table = 0.5 + 0.1 * torch.rand(n, n, length, generator=generator)
+    table[torch.arange(n), torch.arange(n)] = math.inf
+    return table
+
+
+def test_burnout_finds_the_jump_and_its_supporters() -> None:
+    n, length = 20, 30
+    table = _table(n, length)
+    group = [3, 7, 11, 15]
+    for i in group:
+        table[i, :, 5] += 0.3
+        for j in group:
+            if i != j:
+                table[i, j, 5] = 0.01
+    burnout = neighbour_burnout(table, max_support(n, 0.5))
+    assert burnout.ratio[group, 5].min() > 10 * burnout.ratio[:, :5].median()
+    assert burnout.support[group, 5].tolist() == [3, 3, 3, 3]
+    for i in group:
+        assert sorted(burnout.neighbours[i, 5, :3].tolist()) == sorted(set(group) - {i})
+    linking = linking_patches(burnout, interval_mean(table), threshold=20.0, jump_quantile=0.99)
+    assert linking.sum() == 4
+    weights = image_graph(burnout, linking)
+    assert np.array_equal(weights, weights.T)
+    assert weights[3, 7] == 2 and weights[0].sum() == 0
+    assert find_communities(weights, 0.5) == [group]
+
+
+def test_find_communities_drops_weak_groups() -> None:
+    weights = np.zeros((6, 6))
+    weights[0, 1] = weights[1, 0] = 1.0
+    weights[2, 3] = weights[3, 2] = weights[2, 4] = weights[4, 2] = weights[3, 4] = weights[4, 3] = 9.0
+    assert find_communities(weights, 0.5, min_pair_weight=4.0) == [[2, 3, 4]]
+    assert find_communities(np.zeros((5, 5)), 0.5) == []
+
+
+def test_excluded_interval_mean_matches_brute_force() -> None:
+    n, length = 12, 7
+    table = _table(n, length, seed=1)
+    nothing = torch.zeros(n, n, dtype=torch.bool)
+    assert torch.equal(excluded_interval_mean(table, nothing), interval_mean(table))
+    excluded = nothing.clone()
+    excluded[0, [1, 2, 3]] = True
+    scores = excluded_interval_mean(table, excluded, 0.0, 0.3)
+    references = [j for j in range(1, n) if j not in (1, 2, 3)]
+    start, end = interval_bounds(len(references), 0.0, 0.3)
+    expected = table[0, references].sort(dim=0).values[start:end].mean(dim=0)
+    assert torch.allclose(scores[0], expected)
+    assert torch.equal(scores[1:], interval_mean(table)[1:])
+
+
+def test_config_is_validated() -> None:
+    with pytest.raises(ConfigError):
+        CoDeGraph(CoDeGraphConfig(resolution=0.0))
+    with pytest.raises(ConfigError):
+        CoDeGraph(CoDeGraphConfig(max_support_fraction=1.5))
+    with pytest.raises(ConfigError):
+        max_support(2, 0.5)
+
+
+@pytest.fixture(scope="module")
+def detector() -> CoDeGraph:
+    return CoDeGraph(CoDeGraphConfig(backbone="efficientnet-lite0", image_size=128))
+
+
+def test_recurring_defect_missed_by_musc_is_found_and_grouped(detector: CoDeGraph) -> None:
+    images, masks = synthetic_images(N_IMAGES, kind="texture", size=128, defective=RECURRING, defect="recurring", seed=0)
+    paths = [f"img{i:02d}.png" for i in range(N_IMAGES)]
+    scores = detector.analyse(images)
+    result = detector.result(scores, paths)
+    truth = np.stack(masks)
+    musc_maps = detector.maps_from_patch_scores(scores.musc_patch_scores, scores.grid).numpy()
+    musc_ap = pixel_metrics(musc_maps, truth)["pixel_ap"]
+    codegraph_ap = pixel_metrics(result.anomaly_maps, truth)["pixel_ap"]
+    assert musc_ap < 0.1
+    assert codegraph_ap > 0.5
+    defective = np.zeros(N_IMAGES, dtype=bool)
+    defective[list(RECURRING)] = True
+    assert result.image_scores[defective].min() > result.image_scores[~defective].max()
+    communities = result.extras["communities"]
+    assert len(communities) == 1
+    assert communities[0]["members"] == [paths[i] for i in RECURRING]
+    assert communities[0]["image_png"].startswith(b"\x89PNG")
+    assert result.settings["method"] == "codegraph"
+
+
+def test_no_community_without_recurrence(detector: CoDeGraph) -> None:
+    images, masks = synthetic_images(N_IMAGES, kind="texture", size=128, defective=(3, 11, 17), seed=0)
+    result = detector.predict(images)
+    assert result.extras["communities"] == []
+    assert pixel_metrics(result.anomaly_maps, np.stack(masks))["pixel_ap"] > 0.4
