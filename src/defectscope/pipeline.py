@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -77,23 +78,33 @@ def build_detector(options: RunOptions):
     raise ConfigError(f"unknown method '{options.method}'; choose one of {', '.join(ZERO_SHOT_METHODS + TRAINED_METHODS)}")
 
 
+def _read_or_error(path: Path) -> np.ndarray | ImageReadError:
+    try:
+        return read_image(path)
+    except ImageReadError as exc:
+        return exc
+
+
 def read_batch(
-    paths: Sequence[Path], skip_unreadable: bool = False
+    paths: Sequence[Path], skip_unreadable: bool = False, workers: int = 4
 ) -> tuple[list[np.ndarray], list[Path], list[tuple[Path, str]]]:
-    """Read every image before any heavy work. The first unreadable file stops the run with
-    its one-sentence error, unless ``skip_unreadable``: then it is listed in ``skipped``."""
+    """Read every image before any heavy work (decoding in ``workers`` threads, order kept).
+
+    The first unreadable file (in input order) stops the run with its one-sentence error,
+    unless ``skip_unreadable``: then it is listed in ``skipped``.
+    """
     images: list[np.ndarray] = []
     kept: list[Path] = []
     skipped: list[tuple[Path, str]] = []
-    for path in paths:
-        try:
-            images.append(read_image(path))
-        except ImageReadError as exc:
-            if not skip_unreadable:
-                raise
-            skipped.append((path, str(exc)))
-        else:
-            kept.append(path)
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        for path, outcome in zip(paths, pool.map(_read_or_error, paths)):
+            if isinstance(outcome, ImageReadError):
+                if not skip_unreadable:
+                    raise outcome
+                skipped.append((path, str(outcome)))
+            else:
+                images.append(outcome)
+                kept.append(path)
     return images, kept, skipped
 
 
