@@ -10,7 +10,7 @@ import pytest
 from defectscope.methods.uflow import nfa
 from defectscope.methods.uflow.iou import image_ious, iou_auto, iou_oracle, iou_oracle_threshold
 
-CHANNELS, SIDE = 8, 24
+CHANNELS, SIDE = 32, 16
 
 
 def _noise(seed: int) -> np.ndarray:
@@ -20,7 +20,7 @@ def _noise(seed: int) -> np.ndarray:
 def _planted(seed: int, shift: float = 2.0) -> tuple[np.ndarray, np.ndarray]:
     latent = _noise(seed)
     truth = np.zeros((SIDE, SIDE), dtype=bool)
-    truth[8:14, 5:11] = True
+    truth[5:11, 4:10] = True
     latent[:, truth] += shift
     return latent, truth
 
@@ -74,11 +74,11 @@ def test_smaller_epsilon_detects_less() -> None:
 
 def test_region_log_nfa_of_a_single_extreme_pixel_matches_the_formula() -> None:
     latent = np.zeros((CHANNELS, 5, 5))
-    latent[:, 2, 2] = 3.0
-    statistic = CHANNELS * 9.0
+    latent[:, 2, 2] = 6.0
+    statistic = CHANNELS * 36.0
     from scipy import stats
 
-    expected = nfa.log_number_of_tests(1, 25) + stats.chi2.logsf(statistic, CHANNELS)
+    expected = nfa.log_number_of_tests(25) + stats.chi2.logsf(statistic, CHANNELS)
     assert nfa.region_log_nfa_map(latent)[2, 2] == pytest.approx(float(expected))
     assert float(nfa.log_polyomino_count(1)) >= 0.0
     assert math.exp(float(nfa.log_polyomino_count(4))) >= 19

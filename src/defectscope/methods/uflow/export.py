@@ -99,5 +99,26 @@ def export_onnx(model: UFlow, path: str | Path, *, include_backbone: bool = True
         warnings.simplefilter("ignore")
         torch.onnx.export(module, inputs, str(temporary), input_names=input_names, output_names=output_names,
                           dynamic_axes=dynamic, opset_version=opset, dynamo=False)
+    _fix_shapes(temporary, size, flow)
     temporary.replace(path)
     return path
+
+
+def _fix_shapes(path: Path, size: int, flow: UFlowNet) -> None:
+    """Write the known static output shapes and drop the tracer's intermediate shape guesses.
+
+    The tracer can give two different spatial sizes the same symbolic name (it does so through
+    the backbone's computed "SAME" padding), which onnxruntime then trusts when planning memory.
+    """
+    import onnx
+
+    proto = onnx.load(str(path))
+    del proto.graph.value_info[:]
+    shapes = {"anomaly_map": [size, size]}
+    shapes.update({f"latent_{s}": [c, g, g] for s, (c, g) in enumerate(zip(flow.latent_channels, flow.grids))})
+    for output in proto.graph.output:
+        dims = output.type.tensor_type.shape.dim
+        for dim, value in zip(dims[1:], shapes[output.name]):
+            dim.Clear()
+            dim.dim_value = value
+    onnx.save(proto, str(path))
