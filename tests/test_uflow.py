@@ -52,7 +52,7 @@ class FakeBackbone(nn.Module):
 
 def _config(**changes: object) -> UFlowConfig:
     base = UFlowConfig(backbone="fake", image_size=SIZE, layers=("stride4", "stride8"), epochs=3,
-                       batch_size=4, blocks_per_scale=2, feature_batch_size=8)
+                       batch_size=4, blocks_per_scale=2, feature_batch_size=8, min_epoch_samples=1)
     return replace(base, **changes)
 
 

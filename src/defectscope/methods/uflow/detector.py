@@ -12,6 +12,7 @@ weights.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -47,6 +48,8 @@ class UFlowConfig:
         hidden_ratio: subnet hidden channels / subnet input channels.
         epochs: fixed number of training epochs (the last weights are kept).
         batch_size: training batch size.
+        min_epoch_samples: an epoch visits every training image once, and small training sets
+            are cycled (fresh shuffles) until at least this many samples are seen.
         learning_rate: Adam learning rate at epoch 0.
         lr_decay: the learning rate is multiplied by this factor after every epoch.
         weight_decay: Adam weight decay.
@@ -67,6 +70,7 @@ class UFlowConfig:
     hidden_ratio: float = 1.0
     epochs: int = 60
     batch_size: int = 16
+    min_epoch_samples: int = 200
     learning_rate: float = 1e-3
     lr_decay: float = 0.97
     weight_decay: float = 1e-5
@@ -79,7 +83,8 @@ class UFlowConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", tuple(self.layers))
-        positive = ("image_size", "blocks_per_scale", "epochs", "batch_size", "feature_batch_size")
+        positive = ("image_size", "blocks_per_scale", "epochs", "batch_size", "feature_batch_size",
+                    "min_epoch_samples")
         for name in positive:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -238,9 +243,11 @@ class UFlow:
             for group in optimizer.param_groups:
                 group["lr"] = config.learning_rate * config.lr_decay ** epoch
             generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
-            order = torch.randperm(count, generator=generator)
+            passes = max(1, math.ceil(config.min_epoch_samples / count))
+            order = torch.cat([torch.randperm(count, generator=generator) for _ in range(passes)])
+            order = order[:max(count, config.min_epoch_samples)]
             total, seen = 0.0, 0
-            for start in range(0, count, config.batch_size):
+            for start in range(0, len(order), config.batch_size):
                 index = order[start:start + config.batch_size]
                 latents, log_det = self.flow([f[index] for f in normalised])
                 loss = flow_loss(latents, log_det)
