@@ -95,7 +95,8 @@ def _print_metrics(metrics: dict) -> None:
     table = Table(title="metrics (%)")
     table.add_column("category")
     for column in columns:
-        table.add_column(column, justify="right")
+        short = column.replace("image_", "I-").replace("pixel_", "P-").replace("_max", "").upper()
+        table.add_column(short, justify="right")
     for name, values in metrics.items():
         table.add_row(name, *(format_metric(values.get(c)) for c in columns))
     Console().print(table)
