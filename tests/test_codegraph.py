@@ -53,7 +53,7 @@ def test_burnout_finds_the_jump_and_its_supporters() -> None:
     assert burnout.support[group, 5].tolist() == [3, 3, 3, 3]
     for i in group:
         assert sorted(burnout.neighbours[i, 5, :3].tolist()) == sorted(set(group) - {i})
-    linking = linking_patches(burnout, interval_mean(table), threshold=20.0, jump_quantile=0.99)
+    linking = linking_patches(burnout, threshold=20.0, score_quantile=0.99)
     assert linking.sum() == 4
     weights = image_graph(burnout, linking)
     assert np.array_equal(weights, weights.T)

@@ -10,9 +10,10 @@ and adds four cheap steps, none of which repeats the pairwise work:
    ``burnout(p) = max_{1 <= k <= K} k tau_k(p) / median_q(k tau_k(q))`` (median over every patch
    of the batch at that k). The argmax k is the number of images that "support" the patch before
    its neighbours run out. See docs/CODEGRAPH.md for the argument and the calibration.
-2. :func:`image_graph` — nodes are images; every burnt-out patch of image i whose distance after
-   the jump is high (it would be anomalous without its supporters) adds 1 to the edge between i
-   and each of its k supporting images; the matrix is symmetrised.
+2. :func:`linking_patches`, :func:`image_graph` — nodes are images; every burnt-out patch of
+   image i whose MSM score without its k supporters would be high (above a quantile of the
+   batch's patch scores) adds 1 to the edge between i and each of its supporting images; the
+   matrix is symmetrised.
 3. :func:`find_communities` — Leiden with the Constant Potts Model; communities of at least
    ``min_community_size`` images whose mean edge weight per member pair reaches
    ``min_pair_weight`` are kept.
@@ -59,9 +60,9 @@ class CoDeGraphConfig(MuScConfig):
             images a consistent anomaly may have (recurring defects in up to this share of the
             batch are filtered).
         burnout_threshold: a patch is burnt out when its endurance ratio exceeds this.
-        jump_quantile: a burnt-out patch links images only when its distance after the jump
-            exceeds this quantile of the batch's MSM patch scores (it would score as anomalous
-            without its supporters).
+        score_quantile: a burnt-out patch links images only when its MSM score without its
+            supporting images as references would exceed this quantile of the batch's MSM patch
+            scores (it would score as anomalous without them).
         resolution: CPM resolution, in linking patches per image pair.
         min_pair_weight: a community is kept when its mean (symmetrised) edge weight per member
             pair reaches this many linking patches.
@@ -71,10 +72,10 @@ class CoDeGraphConfig(MuScConfig):
     """
 
     max_support_fraction: float = 0.5
-    burnout_threshold: float = 20.0
-    jump_quantile: float = 0.99
+    burnout_threshold: float = 30.0
+    score_quantile: float = 0.99
     resolution: float = 1.0
-    min_pair_weight: float = 4.0
+    min_pair_weight: float = 8.0
     min_community_size: int = 2
     seed: int = 0
     draw_graphs: bool = True
@@ -85,8 +86,8 @@ class CoDeGraphConfig(MuScConfig):
             raise ConfigError(f"max_support_fraction must be in (0, 1], got {self.max_support_fraction}")
         if self.burnout_threshold <= 0:
             raise ConfigError(f"burnout_threshold must be > 0, got {self.burnout_threshold}")
-        if not 0.0 <= self.jump_quantile <= 1.0:
-            raise ConfigError(f"jump_quantile must be in [0, 1], got {self.jump_quantile}")
+        if not 0.0 <= self.score_quantile <= 1.0:
+            raise ConfigError(f"score_quantile must be in [0, 1], got {self.score_quantile}")
         if self.resolution <= 0:
             raise ConfigError(f"resolution must be > 0, got {self.resolution}")
         if self.min_pair_weight < 0:
@@ -104,6 +105,8 @@ class Burnout:
         support: (N, L) int64 argmax k: the number of images before the jump (1..K).
         before: (N, L) distance d_(k) just before the jump.
         after: (N, L) distance d_(k+1) just after the jump.
+        score: (N, L) MSM score of each patch over the same table.
+        unsupported: (N, L) MSM score without the k supporting images as references.
         neighbours: (N, L, K) int64 indices of the K nearest other images, nearest first.
     """
 
@@ -111,6 +114,8 @@ class Burnout:
     support: torch.Tensor
     before: torch.Tensor
     after: torch.Tensor
+    score: torch.Tensor
+    unsupported: torch.Tensor
     neighbours: torch.Tensor
 
 
@@ -121,34 +126,45 @@ def max_support(num_images: int, fraction: float) -> int:
     return max(1, min(int(math.ceil(fraction * (num_images - 1))), num_images - 2))
 
 
-def neighbour_burnout(distances: torch.Tensor, support: int) -> Burnout:
+def neighbour_burnout(distances: torch.Tensor, support: int, lower: float = 0.0, upper: float = 0.3) -> Burnout:
     """Endurance ratio of every patch from an (N, N, L) per-image nearest-distance table.
 
-    The diagonal (an image with itself) must be +inf. For each patch the K + 1 smallest
-    distances to other images are kept (K = ``support``), tau_k = ln(d_(k+1) / d_(k)) for
-    k = 1..K, and the ratio is max_k k tau_k / m_k with m_k the median of k tau_k over all
-    patches of the batch.
+    The diagonal (an image with itself) must be +inf. For each patch the distances to the other
+    images are sorted, tau_k = ln(d_(k+1) / d_(k)) for k = 1..K (K = ``support``), and the ratio
+    is max_k k tau_k / m_k with m_k the median of k tau_k over all patches of the batch. Also
+    returns the MSM score of every patch over this table and the score it would get without its
+    supporters (the interval [lower, upper) taken over the N - 1 - k remaining references).
     """
     n, _, length = distances.shape
     if not 1 <= support <= n - 2:
         raise ConfigError(f"support {support} is invalid for {n} images: need 1 <= K <= N - 2")
-    nearest = torch.topk(distances, support + 1, dim=1, largest=False, sorted=True)
-    values = nearest.values.transpose(1, 2).clamp_min(_DISTANCE_FLOOR)
+    start, end = interval_bounds(n - 1, lower, upper)
+    depth = min(n - 1, support + end)
+    nearest = torch.topk(distances, depth, dim=1, largest=False, sorted=True)
+    values = nearest.values.transpose(1, 2).contiguous()
     order = nearest.indices.transpose(1, 2)
+    floored = values[..., : support + 1].clamp_min(_DISTANCE_FLOOR)
     ranks = torch.arange(1, support + 1, dtype=values.dtype)
-    scaled_gaps = ranks * torch.log(values[..., 1:] / values[..., :-1])
+    scaled_gaps = ranks * torch.log(floored[..., 1:] / floored[..., :-1])
     typical = scaled_gaps.reshape(-1, support).median(dim=0).values.clamp_min(_DISTANCE_FLOOR)
     ratio, jump = (scaled_gaps / typical).max(dim=-1)
     before = values.gather(-1, jump.unsqueeze(-1)).squeeze(-1)
     after = values.gather(-1, (jump + 1).unsqueeze(-1)).squeeze(-1)
-    return Burnout(ratio, jump + 1, before, after, order[..., :support].contiguous())
+    score = values[..., start:end].mean(dim=-1)
+    unsupported = torch.empty_like(score)
+    for k in range(1, support + 1):
+        chosen = jump == k - 1
+        if chosen.any():
+            first, last = interval_bounds(n - 1 - k, lower, upper)
+            unsupported[chosen] = values[chosen][:, k + first : k + last].mean(dim=-1)
+    return Burnout(ratio, jump + 1, before, after, score, unsupported, order[..., :support].contiguous())
 
 
-def linking_patches(burnout: Burnout, patch_scores: torch.Tensor, threshold: float, jump_quantile: float) -> torch.Tensor:
-    """(N, L) bool: burnt-out patches (ratio > threshold) whose distance after the jump exceeds
-    the ``jump_quantile`` quantile of the batch's MSM ``patch_scores``."""
-    level = torch.quantile(patch_scores.flatten().double(), jump_quantile).item()
-    return (burnout.ratio > threshold) & (burnout.after > level)
+def linking_patches(burnout: Burnout, threshold: float, score_quantile: float) -> torch.Tensor:
+    """(N, L) bool: burnt-out patches (ratio > threshold) whose MSM score without their
+    supporters would exceed the ``score_quantile`` quantile of the batch's MSM patch scores."""
+    level = torch.quantile(burnout.score.flatten().double(), score_quantile).item()
+    return (burnout.ratio > threshold) & (burnout.unsupported > level)
 
 
 def image_graph(burnout: Burnout, linking: torch.Tensor) -> np.ndarray:
@@ -294,10 +310,10 @@ class CoDeGraph(MuSc):
                 report = lambda done, base=index * pairs: progress("scoring", base + done, total)  # noqa: E731
             tables.append(similarities_to_distances(nearest_similarities(feature_set, progress=report)))
         musc_scores = torch.stack([interval_mean(t, cfg.lower, cfg.upper) for t in tables]).mean(dim=0)
-        mean_table = torch.stack(tables).mean(dim=0)
-        burnout = neighbour_burnout(mean_table, max_support(n, cfg.max_support_fraction))
+        mean_table = sum(tables[1:], tables[0].clone()) / len(tables)
+        burnout = neighbour_burnout(mean_table, max_support(n, cfg.max_support_fraction), cfg.lower, cfg.upper)
         del mean_table
-        linking = linking_patches(burnout, musc_scores, cfg.burnout_threshold, cfg.jump_quantile)
+        linking = linking_patches(burnout, cfg.burnout_threshold, cfg.score_quantile)
         weights = image_graph(burnout, linking)
         communities = find_communities(
             weights, cfg.resolution, min_size=cfg.min_community_size, min_pair_weight=cfg.min_pair_weight, seed=cfg.seed

@@ -1,0 +1,90 @@
+"""Seeded benchmark batches for CoDeGraph: recurring defects vs rare, all-different defects.
+
+Batches (all zero-shot: each batch scores itself):
+
+* ``mtd_blowhole_{10,30,50}``: ``size`` Magnetic Tile images, of which 10 / 30 / 50 % are
+  Blowhole tiles (one defect type recurring), the rest defect-free tiles;
+* ``mtd_mixed_10``: ``size`` Magnetic Tile images, 10 % defective, drawn from all five defect
+  classes (rare and mostly different defects);
+* ``bottle_test``: the MVTec AD bottle test set as it is (83 images, 63 defective of 3 types,
+  no single dominant repetition of an identical defect).
+
+Normal tiles come from the ``magnetic_tile(seed=0)`` test split (476 tiles); defective tiles
+with an empty published mask are never drawn. Draws use ``numpy.random.default_rng([seed,
+batch number])``, so a batch does not change when others are added. Print the batches with
+
+    python bench/recurring_batches.py --size 80 --seed 0
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from defectscope.data.io import read_mask
+from defectscope.data.layouts import Sample, magnetic_tile, mvtec_category
+
+DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+BLOWHOLE_FRACTIONS = (0.1, 0.3, 0.5)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One benchmark batch: its name, its samples (paths, labels, masks) and whether one
+    defect type recurs in it."""
+
+    name: str
+    samples: list[Sample]
+    recurring: bool
+
+
+def _has_defect_pixels(sample: Sample) -> bool:
+    return sample.mask_path is not None and bool(read_mask(sample.mask_path).any())
+
+
+def _draw(rng: np.random.Generator, pool: list[Sample], count: int) -> list[Sample]:
+    if count > len(pool):
+        raise ValueError(f"asked for {count} samples from a pool of {len(pool)}")
+    picked = rng.choice(len(pool), size=count, replace=False)
+    return [pool[int(i)] for i in sorted(picked)]
+
+
+def build_batches(size: int = 80, seed: int = 0, datasets: Path = DATASETS) -> list[Batch]:
+    """The benchmark batches (see the module docstring), in a fixed order."""
+    tiles = magnetic_tile(datasets / "magnetic_tile", seed=0)
+    normal = [s for s in tiles.test if s.label == 0]
+    defective = [s for s in tiles.test if s.label == 1 and _has_defect_pixels(s)]
+    blowholes = [s for s in defective if s.defect_type == "Blowhole"]
+    batches = []
+    for number, fraction in enumerate(BLOWHOLE_FRACTIONS):
+        rng = np.random.default_rng([seed, number])
+        count = int(round(fraction * size))
+        samples = _draw(rng, normal, size - count) + _draw(rng, blowholes, count)
+        batches.append(Batch(f"mtd_blowhole_{int(round(fraction * 100))}", samples, True))
+    rng = np.random.default_rng([seed, len(BLOWHOLE_FRACTIONS)])
+    count = int(round(0.1 * size))
+    samples = _draw(rng, normal, size - count) + _draw(rng, defective, count)
+    batches.append(Batch("mtd_mixed_10", samples, False))
+    bottle = mvtec_category(datasets / "mvtec_bottle")
+    batches.append(Batch("bottle_test", list(bottle.test), False))
+    return batches
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=80)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    for batch in build_batches(args.size, args.seed):
+        kinds: dict[str, int] = {}
+        for sample in batch.samples:
+            key = sample.defect_type or "good"
+            kinds[key] = kinds.get(key, 0) + 1
+        print(f"{batch.name}: {len(batch.samples)} images {kinds} recurring={batch.recurring}")
+
+
+if __name__ == "__main__":
+    main()
