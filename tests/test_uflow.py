@@ -196,3 +196,14 @@ def test_onnx_export_matches_pytorch(trained: UFlow, tmp_path: Path) -> None:
     torch_maps = trained.predict(images).anomaly_maps
     assert onnx_maps.shape == torch_maps.shape
     assert np.max(np.abs(onnx_maps - torch_maps)) <= 1e-4
+
+
+def test_held_out_calibration_scales_the_nfa_and_survives_save_load(tmp_path: Path) -> None:
+    model = UFlow(_config(epochs=1, calibration_fraction=0.25), backbones=_backbones()).fit(_images(12))
+    assert len(model.latent_scale) == 2
+    assert all(float(scale) >= 1.0 for scale in model.latent_scale)
+    model.save(tmp_path / "calibrated")
+    loaded = UFlow.load(tmp_path / "calibrated", backbones=_backbones())
+    assert [float(s) for s in loaded.latent_scale] == [float(s) for s in model.latent_scale]
+    with pytest.raises(ConfigError):
+        UFlowConfig(calibration_fraction=1.0)
