@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from defectscope.methods.uflow import nfa
-from defectscope.methods.uflow.iou import image_ious, iou_auto, iou_oracle, iou_oracle_threshold
+from defectscope.segmentation_iou import image_ious, iou_auto, iou_oracle, iou_oracle_threshold
 
 CHANNELS, SIDE = 32, 16
 

@@ -23,7 +23,7 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 
-MethodOption = typer.Option("musc", "--method", "-m", help="musc (zero-shot, default) or codegraph (zero-shot, recurring defects).")
+MethodOption = typer.Option("musc", "--method", "-m", help="musc (zero-shot, default), codegraph (zero-shot, recurring defects); evaluate also takes uflow and prn (trained).")
 BackboneOption = typer.Option(None, "--backbone", "-b", help="Feature extractor (see `defectscope backbones`); default: the embedded EfficientNet-Lite.")
 WeightsOption = typer.Option(None, "--weights", help="Local folder with backbone weights (DINOv2/CLIP), for offline use.")
 ImageSizeOption = typer.Option(None, "--image-size", help="Square input size in pixels (default: the backbone's).")
@@ -69,13 +69,16 @@ def _user_errors() -> Iterator[None]:
             raise typer.Exit(code=130)
 
 
-def _options(method, backbone, weights, image_size, batch_size, threads, skip_unreadable, overwrite, smoothing):
+def _options(method, backbone, weights, image_size, batch_size, threads, skip_unreadable, overwrite, smoothing, kshot=10, epochs=None):
     from defectscope.pipeline import RunOptions
 
     method_options = {}
     if smoothing is not None:
         method_options["smoothing_sigma"] = smoothing
+    if epochs is not None:
+        method_options["epochs"] = epochs
     return RunOptions(
+        kshot=kshot,
         method=method,
         backbone=backbone,
         weights=str(weights) if weights else None,
@@ -143,16 +146,77 @@ def evaluate(
     skip_unreadable: bool = SkipOption,
     smoothing: Optional[float] = SmoothingOption,
     category: Optional[list[str]] = typer.Option(None, "--category", "-c", help="Only these categories (repeatable)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the documented train/test split where a layout needs one."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the documented train/test splits (magnetic tile, PRN k-shot)."),
+    kshot: int = typer.Option(10, "--kshot", help="PRN: labelled defects per defect type moved from test to training."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="U-Flow/PRN: training epochs (default: the method's)."),
 ) -> None:
-    """Score each category's test set and measure image and pixel metrics."""
+    """Score each category's test set and measure image and pixel metrics.
+
+    Zero-shot methods score the test set by itself; uflow trains on train/good first; prn also
+    takes --kshot labelled defects per type from the test set (seeded, never scored)."""
     from defectscope.pipeline import evaluate_dataset
 
-    options = _options(method, backbone, weights, image_size, batch_size, threads, skip_unreadable, overwrite, smoothing)
+    options = _options(method, backbone, weights, image_size, batch_size, threads, skip_unreadable, overwrite, smoothing, kshot, epochs)
     with _user_errors(), _progress() as progress:
         metrics = evaluate_dataset(root, out, options, categories=category, seed=seed, progress=progress)
     _print_metrics(metrics)
     console.print(f"wrote {out}/metrics.json, {out}/metrics.md and per-category outputs")
+
+
+@app.command()
+def fit(
+    train_dir: Path = typer.Argument(..., help="Normal images: an MVTec category (uses train/good) or a folder of good parts."),
+    out: Path = typer.Option(..., "--out", "-o", help="Model folder to write (safetensors + JSON)."),
+    method: str = typer.Option(..., "--method", "-m", help="uflow or prn."),
+    anomalies: Optional[Path] = typer.Option(None, "--anomalies", help="PRN: defective images with masks (MVTec category, or <name>_mask.png beside each image)."),
+    backbone: Optional[str] = BackboneOption,
+    weights: Optional[Path] = WeightsOption,
+    image_size: Optional[int] = ImageSizeOption,
+    batch_size: int = BatchSizeOption,
+    threads: Optional[int] = ThreadsOption,
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Training epochs (default: the method's)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted training from its last epoch checkpoint."),
+    overwrite: bool = OverwriteOption,
+) -> None:
+    """Train U-Flow (normal images) or PRN (normal images + labelled defects) and save the model."""
+    from defectscope.training import fit_model
+
+    options = _options(method, backbone, weights, image_size, batch_size, threads, False, overwrite, None, epochs=epochs)
+    with _user_errors(), _progress() as progress:
+        fit_model(method, train_dir, out, options, anomalies_dir=anomalies, resume=resume, progress=progress)
+    console.print(f"saved {method} model to {out}")
+
+
+@app.command()
+def predict(
+    model: Path = typer.Argument(..., help="A model folder written by `defectscope fit`."),
+    folder: Path = typer.Argument(..., help="Folder of images to inspect (recursive)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder: scores.csv, maps/, masks/ (U-Flow), report.html."),
+    threads: Optional[int] = ThreadsOption,
+    overwrite: bool = OverwriteOption,
+    skip_unreadable: bool = SkipOption,
+) -> None:
+    """Score images with a trained model."""
+    from defectscope.pipeline import RunOptions
+    from defectscope.training import predict_folder
+
+    with _user_errors(), _progress() as progress:
+        result = predict_folder(model, folder, out, RunOptions(threads=threads, overwrite=overwrite, skip_unreadable=skip_unreadable), progress)
+    console.print(f"scored {len(result.paths)} images; wrote {out}/scores.csv, {out}/maps/, {out}/report.html")
+
+
+@app.command()
+def export(
+    model: Path = typer.Argument(..., help="A model folder written by `defectscope fit`."),
+    out: Path = typer.Option(..., "--out", "-o", help="The .onnx file to write."),
+    fmt: str = typer.Option("onnx", "--format", help="Export format (onnx)."),
+) -> None:
+    """Export a trained model (image -> anomaly map) to ONNX."""
+    from defectscope.training import export_model
+
+    with _user_errors():
+        export_model(model, out, fmt)
+    console.print(f"wrote {out}")
 
 
 @app.command()

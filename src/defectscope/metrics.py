@@ -375,3 +375,20 @@ def _aupro(c: _Curve, limit: float) -> float:
 def _unit(v: float) -> float:
     """Clamp rounding noise into [0, 1] and return a Python float."""
     return float(min(1.0, max(0.0, v)))
+
+
+def binary_mask_metrics(
+    masks_pred: ArrayLike | Sequence[ArrayLike],
+    masks_gt: ArrayLike | Sequence[ArrayLike],
+    anomaly_maps: ArrayLike | Sequence[ArrayLike],
+) -> MetricDict:
+    """IoU of a method's own binary masks and the best reachable with one threshold.
+
+    ``pixel_iou_auto``: mean over all test images of the per-image IoU of the predicted masks
+    (an image where both masks are empty scores 1, as in the U-Flow paper's mIoU);
+    ``pixel_iou_oracle``: the same mean IoU at the single best threshold of ``anomaly_maps``
+    for the whole category (searched over 1000 quantiles of the pooled values).
+    """
+    from defectscope.segmentation_iou import iou_auto, iou_oracle
+
+    return {"pixel_iou_auto": iou_auto(masks_pred, masks_gt), "pixel_iou_oracle": iou_oracle(anomaly_maps, masks_gt)}

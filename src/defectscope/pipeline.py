@@ -35,7 +35,10 @@ TRAINED_METHODS = ("uflow", "prn")
 
 @dataclass(frozen=True)
 class RunOptions:
-    """Options shared by ``score`` and ``evaluate``; ``method_options`` go to the method config."""
+    """Options shared by ``score`` and ``evaluate``; ``method_options`` go to the method config.
+
+    ``kshot``: for ``evaluate --method prn``, labelled defects per defect type moved from the
+    test set to training (seeded protocol, :func:`defectscope.methods.prn.kshot_split`)."""
 
     method: str = "musc"
     backbone: str | None = None
@@ -45,6 +48,7 @@ class RunOptions:
     threads: int | None = None
     skip_unreadable: bool = False
     overwrite: bool = False
+    kshot: int = 10
     method_options: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -173,9 +177,17 @@ def _labels_text(samples: Sequence[Sample]) -> list[str | None]:
 
 
 def evaluate_category(
-    category: Category, options: RunOptions, progress: ProgressCallback | None = None
+    category: Category, options: RunOptions, progress: ProgressCallback | None = None, *, seed: int = 0
 ) -> tuple[Result, list[np.ndarray], list[Sample], list[tuple[Path, str]], dict[str, float | None]]:
-    """Score one category's test set (zero-shot: the test batch scores itself) and measure it."""
+    """Score one category's test set and measure it. Zero-shot methods: the test batch scores
+    itself. Trained methods: see :func:`defectscope.training.evaluate_trained_category`."""
+    if options.method in TRAINED_METHODS:
+        from defectscope.training import evaluate_trained_category
+
+        started = time.perf_counter()
+        result, images, samples, protocol = evaluate_trained_category(category, options, kshot=options.kshot, seed=seed, progress=progress)
+        _settings_with_inputs(result, category=category.name, input=category.root, seconds=round(time.perf_counter() - started, 2), protocol=protocol)
+        return result, images, samples, [], category_metrics(result, samples, images, category.has_masks)
     images, kept, skipped = read_batch([s.path for s in category.test], options.skip_unreadable)
     by_path = {s.path: s for s in category.test}
     samples = [by_path[p] for p in kept]
@@ -209,7 +221,7 @@ def evaluate_dataset(
         if unknown:
             raise ConfigError(f"no category named {', '.join(sorted(unknown))} under '{root}'; found {', '.join(c.name for c in found)}")
         found = [c for c in found if c.name in wanted]
-    return evaluate_categories(found, out, options, progress=progress, on_category=on_category)
+    return evaluate_categories(found, out, options, progress=progress, on_category=on_category, seed=seed)
 
 
 def evaluate_categories(
@@ -219,6 +231,7 @@ def evaluate_categories(
     *,
     progress: ProgressCallback | None = None,
     on_category: Callable[[str, dict[str, float | None]], None] | None = None,
+    seed: int = 0,
 ) -> dict[str, dict[str, float | None]]:
     """Evaluate the given categories into ``out`` (see :func:`evaluate_dataset`)."""
     apply_threads(options.threads)
@@ -228,7 +241,7 @@ def evaluate_categories(
             report = None
             if progress is not None:
                 report = lambda stage, done, total, name=category.name: progress(f"{name}: {stage}", done, total)  # noqa: E731
-            result, images, samples, skipped, metrics = evaluate_category(category, options, report)
+            result, images, samples, skipped, metrics = evaluate_category(category, options, report, seed=seed)
             results[category.name] = metrics
             write_batch_outputs(
                 staging / category.name,

@@ -5,9 +5,11 @@ from defectscope.data.layouts import (
     Category,
     Sample,
     discover,
+    labelled_defects,
     magnetic_tile,
     mvtec_category,
     plain_folder,
+    training_images,
 )
 from defectscope.data.synthetic import DEFECT_KINDS, synthetic_images, write_mvtec_category
 
@@ -18,11 +20,13 @@ __all__ = [
     "Sample",
     "check_images",
     "discover",
+    "labelled_defects",
     "magnetic_tile",
     "mvtec_category",
     "plain_folder",
     "read_image",
     "read_mask",
     "synthetic_images",
+    "training_images",
     "write_mvtec_category",
 ]

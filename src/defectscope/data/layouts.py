@@ -23,9 +23,11 @@ __all__ = [
     "Category",
     "Sample",
     "discover",
+    "labelled_defects",
     "magnetic_tile",
     "mvtec_category",
     "plain_folder",
+    "training_images",
 ]
 
 _EXTENSION_LIST = ", ".join(sorted(IMAGE_EXTENSIONS, key=lambda ext: (len(ext), ext)))
@@ -301,3 +303,45 @@ def discover(root: str | os.PathLike[str], seed: int = 0) -> list[Category]:
         "(train/ and test/ folders), a folder of MVTec AD categories, or a Magnetic Tile root "
         "(MT_* folders)"
     )
+
+
+MASK_SUFFIX = "_mask"
+
+
+def training_images(root: str | os.PathLike[str]) -> list[Sample]:
+    """Normal training images: ``train/good`` of an MVTec category, else every image under
+    ``root`` (a plain folder of good parts)."""
+    folder = _require_folder(root)
+    if _looks_like_mvtec_category(folder):
+        samples = mvtec_category(folder).train
+        if not samples:
+            raise DatasetError(f"no training images in '{folder / 'train' / 'good'}'")
+        return samples
+    return [Sample(path=s.path, label=0) for s in plain_folder(folder)]
+
+
+def labelled_defects(root: str | os.PathLike[str]) -> list[Sample]:
+    """Defective images with masks, for supervised training (PRN ``--anomalies``).
+
+    Either an MVTec category (its defective test images with their ``ground_truth`` masks) or a
+    folder where each image ``<name>.<ext>`` has its mask ``<name>_mask.png`` beside it. An
+    image without a mask is reported by name, never guessed.
+    """
+    folder = _require_folder(root)
+    if _looks_like_mvtec_category(folder):
+        category = mvtec_category(folder)
+        found = [s for s in category.test if s.label == 1 and s.mask_path is not None]
+        if not found:
+            raise DatasetError(f"'{folder}' holds no defective images with ground-truth masks")
+        return found
+    images = [s.path for s in plain_folder(folder) if not s.path.stem.endswith(MASK_SUFFIX)]
+    samples = []
+    for image in images:
+        mask = image.with_name(f"{image.stem}{MASK_SUFFIX}.png")
+        if not mask.is_file():
+            raise DatasetError(f"defective image '{image}' has no mask: expected '{mask}' beside it")
+        _check_mask_size(image, mask)
+        samples.append(Sample(path=image, label=1, mask_path=mask, defect_type=image.parent.name))
+    if not samples:
+        raise DatasetError(f"no defective images (with '<name>{MASK_SUFFIX}.png' masks) found in '{folder}'")
+    return samples

@@ -2,7 +2,7 @@
 
 from defectscope.methods.uflow.detector import METHOD, UFlow, UFlowConfig
 from defectscope.methods.uflow.flow import UFlowNet, anomaly_map, flow_loss
-from defectscope.methods.uflow.iou import iou_auto, iou_oracle, iou_oracle_threshold
+from defectscope.segmentation_iou import iou_auto, iou_oracle, iou_oracle_threshold
 from defectscope.methods.uflow.nfa import block_log_nfa_map, detect, region_log_nfa_map
 
 __all__ = [

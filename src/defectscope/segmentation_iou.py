@@ -1,4 +1,4 @@
-"""Segmentation IoU at an automatic threshold and at the best possible (oracle) threshold.
+"""Segmentation IoU of binary masks, at a method's own threshold and at the best (oracle) one.
 
 Definition (as in the U-Flow paper's mIoU): the IoU is computed per image,
 IoU_i = |P_i & G_i| / |P_i | G_i|, where an image whose prediction and ground truth are both
