@@ -55,7 +55,7 @@ def batches(shared: Path) -> dict[str, list]:
     return out
 
 
-def per_set_scores(backbone_name: str, size: int, images, count_include_pad: bool):
+def per_set_scores(backbone_name: str, size: int, images):
     backbone = get_backbone(backbone_name, image_size=size, layers=list(STRIDES))
     t = time.perf_counter()
     features = extract_in_batches(backbone, images, 8)
@@ -63,7 +63,7 @@ def per_set_scores(backbone_name: str, size: int, images, count_include_pad: boo
     scores = {}
     t = time.perf_counter()
     for name, layer in zip(STRIDES, features.layers):
-        for degree, feature_set in zip(DEGREES, lnamd(layer, DEGREES, count_include_pad=count_include_pad)):
+        for degree, feature_set in zip(DEGREES, lnamd(layer, DEGREES)):
             scores[(name, degree)] = mutual_scores(feature_set)
     t_scoring = time.perf_counter() - t
     return scores, features.grid, features.embedding, t_features, t_scoring
@@ -102,31 +102,27 @@ def main() -> None:
     for config in args.configs:
         backbone_name, size = config.split(":")
         size = int(size)
-        for pad in (False, True):
-            if pad and config != args.configs[0]:
-                continue
-            per_dataset = {}
-            for name, (images, labels, masks_full) in loaded.items():
-                scores, grid, embedding, tf, ts = per_set_scores(backbone_name, size, images, pad)
-                masks = np.stack([_mask_at(m, size) for m in masks_full])
-                per_dataset[name] = (scores, grid, embedding, masks, labels, tf, ts)
-                print(f"{config} pad={pad} {name}: features {tf:.1f}s, scoring 9 sets {ts:.1f}s", flush=True)
-            for layers, degrees, sigma in settings:
-                row = {"backbone": backbone_name, "size": size, "count_include_pad": pad, "layers": "+".join(layers), "degrees": ",".join(map(str, degrees)), "sigma": sigma}
-                for name, (scores, grid, embedding, masks, labels, tf, ts) in per_dataset.items():
-                    metrics = evaluate(scores, grid, embedding, size, layers, degrees, sigma, labels, masks)
-                    row[name] = metrics
-                rows.append(row)
-                print(json.dumps(row), flush=True)
+        per_dataset = {}
+        for name, (images, labels, masks_full) in loaded.items():
+            scores, grid, embedding, tf, ts = per_set_scores(backbone_name, size, images)
+            masks = np.stack([_mask_at(m, size) for m in masks_full])
+            per_dataset[name] = (scores, grid, embedding, masks, labels)
+            print(f"{config} {name}: features {tf:.1f}s, scoring 9 sets {ts:.1f}s", flush=True)
+        for layers, degrees, sigma in settings:
+            row = {"backbone": backbone_name, "size": size, "layers": "+".join(layers), "degrees": ",".join(map(str, degrees)), "sigma": sigma}
+            for name, (scores, grid, embedding, masks, labels) in per_dataset.items():
+                row[name] = evaluate(scores, grid, embedding, size, layers, degrees, sigma, labels, masks)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rows, indent=1))
     keys = ("image_auroc", "pixel_auroc", "pixel_ap", "pixel_aupro")
-    print("| backbone | size | pad | layers | degrees | sigma | " + " | ".join(f"{d} {k}" for d in data for k in keys) + " | mean I-AUROC | mean P-AP |")
+    print("| backbone | size | layers | degrees | sigma | " + " | ".join(f"{d} {k}" for d in data for k in keys) + " | mean I-AUROC | mean P-AP |")
     for row in rows:
         cells = [f"{100 * row[d][k]:.1f}" if row[d][k] is not None else "n/a" for d in data for k in keys]
         mean_i = np.mean([row[d]["image_auroc"] for d in data])
         mean_p = np.mean([row[d]["pixel_ap"] for d in data])
-        print(f"| {row['backbone']} | {row['size']} | {row['count_include_pad']} | {row['layers']} | {row['degrees']} | {row['sigma']} | " + " | ".join(cells) + f" | {100 * mean_i:.1f} | {100 * mean_p:.1f} |")
+        print(f"| {row['backbone']} | {row['size']} | {row['layers']} | {row['degrees']} | {row['sigma']} | " + " | ".join(cells) + f" | {100 * mean_i:.1f} | {100 * mean_p:.1f} |")
 
 
 if __name__ == "__main__":

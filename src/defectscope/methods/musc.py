@@ -62,14 +62,15 @@ def interval_bounds(num_references: int, lower: float, upper: float) -> tuple[in
 
 
 def lnamd(
-    feature_map: torch.Tensor, degrees: Sequence[int] = (1, 3, 5), *, count_include_pad: bool = False
+    feature_map: torch.Tensor, degrees: Sequence[int] = (1, 3, 5)
 ) -> list[torch.Tensor]:
     """Local neighbourhood aggregation with multiple degrees.
 
     ``feature_map`` is (N, C, h, w). Each image's map is standardised over (C, h, w) (a
     LayerNorm without affine parameters); for each degree r it is averaged over r x r
-    neighbourhoods (stride 1, same grid; at borders only the cells inside the grid count unless
-    ``count_include_pad``), then every patch vector is L2-normalised. Returns one (N, h*w, C)
+    neighbourhoods (stride 1, same grid; at borders only the cells inside the grid count), then
+    every patch vector is L2-normalised. (Zero padding would give the same result: it only
+    rescales border sums, which the L2 normalisation removes.) Returns one (N, h*w, C)
     tensor per degree.
     """
     if feature_map.ndim != 4:
@@ -79,7 +80,7 @@ def lnamd(
     for r in degrees:
         if r < 1 or r % 2 == 0:
             raise ConfigError(f"aggregation degree {r} is invalid: degrees must be odd and >= 1")
-        y = x if r == 1 else F.avg_pool2d(x, r, stride=1, padding=r // 2, count_include_pad=count_include_pad)
+        y = x if r == 1 else F.avg_pool2d(x, r, stride=1, padding=r // 2, count_include_pad=False)
         y = y.flatten(2).transpose(1, 2)
         out.append(F.normalize(y, dim=-1).contiguous())
     return out
@@ -220,7 +221,6 @@ class MuScConfig:
         lower, upper: MSM scoring interval [lower, upper) over the sorted per-image distances.
         rscin_ks: RsCIN neighbourhood sizes (k = 1 is the identity).
         smoothing_sigma: Gaussian blur of the anomaly maps in input pixels (0 = none).
-        count_include_pad: LNAMD border handling (False: average only cells inside the grid).
         batch_size: images per backbone forward pass.
     """
 
@@ -233,7 +233,6 @@ class MuScConfig:
     upper: float = 0.3
     rscin_ks: tuple[int, ...] = (1, 2, 3)
     smoothing_sigma: float = 0.0
-    count_include_pad: bool = False
     batch_size: int = 8
 
     def validate(self) -> None:
@@ -314,7 +313,7 @@ class MuSc:
         features = extract_in_batches(self.backbone, images, self.config.batch_size, progress)
         sets = []
         for layer in features.layers:
-            sets.extend(lnamd(layer, self.config.degrees, count_include_pad=self.config.count_include_pad))
+            sets.extend(lnamd(layer, self.config.degrees))
         return sets, features.grid, features.embedding
 
     def patch_scores(self, images: Sequence[np.ndarray], progress: ProgressCallback | None = None) -> MuScScores:
