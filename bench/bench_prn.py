@@ -47,7 +47,7 @@ def main() -> None:
     parser.add_argument("--root", default=str(ROOT.parent / "shared" / "datasets" / "magnetic_tile"))
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-normal", type=int, default=160)
+    parser.add_argument("--max-normal", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=PRNConfig.epochs)
     parser.add_argument("--samples-per-epoch", type=int, default=PRNConfig.samples_per_epoch)
     parser.add_argument("--image-size", type=int, default=PRNConfig.image_size)

@@ -69,7 +69,7 @@ class PRNConfig:
     widths: tuple[int, ...] = (32, 48, 64)
     attention_scales: tuple[int, ...] = (1, 2)
     attention_divisors: tuple[int, ...] = (1, 2, 4, 8)
-    epochs: int = 8
+    epochs: int = 16
     samples_per_epoch: int | None = 192
     batch_size: int = 8
     learning_rate: float = 2e-3
