@@ -124,3 +124,16 @@ def test_no_community_without_recurrence(detector: CoDeGraph) -> None:
     result = detector.predict(images)
     assert result.extras["communities"] == []
     assert pixel_metrics(result.anomaly_maps, np.stack(masks))["pixel_ap"] > 0.4
+
+
+def test_score_without_supporters_matches_brute_force() -> None:
+    n, length = 15, 9
+    table = _table(n, length, seed=2)
+    burnout = neighbour_burnout(table, max_support(n, 0.5), 0.0, 0.3)
+    for i in range(n):
+        for p in range(length):
+            k = int(burnout.support[i, p])
+            ordered = table[i, :, p].sort().values[: n - 1]
+            start, end = interval_bounds(n - 1 - k, 0.0, 0.3)
+            assert burnout.unsupported[i, p] == pytest.approx(float(ordered[k + start : k + end].mean()), abs=1e-6)
+    assert torch.allclose(burnout.score, interval_mean(table))

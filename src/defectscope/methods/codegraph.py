@@ -32,6 +32,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from defectscope.errors import ConfigError
 from defectscope.methods.base import Result
@@ -151,12 +152,12 @@ def neighbour_burnout(distances: torch.Tensor, support: int, lower: float = 0.0,
     before = values.gather(-1, jump.unsqueeze(-1)).squeeze(-1)
     after = values.gather(-1, (jump + 1).unsqueeze(-1)).squeeze(-1)
     score = values[..., start:end].mean(dim=-1)
-    unsupported = torch.empty_like(score)
-    for k in range(1, support + 1):
-        chosen = jump == k - 1
-        if chosen.any():
-            first, last = interval_bounds(n - 1 - k, lower, upper)
-            unsupported[chosen] = values[chosen][:, k + first : k + last].mean(dim=-1)
+    cumulative = F.pad(values.double().cumsum(dim=-1), (1, 0))
+    bounds = torch.tensor([interval_bounds(n - 1 - k, lower, upper) for k in range(1, support + 1)])
+    first = bounds[jump, 0] + jump + 1
+    last = bounds[jump, 1] + jump + 1
+    total = cumulative.gather(-1, last.unsqueeze(-1)) - cumulative.gather(-1, first.unsqueeze(-1))
+    unsupported = (total.squeeze(-1) / (last - first)).to(values.dtype)
     return Burnout(ratio, jump + 1, before, after, score, unsupported, order[..., :support].contiguous())
 
 
