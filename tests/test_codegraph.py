@@ -121,8 +121,10 @@ def test_recurring_defect_missed_by_musc_is_found_and_grouped(detector: CoDeGrap
 
 def test_no_community_without_recurrence(detector: CoDeGraph) -> None:
     images, masks = synthetic_images(N_IMAGES, kind="texture", size=128, defective=(3, 11, 17), seed=0)
-    result = detector.predict(images)
+    scores = detector.analyse(images)
+    result = detector.result(scores)
     assert result.extras["communities"] == []
+    assert torch.equal(scores.patch_scores, scores.musc_patch_scores)
     assert pixel_metrics(result.anomaly_maps, np.stack(masks))["pixel_ap"] > 0.4
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import io
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -37,6 +38,7 @@ import torch.nn.functional as F
 from defectscope.errors import ConfigError
 from defectscope.methods.base import Result
 from defectscope.methods.musc import (
+    SMALL_BATCH_WARNING,
     MuSc,
     MuScConfig,
     ProgressCallback,
@@ -136,7 +138,7 @@ def neighbour_burnout(distances: torch.Tensor, support: int, lower: float = 0.0,
     returns the MSM score of every patch over this table and the score it would get without its
     supporters (the interval [lower, upper) taken over the N - 1 - k remaining references).
     """
-    n, _, length = distances.shape
+    n = distances.shape[0]
     if not 1 <= support <= n - 2:
         raise ConfigError(f"support {support} is invalid for {n} images: need 1 <= K <= N - 2")
     start, end = interval_bounds(n - 1, lower, upper)
@@ -293,6 +295,8 @@ class CoDeGraph(MuSc):
     method = "codegraph"
 
     def __init__(self, config: CoDeGraphConfig | None = None, backbone=None) -> None:
+        if config is not None and not isinstance(config, CoDeGraphConfig):
+            raise ConfigError(f"CoDeGraph needs a CoDeGraphConfig, got {type(config).__name__}")
         super().__init__(config or CoDeGraphConfig(), backbone)
 
     def analyse(self, images: Sequence[np.ndarray], progress: ProgressCallback | None = None) -> CoDeGraphScores:
@@ -301,6 +305,12 @@ class CoDeGraph(MuSc):
         n = len(images)
         if n < 3:
             raise ConfigError(f"CoDeGraph needs at least 3 images, got {n}")
+        if n < SMALL_BATCH_WARNING:
+            warnings.warn(
+                f"CoDeGraph on only {n} images: mutual scoring and community detection are more "
+                f"reliable with about {SMALL_BATCH_WARNING} or more images of the same product",
+                stacklevel=2,
+            )
         sets, grid, embeddings = self.feature_sets(images, progress)
         pairs = n * (n - 1) // 2
         total = pairs * len(sets)
@@ -310,7 +320,10 @@ class CoDeGraph(MuSc):
             if progress is not None:
                 report = lambda done, base=index * pairs: progress("scoring", base + done, total)  # noqa: E731
             tables.append(similarities_to_distances(nearest_similarities(feature_set, progress=report)))
-        musc_scores = torch.stack([interval_mean(t, cfg.lower, cfg.upper) for t in tables]).mean(dim=0)
+        musc_scores = torch.zeros(n, tables[0].shape[2])
+        for table in tables:
+            musc_scores += interval_mean(table, cfg.lower, cfg.upper)
+        musc_scores /= len(tables)
         mean_table = sum(tables[1:], tables[0].clone()) / len(tables)
         burnout = neighbour_burnout(mean_table, max_support(n, cfg.max_support_fraction), cfg.lower, cfg.upper)
         del mean_table
