@@ -3,7 +3,8 @@
 ``export_onnx(model, path)`` writes the whole image -> anomaly map pipeline: input ``image``
 (N, 3, S, S) as returned by the backbone's ``preprocess`` (resized and normalised RGB), outputs
 ``anomaly_map`` (N, S, S) and ``latent_<s>`` (N, C_s, h_s, w_s) per scale, finest first (the
-latents feed :func:`defectscope.methods.uflow.nfa.detect` for masks). The backbones must be
+latents, divided by ``model.latent_scale``, feed :func:`defectscope.methods.uflow.nfa.detect`
+for masks, as :meth:`UFlow.predict` does). The backbones must be
 traceable ``torch.nn.Module`` networks: the embedded EfficientNet-Lite backbone exposes its
 network as ``.model`` with ``forward_blocks``; any backbone that is itself a module whose
 ``extract`` wraps its ``forward`` also works. With ``include_backbone=False`` the graph starts at
