@@ -245,29 +245,40 @@ def excluded_interval_mean(distances: torch.Tensor, excluded: torch.Tensor, lowe
 
 
 def graph_picture(weights: np.ndarray, communities: Sequence[Sequence[int]], highlight: int | None = None) -> bytes:
-    """A small PNG of the image graph: nodes on a circle, edge width by weight, members of each
-    community coloured (``highlight``: only that community coloured). Returns PNG bytes."""
+    """A small PNG of the image graph: nodes on a circle (community members side by side), edge
+    width by weight, members of each community coloured (``highlight``: only that community
+    coloured, and named in the title). Returns PNG bytes."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
     n = weights.shape[0]
-    angles = 2 * np.pi * np.arange(n) / max(n, 1)
+    grouped = [i for members in communities for i in members]
+    placed = set(grouped)
+    order = grouped + [i for i in range(n) if i not in placed]
+    angles = np.empty(n)
+    angles[order] = 2 * np.pi * np.arange(n) / max(n, 1)
     xy = np.stack([np.cos(angles), np.sin(angles)], axis=1)
-    figure = Figure(figsize=(3.2, 3.2), dpi=80)
+    figure = Figure(figsize=(3.2, 3.4), dpi=80)
     axes = figure.add_subplot()
     axes.set_axis_off()
     axes.set_aspect("equal")
-    peak = weights.max() if weights.size and weights.max() > 0 else 1.0
-    rows, cols = np.nonzero(np.triu(weights, k=1))
-    for i, j in zip(rows, cols):
-        axes.plot(xy[[i, j], 0], xy[[i, j], 1], color="0.6", linewidth=0.3 + 2.0 * weights[i, j] / peak, zorder=1)
-    colours = np.full(n, "0.8", dtype=object)
+    if highlight is not None:
+        axes.set_title(f"community {highlight}: {len(communities[highlight])} of {n} images", fontsize=9)
     palette = ["tab:red", "tab:blue", "tab:green", "tab:orange", "tab:purple", "tab:brown"]
+    colours = np.full(n, "0.8", dtype=object)
     for index, members in enumerate(communities):
         if highlight is None or index == highlight:
             colours[list(members)] = palette[index % len(palette)]
+    peak = weights.max() if weights.size and weights.max() > 0 else 1.0
+    rows, cols = np.nonzero(np.triu(weights, k=1))
+    for i, j in zip(rows, cols):
+        inside = colours[i] == colours[j] and colours[i] != "0.8"
+        axes.plot(
+            xy[[i, j], 0], xy[[i, j], 1], color=colours[i] if inside else "0.6",
+            linewidth=0.3 + 2.0 * weights[i, j] / peak, alpha=0.9 if inside else 0.5, zorder=1,
+        )
     axes.scatter(xy[:, 0], xy[:, 1], c=list(colours), s=max(8, 400 // max(n, 1)), edgecolors="k", linewidths=0.3, zorder=2)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", bbox_inches="tight")
