@@ -117,15 +117,21 @@ def main() -> None:
     parser.add_argument("--batches", nargs="*", default=None, help="names of batches to run (default: all)")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--histogram", type=Path, default=None)
+    parser.add_argument("--option", action="append", default=[], metavar="NAME=VALUE", help="CoDeGraphConfig option, e.g. burnout_threshold=25")
     args = parser.parse_args()
+    options = {}
+    for item in args.option:
+        name, _, value = item.partition("=")
+        default = getattr(CoDeGraphConfig(), name)
+        options[name] = value.lower() in ("1", "true", "yes") if isinstance(default, bool) else type(default)(value)
     torch.set_num_threads(args.threads)
     common = {"backbone": args.backbone, "image_size": args.image_size}
-    config = CoDeGraphConfig()
+    config = CoDeGraphConfig(**options)
     rows, histogram = [], []
     for batch in build_batches(args.size, args.seed):
         if args.batches and batch.name not in args.batches:
             continue
-        row, scores, masks = run_batch(batch, common, {})
+        row, scores, masks = run_batch(batch, common, options)
         rows.append(row)
         print(json.dumps(row), flush=True)
         if batch.recurring:
