@@ -20,12 +20,13 @@ from defectscope.methods.codegraph import (
     CoDeGraphConfig,
     excluded_interval_mean,
     find_communities,
+    graph_picture,
     image_graph,
     linking_patches,
     max_support,
     neighbour_burnout,
 )
-from defectscope.methods.musc import interval_bounds, interval_mean
+from defectscope.methods.musc import MuScConfig, interval_bounds, interval_mean
 from defectscope.metrics import pixel_metrics
 
 N_IMAGES = 24
@@ -84,6 +85,21 @@ def test_excluded_interval_mean_matches_brute_force() -> None:
     assert torch.equal(scores[1:], interval_mean(table)[1:])
 
 
+def test_pipeline_builds_codegraph_with_method_options() -> None:
+    from defectscope.pipeline import RunOptions, build_detector
+
+    detector = build_detector(RunOptions(method="codegraph", image_size=128, method_options={"burnout_threshold": 25.0}))
+    assert isinstance(detector, CoDeGraph)
+    assert detector.config.burnout_threshold == 25.0 and detector.config.image_size == 128
+
+
+def test_graph_picture_is_a_png() -> None:
+    weights = np.zeros((6, 6))
+    weights[1, 4] = weights[4, 1] = 3.0
+    assert graph_picture(weights, [[1, 4]], 0).startswith(b"\x89PNG")
+    assert graph_picture(np.zeros((3, 3)), []).startswith(b"\x89PNG")
+
+
 def test_config_is_validated() -> None:
     with pytest.raises(ConfigError):
         CoDeGraph(CoDeGraphConfig(resolution=0.0))
@@ -91,6 +107,8 @@ def test_config_is_validated() -> None:
         CoDeGraph(CoDeGraphConfig(max_support_fraction=1.5))
     with pytest.raises(ConfigError):
         max_support(2, 0.5)
+    with pytest.raises(ConfigError):
+        CoDeGraph(MuScConfig())
 
 
 @pytest.fixture(scope="module")
