@@ -87,9 +87,6 @@ def markdown(rows: list[dict]) -> str:
 
 def burnout_histogram(samples: list[tuple[str, np.ndarray, np.ndarray]], threshold: float, path: Path) -> None:
     """Histogram of log10 burnout of recurring-defect patches vs patches of normal images."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(4 * len(samples), 3.2), dpi=100)

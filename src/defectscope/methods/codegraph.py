@@ -248,9 +248,6 @@ def graph_picture(weights: np.ndarray, communities: Sequence[Sequence[int]], hig
     """A small PNG of the image graph: nodes on a circle (community members side by side), edge
     width by weight, members of each community coloured (``highlight``: only that community
     coloured, and named in the title). Returns PNG bytes."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
     n = weights.shape[0]
