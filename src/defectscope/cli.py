@@ -31,7 +31,7 @@ BatchSizeOption = typer.Option(8, "--batch-size", help="Images per backbone forw
 ThreadsOption = typer.Option(None, "--threads", help="CPU threads for torch (default: torch's choice).")
 OverwriteOption = typer.Option(False, "--overwrite", help="Replace an existing output folder from an earlier defectscope run.")
 SkipOption = typer.Option(False, "--skip-unreadable", help="Skip unreadable images (listed in every output) instead of stopping.")
-SmoothingOption = typer.Option(None, "--smoothing", help="Gaussian blur of the anomaly maps, sigma in input pixels (0 = off).")
+SmoothingOption = typer.Option(None, "--smoothing", help="Gaussian blur of the anomaly maps, sigma in input pixels (default 4; 0 = off).")
 
 
 @contextlib.contextmanager

@@ -220,7 +220,8 @@ class MuScConfig:
         degrees: LNAMD aggregation degrees r.
         lower, upper: MSM scoring interval [lower, upper) over the sorted per-image distances.
         rscin_ks: RsCIN neighbourhood sizes (k = 1 is the identity).
-        smoothing_sigma: Gaussian blur of the anomaly maps in input pixels (0 = none).
+        smoothing_sigma: Gaussian blur of the anomaly maps in input pixels (0 = none; default 4,
+            chosen by the ablation in docs/BENCHMARKS.md, the authors use none).
         batch_size: images per backbone forward pass.
     """
 
@@ -232,7 +233,7 @@ class MuScConfig:
     lower: float = 0.0
     upper: float = 0.3
     rscin_ks: tuple[int, ...] = (1, 2, 3)
-    smoothing_sigma: float = 0.0
+    smoothing_sigma: float = 4.0
     batch_size: int = 8
 
     def validate(self) -> None:
