@@ -121,3 +121,11 @@ def test_iou_rejects_mismatched_inputs() -> None:
         iou_auto(np.zeros((2, 4, 4)), np.zeros((3, 4, 4)))
     with pytest.raises(ValueError):
         iou_oracle(np.zeros((1, 4, 4)), np.zeros((1, 4, 5)))
+
+
+def test_region_nfa_refuses_too_small_grids_clearly() -> None:
+    from defectscope.errors import ConfigError
+    from defectscope.methods.uflow.nfa import region_log_nfa_map
+
+    with pytest.raises(ConfigError, match="at least 3x3"):
+        region_log_nfa_map(np.zeros((4, 2, 2)))

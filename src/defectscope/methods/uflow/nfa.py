@@ -40,6 +40,8 @@ from scipy import stats
 from scipy.special import logsumexp
 from skimage.morphology import max_tree
 
+from defectscope.errors import ConfigError
+
 POLYOMINO_ALPHA = 0.316915
 POLYOMINO_GROWTH = 4.062570
 
@@ -62,6 +64,10 @@ def chi2_statistic(latent: np.ndarray) -> np.ndarray:
     return np.sum(latent * latent, axis=0)
 
 
+MIN_REGION_SIDE = 3
+"""skimage's max_tree fails on 2x2 maps; such grids are too coarse for region tests anyway."""
+
+
 def region_log_nfa_map(latent: np.ndarray, n_scales: int = 1) -> np.ndarray:
     """(C, h, w) latent -> (h, w) log NFA of the maximal meaningful region holding each pixel.
 
@@ -72,6 +78,11 @@ def region_log_nfa_map(latent: np.ndarray, n_scales: int = 1) -> np.ndarray:
     """
     latent = np.asarray(latent, dtype=np.float64)
     channels, height, width = latent.shape
+    if min(height, width) < MIN_REGION_SIDE:
+        raise ConfigError(
+            f"the region NFA needs latent maps of at least {MIN_REGION_SIDE}x{MIN_REGION_SIDE} cells, "
+            f"got {height}x{width}: use a larger image size"
+        )
     statistic = chi2_statistic(latent)
     parent, order = max_tree(statistic, connectivity=1)
     parent = parent.ravel()
