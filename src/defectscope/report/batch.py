@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -52,13 +53,15 @@ def write_batch_outputs(
     metrics: Mapping[str, Mapping[str, float | None]] | None = None,
     summary: Mapping[str, Any] | str | None = None,
     communities: Sequence[Mapping[str, Any]] | None = None,
+    workers: int = 2,
 ) -> None:
     """Write ``scores.csv``, ``maps/<n>_<name>.png`` overlays (and ``masks/`` when the method
     produced masks) and a self-contained ``report.html`` for one batch into ``folder``.
 
     Overlays share one colour scale over the batch (1st to 99th percentile of all map values),
-    so a hot spot means the same in every picture. Skipped files appear in scores.csv (empty score and
-    rank, status 'skipped: <reason>'), in skipped.csv and in the report.
+    so a hot spot means the same in every picture. Images are rendered in ``workers`` threads.
+    Skipped files appear in scores.csv (empty score and rank, status 'skipped: <reason>'), in
+    skipped.csv and in the report.
     """
     folder.mkdir(parents=True, exist_ok=True)
     maps_dir = folder / "maps"
@@ -70,9 +73,9 @@ def write_batch_outputs(
     order = score_order(result.paths, result.image_scores)
     ranks = np.empty(len(order), dtype=int)
     ranks[order] = np.arange(1, len(order) + 1)
-    map_files: list[str] = []
-    entries: list[ReportEntry] = []
-    for index, (path, image) in enumerate(zip(result.paths, images)):
+
+    def one_image(index: int) -> tuple[str, ReportEntry]:
+        path, image = result.paths[index], images[index]
         shown = _shrink(image, OVERLAY_MAX_SIDE)
         mask = None
         if result.masks is not None:
@@ -81,18 +84,14 @@ def write_batch_outputs(
         overlay = heatmap_overlay(shown, result.anomaly_maps[index], vmin=vmin, vmax=vmax, mask=mask)
         name = _overlay_name(index, path)
         save_png(maps_dir / name, overlay)
-        map_files.append(f"maps/{name}")
-        entries.append(
-            ReportEntry(
-                path=str(path),
-                score=float(result.image_scores[index]),
-                rank=int(ranks[index]),
-                thumbnail=shown,
-                overlay=overlay,
-                mask=mask,
-                label=None if labels is None else labels[index],
-            )
-        )
+        label = None if labels is None else labels[index]
+        entry = ReportEntry(path=str(path), score=float(result.image_scores[index]), rank=int(ranks[index]), thumbnail=shown, overlay=overlay, mask=mask, label=label)
+        return f"maps/{name}", entry
+
+    with ThreadPoolExecutor(workers) as pool:
+        done = list(pool.map(one_image, range(len(result.paths))))
+    map_files = [name for name, _ in done]
+    entries = [entry for _, entry in done]
     write_scores_csv(
         folder / "scores.csv",
         result.paths,
