@@ -36,7 +36,7 @@ def run_one(kind: str, name: str, n: int | None) -> dict:
     import torch
 
     from defectscope.data import mvtec_category
-    from defectscope.methods.musc import MuSc, MuScConfig, mutual_scores, rscin
+    from defectscope.methods.musc import MuSc, MuScConfig, mutual_scores, rscin, to_finest_grid
     from defectscope.pipeline import category_metrics, read_batch
 
     torch.set_num_threads(2)
@@ -50,10 +50,10 @@ def run_one(kind: str, name: str, n: int | None) -> dict:
     detector = MuSc(MuScConfig())
     out: dict = {"name": name, "n": len(images), "read_s": t_read}
     t = time.perf_counter()
-    sets, grid, embeddings = detector.feature_sets(images)
+    sets, grid, embeddings = detector.feature_sets(images, native_grids=detector.config.native_grids)
     out["features_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    patch = torch.stack([mutual_scores(s, detector.config.lower, detector.config.upper) for s in sets]).mean(0)
+    patch = torch.stack([to_finest_grid(mutual_scores(s, detector.config.lower, detector.config.upper), grid) for s in sets]).mean(0)
     out["scoring_s"] = time.perf_counter() - t
     maps = detector.maps_from_patch_scores(patch, grid)
     t = time.perf_counter()

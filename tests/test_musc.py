@@ -112,3 +112,23 @@ def test_config_validation():
         MuScConfig(degrees=(2,)).validate()
     with pytest.raises(ConfigError):
         MuScConfig(lower=0.4, upper=0.3).validate()
+
+
+def test_to_finest_grid_upsamples_square_score_maps():
+    from defectscope.methods.musc import to_finest_grid
+
+    coarse = torch.tensor([[0.0, 1.0, 2.0, 3.0]])
+    fine = to_finest_grid(coarse, (3, 3)).view(3, 3)
+    assert torch.allclose(fine, torch.tensor([[0.0, 0.5, 1.0], [1.0, 1.5, 2.0], [2.0, 2.5, 3.0]]))
+    assert to_finest_grid(coarse, (2, 2)) is coarse
+
+
+def test_native_and_common_grids_both_score_a_planted_defect():
+    from defectscope.data.synthetic import synthetic_images
+    from defectscope.methods.musc import MuSc
+
+    images, masks = synthetic_images(8, kind="texture", size=96, defective=(2,), seed=4, defect="blotch")
+    for native in (True, False):
+        result = MuSc(MuScConfig(image_size=96, native_grids=native)).predict(images)
+        assert int(np.argmax(result.image_scores)) == 2
+        assert result.anomaly_maps.shape == (8, 96, 96)

@@ -19,9 +19,10 @@ class Features:
     """Features of a batch of N images.
 
     Attributes:
-        layers: one tensor (N, C_l, h, w) per chosen layer. All layers of one backbone share
-            the same grid (h, w): CNN stages at coarser strides are resized (bilinear) to the
-            grid of the finest chosen stage; ViT layers share the token grid.
+        layers: one tensor (N, C_l, h, w) per chosen layer. By default all layers share the
+            same grid (h, w): CNN stages at coarser strides are resized (bilinear) to the grid
+            of the finest chosen stage; ViT layers share the token grid. With
+            ``extract(..., common_grid=False)`` each CNN stage keeps its native grid.
         embedding: (N, D) one global, L2-normalised embedding per image (class token or pooled
             last-layer feature), used e.g. by RsCIN.
         layer_names: a name per entry of ``layers`` (e.g. "stage3", "block12").
@@ -33,7 +34,8 @@ class Features:
 
     @property
     def grid(self) -> tuple[int, int]:
-        return tuple(self.layers[0].shape[-2:])  # type: ignore[return-value]
+        """The finest grid among the layers."""
+        return max((tuple(layer.shape[-2:]) for layer in self.layers), key=lambda hw: hw[0] * hw[1])  # type: ignore[return-value]
 
 
 @runtime_checkable
@@ -48,6 +50,6 @@ class Backbone(Protocol):
         """RGB uint8 (H, W, 3) images -> normalised float tensor (N, 3, image_size, image_size)."""
         ...
 
-    def extract(self, batch: torch.Tensor) -> Features:
-        """Normalised input (N, 3, S, S) -> Features (no gradients)."""
+    def extract(self, batch: torch.Tensor, *, common_grid: bool = True) -> Features:
+        """Normalised input (N, 3, S, S) -> Features (no gradients); see ``Features.layers``."""
         ...

@@ -304,13 +304,14 @@ class EfficientNetLiteBackbone:
         """RGB uint8 (H, W, 3) images -> (N, 3, S, S) tensor scaled to [-1, 1]."""
         return images_to_tensor(images, self.image_size, INPUT_MEAN, INPUT_STD)
 
-    def extract(self, batch: torch.Tensor) -> Features:
-        """Normalised input (N, 3, S, S) -> Features on the finest chosen layer's grid."""
+    def extract(self, batch: torch.Tensor, *, common_grid: bool = True) -> Features:
+        """Normalised input (N, 3, S, S) -> Features on the finest chosen layer's grid
+        (``common_grid=False``: each layer on its own native grid)."""
         check_batch(batch, self.image_size, self.name)
         with torch.inference_mode():
             inputs = batch.to(self.device, torch.float32).contiguous(memory_format=torch.channels_last)
             maps = self.model.forward_blocks(inputs, self._block_indices)
             embedding = l2_normalise(maps[-1].mean(dim=(2, 3)))
             grid = self.grid
-            layers = [to_grid(feature_map, grid).contiguous() for feature_map in maps]
+            layers = [(to_grid(feature_map, grid) if common_grid else feature_map).contiguous() for feature_map in maps]
         return Features(layers=layers, embedding=embedding, layer_names=list(self.layer_names))

@@ -311,8 +311,9 @@ class HFBackbone:
         """RGB uint8 (H, W, 3) images -> (N, 3, S, S) tensor normalised with the model's mean/std."""
         return images_to_tensor(images, self.image_size, self.spec.family.mean, self.spec.family.std)
 
-    def extract(self, batch: torch.Tensor) -> Features:
-        """Normalised input (N, 3, S, S) -> patch tokens of the chosen blocks on the patch grid."""
+    def extract(self, batch: torch.Tensor, *, common_grid: bool = True) -> Features:
+        """Normalised input (N, 3, S, S) -> patch tokens of the chosen blocks on the patch grid
+        (all blocks share it, so ``common_grid`` changes nothing)."""
         check_batch(batch, self.image_size, self.name)
         height, width = self.grid
         with torch.inference_mode():

@@ -15,6 +15,8 @@ def extract_in_batches(
     images: Sequence[np.ndarray],
     batch_size: int = 8,
     progress: Callable[[str, int, int], None] | None = None,
+    *,
+    common_grid: bool = True,
 ) -> Features:
     """Extract features of all images, ``batch_size`` at a time, and concatenate them."""
     layers: list[list[torch.Tensor]] = []
@@ -22,7 +24,7 @@ def extract_in_batches(
     names: list[str] = []
     for start in range(0, len(images), batch_size):
         chunk = images[start : start + batch_size]
-        features = backbone.extract(backbone.preprocess(chunk))
+        features = backbone.extract(backbone.preprocess(chunk), common_grid=common_grid)
         if not layers:
             layers = [[] for _ in features.layers]
             names = list(features.layer_names)

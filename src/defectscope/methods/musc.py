@@ -220,6 +220,10 @@ class MuScConfig:
         degrees: LNAMD aggregation degrees r.
         lower, upper: MSM scoring interval [lower, upper) over the sorted per-image distances.
         rscin_ks: RsCIN neighbourhood sizes (k = 1 is the identity).
+        native_grids: score each CNN layer on its own grid and upsample its patch scores to
+            the finest grid (bilinear, align_corners=True) before averaging; False resizes the
+            features to the finest grid first (4x more pairwise work for a stride-16 layer).
+            Chosen by measurement (docs/BENCHMARKS.md). CoDeGraph always uses the common grid.
         smoothing_sigma: Gaussian blur of the anomaly maps in input pixels (0 = none; default 4,
             chosen by the ablation in docs/BENCHMARKS.md, the authors use none).
         batch_size: images per backbone forward pass.
@@ -234,6 +238,7 @@ class MuScConfig:
     upper: float = 0.3
     rscin_ks: tuple[int, ...] = (1, 2, 3)
     smoothing_sigma: float = 4.0
+    native_grids: bool = True
     batch_size: int = 8
 
     def validate(self) -> None:
@@ -246,6 +251,19 @@ class MuScConfig:
             raise ConfigError(f"smoothing sigma must be >= 0, got {self.smoothing_sigma}")
         if self.batch_size < 1:
             raise ConfigError(f"batch size must be >= 1, got {self.batch_size}")
+
+
+def to_finest_grid(patch_scores: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(N, h*w) scores of a square layer grid -> (N, H*W) on ``grid`` (bilinear,
+    align_corners=True); unchanged when already there."""
+    n, length = patch_scores.shape
+    if length == grid[0] * grid[1]:
+        return patch_scores
+    side = int(round(math.sqrt(length)))
+    if side * side != length:
+        raise ConfigError(f"cannot place {length} patch scores on a square grid")
+    maps = patch_scores.view(n, 1, side, side)
+    return F.interpolate(maps, size=grid, mode="bilinear", align_corners=True).view(n, -1)
 
 
 def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -307,11 +325,15 @@ class MuSc:
             "layers": list(backbone.layer_names),
         }
 
-    def feature_sets(self, images: Sequence[np.ndarray], progress: ProgressCallback | None = None) -> tuple[list[torch.Tensor], tuple[int, int], torch.Tensor]:
-        """Backbone features -> LNAMD feature sets, one (N, L, C) per (layer, degree)."""
+    def feature_sets(
+        self, images: Sequence[np.ndarray], progress: ProgressCallback | None = None, *, native_grids: bool = False
+    ) -> tuple[list[torch.Tensor], tuple[int, int], torch.Tensor]:
+        """Backbone features -> LNAMD feature sets, one (N, L, C) per (layer, degree), and the
+        finest grid. With ``native_grids`` each set keeps its layer's own grid (scores are
+        brought to the finest grid by :func:`to_finest_grid`)."""
         from defectscope.methods.features import extract_in_batches
 
-        features = extract_in_batches(self.backbone, images, self.config.batch_size, progress)
+        features = extract_in_batches(self.backbone, images, self.config.batch_size, progress, common_grid=not native_grids)
         sets = []
         for layer in features.layers:
             sets.extend(lnamd(layer, self.config.degrees))
@@ -328,15 +350,16 @@ class MuSc:
                 f"{SMALL_BATCH_WARNING} or more images of the same product",
                 stacklevel=2,
             )
-        sets, grid, embeddings = self.feature_sets(images, progress)
+        sets, grid, embeddings = self.feature_sets(images, progress, native_grids=self.config.native_grids)
         pairs = n * (n - 1) // 2
         total = pairs * len(sets)
-        accumulated = torch.zeros(n, sets[0].shape[1])
+        accumulated = torch.zeros(n, grid[0] * grid[1])
         for index, feature_set in enumerate(sets):
             report = None
             if progress is not None:
                 report = lambda done, base=index * pairs: progress("scoring", base + done, total)  # noqa: E731
-            accumulated += mutual_scores(feature_set, self.config.lower, self.config.upper, progress=report)
+            scores = mutual_scores(feature_set, self.config.lower, self.config.upper, progress=report)
+            accumulated += to_finest_grid(scores, grid)
         return MuScScores(accumulated / len(sets), grid, embeddings, sets)
 
     def maps_from_patch_scores(self, patch_scores: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
