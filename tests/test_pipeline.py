@@ -140,3 +140,17 @@ def test_cli_score_and_clear_error(tmp_path):
     bad = runner.invoke(app, ["score", str(empty), "--out", str(tmp_path / "o2")])
     assert bad.exit_code == 2
     assert "no images found" in bad.output and "Traceback" not in bad.output
+
+
+def test_cli_param_reaches_the_method_and_unknown_keys_are_refused(tmp_path):
+    folder = tmp_path / "parts"
+    _write_folder(folder, count=6)
+    ok = runner.invoke(app, ["score", str(folder), "--out", str(tmp_path / "o"), "--image-size", "64", "--param", "upper=0.5", "-p", "degrees=1,3"])
+    assert ok.exit_code == 0, ok.output
+    from defectscope.cli import _parse_params
+
+    assert _parse_params(["upper=0.5", "degrees=1,3", "native-grids=false", "backbone=x"]) == {
+        "upper": 0.5, "degrees": (1, 3), "native_grids": False, "backbone": "x"
+    }
+    bad = runner.invoke(app, ["score", str(folder), "--out", str(tmp_path / "o2"), "--param", "uper=0.5"])
+    assert bad.exit_code == 2 and "unknown MuScConfig setting(s) uper" in bad.output

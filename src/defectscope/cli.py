@@ -31,6 +31,7 @@ BatchSizeOption = typer.Option(8, "--batch-size", help="Images per backbone forw
 ThreadsOption = typer.Option(None, "--threads", help="CPU threads for torch (default: torch's choice).")
 OverwriteOption = typer.Option(False, "--overwrite", help="Replace an existing output folder from an earlier defectscope run.")
 SkipOption = typer.Option(False, "--skip-unreadable", help="Skip unreadable images (listed in every output) instead of stopping.")
+ParamOption = typer.Option(None, "--param", "-p", help="Any method setting as KEY=VALUE (repeatable), e.g. upper=0.2, degrees=1,3, burnout_threshold=25; see the method's config class.")
 SmoothingOption = typer.Option(None, "--smoothing", help="Gaussian blur of the anomaly maps, sigma in input pixels (default 4; 0 = off).")
 
 
@@ -69,10 +70,35 @@ def _user_errors() -> Iterator[None]:
             raise typer.Exit(code=130)
 
 
-def _options(method, backbone, weights, image_size, batch_size, threads, skip_unreadable, overwrite, smoothing, kshot=10, epochs=None):
+def _parse_value(text: str):
+    """'3' -> 3, '0.2' -> 0.2, 'true' -> True, '1,3,5' -> (1, 3, 5), anything else -> the text."""
+    if "," in text:
+        return tuple(_parse_value(part) for part in text.split(",") if part)
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _parse_params(params: Optional[list[str]]) -> dict:
+    parsed = {}
+    for item in params or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"expected KEY=VALUE, got '{item}'", param_hint="--param")
+        parsed[key.strip().replace("-", "_")] = _parse_value(value.strip())
+    return parsed
+
+
+def _options(method, backbone, weights, image_size, batch_size, threads, skip_unreadable, overwrite, smoothing, kshot=10, epochs=None, params=None):
     from defectscope.pipeline import RunOptions
 
-    method_options = {}
+    method_options = _parse_params(params)
     if smoothing is not None:
         method_options["smoothing_sigma"] = smoothing
     if epochs is not None:
@@ -118,11 +144,12 @@ def score(
     overwrite: bool = OverwriteOption,
     skip_unreadable: bool = SkipOption,
     smoothing: Optional[float] = SmoothingOption,
+    param: Optional[list[str]] = ParamOption,
 ) -> None:
     """Score an unlabeled batch of images zero-shot; the most anomalous come first."""
     from defectscope.pipeline import score_folder
 
-    options = _options(method, backbone, weights, image_size, batch_size, threads, skip_unreadable, overwrite, smoothing)
+    options = _options(method, backbone, weights, image_size, batch_size, threads, skip_unreadable, overwrite, smoothing, params=param)
     with _user_errors(), _progress() as progress:
         result = score_folder(folder, out, options, progress=progress)
     order = result.image_scores.argsort()[::-1][:5]
@@ -149,6 +176,7 @@ def evaluate(
     seed: int = typer.Option(0, "--seed", help="Seed of the documented train/test splits (magnetic tile, PRN k-shot)."),
     kshot: int = typer.Option(10, "--kshot", help="PRN: labelled defects per defect type moved from test to training."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="U-Flow/PRN: training epochs (default: the method's)."),
+    param: Optional[list[str]] = ParamOption,
 ) -> None:
     """Score each category's test set and measure image and pixel metrics.
 
@@ -156,7 +184,7 @@ def evaluate(
     takes --kshot labelled defects per type from the test set (seeded, never scored)."""
     from defectscope.pipeline import evaluate_dataset
 
-    options = _options(method, backbone, weights, image_size, batch_size, threads, skip_unreadable, overwrite, smoothing, kshot, epochs)
+    options = _options(method, backbone, weights, image_size, batch_size, threads, skip_unreadable, overwrite, smoothing, kshot, epochs, params=param)
     with _user_errors(), _progress() as progress:
         metrics = evaluate_dataset(root, out, options, categories=category, seed=seed, progress=progress)
     _print_metrics(metrics)
@@ -177,11 +205,12 @@ def fit(
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Training epochs (default: the method's)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted training from its last epoch checkpoint."),
     overwrite: bool = OverwriteOption,
+    param: Optional[list[str]] = ParamOption,
 ) -> None:
     """Train U-Flow (normal images) or PRN (normal images + labelled defects) and save the model."""
     from defectscope.training import fit_model
 
-    options = _options(method, backbone, weights, image_size, batch_size, threads, False, overwrite, None, epochs=epochs)
+    options = _options(method, backbone, weights, image_size, batch_size, threads, False, overwrite, None, epochs=epochs, params=param)
     with _user_errors(), _progress() as progress:
         fit_model(method, train_dir, out, options, anomalies_dir=anomalies, resume=resume, progress=progress)
     console.print(f"saved {method} model to {out}")

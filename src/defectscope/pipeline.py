@@ -22,7 +22,7 @@ from PIL import Image
 from defectscope.data.io import read_image, read_mask
 from defectscope.data.layouts import Category, Sample, discover, plain_folder
 from defectscope.errors import ConfigError, ImageReadError
-from defectscope.methods.base import Result
+from defectscope.methods.base import Result, build_config
 from defectscope.metrics import image_metrics, pixel_metrics
 from defectscope.report.atomic import atomic_write_text, staged_output
 from defectscope.report.batch import write_batch_outputs
@@ -69,11 +69,11 @@ def build_detector(options: RunOptions):
     if options.method == "musc":
         from defectscope.methods.musc import MuSc, MuScConfig
 
-        return MuSc(MuScConfig(**common))
+        return MuSc(build_config(MuScConfig, common))
     if options.method == "codegraph":
         from defectscope.methods.codegraph import CoDeGraph, CoDeGraphConfig
 
-        return CoDeGraph(CoDeGraphConfig(**common))
+        return CoDeGraph(build_config(CoDeGraphConfig, common))
     if options.method in TRAINED_METHODS:
         raise ConfigError(
             f"method '{options.method}' needs training: use `defectscope fit --method {options.method}` "

@@ -17,7 +17,7 @@ import numpy as np
 from defectscope.data.io import read_mask
 from defectscope.data.layouts import Category, Sample, labelled_defects, plain_folder, training_images
 from defectscope.errors import ConfigError
-from defectscope.methods.base import Result
+from defectscope.methods.base import Result, build_config
 from defectscope.methods.modelfile import read_model_config
 from defectscope.pipeline import RunOptions, apply_threads, read_batch
 from defectscope.report.atomic import staged_output
@@ -40,13 +40,13 @@ def _config(method: str, options: RunOptions, extra: Mapping[str, Any]):
         if options.weights is not None:
             values["weights"] = options.weights
         values["feature_batch_size"] = options.batch_size
-        return UFlow(UFlowConfig(**values, **extra))
+        return UFlow(build_config(UFlowConfig, {**values, **extra}))
     if method == "prn":
         from defectscope.methods.prn import PRN, PRNConfig
 
         if options.weights is not None:
             values["backbone_weights"] = options.weights
-        return PRN(PRNConfig(**values, **extra))
+        return PRN(build_config(PRNConfig, {**values, **extra}))
     raise ConfigError(f"method '{method}' is not trained; choose one of {', '.join(TRAINED_METHODS)}")
 
 

@@ -38,3 +38,18 @@ class Detector(Protocol):
 
     def predict(self, images: Sequence[np.ndarray], paths: Sequence[str] | None = None) -> Result:
         ...
+
+
+def build_config(config_class: type, values: dict[str, Any]):
+    """Instantiate a method's config dataclass, refusing unknown keys with one clear sentence."""
+    from dataclasses import fields
+
+    from defectscope.errors import ConfigError
+
+    known = {f.name for f in fields(config_class)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(
+            f"unknown {config_class.__name__} setting(s) {', '.join(unknown)}; known settings: {', '.join(sorted(known))}"
+        )
+    return config_class(**values)
