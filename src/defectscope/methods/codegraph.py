@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import io
 import math
-import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -38,10 +37,10 @@ import torch.nn.functional as F
 from defectscope.errors import ConfigError
 from defectscope.methods.base import Result
 from defectscope.methods.musc import (
-    SMALL_BATCH_WARNING,
     MuSc,
     MuScConfig,
     ProgressCallback,
+    check_batch_size,
     interval_bounds,
     interval_mean,
     nearest_similarities,
@@ -311,14 +310,7 @@ class CoDeGraph(MuSc):
         """Features, distance tables, burnout, graph, communities and filtered patch scores."""
         cfg: CoDeGraphConfig = self.config  # type: ignore[assignment]
         n = len(images)
-        if n < 3:
-            raise ConfigError(f"CoDeGraph needs at least 3 images, got {n}")
-        if n < SMALL_BATCH_WARNING:
-            warnings.warn(
-                f"CoDeGraph on only {n} images: mutual scoring and community detection are more "
-                f"reliable with about {SMALL_BATCH_WARNING} or more images of the same product",
-                stacklevel=2,
-            )
+        check_batch_size(n, "CoDeGraph", minimum=3)
         sets, grid, embeddings = self.feature_sets(images, progress)
         pairs = n * (n - 1) // 2
         total = pairs * len(sets)

@@ -61,6 +61,18 @@ def interval_bounds(num_references: int, lower: float, upper: float) -> tuple[in
     return start, max(end, start + 1)
 
 
+def check_batch_size(n: int, what: str = "mutual scoring", minimum: int = 2) -> None:
+    """Refuse batches below ``minimum`` images; warn below about SMALL_BATCH_WARNING."""
+    if n < minimum:
+        raise ConfigError(f"{what} needs at least {minimum} images, got {n}")
+    if n < SMALL_BATCH_WARNING:
+        warnings.warn(
+            f"{what} of only {n} images: results are more reliable with about "
+            f"{SMALL_BATCH_WARNING} or more images of the same product",
+            stacklevel=3,
+        )
+
+
 def lnamd(
     feature_map: torch.Tensor, degrees: Sequence[int] = (1, 3, 5)
 ) -> list[torch.Tensor]:
@@ -342,14 +354,7 @@ class MuSc:
     def patch_scores(self, images: Sequence[np.ndarray], progress: ProgressCallback | None = None) -> MuScScores:
         """Features and MSM patch scores (N, L), averaged over layers and degrees."""
         n = len(images)
-        if n < 2:
-            raise ConfigError(f"mutual scoring needs at least 2 images, got {n}")
-        if n < SMALL_BATCH_WARNING:
-            warnings.warn(
-                f"mutual scoring of only {n} images: results are more reliable with about "
-                f"{SMALL_BATCH_WARNING} or more images of the same product",
-                stacklevel=2,
-            )
+        check_batch_size(n)
         sets, grid, embeddings = self.feature_sets(images, progress, native_grids=self.config.native_grids)
         pairs = n * (n - 1) // 2
         total = pairs * len(sets)
