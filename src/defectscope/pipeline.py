@@ -77,7 +77,7 @@ def build_detector(options: RunOptions):
     if options.method in TRAINED_METHODS:
         raise ConfigError(
             f"method '{options.method}' needs training: use `defectscope fit --method {options.method}` "
-            "then `defectscope predict`, or `defectscope evaluate --method {options.method}`"
+            f"then `defectscope predict`, or `defectscope evaluate --method {options.method}`"
         )
     raise ConfigError(f"unknown method '{options.method}'; choose one of {', '.join(ZERO_SHOT_METHODS + TRAINED_METHODS)}")
 

@@ -19,12 +19,11 @@ from defectscope.data.layouts import Category, Sample, labelled_defects, plain_f
 from defectscope.errors import ConfigError
 from defectscope.methods.base import Result, build_config
 from defectscope.methods.modelfile import read_model_config
-from defectscope.pipeline import RunOptions, apply_threads, read_batch
+from defectscope.pipeline import TRAINED_METHODS, RunOptions, apply_threads, read_batch
 from defectscope.report.atomic import staged_output
 from defectscope.report.batch import write_batch_outputs
 
 ProgressCallback = Callable[[str, int, int], None]
-TRAINED_METHODS = ("uflow", "prn")
 DEFAULT_KSHOT = 10
 
 
@@ -58,7 +57,7 @@ def _adapt_progress(method: str, progress: ProgressCallback | None):
 
 
 def _read_pairs(samples: Sequence[Sample]) -> list[tuple[np.ndarray, np.ndarray]]:
-    images, kept, _ = read_batch([s.path for s in samples])
+    images, _, _ = read_batch([s.path for s in samples])
     return [(image, read_mask(s.mask_path, expected_shape=image.shape[:2])) for image, s in zip(images, samples)]
 
 
