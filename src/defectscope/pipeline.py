@@ -154,14 +154,22 @@ def load_ground_truth(samples: Sequence[Sample], images: Sequence[np.ndarray]) -
     return masks
 
 
-def category_metrics(result: Result, samples: Sequence[Sample], images: Sequence[np.ndarray], has_masks: bool) -> dict[str, float | None]:
+def category_metrics(
+    result: Result,
+    samples: Sequence[Sample],
+    images: Sequence[np.ndarray],
+    has_masks: bool,
+    *,
+    ground_truth: Sequence[np.ndarray] | None = None,
+) -> dict[str, float | None]:
     """Image metrics always; pixel metrics at the model resolution when the category has masks,
-    else reported as absent (None)."""
+    else reported as absent (None). ``ground_truth``: the full-resolution masks if already read."""
     labels = np.array([s.label for s in samples], dtype=int)
     metrics: dict[str, float | None] = dict(image_metrics(result.image_scores, labels))
     size = result.anomaly_maps.shape[-1]
     if has_masks:
-        masks = np.stack([_mask_at(m, size) for m in load_ground_truth(samples, images)])
+        full = ground_truth if ground_truth is not None else load_ground_truth(samples, images)
+        masks = np.stack([_mask_at(m, size) for m in full])
         metrics.update(pixel_metrics(result.anomaly_maps, masks))
         if result.masks is not None:
             from defectscope.metrics import binary_mask_metrics
@@ -191,13 +199,12 @@ def evaluate_category(
     images, kept, skipped = read_batch([s.path for s in category.test], options.skip_unreadable)
     by_path = {s.path: s for s in category.test}
     samples = [by_path[p] for p in kept]
-    if category.has_masks:
-        load_ground_truth(samples, images)
+    ground_truth = load_ground_truth(samples, images) if category.has_masks else None
     detector = build_detector(options)
     started = time.perf_counter()
     result = detector.predict(images, [str(s.path) for s in samples], progress=progress)
     _settings_with_inputs(result, category=category.name, input=category.root, seconds=round(time.perf_counter() - started, 2))
-    metrics = category_metrics(result, samples, images, category.has_masks)
+    metrics = category_metrics(result, samples, images, category.has_masks, ground_truth=ground_truth)
     return result, images, samples, skipped, metrics
 
 
