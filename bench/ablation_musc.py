@@ -19,7 +19,6 @@ Prints a markdown table (per dataset and mean: I-AUROC, P-AUROC, P-AP, AUPRO) an
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import time
 from pathlib import Path

@@ -32,7 +32,6 @@ def _batch(name: str):
 
 
 def run_one(kind: str, name: str, n: int | None) -> dict:
-    import numpy as np
     import torch
 
     from defectscope.data import mvtec_category

@@ -13,7 +13,6 @@ divided by the number of threads (independent products on separate cores).
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import time
 

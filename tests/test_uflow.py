@@ -15,7 +15,7 @@ from torch import nn
 from defectscope.backbones.base import Features
 from defectscope.errors import ConfigError, ModelFileError
 from defectscope.methods.modelfile import save_model
-from defectscope.methods.uflow import UFlow, UFlowConfig, UFlowNet, anomaly_map, flow_loss
+from defectscope.methods.uflow import UFlow, UFlowConfig, UFlowNet, anomaly_map
 
 SIZE = 32
 

@@ -44,7 +44,6 @@ from defectscope.methods.musc import (
     interval_bounds,
     interval_mean,
     nearest_similarities,
-    rscin,
     similarities_to_distances,
 )
 
@@ -357,13 +356,8 @@ class CoDeGraph(MuSc):
         """The Result of an :meth:`analyse` output: maps, image scores (max, then RsCIN) and the
         communities as ``extras["communities"]``."""
         cfg: CoDeGraphConfig = self.config  # type: ignore[assignment]
-        n = scores.patch_scores.shape[0]
-        names = [str(p) for p in (paths if paths is not None else range(n))]
-        if len(names) != n:
-            raise ConfigError(f"got {len(names)} paths for {n} images")
-        maps = self.maps_from_patch_scores(scores.patch_scores, scores.grid)
-        raw = maps.flatten(1).amax(dim=1)
-        image_scores = rscin(raw, scores.embeddings, cfg.rscin_ks)
+        result = self.result_from_patch_scores(scores.patch_scores, scores.grid, scores.embeddings, paths)
+        names = result.paths
         communities = [
             {
                 "id": number,
@@ -372,14 +366,5 @@ class CoDeGraph(MuSc):
             }
             for number, members in enumerate(scores.communities)
         ]
-        return Result(
-            paths=names,
-            image_scores=np.asarray(image_scores, dtype=np.float64),
-            anomaly_maps=maps.numpy().astype(np.float32),
-            settings=self.settings(),
-            extras={
-                "raw_image_scores": raw.tolist(),
-                "communities": communities,
-                "linking_patches": scores.linking.sum(dim=1).tolist(),
-            },
-        )
+        result.extras.update({"communities": communities, "linking_patches": scores.linking.sum(dim=1).tolist()})
+        return result

@@ -382,11 +382,25 @@ class MuSc:
     ) -> Result:
         """Score the batch: anomaly maps, image scores (max of map, then RsCIN)."""
         scores = self.patch_scores(images, progress)
-        maps = self.maps_from_patch_scores(scores.patch_scores, scores.grid)
+        return self.result_from_patch_scores(scores.patch_scores, scores.grid, scores.embeddings, paths)
+
+    def result_from_patch_scores(
+        self,
+        patch_scores: torch.Tensor,
+        grid: tuple[int, int],
+        embeddings: torch.Tensor,
+        paths: Sequence[str] | None = None,
+    ) -> Result:
+        """(N, L) patch scores -> Result: maps, image score = max of the map, then RsCIN."""
+        n = patch_scores.shape[0]
+        names = [str(p) for p in (paths if paths is not None else range(n))]
+        if len(names) != n:
+            raise ConfigError(f"got {len(names)} paths for {n} images")
+        maps = self.maps_from_patch_scores(patch_scores, grid)
         raw = maps.flatten(1).amax(dim=1)
-        image_scores = rscin(raw, scores.embeddings, self.config.rscin_ks)
+        image_scores = rscin(raw, embeddings, self.config.rscin_ks)
         return Result(
-            paths=[str(p) for p in (paths if paths is not None else range(len(images)))],
+            paths=names,
             image_scores=np.asarray(image_scores, dtype=np.float64),
             anomaly_maps=maps.numpy().astype(np.float32),
             settings=self.settings(),
