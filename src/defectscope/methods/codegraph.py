@@ -21,6 +21,11 @@ and adds four cheap steps, none of which repeats the pairwise work:
    same tables with the other members of the community excluded as references (their distances
    set to +inf, interval bounds taken for the reduced reference count); then maps, image score =
    max, RsCIN, as in MuSc.
+
+Grids: like MuSc (``native_grids``, the default), each layer is scored on its own grid and its
+scores are upsampled to the finest grid. Burnout and the graph use the finest layer's tables only
+(averaged over its LNAMD degrees), so every patch count is in finest-grid patches whatever the
+layers; the re-scoring of step 4 uses every table.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from defectscope.methods.musc import (
     interval_mean,
     nearest_similarities,
     similarities_to_distances,
+    to_finest_grid,
 )
 
 _DISTANCE_FLOOR = 1e-6
@@ -310,7 +316,7 @@ class CoDeGraph(MuSc):
         cfg: CoDeGraphConfig = self.config  # type: ignore[assignment]
         n = len(images)
         check_batch_size(n, "CoDeGraph", minimum=3)
-        sets, grid, embeddings = self.feature_sets(images, progress)
+        sets, grid, embeddings = self.feature_sets(images, progress, native_grids=cfg.native_grids)
         pairs = n * (n - 1) // 2
         total = pairs * len(sets)
         tables = []
@@ -319,11 +325,14 @@ class CoDeGraph(MuSc):
             if progress is not None:
                 report = lambda done, base=index * pairs: progress("scoring", base + done, total)  # noqa: E731
             tables.append(similarities_to_distances(nearest_similarities(feature_set, progress=report)))
-        musc_scores = torch.zeros(n, tables[0].shape[2])
+        musc_scores = torch.zeros(n, grid[0] * grid[1])
         for table in tables:
-            musc_scores += interval_mean(table, cfg.lower, cfg.upper)
+            musc_scores += to_finest_grid(interval_mean(table, cfg.lower, cfg.upper), grid)
         musc_scores /= len(tables)
-        mean_table = sum(tables[1:], tables[0].clone()) / len(tables)
+        # The graph is built on the finest grid only (with native grids the coarser layer's tables
+        # have fewer patches; they still take part in the re-scoring below).
+        finest = [t for t in tables if t.shape[2] == grid[0] * grid[1]]
+        mean_table = sum(finest[1:], finest[0].clone()) / len(finest)
         burnout = neighbour_burnout(mean_table, max_support(n, cfg.max_support_fraction), cfg.lower, cfg.upper)
         del mean_table
         linking = linking_patches(burnout, cfg.burnout_threshold, cfg.score_quantile)
@@ -338,7 +347,9 @@ class CoDeGraph(MuSc):
                 index = torch.tensor(members)
                 excluded[index.unsqueeze(1), index.unsqueeze(0)] = True
             members_all = excluded.any(dim=1)
-            filtered = torch.stack([excluded_interval_mean(t, excluded, cfg.lower, cfg.upper) for t in tables]).mean(dim=0)
+            filtered = torch.stack([
+                to_finest_grid(excluded_interval_mean(t, excluded, cfg.lower, cfg.upper), grid) for t in tables
+            ]).mean(dim=0)
             patch_scores = torch.where(members_all.unsqueeze(1), filtered, musc_scores)
         return CoDeGraphScores(musc_scores, patch_scores, burnout, linking, weights, communities, grid, embeddings)
 
