@@ -7,7 +7,11 @@ Batches (all zero-shot: each batch scores itself):
 * ``mtd_mixed_10``: ``size`` Magnetic Tile images, 10 % defective, drawn from all five defect
   classes (rare and mostly different defects);
 * ``bottle_test``: the MVTec AD bottle test set as it is (83 images, 63 defective of 3 types,
-  no single dominant repetition of an identical defect).
+  no single dominant repetition of an identical defect);
+* ``hazelnut_colour_{10,30,50}``: hazelnut_toy photos, good ones (``train/good`` and
+  ``test/good``, 34 in all) plus 4 / 14 / 17 of the 17 ``colour`` defects (pen marks of the same
+  kind on every nut: one defect type recurring), i.e. 38 / 47 / 34 images with 11 / 30 / 50 %
+  defective.
 
 Normal tiles come from the ``magnetic_tile(seed=0)`` test split (476 tiles); defective tiles
 with an empty published mask are never drawn. Draws use ``numpy.random.default_rng([seed,
@@ -29,6 +33,8 @@ from defectscope.data.layouts import Sample, magnetic_tile, mvtec_category
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 BLOWHOLE_FRACTIONS = (0.1, 0.3, 0.5)
+HAZELNUT_COUNTS = ((4, 34), (14, 33), (17, 17))
+"""(colour defects, good photos) of the hazelnut batches."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +76,14 @@ def build_batches(size: int = 80, seed: int = 0, datasets: Path = DATASETS) -> l
     batches.append(Batch("mtd_mixed_10", samples, False))
     bottle = mvtec_category(datasets / "mvtec_bottle")
     batches.append(Batch("bottle_test", list(bottle.test), False))
+    hazelnut = mvtec_category(datasets / "hazelnut_toy")
+    good = list(hazelnut.train) + [s for s in hazelnut.test if s.label == 0]
+    colour = [s for s in hazelnut.test if s.defect_type == "colour"]
+    for number, (defects, normals) in enumerate(HAZELNUT_COUNTS, start=len(BLOWHOLE_FRACTIONS) + 1):
+        rng = np.random.default_rng([seed, number])
+        samples = _draw(rng, good, normals) + _draw(rng, colour, defects)
+        share = int(round(100 * defects / (defects + normals), -1))
+        batches.append(Batch(f"hazelnut_colour_{share}", samples, True))
     return batches
 
 
