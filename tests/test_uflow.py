@@ -207,3 +207,16 @@ def test_held_out_calibration_scales_the_nfa_and_survives_save_load(tmp_path: Pa
     assert [float(s) for s in loaded.latent_scale] == [float(s) for s in model.latent_scale]
     with pytest.raises(ConfigError):
         UFlowConfig(calibration_fraction=1.0)
+
+
+def test_map_smoothing_and_files_from_before_it(trained: UFlow, tmp_path: Path) -> None:
+    from defectscope.methods.smoothing import gaussian_blur
+
+    latents = [torch.randn(2, 3, 8, 8), torch.randn(2, 2, 4, 4)]
+    assert torch.allclose(anomaly_map(latents, 16, 2.0), gaussian_blur(anomaly_map(latents, 16), 2.0))
+    with pytest.raises(ConfigError, match="smoothing_sigma"):
+        UFlowConfig(smoothing_sigma=-1.0)
+    settings = trained.config.to_json()
+    settings.pop("smoothing_sigma")
+    assert UFlowConfig.from_json(settings).smoothing_sigma == 0.0
+    assert UFlowConfig.from_json(trained.config.to_json()) == trained.config

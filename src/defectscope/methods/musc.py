@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from defectscope import __version__
 from defectscope.errors import ConfigError
 from defectscope.methods.base import Result
+from defectscope.methods.smoothing import gaussian_blur
 
 ProgressCallback = Callable[[str, int, int], None]
 """Called as ``progress(stage, done, total)`` during long work."""
@@ -276,21 +277,6 @@ def to_finest_grid(patch_scores: torch.Tensor, grid: tuple[int, int]) -> torch.T
         raise ConfigError(f"cannot place {length} patch scores on a square grid")
     maps = patch_scores.view(n, 1, side, side)
     return F.interpolate(maps, size=grid, mode="bilinear", align_corners=True).view(n, -1)
-
-
-def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of (N, H, W) maps (radius 4 sigma, reflect padding)."""
-    if sigma <= 0:
-        return maps
-    radius = max(1, int(math.ceil(4 * sigma)))
-    radius = min(radius, maps.shape[-1] - 1, maps.shape[-2] - 1)
-    offsets = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
-    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
-    kernel = kernel / kernel.sum()
-    x = maps.unsqueeze(1)
-    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="reflect"), kernel.view(1, 1, 1, -1))
-    x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode="reflect"), kernel.view(1, 1, -1, 1))
-    return x.squeeze(1)
 
 
 @dataclass

@@ -51,10 +51,12 @@ class _Layer(nn.Module):
 
 
 class _FeaturesToMap(nn.Module):
-    def __init__(self, flow: UFlowNet, mean: Sequence[torch.Tensor], std: Sequence[torch.Tensor], size: int) -> None:
+    def __init__(self, flow: UFlowNet, mean: Sequence[torch.Tensor], std: Sequence[torch.Tensor], size: int,
+                 sigma: float = 0.0) -> None:
         super().__init__()
         self.flow = flow
         self.size = size
+        self.sigma = sigma
         for scale, (m, s) in enumerate(zip(mean, std)):
             self.register_buffer(f"mean_{scale}", m[None].clone())
             self.register_buffer(f"std_{scale}", s[None].clone())
@@ -62,7 +64,7 @@ class _FeaturesToMap(nn.Module):
     def forward(self, *features: torch.Tensor) -> tuple[torch.Tensor, ...]:
         normalised = [(f - getattr(self, f"mean_{s}")) / getattr(self, f"std_{s}") for s, f in enumerate(features)]
         latents, _ = self.flow(normalised)
-        return (anomaly_map(latents, self.size), *latents)
+        return (anomaly_map(latents, self.size, self.sigma), *latents)
 
 
 class _ImageToMap(nn.Module):
@@ -81,7 +83,7 @@ def export_onnx(model: UFlow, path: str | Path, *, include_backbone: bool = True
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     size = model.config.image_size
-    head = _FeaturesToMap(flow, model.feature_mean, model.feature_std, size).eval()
+    head = _FeaturesToMap(flow, model.feature_mean, model.feature_std, size, model.config.smoothing_sigma).eval()
     n_scales = len(flow.grids)
     latent_names = [f"latent_{s}" for s in range(n_scales)]
     output_names = ["anomaly_map", *latent_names]

@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from FrEIA.modules import AllInOneBlock
 from torch import nn
 
+from defectscope.methods.smoothing import gaussian_blur
+
 
 class _Subnet(nn.Module):
     """conv(k) - ReLU - conv(k): predicts the affine coupling coefficients."""
@@ -141,15 +143,16 @@ def flow_loss(latents: Sequence[torch.Tensor], log_det: torch.Tensor) -> torch.T
     return ((energy - log_det) / dims).mean()
 
 
-def anomaly_map(latents: Sequence[torch.Tensor], size: int) -> torch.Tensor:
+def anomaly_map(latents: Sequence[torch.Tensor], size: int, sigma: float = 0.0) -> torch.Tensor:
     """Latents -> (N, size, size) anomaly map in [0, 1].
 
     Per scale the likelihood exp(-0.5 * mean_c z^2), upsampled (bilinear) to ``size``, averaged
-    over scales; the anomaly score is 1 - that average.
+    over scales; the anomaly score is 1 - that average, then smoothed with a Gaussian of
+    ``sigma`` pixels (0: none, as in the paper).
     """
     likelihoods = [
         F.interpolate(torch.exp(-0.5 * z.pow(2).mean(dim=1, keepdim=True)), size=(size, size),
                       mode="bilinear", align_corners=False)
         for z in latents
     ]
-    return 1.0 - torch.stack(likelihoods, dim=0).mean(dim=0)[:, 0]
+    return gaussian_blur(1.0 - torch.stack(likelihoods, dim=0).mean(dim=0)[:, 0], sigma)
