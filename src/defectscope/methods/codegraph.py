@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import io
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -74,16 +74,22 @@ class CoDeGraphConfig(MuScConfig):
         min_pair_weight: a community is kept when its mean (symmetrised) edge weight per member
             pair reaches this many linking patches.
         min_community_size: smallest community kept.
+        confirm_quantile, confirm_share: a community is confirmed (and its members re-scored)
+            only when at least ``confirm_share`` of its members, re-scored without the others,
+            score above the ``confirm_quantile`` quantile of the other images' MuSc image scores
+            (see :func:`confirmed`).
         seed: Leiden seed.
         draw_graphs: attach a PNG picture of the image graph to every reported community.
     """
 
     max_support_fraction: float = 0.5
-    burnout_threshold: float = 30.0
+    burnout_threshold: float = 20.0
     score_quantile: float = 0.99
     resolution: float = 1.0
-    min_pair_weight: float = 8.0
+    min_pair_weight: float = 2.0
     min_community_size: int = 2
+    confirm_quantile: float = 0.9
+    confirm_share: float = 0.9
     seed: int = 0
     draw_graphs: bool = True
 
@@ -99,6 +105,10 @@ class CoDeGraphConfig(MuScConfig):
             raise ConfigError(f"resolution must be > 0, got {self.resolution}")
         if self.min_pair_weight < 0:
             raise ConfigError(f"min_pair_weight must be >= 0, got {self.min_pair_weight}")
+        if not 0.0 <= self.confirm_quantile <= 1.0 or not 0.0 <= self.confirm_share <= 1.0:
+            raise ConfigError(
+                f"confirm_quantile and confirm_share must be in [0, 1], got {self.confirm_quantile}, {self.confirm_share}"
+            )
         if self.min_community_size < 2:
             raise ConfigError(f"min_community_size must be >= 2, got {self.min_community_size}")
 
@@ -248,6 +258,24 @@ def excluded_interval_mean(distances: torch.Tensor, excluded: torch.Tensor, lowe
     return scores
 
 
+def confirmed(members: Sequence[int], musc_scores: torch.Tensor, filtered: torch.Tensor, quantile: float, share: float) -> bool:
+    """Whether a community is a group of images sharing a defect, not a group of similar normal
+    images: at least ``share`` of its members, re-scored without the other members
+    (``filtered``, (N, L)), must have an image score (largest patch score) above the ``quantile``
+    quantile of the MuSc image scores of the images outside the community. Separating images that
+    only share normal appearance leaves most of them ordinary; separating images that share a
+    defect makes them stand out."""
+    n = musc_scores.shape[0]
+    index = torch.tensor(sorted(members))
+    outside = torch.ones(n, dtype=torch.bool)
+    outside[index] = False
+    if not outside.any():
+        return False
+    level = torch.quantile(musc_scores[outside].amax(dim=1).double(), quantile).item()
+    above = (filtered[index].amax(dim=1).double() > level).double().mean().item()
+    return above >= share
+
+
 def graph_picture(weights: np.ndarray, communities: Sequence[Sequence[int]], highlight: int | None = None) -> bytes:
     """A small PNG of the image graph: nodes on a circle (community members side by side), edge
     width by weight, members of each community coloured (``highlight``: only that community
@@ -298,6 +326,8 @@ class CoDeGraphScores:
     communities: list[list[int]]
     grid: tuple[int, int]
     embeddings: torch.Tensor
+    candidates: list[list[int]] = field(default_factory=list)
+    """Leiden communities before confirmation (``communities`` holds the confirmed ones)."""
 
 
 class CoDeGraph(MuSc):
@@ -341,17 +371,25 @@ class CoDeGraph(MuSc):
             weights, cfg.resolution, min_size=cfg.min_community_size, min_pair_weight=cfg.min_pair_weight, seed=cfg.seed
         )
         patch_scores = musc_scores
+        candidates = communities
         if communities:
             excluded = torch.zeros(n, n, dtype=torch.bool)
             for members in communities:
                 index = torch.tensor(members)
                 excluded[index.unsqueeze(1), index.unsqueeze(0)] = True
-            members_all = excluded.any(dim=1)
             filtered = torch.stack([
                 to_finest_grid(excluded_interval_mean(t, excluded, cfg.lower, cfg.upper), grid) for t in tables
             ]).mean(dim=0)
+            communities = [
+                members for members in communities
+                if confirmed(members, musc_scores, filtered, cfg.confirm_quantile, cfg.confirm_share)
+            ]
+            members_all = torch.zeros(n, dtype=torch.bool)
+            for members in communities:
+                members_all[torch.tensor(members)] = True
             patch_scores = torch.where(members_all.unsqueeze(1), filtered, musc_scores)
-        return CoDeGraphScores(musc_scores, patch_scores, burnout, linking, weights, communities, grid, embeddings)
+        return CoDeGraphScores(musc_scores, patch_scores, burnout, linking, weights, communities, grid, embeddings,
+                               candidates)
 
     def predict(
         self,
