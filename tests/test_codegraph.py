@@ -157,3 +157,17 @@ def test_score_without_supporters_matches_brute_force() -> None:
             start, end = interval_bounds(n - 1 - k, 0.0, 0.3)
             assert burnout.unsupported[i, p] == pytest.approx(float(ordered[k + start : k + end].mean()), abs=1e-6)
     assert torch.allclose(burnout.score, interval_mean(table))
+
+
+def test_a_community_is_confirmed_only_when_its_members_stand_out_once_separated() -> None:
+    from defectscope.methods.codegraph import confirmed
+
+    musc = torch.tensor([[0.1, 0.2], [0.2, 0.3], [0.3, 0.1], [0.2, 0.2], [0.1, 0.1], [0.15, 0.1]])
+    filtered = musc.clone()
+    # members 3, 4, 5: outside image scores are 0.2, 0.3, 0.3 -> 90th percentile 0.3
+    filtered[3:] = torch.tensor([[0.9, 0.1], [0.1, 0.8], [0.5, 0.4]])
+    assert confirmed([3, 4, 5], musc, filtered, quantile=0.9, share=0.9)
+    filtered[5] = torch.tensor([0.25, 0.2])  # one of three members stays ordinary
+    assert not confirmed([3, 4, 5], musc, filtered, quantile=0.9, share=0.9)
+    assert confirmed([3, 4, 5], musc, filtered, quantile=0.9, share=0.6)
+    assert not confirmed(list(range(6)), musc, filtered, quantile=0.9, share=0.0)  # nobody outside

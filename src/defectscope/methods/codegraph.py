@@ -16,7 +16,8 @@ and adds four cheap steps, none of which repeats the pairwise work:
    matrix is symmetrised.
 3. :func:`find_communities` — Leiden with the Constant Potts Model; communities of at least
    ``min_community_size`` images whose mean edge weight per member pair reaches
-   ``min_pair_weight`` are kept.
+   ``min_pair_weight`` are candidates; :func:`confirmed` keeps those whose members stand out
+   once re-scored without each other (groups of merely similar normal images do not).
 4. :func:`excluded_interval_mean` — for community members, mutual scoring is recomputed from the
    same tables with the other members of the community excluded as references (their distances
    set to +inf, interval bounds taken for the reduced reference count); then maps, image score =
