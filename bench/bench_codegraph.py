@@ -3,7 +3,9 @@
 Both methods run end to end (features, mutual scoring, maps, RsCIN) with the same backbone and
 settings; each batch is read once, then MuSc and CoDeGraph are timed one after the other.
 Metrics: image AUROC, pixel AP, pixel AUROC, pixel F1-max (pooled at the model resolution, as
-``pipeline.category_metrics`` does). Prints a Markdown table and writes JSON with ``--json``.
+``pipeline.category_metrics`` does). An untimed "oracle" row re-scores with all defective images
+given as one group (``CoDeGraph.analyse(groups=...)``): what perfect community detection would
+give with this backbone and these settings. Prints a Markdown table and writes JSON with ``--json``.
 ``--histogram`` also draws the burnout histogram of docs/CODEGRAPH.md from the recurring batches.
 
     python bench/bench_codegraph.py --size 80 --seed 0 --json bench/results/codegraph.json \
@@ -54,11 +56,12 @@ def run_batch(batch: Batch, common: dict, options: dict) -> tuple[dict, CoDeGrap
     scores = codegraph.analyse(images)
     codegraph_result = codegraph.result(scores, paths)
     row["codegraph_seconds"] = time.perf_counter() - started
-    for name, result in (("musc", musc_result), ("codegraph", codegraph_result)):
+    labels = np.array([s.label for s in batch.samples])
+    oracle = codegraph.result(codegraph.analyse(images, groups=[np.nonzero(labels)[0].tolist()]), paths)
+    for name, result in (("musc", musc_result), ("codegraph", codegraph_result), ("oracle", oracle)):
         metrics = category_metrics(result, batch.samples, images, has_masks=True)
         row.update({f"{name}_{key}": metrics[key] for key in METRICS})
     row["communities"] = [len(c) for c in scores.communities]
-    labels = np.array([s.label for s in batch.samples])
     row["community_defective"] = [int(labels[c].sum()) for c in scores.communities]
     size = codegraph_result.anomaly_maps.shape[-1]
     from defectscope.pipeline import _mask_at
@@ -72,15 +75,18 @@ def markdown(rows: list[dict]) -> str:
     head = "| batch | N (def.) | method | I-AUROC | P-AP | P-AUROC | P-F1 | time s | communities (defective members) |"
     lines = [head, "|" + "---|" * 9]
     for row in rows:
-        for method in ("musc", "codegraph"):
+        for method in ("musc", "codegraph", "oracle"):
             values = [row[f"{method}_{key}"] for key in METRICS]
             cells = " | ".join("n/a" if v is None else f"{100 * v:.1f}" for v in values)
-            groups = ""
+            groups, seconds = "", "-"
             if method == "codegraph":
                 groups = ", ".join(f"{size} ({d})" for size, d in zip(row["communities"], row["community_defective"])) or "none"
+            if method == "oracle":
+                groups = "all defective images, given"
+            else:
+                seconds = f"{row[f'{method}_seconds']:.1f}"
             lines.append(
-                f"| {row['batch']} | {row['images']} ({row['defective']}) | {method} | {cells} | "
-                f"{row[f'{method}_seconds']:.0f} | {groups} |"
+                f"| {row['batch']} | {row['images']} ({row['defective']}) | {method} | {cells} | {seconds} | {groups} |"
             )
     return "\n".join(lines)
 

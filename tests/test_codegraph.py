@@ -171,3 +171,14 @@ def test_a_community_is_confirmed_only_when_its_members_stand_out_once_separated
     assert not confirmed([3, 4, 5], musc, filtered, quantile=0.9, share=0.9)
     assert confirmed([3, 4, 5], musc, filtered, quantile=0.9, share=0.6)
     assert not confirmed(list(range(6)), musc, filtered, quantile=0.9, share=0.0)  # nobody outside
+
+
+def test_given_groups_replace_detection_and_bad_groups_fail() -> None:
+    images, _ = synthetic_images(6, size=64, seed=3, defective=(0, 1, 2), defect="recurring")
+    detector = CoDeGraph(CoDeGraphConfig(image_size=64))
+    scores = detector.analyse(images, groups=[[0, 1, 2]])
+    assert scores.communities == [[0, 1, 2]]
+    assert torch.equal(scores.patch_scores[3:], scores.musc_patch_scores[3:])
+    assert not torch.equal(scores.patch_scores[:3], scores.musc_patch_scores[:3])
+    with pytest.raises(ConfigError, match="outside the batch"):
+        detector.analyse(images, groups=[[0, 9]])

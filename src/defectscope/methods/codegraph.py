@@ -342,11 +342,26 @@ class CoDeGraph(MuSc):
             raise ConfigError(f"CoDeGraph needs a CoDeGraphConfig, got {type(config).__name__}")
         super().__init__(config or CoDeGraphConfig(), backbone)
 
-    def analyse(self, images: Sequence[np.ndarray], progress: ProgressCallback | None = None) -> CoDeGraphScores:
-        """Features, distance tables, burnout, graph, communities and filtered patch scores."""
+    def analyse(
+        self,
+        images: Sequence[np.ndarray],
+        progress: ProgressCallback | None = None,
+        *,
+        groups: Sequence[Sequence[int]] | None = None,
+    ) -> CoDeGraphScores:
+        """Features, distance tables, burnout, graph, communities and filtered patch scores.
+
+        ``groups`` (image indices) replaces the detected communities: each group is re-scored
+        without its own members as references, unconditionally (no confirmation). Use it when the
+        groups are known, or to measure what perfect detection would give.
+        """
         cfg: CoDeGraphConfig = self.config  # type: ignore[assignment]
         n = len(images)
         check_batch_size(n, "CoDeGraph", minimum=3)
+        if groups is not None:
+            groups = [sorted({int(i) for i in g}) for g in groups]
+            if any(not 0 <= i < n for g in groups for i in g):
+                raise ConfigError(f"groups name images outside the batch of {n}")
         sets, grid, embeddings = self.feature_sets(images, progress, native_grids=cfg.native_grids)
         pairs = n * (n - 1) // 2
         total = pairs * len(sets)
@@ -368,9 +383,13 @@ class CoDeGraph(MuSc):
         del mean_table
         linking = linking_patches(burnout, cfg.burnout_threshold, cfg.score_quantile)
         weights = image_graph(burnout, linking)
-        communities = find_communities(
-            weights, cfg.resolution, min_size=cfg.min_community_size, min_pair_weight=cfg.min_pair_weight, seed=cfg.seed
-        )
+        if groups is None:
+            communities = find_communities(
+                weights, cfg.resolution, min_size=cfg.min_community_size, min_pair_weight=cfg.min_pair_weight,
+                seed=cfg.seed,
+            )
+        else:
+            communities = [g for g in groups if len(g) >= 2]
         patch_scores = musc_scores
         candidates = communities
         if communities:
@@ -381,10 +400,11 @@ class CoDeGraph(MuSc):
             filtered = torch.stack([
                 to_finest_grid(excluded_interval_mean(t, excluded, cfg.lower, cfg.upper), grid) for t in tables
             ]).mean(dim=0)
-            communities = [
-                members for members in communities
-                if confirmed(members, musc_scores, filtered, cfg.confirm_quantile, cfg.confirm_share)
-            ]
+            if groups is None:
+                communities = [
+                    members for members in communities
+                    if confirmed(members, musc_scores, filtered, cfg.confirm_quantile, cfg.confirm_share)
+                ]
             members_all = torch.zeros(n, dtype=torch.bool)
             for members in communities:
                 members_all[torch.tensor(members)] = True
