@@ -129,3 +129,21 @@ def test_region_nfa_refuses_too_small_grids_clearly() -> None:
 
     with pytest.raises(ConfigError, match="at least 3x3"):
         region_log_nfa_map(np.zeros((4, 2, 2)))
+
+
+def test_level_components_keep_only_regions_touching_a_detection() -> None:
+    from defectscope.methods.uflow.nfa import level_components_touching
+
+    amap = np.zeros((10, 10))
+    amap[1:4, 1:4] = 0.9   # touched by the detection below
+    amap[6:9, 6:9] = 0.8   # above the level but never detected
+    amap[2, 5] = 0.95      # isolated bright pixel, not connected (4-neighbourhood) to either
+    detected = np.zeros((10, 10), dtype=bool)
+    detected[0:3, 0:3] = True  # a blocky coarse detection overlapping the first region
+    mask = level_components_touching(detected, amap, 0.5)
+    expected = np.zeros((10, 10), dtype=bool)
+    expected[1:4, 1:4] = True
+    assert np.array_equal(mask, expected)
+    assert not level_components_touching(np.zeros((10, 10), bool), amap, 0.5).any()
+    with pytest.raises(ValueError, match="shape"):
+        level_components_touching(detected, amap[:5], 0.5)

@@ -209,6 +209,29 @@ def test_held_out_calibration_scales_the_nfa_and_survives_save_load(tmp_path: Pa
         UFlowConfig(calibration_fraction=1.0)
 
 
+def test_calibrated_mask_extent_follows_the_map_inside_nfa_detections(tmp_path: Path) -> None:
+    model = UFlow(_config(epochs=2, calibration_fraction=0.25), backbones=_backbones()).fit(_images(12))
+    assert model.map_threshold is not None and 0.0 < model.map_threshold < 1.0
+    images = _images(2, seed=5)
+    images[0][8:20, 8:20] = 255  # a bright square: a defect for a flow trained on grey noise
+    calibrated = model.predict(images)
+    nfa_only = UFlow(replace(model.config, mask_extent="nfa"), backbones=_backbones())
+    nfa_only.flow, nfa_only.feature_mean, nfa_only.feature_std = model.flow, model.feature_mean, model.feature_std
+    nfa_only.latent_scale, nfa_only.map_threshold = model.latent_scale, model.map_threshold
+    raw = nfa_only.predict(images)
+    above = calibrated.anomaly_maps >= model.map_threshold
+    assert calibrated.masks[0].any()
+    assert np.all(calibrated.masks <= above)  # the outline is the map's level set ...
+    for mask, detection in zip(calibrated.masks, raw.masks):  # ... kept only where the NFA detected
+        assert not mask.any() or (mask & detection).any()
+    model.save(tmp_path / "model")
+    loaded = UFlow.load(tmp_path / "model", backbones=_backbones())
+    assert loaded.map_threshold == model.map_threshold
+    assert np.array_equal(loaded.predict(images).masks, calibrated.masks)
+    with pytest.raises(ConfigError, match="mask_extent"):
+        UFlowConfig(mask_extent="blob")
+
+
 def test_map_smoothing_and_files_from_before_it(trained: UFlow, tmp_path: Path) -> None:
     from defectscope.methods.smoothing import gaussian_blur
 
@@ -218,5 +241,7 @@ def test_map_smoothing_and_files_from_before_it(trained: UFlow, tmp_path: Path) 
         UFlowConfig(smoothing_sigma=-1.0)
     settings = trained.config.to_json()
     settings.pop("smoothing_sigma")
-    assert UFlowConfig.from_json(settings).smoothing_sigma == 0.0
+    settings.pop("mask_extent")
+    old = UFlowConfig.from_json(settings)
+    assert old.smoothing_sigma == 0.0 and old.mask_extent == "nfa"
     assert UFlowConfig.from_json(trained.config.to_json()) == trained.config

@@ -17,7 +17,9 @@ with the grid area). The stride-32 layer (320 channels) made an epoch about 5x s
 to 64 channels, lowered pixel AUROC.
 
 Model selection uses no test data: training runs a fixed number of epochs and keeps the last
-weights. Masks come from :func:`defectscope.methods.uflow.nfa.detect` on the latents.
+weights. Detections come from :func:`defectscope.methods.uflow.nfa.detect` on the latents; by
+default each detection is then given the outline of the anomaly map at a level measured on the
+held-out normal training images (``mask_extent``, :func:`.nfa.level_components_touching`).
 """
 
 from __future__ import annotations
@@ -70,8 +72,14 @@ class UFlowConfig:
         block_alpha: per-value exceedance probability of the block NFA.
         feature_batch_size: images per backbone call.
         smoothing_sigma: Gaussian smoothing of the anomaly map, in pixels of the image_size
-            input (0: none, as in the paper). The NFA masks are computed from the latents and
-            do not depend on it.
+            input (0: none, as in the paper). The NFA detections are computed from the latents
+            and do not depend on it.
+        mask_extent: "calibrated" (default): the NFA decides WHICH regions are anomalous, and a
+            mask is every connected region of {anomaly map >= map_threshold} that touches an NFA
+            detection, where map_threshold is the largest map value on the held-out normal
+            training images (no test data, no tuning); without held-out images it falls back to
+            "nfa". "nfa": the NFA regions themselves, upsampled from their latent grids (the
+            paper's masks; coarse grids make them blocky and wide).
         calibration_fraction: share of the training images (when there are at least 10; at least
             2 images) kept out of flow training; after training, each scale's latent spread
             sigma_s^2 = max(1, mean z^2 over those images) is measured and the NFA tests z / sigma_s,
@@ -100,6 +108,7 @@ class UFlowConfig:
     feature_batch_size: int = 16
     calibration_fraction: float = 0.1
     smoothing_sigma: float = 4.0
+    mask_extent: str = "calibrated"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", tuple(self.layers))
@@ -124,6 +133,8 @@ class UFlowConfig:
             raise ConfigError(
                 f"U-Flow calibration_fraction must be in [0, 1), got {self.calibration_fraction!r}"
             )
+        if self.mask_extent not in ("calibrated", "nfa"):
+            raise ConfigError(f"U-Flow mask_extent must be 'calibrated' or 'nfa', got {self.mask_extent!r}")
         if not self.smoothing_sigma >= 0:
             raise ConfigError(f"U-Flow smoothing_sigma must be >= 0, got {self.smoothing_sigma!r}")
         if not 0 < self.block_alpha < 1:
@@ -138,12 +149,13 @@ class UFlowConfig:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "UFlowConfig":
         """Inverse of :meth:`to_json`; unknown keys are an error. Files written before map smoothing
-        existed load with ``smoothing_sigma = 0`` so they give the maps they gave then."""
+        existed load with ``smoothing_sigma = 0`` and ``mask_extent = "nfa"`` so they give the maps and
+        masks they gave then."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ModelFileError(f"U-Flow config has unknown settings {unknown}")
-        return cls(**{"smoothing_sigma": 0.0, **data})
+        return cls(**{"smoothing_sigma": 0.0, "mask_extent": "nfa", **data})
 
 
 def _build_backbones(config: UFlowConfig) -> list[Backbone]:
@@ -182,6 +194,7 @@ class UFlow:
         self.feature_mean: list[torch.Tensor] = []
         self.feature_std: list[torch.Tensor] = []
         self.latent_scale: list[torch.Tensor] = []
+        self.map_threshold: float | None = None
         self.history: list[float] = []
         self.epochs_done = 0
 
@@ -300,9 +313,12 @@ class UFlow:
                 progress("epoch", epoch + 1, config.epochs)
         self.flow.eval()
         self.latent_scale = [torch.ones(()) for _ in features]
+        self.map_threshold = None
         if held_out.numel():
             latents = self.latents_from_features(calibration)
             self.latent_scale = [z.pow(2).mean().clamp_min(1.0).sqrt() for z in latents]
+            maps = anomaly_map(latents, config.image_size, config.smoothing_sigma)
+            self.map_threshold = float(maps.max())
         return self
 
     def _held_out(self, count: int) -> torch.Tensor:
@@ -342,6 +358,11 @@ class UFlow:
                            alpha=self.config.block_alpha)
                 for i in range(count)
             ])
+            if self.config.mask_extent == "calibrated" and self.map_threshold is not None:
+                masks = np.stack([
+                    nfa.level_components_touching(detected, amap, self.map_threshold)
+                    for detected, amap in zip(masks, maps)
+                ])
         return Result(
             paths=list(paths) if paths is not None else [f"image_{i}" for i in range(count)],
             image_scores=maps.reshape(count, -1).max(axis=1).astype(np.float64),
@@ -386,6 +407,8 @@ class UFlow:
             tensors[f"feature_std.{scale}"] = std
         for scale, value in enumerate(self.latent_scale):
             tensors[f"latent_scale.{scale}"] = value.reshape(1)
+        if self.map_threshold is not None:
+            tensors["map_threshold"] = torch.tensor([self.map_threshold], dtype=torch.float64)
         return tensors
 
     def _header(self) -> dict[str, Any]:
@@ -420,6 +443,7 @@ class UFlow:
         self.feature_std = [tensors[f"feature_std.{s}"] for s in range(n_scales)]
         self.latent_scale = [tensors[f"latent_scale.{s}"].reshape(()) for s in range(n_scales)
                              if f"latent_scale.{s}" in tensors]
+        self.map_threshold = float(tensors["map_threshold"].item()) if "map_threshold" in tensors else None
         flow = self.flow
         if flow is None or flow.channels != list(header["channels"]) or flow.grids != list(header["grids"]):
             flow = UFlowNet(header["channels"], header["grids"], blocks_per_scale=self.config.blocks_per_scale,

@@ -158,6 +158,25 @@ def detect(latents: Sequence[np.ndarray], size: int, *, epsilon: float = 1.0, me
     return mask
 
 
+def level_components_touching(detected: np.ndarray, anomaly_map: np.ndarray, level: float) -> np.ndarray:
+    """Mask extent from a level set: the connected components (4-connectivity) of
+    {anomaly_map >= level} that share at least one pixel with ``detected``.
+
+    The a contrario test decides which regions are anomalous; this gives them the outline of the
+    (finer, smoothed) anomaly map at a level fixed beforehand. A component that touches no
+    detection is never kept, so no new false detection can appear.
+    """
+    from scipy import ndimage
+
+    detected = np.asarray(detected, dtype=bool)
+    above = np.asarray(anomaly_map) >= level
+    if detected.shape != above.shape:
+        raise ValueError(f"detection {detected.shape} and map {above.shape} differ in shape")
+    labels, _ = ndimage.label(above)
+    touched = np.unique(labels[detected & above])
+    return np.isin(labels, touched[touched > 0])
+
+
 def count_regions(log_nfa: np.ndarray, epsilon: float = 1.0) -> int:
     """Number of connected (4-connectivity) detected regions in a log NFA map."""
     from scipy import ndimage
