@@ -29,13 +29,15 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return np.count_nonzero(a & b) / max(np.count_nonzero(a | b), 1)
 
 
-@pytest.mark.parametrize("method", ["region", "block"])
+@pytest.mark.parametrize("method", ["region", "region-capped", "block"])
 def test_pure_noise_gives_at_most_one_false_region_per_image_on_average(method: str) -> None:
     counts = []
     for seed in range(50):
         latent = _noise(seed)
         if method == "region":
             log_nfa = nfa.region_log_nfa_map(latent)
+        elif method == "region-capped":
+            log_nfa = nfa.region_log_nfa_map(latent, max_region_fraction=0.05)
         else:
             log_nfa = nfa.block_log_nfa_map(latent)
         counts.append(nfa.count_regions(log_nfa, epsilon=1.0))
@@ -147,3 +149,16 @@ def test_level_components_keep_only_regions_touching_a_detection() -> None:
     assert not level_components_touching(np.zeros((10, 10), bool), amap, 0.5).any()
     with pytest.raises(ValueError, match="shape"):
         level_components_touching(detected, amap[:5], 0.5)
+
+
+def test_capping_the_region_size_shrinks_the_number_of_tests_and_skips_larger_regions() -> None:
+    full = nfa.log_number_of_tests(256)
+    half = nfa.log_number_of_tests(256, max_size=128)
+    assert half < full and half == pytest.approx(full - 128 * math.log(nfa.POLYOMINO_GROWTH), rel=0.02)
+    latent, truth = _planted(0)
+    capped = nfa.region_log_nfa_map(latent, max_region_fraction=0.5)
+    uncapped = nfa.region_log_nfa_map(latent)
+    assert _iou(capped <= 0, truth) > 0.5  # the planted block is smaller than half the grid
+    assert np.count_nonzero(capped <= 0) >= np.count_nonzero(uncapped <= 0)
+    with pytest.raises(ValueError, match="max_region_fraction"):
+        nfa.region_log_nfa_map(latent, max_region_fraction=0.0)

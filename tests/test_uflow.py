@@ -242,6 +242,7 @@ def test_map_smoothing_and_files_from_before_it(trained: UFlow, tmp_path: Path) 
     settings = trained.config.to_json()
     settings.pop("smoothing_sigma")
     settings.pop("mask_extent")
+    settings.pop("max_region_fraction")
     old = UFlowConfig.from_json(settings)
-    assert old.smoothing_sigma == 0.0 and old.mask_extent == "nfa"
+    assert old.smoothing_sigma == 0.0 and old.mask_extent == "nfa" and old.max_region_fraction == 1.0
     assert UFlowConfig.from_json(trained.config.to_json()) == trained.config

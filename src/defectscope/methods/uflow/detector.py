@@ -68,6 +68,10 @@ class UFlowConfig:
         seed: seeds initialisation and shuffling.
         nfa_method: "region" (max-tree, default), "block" or "none" (no masks).
         epsilon: NFA level; on pure noise at most epsilon false regions per image on average.
+        max_region_fraction: the region test considers connected regions of at most this share
+            of each latent grid, and counts only shapes up to that size as tests (a defect is
+            assumed to cover at most half of the image). The count is dominated by the largest
+            size, so halving it halves the evidence a region needs; still exact on noise.
         block_window: window side of the block NFA.
         block_alpha: per-value exceedance probability of the block NFA.
         feature_batch_size: images per backbone call.
@@ -103,6 +107,7 @@ class UFlowConfig:
     seed: int = 0
     nfa_method: str = "region"
     epsilon: float = 1.0
+    max_region_fraction: float = 0.5
     block_window: int = 3
     block_alpha: float = 0.05
     feature_batch_size: int = 16
@@ -133,6 +138,8 @@ class UFlowConfig:
             raise ConfigError(
                 f"U-Flow calibration_fraction must be in [0, 1), got {self.calibration_fraction!r}"
             )
+        if not 0 < self.max_region_fraction <= 1:
+            raise ConfigError(f"U-Flow max_region_fraction must be in (0, 1], got {self.max_region_fraction!r}")
         if self.mask_extent not in ("calibrated", "nfa"):
             raise ConfigError(f"U-Flow mask_extent must be 'calibrated' or 'nfa', got {self.mask_extent!r}")
         if not self.smoothing_sigma >= 0:
@@ -149,13 +156,13 @@ class UFlowConfig:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "UFlowConfig":
         """Inverse of :meth:`to_json`; unknown keys are an error. Files written before map smoothing
-        existed load with ``smoothing_sigma = 0`` and ``mask_extent = "nfa"`` so they give the maps and
-        masks they gave then."""
+        existed load with ``smoothing_sigma = 0``, ``mask_extent = "nfa"`` and
+        ``max_region_fraction = 1`` so they give the maps and masks they gave then."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ModelFileError(f"U-Flow config has unknown settings {unknown}")
-        return cls(**{"smoothing_sigma": 0.0, "mask_extent": "nfa", **data})
+        return cls(**{"smoothing_sigma": 0.0, "mask_extent": "nfa", "max_region_fraction": 1.0, **data})
 
 
 def _build_backbones(config: UFlowConfig) -> list[Backbone]:
@@ -355,7 +362,7 @@ class UFlow:
             masks = np.stack([
                 nfa.detect([(z[i] / scale).numpy() for z, scale in zip(latents, self._scales(latents))], size, epsilon=self.config.epsilon,
                            method=self.config.nfa_method, window=self.config.block_window,
-                           alpha=self.config.block_alpha)
+                           alpha=self.config.block_alpha, max_region_fraction=self.config.max_region_fraction)
                 for i in range(count)
             ])
             if self.config.mask_extent == "calibrated" and self.map_threshold is not None:

@@ -18,7 +18,9 @@ authors' code: it is dominated by the largest size, so a region is meaningful on
 pixels are extreme enough *together* (sum of log-tails below about -1.4 * h * w). This is
 deliberately conservative: measured on real flow latents, which are spatially correlated and
 heavier-tailed than chi2 at some positions, a count per region size marked large false regions
-on normal images. log NFA(R) = log N + |R| log P(chi2_C >= t); R is meaningful when
+on normal images. With ``max_region_fraction`` f < 1 only regions of at most f * h * w cells are
+candidates and the sum runs to that size (U-Flow uses f = 0.5: a defect covers at most half of
+the image), which roughly multiplies log N by f. log NFA(R) = log N + |R| log P(chi2_C >= t); R is meaningful when
 log NFA(R) <= log(epsilon), so on independent noise the expected number of false regions is at
 most epsilon. Among nested meaningful regions only the maximal meaningful ones are kept (the
 smallest NFA along each branch of the tree).
@@ -52,9 +54,11 @@ def log_polyomino_count(size: np.ndarray | float) -> np.ndarray:
     return math.log(POLYOMINO_ALPHA) + size * math.log(POLYOMINO_GROWTH) - np.log(size)
 
 
-def log_number_of_tests(grid_pixels: int, n_scales: int = 1) -> float:
-    """log N = log(S * (h*w) * sum_{n <= h*w} A(n)) for an h x w grid (h*w = ``grid_pixels``)."""
-    sizes = np.arange(1, int(grid_pixels) + 1)
+def log_number_of_tests(grid_pixels: int, n_scales: int = 1, max_size: int | None = None) -> float:
+    """log N = log(S * (h*w) * sum_{n <= n_max} A(n)) for an h x w grid (h*w = ``grid_pixels``),
+    n_max = ``max_size`` (default h*w: regions of any size)."""
+    largest = int(grid_pixels) if max_size is None else max(1, min(int(max_size), int(grid_pixels)))
+    sizes = np.arange(1, largest + 1)
     return math.log(n_scales) + math.log(grid_pixels) + float(logsumexp(log_polyomino_count(sizes)))
 
 
@@ -68,14 +72,20 @@ MIN_REGION_SIDE = 3
 """skimage's max_tree fails on 2x2 maps; such grids are too coarse for region tests anyway."""
 
 
-def region_log_nfa_map(latent: np.ndarray, n_scales: int = 1) -> np.ndarray:
+def region_log_nfa_map(latent: np.ndarray, n_scales: int = 1, max_region_fraction: float = 1.0) -> np.ndarray:
     """(C, h, w) latent -> (h, w) log NFA of the maximal meaningful region holding each pixel.
 
     A max-tree node is kept when its log NFA is <= that of every node inside it and < that of
     every node containing it (the most significant region along its branch, so a strong small
     defect is not swallowed by a larger, weaker region around it, nor the reverse). Pixels in no
     kept node get +inf. A pixel is detected at level epsilon when its value is <= log(epsilon).
+
+    ``max_region_fraction`` < 1 restricts the candidate regions to at most that share of the grid
+    (larger max-tree nodes are not tested), and the number of tests counts only shapes up to that
+    size: a smaller, still exact, family of tests, so smaller regions need less evidence.
     """
+    if not 0.0 < max_region_fraction <= 1.0:
+        raise ValueError(f"max_region_fraction must be in (0, 1], got {max_region_fraction}")
     latent = np.asarray(latent, dtype=np.float64)
     channels, height, width = latent.shape
     if min(height, width) < MIN_REGION_SIDE:
@@ -93,8 +103,9 @@ def region_log_nfa_map(latent: np.ndarray, n_scales: int = 1) -> np.ndarray:
     area = np.ones(values.size, dtype=np.int64)
     for pixel in order[:0:-1]:
         area[parent[pixel]] += area[pixel]
-    log_tests = log_number_of_tests(height * width, n_scales)
-    own = np.where(canonical, log_tests + area * stats.chi2.logsf(values, channels), np.inf)
+    max_size = max(1, int(max_region_fraction * height * width))
+    log_tests = log_number_of_tests(height * width, n_scales, max_size)
+    own = np.where(canonical & (area <= max_size), log_tests + area * stats.chi2.logsf(values, channels), np.inf)
     inside = own.copy()
     for pixel in order[:0:-1]:
         up = parent[pixel]
@@ -133,7 +144,7 @@ def block_log_nfa_map(latent: np.ndarray, window: int = 3, alpha: float = 0.05,
 
 
 def detect(latents: Sequence[np.ndarray], size: int, *, epsilon: float = 1.0, method: str = "region",
-           window: int = 3, alpha: float = 0.05) -> np.ndarray:
+           window: int = 3, alpha: float = 0.05, max_region_fraction: float = 1.0) -> np.ndarray:
     """Latents of one image (one (C, h, w) array per scale) -> (size, size) bool mask.
 
     Each scale's detections (log NFA <= log epsilon, with the number of tests multiplied by the
@@ -148,7 +159,7 @@ def detect(latents: Sequence[np.ndarray], size: int, *, epsilon: float = 1.0, me
     mask = np.zeros((size, size), dtype=bool)
     for latent in latents:
         if method == "region":
-            log_nfa = region_log_nfa_map(latent, n_scales)
+            log_nfa = region_log_nfa_map(latent, n_scales, max_region_fraction)
         else:
             log_nfa = block_log_nfa_map(latent, window, alpha, n_scales)
         detected = torch.from_numpy((log_nfa <= math.log(epsilon)).astype(np.float32))
