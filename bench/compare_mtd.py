@@ -8,7 +8,9 @@ MuSc: the whole test list is scored as one unlabeled batch with the default sett
 training, labels unused). U-Flow: trained with its defaults on the normal training half of the
 documented split (``magnetic_tile(root, seed=0).train``, the same normal tiles PRN uses), no
 defective image. Metrics are computed as bench_prn.py computes PRN's: maps resized bilinearly to
-each image's own size, pooled over all test pixels.
+each image's own size, pooled over all test pixels. For U-Flow the mean IoU of its automatic
+masks and of the best single threshold on its maps (oracle) are added, at the model's 256 x 256
+resolution (ground truth resized, nearest), as bench_uflow.py computes them.
 """
 
 from __future__ import annotations
@@ -54,6 +56,19 @@ def main() -> None:
     maps = [resize_map(m, img.shape[:2]) for m, img in zip(result.anomaly_maps, images)]
     metrics = dict(image_metrics(result.image_scores, labels))
     metrics.update(pixel_metrics(maps, masks))
+    if result.masks is not None:
+        from PIL import Image
+
+        from defectscope.segmentation_iou import iou_auto, iou_oracle_threshold
+
+        size = result.anomaly_maps.shape[-1]
+        small = np.stack([
+            np.asarray(Image.fromarray(m.astype(np.uint8) * 255).resize((size, size), Image.Resampling.NEAREST)) > 127
+            for m in masks
+        ])
+        metrics["miou_auto"] = iou_auto(result.masks, small)
+        metrics["miou_oracle"] = iou_oracle_threshold(result.anomaly_maps, small)[0]
+        metrics["masks_on_good_images"] = int(sum(m.any() for m, y in zip(result.masks, labels) if y == 0))
     print(json.dumps({"method": args.method, "split": str(args.split), "k": split["k"], "test": len(test), "seconds": round(seconds, 1), **metrics}))
 
 
