@@ -11,7 +11,12 @@ Batches (all zero-shot: each batch scores itself):
 * ``hazelnut_colour_{10,30,50}``: hazelnut_toy photos, good ones (``train/good`` and
   ``test/good``, 34 in all) plus 4 / 14 / 17 of the 17 ``colour`` defects (pen marks of the same
   kind on every nut: one defect type recurring), i.e. 38 / 47 / 34 images with 11 / 30 / 50 %
-  defective.
+  defective;
+* ``bottle_pasted_{10,30,50}``: 60 MVTec bottle ``train/good`` images, of which 6 / 18 / 30 carry
+  the SAME real defect: the pixels under the mask of one real ``contamination`` test image
+  (seeded choice among those covering 0.5 to 3 % of the image), copied at the same position (the
+  "worn tool marks every part" case: an identical defect recurring). These images and their exact
+  masks are written once under ``bench/results/pasted_bottle/`` (deterministic for a seed).
 
 Normal tiles come from the ``magnetic_tile(seed=0)`` test split (476 tiles); defective tiles
 with an empty published mask are never drawn. Draws use ``numpy.random.default_rng([seed,
@@ -28,10 +33,12 @@ from pathlib import Path
 
 import numpy as np
 
-from defectscope.data.io import read_mask
+from defectscope.data.io import read_image, read_mask
 from defectscope.data.layouts import Sample, magnetic_tile, mvtec_category
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+PASTED = Path(__file__).resolve().parent / "results" / "pasted_bottle"
+PASTED_SIZE = 60
 BLOWHOLE_FRACTIONS = (0.1, 0.3, 0.5)
 HAZELNUT_COUNTS = ((4, 34), (14, 33), (17, 17))
 """(colour defects, good photos) of the hazelnut batches."""
@@ -84,6 +91,50 @@ def build_batches(size: int = 80, seed: int = 0, datasets: Path = DATASETS) -> l
         samples = _draw(rng, good, normals) + _draw(rng, colour, defects)
         share = int(round(100 * defects / (defects + normals), -1))
         batches.append(Batch(f"hazelnut_colour_{share}", samples, True))
+    batches.extend(pasted_bottle_batches(seed, datasets))
+    return batches
+
+
+def pasted_bottle_batches(seed: int = 0, datasets: Path = DATASETS, out: Path = PASTED) -> list[Batch]:
+    """The ``bottle_pasted_*`` batches (see the module docstring); writes their images once."""
+    from PIL import Image
+
+    bottle = mvtec_category(datasets / "mvtec_bottle")
+    sources = []
+    for sample in bottle.test:
+        if sample.defect_type == "contamination" and sample.mask_path is not None:
+            area = read_mask(sample.mask_path).mean()
+            if 0.005 <= area <= 0.03:
+                sources.append(sample)
+    rng = np.random.default_rng([seed, 20])
+    source = sources[int(rng.integers(len(sources)))]
+    defect_image = read_image(source.path)
+    defect_mask = read_mask(source.mask_path)
+    batches = []
+    for number, fraction in enumerate(BLOWHOLE_FRACTIONS):
+        rng = np.random.default_rng([seed, 21 + number])
+        chosen = _draw(rng, list(bottle.train), PASTED_SIZE)
+        count = int(round(fraction * PASTED_SIZE))
+        pasted = set(int(i) for i in rng.choice(PASTED_SIZE, size=count, replace=False))
+        name = f"bottle_pasted_{int(round(fraction * 100))}"
+        folder = out / f"seed{seed}" / name
+        samples = []
+        for index, sample in enumerate(chosen):
+            if index not in pasted:
+                samples.append(Sample(sample.path, 0))
+                continue
+            image_path = folder / f"{sample.path.stem}.png"
+            mask_path = folder / f"{sample.path.stem}_mask.png"
+            if not (image_path.is_file() and mask_path.is_file()):
+                folder.mkdir(parents=True, exist_ok=True)
+                image = read_image(sample.path).copy()
+                image[defect_mask] = defect_image[defect_mask]
+                for array, path in ((image, image_path), (defect_mask.astype(np.uint8) * 255, mask_path)):
+                    partial = path.with_name(f".{path.stem}.partial.png")
+                    Image.fromarray(array).save(partial)
+                    partial.replace(path)
+            samples.append(Sample(image_path, 1, mask_path, f"pasted {source.path.name}"))
+        batches.append(Batch(name, samples, True))
     return batches
 
 
