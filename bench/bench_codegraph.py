@@ -30,6 +30,7 @@ from recurring_batches import Batch, build_batches  # noqa: E402
 
 from defectscope.methods.codegraph import CoDeGraph, CoDeGraphConfig, CoDeGraphScores  # noqa: E402
 from defectscope.methods.musc import MuSc, MuScConfig  # noqa: E402
+from defectscope.metrics import image_metrics  # noqa: E402
 from defectscope.pipeline import category_metrics, load_ground_truth, read_batch  # noqa: E402
 
 METRICS = ("image_auroc", "pixel_ap", "pixel_auroc", "pixel_f1_max")
@@ -95,12 +96,14 @@ def burnout_histogram(samples: list[tuple[str, np.ndarray, np.ndarray]], thresho
     """Histogram of log10 burnout of recurring-defect patches vs patches of normal images."""
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(4 * len(samples), 3.2), dpi=100)
+    columns = min(3, len(samples))
+    rows = -(-len(samples) // columns)
+    figure = Figure(figsize=(4.4 * columns, 3.2 * rows), dpi=90)
     for index, (name, defect, normal) in enumerate(samples):
-        axes = figure.add_subplot(1, len(samples), index + 1)
+        axes = figure.add_subplot(rows, columns, index + 1)
         bins = np.linspace(-0.5, 3.5, 81)
         axes.hist(np.log10(np.clip(normal, 10**-0.5, None)), bins=bins, density=True, alpha=0.6, label=f"normal images ({normal.size} patches)")
-        axes.hist(np.log10(np.clip(defect, 10**-0.5, None)), bins=bins, density=True, alpha=0.6, label=f"inside Blowhole masks ({defect.size})")
+        axes.hist(np.log10(np.clip(defect, 10**-0.5, None)), bins=bins, density=True, alpha=0.6, label=f"inside defect masks ({defect.size})")
         axes.axvline(np.log10(threshold), color="k", linestyle="--", linewidth=1, label=f"threshold {threshold:g}")
         axes.set_yscale("log")
         axes.set_title(name)
@@ -142,6 +145,13 @@ def main() -> None:
             normal_images = np.array([s.label == 0 for s in batch.samples])
             ratio = scores.burnout.ratio.numpy()
             histogram.append((batch.name, ratio[truth], ratio[normal_images].ravel()))
+            defect, normal = ratio[truth], ratio[normal_images].ravel()
+            separation = image_metrics(np.concatenate([defect, normal]),
+                                       np.concatenate([np.ones(defect.size), np.zeros(normal.size)]))["image_auroc"]
+            print(f"burnout {batch.name}: {defect.size} defect patches, patch AUROC {separation:.2f}, median "
+                  f"{np.median(defect):.1f} / {np.median(normal):.1f}, share > {config.burnout_threshold:g}: "
+                  f"{100 * np.mean(defect > config.burnout_threshold):.0f} % / {100 * np.mean(normal > config.burnout_threshold):.2f} %",
+                  flush=True)
     print(markdown(rows))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
