@@ -246,3 +246,29 @@ def test_map_smoothing_and_files_from_before_it(trained: UFlow, tmp_path: Path) 
     old = UFlowConfig.from_json(settings)
     assert old.smoothing_sigma == 0.0 and old.mask_extent == "nfa" and old.max_region_fraction == 1.0
     assert UFlowConfig.from_json(trained.config.to_json()) == trained.config
+
+
+def test_vit_scales_come_from_input_sizes_with_a_tiny_random_dinov2(tmp_path: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    tiny = transformers.Dinov2Model(transformers.Dinov2Config(
+        num_hidden_layers=2, patch_size=14, image_size=56, hidden_size=32, num_attention_heads=2,
+        intermediate_size=64))
+    tiny.save_pretrained(tmp_path / "dinov2")
+    config = UFlowConfig(backbone="dinov2-vits14", weights=str(tmp_path / "dinov2"), image_size=56,
+                         layers=("block2", "block2"), input_sizes=(112, 56), epochs=1, batch_size=4,
+                         blocks_per_scale=2, min_epoch_samples=1, calibration_fraction=0.0)
+    model = UFlow(config).fit(_images(4))
+    assert model.flow.grids == [8, 4] and model.flow.channels == [32, 32]
+    result = model.predict(_images(2, seed=1))
+    assert result.anomaly_maps.shape == (2, 56, 56) and result.masks.shape == (2, 56, 56)
+    model.save(tmp_path / "model")
+    loaded = UFlow.load(tmp_path / "model")
+    assert loaded.config.input_sizes == (112, 56)
+    assert np.allclose(loaded.predict(_images(2, seed=1)).anomaly_maps, result.anomaly_maps, atol=1e-6)
+    with pytest.raises(ConfigError, match="one positive integer per layer"):
+        UFlowConfig(layers=("block2", "block2"), input_sizes=(112,))
+    from defectscope.errors import BackboneError
+
+    with pytest.raises(BackboneError, match="input_sizes=448,224"):
+        UFlow(UFlowConfig(backbone="dinov2-vits14", weights=str(tmp_path / "dinov2"), image_size=56)).fit(_images(2))

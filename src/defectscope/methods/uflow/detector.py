@@ -55,6 +55,11 @@ class UFlowConfig:
         weights: optional local weights file/folder for the backbone.
         image_size: square input side; maps and masks come at this resolution.
         layers: backbone layers, finest first; each must have half the grid of the previous.
+        input_sizes: optional input side per layer (finest first); None: every layer sees
+            image_size. A ViT has one grid for all its blocks, so its scales come from input
+            sizes instead, as the authors' two CaiT models at 448 and 224: e.g. backbone
+            "dinov2-vits14", layers ("block12", "block12"), input_sizes (448, 224) -> grids 32
+            and 16. Maps and masks are still given at image_size.
         blocks_per_scale: coupling blocks per flow stage.
         affine_clamping: soft clamp of the coupling scales.
         hidden_ratio: subnet hidden channels / subnet input channels.
@@ -95,6 +100,7 @@ class UFlowConfig:
     weights: str | None = None
     image_size: int = 256
     layers: tuple[str, ...] = ("stride4", "stride8", "stride16")
+    input_sizes: tuple[int, ...] | None = None
     blocks_per_scale: int = 4
     affine_clamping: float = 2.0
     hidden_ratio: float = 1.0
@@ -117,6 +123,16 @@ class UFlowConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", tuple(self.layers))
+        if self.input_sizes is not None:
+            sizes = self.input_sizes if isinstance(self.input_sizes, (tuple, list)) else (self.input_sizes,)
+            object.__setattr__(self, "input_sizes", tuple(sizes))
+            if len(self.input_sizes) != len(self.layers) or not all(
+                isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in self.input_sizes
+            ):
+                raise ConfigError(
+                    f"U-Flow input_sizes {list(self.input_sizes)} must be one positive integer per layer "
+                    f"({len(self.layers)} layers)"
+                )
         positive = ("image_size", "blocks_per_scale", "epochs", "batch_size", "feature_batch_size",
                     "min_epoch_samples")
         for name in positive:
@@ -151,6 +167,8 @@ class UFlowConfig:
         """JSON-serialisable dict of the settings."""
         data = asdict(self)
         data["layers"] = list(self.layers)
+        if self.input_sizes is not None:
+            data["input_sizes"] = list(self.input_sizes)
         return data
 
     @classmethod
@@ -167,11 +185,21 @@ class UFlowConfig:
 
 def _build_backbones(config: UFlowConfig) -> list[Backbone]:
     from defectscope.backbones import get_backbone
+    from defectscope.errors import BackboneError
 
-    return [
-        get_backbone(config.backbone, weights=config.weights, image_size=config.image_size, layers=[layer])
-        for layer in config.layers
-    ]
+    sizes = config.input_sizes or (config.image_size,) * len(config.layers)
+    try:
+        return [
+            get_backbone(config.backbone, weights=config.weights, image_size=size, layers=[layer])
+            for layer, size in zip(config.layers, sizes)
+        ]
+    except BackboneError as exc:
+        if config.backbone.startswith("efficientnet"):
+            raise
+        raise BackboneError(
+            f"{str(exc).rstrip('.')}; for a ViT backbone U-Flow takes its scales from input sizes, e.g. "
+            "--param layers=block12,block12 --param input_sizes=448,224"
+        ) from None
 
 
 def _training_settings(config: UFlowConfig) -> dict[str, Any]:
@@ -219,9 +247,12 @@ class UFlow:
         per_scale: list[list[torch.Tensor]] = [[] for _ in self.backbones]
         step = self.config.feature_batch_size
         for start in range(0, len(images), step):
-            batch = self.backbones[0].preprocess(images[start:start + step])
+            batches: dict[int, torch.Tensor] = {}
             for scale, backbone in enumerate(self.backbones):
-                layer = backbone.extract(batch).layers[0]
+                size = int(backbone.image_size)
+                if size not in batches:
+                    batches[size] = backbone.preprocess(images[start:start + step])
+                layer = backbone.extract(batches[size]).layers[0]
                 per_scale[scale].append(layer.detach().to("cpu", torch.float32).clone())
             if progress is not None:
                 progress("features", min(start + step, len(images)), len(images))
@@ -231,7 +262,7 @@ class UFlow:
             if finer != 2 * coarser:
                 raise ConfigError(
                     f"U-Flow layers {list(self.config.layers)} give grids {grids}; each must be half "
-                    "the previous one (choose layers with strides growing by 2)"
+                    "the previous one (choose layers with strides growing by 2, or halving input_sizes)"
                 )
         return features
 

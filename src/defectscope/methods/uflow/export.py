@@ -88,6 +88,11 @@ def export_onnx(model: UFlow, path: str | Path, *, include_backbone: bool = True
     latent_names = [f"latent_{s}" for s in range(n_scales)]
     output_names = ["anomaly_map", *latent_names]
     dynamic = {name: {0: "batch"} for name in output_names}
+    if include_backbone and len({int(getattr(b, "image_size", size)) for b in model.backbones}) > 1:
+        raise ConfigError(
+            "ONNX export with the backbone is not supported for U-Flow models whose scales use different "
+            "input sizes; export with include_backbone=False"
+        )
     if include_backbone:
         module: nn.Module = _ImageToMap([_Layer(b) for b in model.backbones], head).eval()
         inputs: tuple[torch.Tensor, ...] = (torch.zeros(1, 3, size, size),)
