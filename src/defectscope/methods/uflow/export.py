@@ -91,7 +91,8 @@ def export_onnx(model: UFlow, path: str | Path, *, include_backbone: bool = True
     if include_backbone and len({int(getattr(b, "image_size", size)) for b in model.backbones}) > 1:
         raise ConfigError(
             "ONNX export with the backbone is not supported for U-Flow models whose scales use different "
-            "input sizes; export with include_backbone=False"
+            "input sizes; from Python, export_onnx(model, path, include_backbone=False) writes the flow alone "
+            "(inputs: the backbone features)"
         )
     if include_backbone:
         module: nn.Module = _ImageToMap([_Layer(b) for b in model.backbones], head).eval()
