@@ -35,6 +35,8 @@ def main() -> None:
     parser.add_argument("split", type=Path)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--method", choices=["musc", "uflow"], default="musc")
+    parser.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
+                        help="U-Flow setting, e.g. smoothing_sigma=0 or layers=stride8,stride16")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     split = json.loads(args.split.read_text())
@@ -47,11 +49,17 @@ def main() -> None:
         result = MuSc(MuScConfig()).predict(images)
     else:
         from defectscope.data import magnetic_tile
-        from defectscope.methods.uflow import UFlow
+        from defectscope.methods.uflow import UFlow, UFlowConfig
+
+        options = {}
+        for item in args.option:
+            name, _, value = item.partition("=")
+            default = getattr(UFlowConfig(), name)
+            options[name] = tuple(value.split(",")) if isinstance(default, tuple) else type(default)(value)
 
         root = Path(test[0]["image"]).parents[2]
         normal, _, _ = read_batch([s.path for s in magnetic_tile(root, seed=split["seed"]).train])
-        result = UFlow().fit(normal).predict(images)
+        result = UFlow(UFlowConfig(**options)).fit(normal).predict(images)
     seconds = time.perf_counter() - started
     maps = [resize_map(m, img.shape[:2]) for m, img in zip(result.anomaly_maps, images)]
     metrics = dict(image_metrics(result.image_scores, labels))
@@ -69,7 +77,7 @@ def main() -> None:
         metrics["miou_auto"] = iou_auto(result.masks, small)
         metrics["miou_oracle"] = iou_oracle_threshold(result.anomaly_maps, small)[0]
         metrics["masks_on_good_images"] = int(sum(m.any() for m, y in zip(result.masks, labels) if y == 0))
-    print(json.dumps({"method": args.method, "split": str(args.split), "k": split["k"], "test": len(test), "seconds": round(seconds, 1), **metrics}))
+    print(json.dumps({"method": args.method, "options": args.option, "split": str(args.split), "k": split["k"], "test": len(test), "seconds": round(seconds, 1), **metrics}))
 
 
 if __name__ == "__main__":

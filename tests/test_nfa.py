@@ -29,13 +29,15 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return np.count_nonzero(a & b) / max(np.count_nonzero(a | b), 1)
 
 
-@pytest.mark.parametrize("method", ["region", "region-capped", "block"])
+@pytest.mark.parametrize("method", ["region", "region-half", "region-capped", "block"])
 def test_pure_noise_gives_at_most_one_false_region_per_image_on_average(method: str) -> None:
     counts = []
     for seed in range(50):
         latent = _noise(seed)
         if method == "region":
             log_nfa = nfa.region_log_nfa_map(latent)
+        elif method == "region-half":  # U-Flow's default cap
+            log_nfa = nfa.region_log_nfa_map(latent, max_region_fraction=0.5)
         elif method == "region-capped":
             log_nfa = nfa.region_log_nfa_map(latent, max_region_fraction=0.05)
         else:
