@@ -390,5 +390,5 @@ class MuSc:
             image_scores=np.asarray(image_scores, dtype=np.float64),
             anomaly_maps=maps.numpy().astype(np.float32),
             settings=self.settings(),
-            extras={"raw_image_scores": raw.tolist()},
+            extras={"raw_image_scores": raw.tolist(), "grid": list(grid)},
         )
