@@ -112,6 +112,8 @@ class CoDeGraphConfig(MuScConfig):
             )
         if self.min_community_size < 2:
             raise ConfigError(f"min_community_size must be >= 2, got {self.min_community_size}")
+        if self.tiles != 1:
+            raise ConfigError(f"CoDeGraph scores whole images only: tiles must be 1, got {self.tiles}")
 
 
 @dataclass

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from defectscope import __version__
+from defectscope.backbones._common import BORDERS
 from defectscope.errors import ConfigError
 from defectscope.methods.base import Result
 from defectscope.methods.smoothing import gaussian_blur
@@ -240,6 +241,18 @@ class MuScConfig:
         smoothing_sigma: Gaussian blur of the anomaly maps in input pixels (0 = none; default 4,
             chosen by the ablation in docs/BENCHMARKS.md, the authors use none).
         batch_size: images per backbone forward pass.
+        border: the backbone's border rule, ``"zero"`` or ``"reflect"`` (mirror the image
+            outwards by ``border_pad`` input pixels before the backbone and crop the features
+            back; None pad = two cells of the coarsest layer), see docs/BENCHMARKS.md.
+        border_pad: the margin of ``border="reflect"`` in input pixels (None: the backbone's default).
+        keep_aspect: the batch's input keeps the images' median aspect ratio (area about
+            ``image_size`` squared, sides multiples of the backbone's unit) instead of a square;
+            maps come at that (height, width).
+        tiles: cut every image into ``tiles`` x ``tiles`` overlapping tiles (``tile_overlap``
+            of a tile's side shared with its neighbour), score the tiles of each position as a
+            batch of their own at the full input size, and stitch the maps back (averaged where
+            they overlap). Costs about ``tiles ** 2`` times the work of one pass.
+        tile_overlap: overlap of neighbouring tiles, a fraction of the tile side in [0, 0.5].
     """
 
     backbone: str = "efficientnet-lite0"
@@ -253,9 +266,16 @@ class MuScConfig:
     smoothing_sigma: float = 4.0
     native_grids: bool = True
     batch_size: int = 8
+    border: str = "zero"
+    border_pad: int | None = None
+    keep_aspect: bool = True
+    tiles: int = 1
+    tile_overlap: float = 0.25
 
     def validate(self) -> None:
         _check_interval(self.lower, self.upper)
+        if self.border not in BORDERS:
+            raise ConfigError(f"border rule {self.border!r} is unknown; choose one of {', '.join(BORDERS)}")
         if not self.degrees or any(r < 1 or r % 2 == 0 for r in self.degrees):
             raise ConfigError(f"aggregation degrees {self.degrees} are invalid: need odd values >= 1")
         if not self.rscin_ks or any(k < 1 for k in self.rscin_ks):
@@ -264,19 +284,49 @@ class MuScConfig:
             raise ConfigError(f"smoothing sigma must be >= 0, got {self.smoothing_sigma}")
         if self.batch_size < 1:
             raise ConfigError(f"batch size must be >= 1, got {self.batch_size}")
+        if isinstance(self.tiles, bool) or not isinstance(self.tiles, int) or self.tiles < 1:
+            raise ConfigError(f"tiles must be an integer >= 1 (tiles per side), got {self.tiles!r}")
+        if not 0.0 <= self.tile_overlap <= 0.5:
+            raise ConfigError(f"tile_overlap must be in [0, 0.5], got {self.tile_overlap}")
 
 
 def to_finest_grid(patch_scores: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """(N, h*w) scores of a square layer grid -> (N, H*W) on ``grid`` (bilinear,
-    align_corners=True); unchanged when already there."""
+    """(N, h*w) scores of a coarser layer grid -> (N, H*W) on ``grid`` (bilinear,
+    align_corners=True); unchanged when already there. The layer grid is taken to have the
+    aspect ratio of ``grid`` (as for layers of one input)."""
     n, length = patch_scores.shape
     if length == grid[0] * grid[1]:
         return patch_scores
-    side = int(round(math.sqrt(length)))
-    if side * side != length:
-        raise ConfigError(f"cannot place {length} patch scores on a square grid")
-    maps = patch_scores.view(n, 1, side, side)
+    rows = max(1, int(round(math.sqrt(length * grid[0] / grid[1]))))
+    cols = length // rows
+    if rows * cols != length:
+        raise ConfigError(f"cannot place {length} patch scores on a coarser grid of {grid[0]}x{grid[1]}")
+    maps = patch_scores.view(n, 1, rows, cols)
     return F.interpolate(maps, size=grid, mode="bilinear", align_corners=True).view(n, -1)
+
+
+def tile_fractions(tiles: int, overlap: float) -> tuple[float, float]:
+    """(tile side, step between tiles) as fractions of the image side for ``tiles`` per side."""
+    side = 1.0 / (tiles - (tiles - 1) * overlap)
+    return side, side * (1.0 - overlap)
+
+
+def crop_tile(image: np.ndarray, tiles: int, overlap: float, row: int, col: int) -> np.ndarray:
+    """The tile at (row, col) of an image cut into ``tiles`` x ``tiles`` overlapping tiles."""
+    side, step = tile_fractions(tiles, overlap)
+    height, width = image.shape[:2]
+    top, left = int(round(row * step * height)), int(round(col * step * width))
+    bottom, right = int(round((row * step + side) * height)), int(round((col * step + side) * width))
+    return np.ascontiguousarray(image[top:max(bottom, top + 1), left:max(right, left + 1)])
+
+
+def tile_boxes(tile_shape: tuple[int, int], tiles: int, overlap: float) -> list[tuple[int, int, int, int]]:
+    """(top, bottom, left, right) of every tile's map on the stitched map, row by row, for tile
+    maps of ``tile_shape``; the last box ends at the stitched map's size."""
+    height, width = tile_shape
+    rows = [int(round(k * (1.0 - overlap) * height)) for k in range(tiles)]
+    cols = [int(round(k * (1.0 - overlap) * width)) for k in range(tiles)]
+    return [(top, top + height, left, left + width) for top in rows for left in cols]
 
 
 @dataclass
@@ -306,7 +356,10 @@ class MuSc:
 
             cfg = self.config
             layers = list(cfg.layers) if cfg.layers is not None else None
-            self._backbone = get_backbone(cfg.backbone, weights=cfg.weights, image_size=cfg.image_size, layers=layers)
+            self._backbone = get_backbone(
+                cfg.backbone, weights=cfg.weights, image_size=cfg.image_size, layers=layers, border=cfg.border,
+                border_pad=cfg.border_pad,
+            )
         return self._backbone
 
     def fit(self, images: Sequence[np.ndarray]) -> "MuSc":
@@ -323,6 +376,15 @@ class MuSc:
             "layers": list(backbone.layer_names),
         }
 
+    def input_shape(self, images: Sequence[np.ndarray]) -> tuple[int, int] | None:
+        """The batch's input (height, width) with ``keep_aspect``; None for the square input."""
+        if not self.config.keep_aspect:
+            return None
+        from defectscope.backbones._common import input_shape
+
+        backbone = self.backbone
+        return input_shape(images, backbone.image_size, getattr(backbone, "size_unit", backbone.image_size))
+
     def feature_sets(
         self, images: Sequence[np.ndarray], progress: ProgressCallback | None = None, *, native_grids: bool = False
     ) -> tuple[list[torch.Tensor], tuple[int, int], torch.Tensor]:
@@ -331,7 +393,10 @@ class MuSc:
         brought to the finest grid by :func:`to_finest_grid`)."""
         from defectscope.methods.features import extract_in_batches
 
-        features = extract_in_batches(self.backbone, images, self.config.batch_size, progress, common_grid=not native_grids)
+        shape = self.input_shape(images)
+        features = extract_in_batches(
+            self.backbone, images, self.config.batch_size, progress, common_grid=not native_grids, shape=shape
+        )
         sets = []
         for layer in features.layers:
             sets.extend(lnamd(layer, self.config.degrees))
@@ -354,10 +419,13 @@ class MuSc:
         return MuScScores(accumulated / len(sets), grid, embeddings, sets)
 
     def maps_from_patch_scores(self, patch_scores: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        """(N, L) patch scores -> (N, S, S) anomaly maps at the input resolution."""
-        size = self.backbone.image_size
+        """(N, L) patch scores on ``grid`` -> (N, H, W) anomaly maps at the input resolution
+        (the grid times the finest layer's stride)."""
+        backbone = self.backbone
+        stride = backbone.image_size / backbone.grid[0]
+        size = (int(round(grid[0] * stride)), int(round(grid[1] * stride)))
         maps = patch_scores.view(-1, 1, *grid)
-        maps = F.interpolate(maps, size=(size, size), mode="bilinear", align_corners=True).squeeze(1)
+        maps = F.interpolate(maps, size=size, mode="bilinear", align_corners=True).squeeze(1)
         return gaussian_blur(maps, self.config.smoothing_sigma)
 
     def predict(
@@ -366,9 +434,44 @@ class MuSc:
         paths: Sequence[str] | None = None,
         progress: ProgressCallback | None = None,
     ) -> Result:
-        """Score the batch: anomaly maps, image scores (max of map, then RsCIN)."""
-        scores = self.patch_scores(images, progress)
-        return self.result_from_patch_scores(scores.patch_scores, scores.grid, scores.embeddings, paths)
+        """Score the batch: anomaly maps, image scores (max of map, then RsCIN); with ``tiles``
+        the stitched maps of the tile positions (see :func:`tile_boxes`)."""
+        if self.config.tiles == 1:
+            scores = self.patch_scores(images, progress)
+            return self.result_from_patch_scores(scores.patch_scores, scores.grid, scores.embeddings, paths)
+        maps, embeddings, grid = self.tiled_maps(images, progress)
+        return self.result_from_maps(maps, embeddings, grid, paths)
+
+    def tiled_maps(
+        self, images: Sequence[np.ndarray], progress: ProgressCallback | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+        """Score each tile position as its own batch and stitch: (N, H, W) maps, (N, D) mean tile
+        embeddings, and the stitched patch grid (tile grid times the span in tiles)."""
+        tiles, overlap = self.config.tiles, self.config.tile_overlap
+        canvas = embeddings = counts = None
+        positions = [(row, col) for row in range(tiles) for col in range(tiles)]
+        for number, (row, col) in enumerate(positions):
+            crops = [crop_tile(image, tiles, overlap, row, col) for image in images]
+            report = None
+            if progress is not None:
+                report = lambda stage, done, total, k=number: progress(f"tile {k + 1}/{len(positions)}: {stage}", done, total)  # noqa: E731
+            scores = self.patch_scores(crops, report)
+            tile_maps = self.maps_from_patch_scores(scores.patch_scores, scores.grid)
+            height, width = tile_maps.shape[-2:]
+            if canvas is None:
+                boxes = tile_boxes((height, width), tiles, overlap)
+                full = (boxes[-1][1], boxes[-1][3])
+                canvas = torch.zeros(len(images), *full)
+                counts = torch.zeros(full)
+                embeddings = torch.zeros_like(scores.embeddings)
+                grid = scores.grid
+            top, bottom, left, right = tile_boxes((height, width), tiles, overlap)[row * tiles + col]
+            canvas[:, top:bottom, left:right] += tile_maps
+            counts[top:bottom, left:right] += 1
+            embeddings += scores.embeddings
+        span = full[0] / height, full[1] / width
+        stitched_grid = (int(round(grid[0] * span[0])), int(round(grid[1] * span[1])))
+        return canvas / counts, F.normalize(embeddings, dim=1), stitched_grid
 
     def result_from_patch_scores(
         self,
@@ -378,11 +481,20 @@ class MuSc:
         paths: Sequence[str] | None = None,
     ) -> Result:
         """(N, L) patch scores -> Result: maps, image score = max of the map, then RsCIN."""
-        n = patch_scores.shape[0]
+        return self.result_from_maps(self.maps_from_patch_scores(patch_scores, grid), embeddings, grid, paths)
+
+    def result_from_maps(
+        self,
+        maps: torch.Tensor,
+        embeddings: torch.Tensor,
+        grid: tuple[int, int],
+        paths: Sequence[str] | None = None,
+    ) -> Result:
+        """(N, H, W) anomaly maps -> Result: image score = max of the map, then RsCIN."""
+        n = maps.shape[0]
         names = [str(p) for p in (paths if paths is not None else range(n))]
         if len(names) != n:
             raise ConfigError(f"got {len(names)} paths for {n} images")
-        maps = self.maps_from_patch_scores(patch_scores, grid)
         raw = maps.flatten(1).amax(dim=1)
         image_scores = rscin(raw, embeddings, self.config.rscin_ks)
         return Result(
