@@ -46,6 +46,7 @@ from defectscope.methods.musc import (
     MuSc,
     MuScConfig,
     ProgressCallback,
+    calibrate_border,
     check_batch_size,
     interval_bounds,
     interval_mean,
@@ -376,7 +377,7 @@ class CoDeGraph(MuSc):
         musc_scores = torch.zeros(n, grid[0] * grid[1])
         for table in tables:
             musc_scores += to_finest_grid(interval_mean(table, cfg.lower, cfg.upper), grid)
-        musc_scores /= len(tables)
+        musc_scores = calibrate_border(musc_scores / len(tables), grid, cfg.border_depth)
         # The graph is built on the finest grid only (with native grids the coarser layer's tables
         # have fewer patches; they still take part in the re-scoring below).
         finest = [t for t in tables if t.shape[2] == grid[0] * grid[1]]
@@ -402,6 +403,7 @@ class CoDeGraph(MuSc):
             filtered = torch.stack([
                 to_finest_grid(excluded_interval_mean(t, excluded, cfg.lower, cfg.upper), grid) for t in tables
             ]).mean(dim=0)
+            filtered = calibrate_border(filtered, grid, cfg.border_depth)
             if groups is None:
                 communities = [
                     members for members in communities

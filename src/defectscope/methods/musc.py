@@ -245,6 +245,8 @@ class MuScConfig:
             outwards by ``border_pad`` input pixels before the backbone and crop the features
             back; None pad = two cells of the coarsest layer), see docs/BENCHMARKS.md.
         border_pad: the margin of ``border="reflect"`` in input pixels (None: the backbone's default).
+        border_depth: :func:`calibrate_border` of the patch scores over the outer
+            ``border_depth`` rings of patches (0 turns it off), see docs/BENCHMARKS.md.
         keep_aspect: the batch's input keeps the images' median aspect ratio (area about
             ``image_size`` squared, sides multiples of the backbone's unit) instead of a square;
             maps come at that (height, width).
@@ -268,6 +270,7 @@ class MuScConfig:
     batch_size: int = 8
     border: str = "zero"
     border_pad: int | None = None
+    border_depth: int = 2
     keep_aspect: bool = True
     tiles: int = 1
     tile_overlap: float = 0.25
@@ -284,6 +287,8 @@ class MuScConfig:
             raise ConfigError(f"smoothing sigma must be >= 0, got {self.smoothing_sigma}")
         if self.batch_size < 1:
             raise ConfigError(f"batch size must be >= 1, got {self.batch_size}")
+        if isinstance(self.border_depth, bool) or not isinstance(self.border_depth, int) or self.border_depth < 0:
+            raise ConfigError(f"border_depth must be an integer >= 0, got {self.border_depth!r}")
         if isinstance(self.tiles, bool) or not isinstance(self.tiles, int) or self.tiles < 1:
             raise ConfigError(f"tiles must be an integer >= 1 (tiles per side), got {self.tiles!r}")
         if not 0.0 <= self.tile_overlap <= 0.5:
@@ -303,6 +308,50 @@ def to_finest_grid(patch_scores: torch.Tensor, grid: tuple[int, int]) -> torch.T
         raise ConfigError(f"cannot place {length} patch scores on a coarser grid of {grid[0]}x{grid[1]}")
     maps = patch_scores.view(n, 1, rows, cols)
     return F.interpolate(maps, size=grid, mode="bilinear", align_corners=True).view(n, -1)
+
+
+def border_classes(grid: tuple[int, int], depth: int) -> torch.Tensor:
+    """(h*w,) int class of every patch by its distance to the grid's edge: the pair (nearer,
+    farther) of its row and column distances, each capped at ``depth``; ``depth * (depth + 1) +
+    depth`` is the interior (both at least ``depth``)."""
+    rows, cols = torch.arange(grid[0]), torch.arange(grid[1])
+    row_depth = torch.minimum(rows, grid[0] - 1 - rows).clamp(max=depth)[:, None]
+    col_depth = torch.minimum(cols, grid[1] - 1 - cols).clamp(max=depth)[None, :]
+    near, far = torch.minimum(row_depth, col_depth), torch.maximum(row_depth, col_depth)
+    return (near * (depth + 1) + far).flatten()
+
+
+def calibrate_border(patch_scores: torch.Tensor, grid: tuple[int, int], depth: int = 2) -> torch.Tensor:
+    """Bring each image's border patches to the level of its own interior.
+
+    Patches near the edge have fewer look-alikes in the other images (their context includes
+    the padding), so their mutual scores run high and the maximum of a normal image tends to sit
+    on its border. Per image and per :func:`border_classes` class whose median exceeds the
+    interior's, the class's scores are mapped affinely so that their median equals the interior
+    median and their spread (median absolute deviation) shrinks to at most the interior's. A
+    defect on the border stays far above its class and so above the interior. Classes that score
+    lower than the interior (e.g. plain background round an object) are left alone. ``depth``
+    0 or a grid too small to have an interior returns the scores unchanged.
+    """
+    if depth < 1 or min(grid) <= 2 * depth:
+        return patch_scores
+    classes = border_classes(grid, depth)
+    interior = classes == depth * (depth + 1) + depth
+    inner = patch_scores[:, interior]
+    inner_median = inner.median(dim=1, keepdim=True).values
+    inner_spread = (inner - inner_median).abs().median(dim=1, keepdim=True).values
+    out = patch_scores.clone()
+    for label in classes.unique().tolist():
+        chosen = classes == label
+        if chosen.equal(interior):
+            continue
+        values = patch_scores[:, chosen]
+        median = values.median(dim=1, keepdim=True).values
+        spread = (values - median).abs().median(dim=1, keepdim=True).values
+        factor = torch.where(spread > 0, inner_spread / spread.clamp_min(1e-12), torch.ones_like(spread)).clamp(max=1.0)
+        mapped = inner_median + (values - median) * factor
+        out[:, chosen] = torch.where(median > inner_median, mapped, values)
+    return out
 
 
 def tile_fractions(tiles: int, overlap: float) -> tuple[float, float]:
@@ -416,7 +465,8 @@ class MuSc:
                 report = lambda done, base=index * pairs: progress("scoring", base + done, total)  # noqa: E731
             scores = mutual_scores(feature_set, self.config.lower, self.config.upper, progress=report)
             accumulated += to_finest_grid(scores, grid)
-        return MuScScores(accumulated / len(sets), grid, embeddings, sets)
+        patch_scores = calibrate_border(accumulated / len(sets), grid, self.config.border_depth)
+        return MuScScores(patch_scores, grid, embeddings, sets)
 
     def maps_from_patch_scores(self, patch_scores: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """(N, L) patch scores on ``grid`` -> (N, H, W) anomaly maps at the input resolution
