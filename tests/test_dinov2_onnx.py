@@ -56,7 +56,7 @@ def onnx_blocks() -> "onnxruntime.InferenceSession":
     dims = model.graph.input[0].type.tensor_type.shape.dim
     dims[2].dim_param, dims[3].dim_param = "height", "width"
     options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = 2
+    options.intra_op_num_threads = 1
     return onnxruntime.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
@@ -76,7 +76,7 @@ def test_blocks_equal_the_onnx_graph(converted: hf.HFBackbone, onnx_blocks, size
 
 
 @needs_wheel
-def test_backbone_features_and_cache_reuse(converted: hf.HFBackbone, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_backbone_features_and_cache_reuse(converted: hf.HFBackbone, monkeypatch: pytest.MonkeyPatch) -> None:
     features = converted.extract(converted.preprocess([np.zeros((30, 40, 3), dtype=np.uint8)]))
     assert features.grid == (16, 16) and features.layer_names[-1] == "block12"
     default = get_backbone("dinov2-vits14", weights=converted.model.name_or_path)

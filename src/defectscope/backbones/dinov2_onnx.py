@@ -118,9 +118,10 @@ def state_dict_from_onnx(model: Any) -> dict[str, torch.Tensor]:
     state = {name[len("backbone."):]: array for name, array in arrays.items() if name.startswith("backbone.")}
     position_parts: dict[str, np.ndarray] = {}
     for node in model.graph.node:
-        weight = next((name for name in node.input if name in arrays and not name.startswith(("backbone.", "decoder."))), None)
-        if weight is None:
+        anonymous = [name for name in node.input if name in arrays and not name.startswith(("backbone.", "decoder."))]
+        if not anonymous:
             continue
+        weight = anonymous[0]
         if node.op_type == "MatMul" and node.name.startswith("/backbone/encoder/layer."):
             layer, _, path = node.name[len("/backbone/encoder/layer."):].partition("/")
             module = _LINEAR_NODES.get(path.removesuffix("/MatMul"))
@@ -215,7 +216,9 @@ def converted_folder(cache: Path | None = None) -> Path:
         return folder
     source = onnx_path()
     if source is None:
-        raise BackboneError(f"The offline 'dinov2-vits14' needs the package {REQUIREMENT}; {INSTALL_HINT} or pass --weights DIR.")
+        raise BackboneError(
+            f"The offline 'dinov2-vits14' needs the package {REQUIREMENT}; {INSTALL_HINT} or pass --weights DIR."
+        )
     try:
         return convert(source, folder)
     except (OSError, ValueError) as error:

