@@ -120,3 +120,6 @@ def test_failed_conversion_leaves_no_folder(tmp_path: Path, monkeypatch: pytest.
     with pytest.raises(BackboneError, match="does not map onto a DINOv2 ViT-S/14"):
         dinov2_onnx.convert(source, tmp_path / "cache" / "model")
     assert list((tmp_path / "cache").iterdir()) == []
+    (tmp_path / "cache" / "model").mkdir()
+    with pytest.raises(BackboneError, match="remove it and run again"):
+        dinov2_onnx.converted_folder(tmp_path / "cache" / "model")

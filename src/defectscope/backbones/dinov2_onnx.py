@@ -186,12 +186,7 @@ def convert(source: Path, destination: Path) -> Path:
 
 def _check_loadable(transformers: Any, folder: Path, source: Path) -> None:
     """Raise BackboneError unless ``folder`` loads as a complete Dinov2Model."""
-    verbosity = transformers.logging.get_verbosity()
-    transformers.logging.set_verbosity_error()
-    try:
-        _, info = transformers.Dinov2Model.from_pretrained(str(folder), output_loading_info=True)
-    finally:
-        transformers.logging.set_verbosity(verbosity)
+    _, info = transformers.Dinov2Model.from_pretrained(str(folder), output_loading_info=True)
     missing, unexpected = info.get("missing_keys") or [], info.get("unexpected_keys") or []
     if missing or unexpected:
         raise BackboneError(
@@ -214,6 +209,11 @@ def converted_folder(cache: Path | None = None) -> Path:
     folder = cache_folder() if cache is None else Path(cache)
     if _is_converted(folder):
         return folder
+    if folder.exists():
+        raise BackboneError(
+            f"The cache folder '{folder}' holds something other than a finished dinov2-vits14 "
+            "conversion; remove it and run again."
+        )
     source = onnx_path()
     if source is None:
         raise BackboneError(
