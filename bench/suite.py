@@ -26,10 +26,9 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import Any
-
 import numpy as np
 
+from defectscope.cli import _parse_value as parse_value
 from defectscope.data import magnetic_tile, mvtec_category
 from defectscope.data.layouts import Category
 from defectscope.pipeline import RunOptions, apply_threads, evaluate_category
@@ -88,20 +87,6 @@ def border_shares(maps: np.ndarray, labels: np.ndarray, grid: tuple[int, int]) -
         return None, float(ring.mean())
     hits = [ring.flat[int(np.argmax(m))] for m in normal]
     return float(np.mean(hits)), float(ring.mean())
-
-
-def parse_value(text: str) -> Any:
-    """'3' -> 3, '0.2' -> 0.2, 'true' -> True, '1,3' -> (1, 3), else the text (as the CLI)."""
-    if "," in text:
-        return tuple(parse_value(part) for part in text.split(",") if part)
-    if text.lower() in ("true", "false"):
-        return text.lower() == "true"
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
 
 
 def run_suite(options: RunOptions, categories: list[Category]) -> dict[str, dict[str, float | None]]:

@@ -10,7 +10,7 @@ from PIL import Image
 from defectscope.backbones import get_backbone
 from defectscope.backbones._common import input_shape, reflect_pad
 from defectscope.errors import BackboneError, ConfigError
-from defectscope.methods.musc import MuSc, MuScConfig, crop_tile, tile_boxes
+from defectscope.methods.musc import MuSc, MuScConfig, border_classes, calibrate_border, crop_tile, tile_boxes
 from defectscope.metrics import pixel_metrics
 from defectscope.pipeline import _mask_at
 from defectscope.report.overlay import resize_map
@@ -124,3 +124,32 @@ def test_reflect_border_keeps_the_grid_and_refuses_bad_margins() -> None:
         get_backbone("efficientnet-lite0", border="reflect", border_pad=20)
     with pytest.raises(BackboneError, match="border rule"):
         get_backbone("efficientnet-lite0", border="mirror")
+
+
+def test_border_calibration_moves_the_peaks_of_normal_textures_off_the_border() -> None:
+    rng = np.random.default_rng(2)
+    images = [periodic_texture(rng, 96, 96, period=7.0) for _ in range(16)]
+    raw = MuSc(MuScConfig(image_size=96, border_depth=0)).patch_scores(images)
+    grid = raw.grid
+    ring = border_classes(grid, 1) != 3
+    calibrated = calibrate_border(raw.patch_scores, grid, 2)
+
+    def share(scores: torch.Tensor) -> float:
+        return float(ring[scores.argmax(dim=1)].float().mean())
+
+    assert share(raw.patch_scores) > 0.5
+    assert share(calibrated) < share(raw.patch_scores) - 0.3
+    interior = border_classes(grid, 2) == 8
+    assert torch.equal(calibrated[:, interior], raw.patch_scores[:, interior])
+    assert torch.equal(calibrate_border(raw.patch_scores, grid, 0), raw.patch_scores)
+
+
+def test_border_calibration_keeps_a_border_defect_on_top() -> None:
+    generator = torch.Generator().manual_seed(0)
+    scores = 1.0 + 0.05 * torch.rand(6, 100, generator=generator)
+    classes = border_classes((10, 10), 2)
+    scores[:, classes != 8] += 0.3
+    scores[4, 0] += 1.0
+    calibrated = calibrate_border(scores, (10, 10), 2)
+    assert int(calibrated.amax(dim=1).argmax()) == 4 and int(calibrated[4].argmax()) == 0
+    assert float(calibrated[:, classes != 8].median()) <= float(calibrated[:, classes == 8].median()) + 0.01

@@ -15,9 +15,10 @@ class Result:
     Attributes:
         paths: the N image paths (as given), in input order.
         image_scores: (N,) float64, higher = more anomalous.
-        anomaly_maps: (N, S, S) float32 at the model's input resolution S (the square size
-            images were resized to); use :func:`defectscope.report.resize_map` for other sizes.
-        masks: optional (N, S, S) bool, where the method produces a binary decision itself.
+        anomaly_maps: (N, H, W) float32 at the model's input resolution (the size images were
+            resized to; H != W when the method keeps the batch's aspect ratio); use
+            :func:`defectscope.report.resize_map` for other sizes.
+        masks: optional (N, H, W) bool, where the method produces a binary decision itself.
         settings: everything that produced the result (method, backbone, version, parameters).
         extras: method-specific diagnostics (e.g. CoDeGraph communities), JSON-serialisable.
     """
