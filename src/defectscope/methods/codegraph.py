@@ -82,7 +82,12 @@ class CoDeGraphConfig(MuScConfig):
             (see :func:`confirmed`).
         seed: Leiden seed.
         draw_graphs: attach a PNG picture of the image graph to every reported community.
+        lower, upper: the MSM interval stays the authors' [0, 0.3): CoDeGraph's burnout and
+            re-scoring were calibrated with it (docs/CODEGRAPH.md).
     """
+
+    lower: float = 0.0
+    upper: float = 0.3
 
     max_support_fraction: float = 0.5
     burnout_threshold: float = 20.0
