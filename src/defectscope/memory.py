@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from PIL import Image
 
@@ -133,3 +133,12 @@ def check_memory(
         f"this run of {count} images at {image_size} px needs about {_gib(needed)} of memory but {_gib(limit)} "
         f"is available; use {advice}"
     )
+
+
+def guard_run(detector: Any, paths: Sequence[Path], *, available: int | None = None) -> None:
+    """Refuse a run of ``detector`` over the image files ``paths`` that would not fit in memory.
+
+    ``detector`` follows :class:`defectscope.methods.base.Detector` (``memory_plan``,
+    ``memory_needed``); the decoded input size is read from the image headers only."""
+    size, step = detector.memory_plan()
+    check_memory(detector.memory_needed, len(paths), size, inputs=decoded_bytes(paths), size_step=step, available=available)
