@@ -54,19 +54,22 @@ class _BadValue(ValueError):
     """A value that does not fit a declared type (turned into a ConfigError naming the key)."""
 
 
-def _describe(hint: Any) -> str:
+_WORDS = {int: ("an integer", "integers"), float: ("a number", "numbers"), bool: ("true or false", "true/false values"), str: ("text", "names")}
+
+
+def _describe(hint: Any, plural: bool = False) -> str:
     """Human words for a declared type, e.g. 'a comma-separated list of integers'."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (Union, types.UnionType):
-        parts = [_describe(a) for a in args if a is not type(None)]
+        parts = [_describe(a, plural) for a in args if a is not type(None)]
         return " or ".join(parts + (["none"] if type(None) in args else []))
     if origin is Literal:
         return "one of " + ", ".join(str(a) for a in args)
     if origin is tuple:
         if len(args) == 2 and args[1] is Ellipsis:
-            return f"a comma-separated list of ({_describe(args[0])})"
+            return f"a comma-separated list of {_describe(args[0], plural=True)}"
         return f"{len(args)} comma-separated values ({', '.join(_describe(a) for a in args)})"
-    return {int: "an integer", float: "a number", bool: "true or false", str: "text"}.get(hint, str(hint))
+    return _WORDS[hint][plural] if hint in _WORDS else str(hint)
 
 
 def _split(value: Any) -> list[Any]:
@@ -102,6 +105,8 @@ def _coerce(value: Any, hint: Any) -> Any:
         raise _BadValue
     if origin is tuple:
         items = _split(value)
+        if not items:
+            raise _BadValue
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_coerce(item, args[0]) for item in items)
         if len(items) != len(args):
