@@ -89,18 +89,19 @@ def _options(method, backbone, weights, image_size, batch_size, threads, skip_un
         method_options["smoothing_sigma"] = smoothing
     if epochs is not None:
         method_options["epochs"] = epochs
-    return RunOptions(
-        kshot=kshot,
-        method=method,
-        backbone=backbone,
-        weights=str(weights) if weights else None,
-        image_size=image_size,
-        batch_size=batch_size,
-        threads=threads,
-        skip_unreadable=skip_unreadable,
-        overwrite=overwrite,
-        method_options=method_options,
-    )
+    with _user_errors():
+        return RunOptions(
+            kshot=kshot,
+            method=method,
+            backbone=backbone,
+            weights=str(weights) if weights else None,
+            image_size=image_size,
+            batch_size=batch_size,
+            threads=threads,
+            skip_unreadable=skip_unreadable,
+            overwrite=overwrite,
+            method_options=method_options,
+        )
 
 
 def _print_metrics(metrics: dict) -> None:

@@ -95,8 +95,8 @@ def decoded_bytes(paths: Sequence[Path]) -> int:
     return total
 
 
-def _gib(size: float) -> str:
-    return f"{size / 2**30:.1f} GiB"
+def _size(size: float) -> str:
+    return f"{size / 2**30:.1f} GiB" if size >= 2**30 else f"{size / 2**20:.1f} MiB"
 
 
 def check_memory(
@@ -130,7 +130,7 @@ def check_memory(
         hints.append(f"at most {fewer} images per run")
     advice = " or ".join(hints) if hints else "a machine with more memory"
     raise MemoryLimitError(
-        f"this run of {count} images at {image_size} px needs about {_gib(needed)} of memory but {_gib(limit)} "
+        f"this run of {count} images at {image_size} px needs about {_size(needed)} of memory but {_size(limit)} "
         f"is available; use {advice}"
     )
 

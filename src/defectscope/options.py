@@ -12,6 +12,7 @@ from typing import Any, Mapping
 import torch
 
 from defectscope.errors import ConfigError
+from defectscope.memory import check_image_size
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,9 @@ class RunOptions:
     overwrite: bool = False
     kshot: int = 10
     method_options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_image_size(self.image_size)
 
 
 def apply_threads(threads: int | None) -> None:
