@@ -187,7 +187,7 @@ def test_resume_continues_like_an_uninterrupted_run(task, tmp_path):
     header = json.loads((tmp_path / "ckpt" / "config.json").read_text())
     header["config"]["prn"]["epochs"] = 2
     (tmp_path / "ckpt" / "config.json").write_text(json.dumps(header))
-    with pytest.raises(ConfigError, match="other PRN settings"):
+    with pytest.raises(ModelFileError, match="other PRN settings"):
         PRN(tiny_config(epochs=2, samples_per_epoch=16), backbone=FakeBackbone()).fit(
             normals, anomalies, checkpoint_dir=tmp_path / "ckpt", resume=True
         )

@@ -195,11 +195,6 @@ class MethodConfig:
         return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()}
 
 
-def build_config(config_class: type[MethodConfig], values: Mapping[str, Any]) -> MethodConfig:
-    """``config_class.from_options(values)`` (kept for callers of the earlier helper)."""
-    return config_class.from_options(values)
-
-
 def default_paths(paths: Sequence[str] | None, count: int, method: str) -> list[str]:
     """The caller's paths as strings, or ``image_0``, ``image_1``, ...; refuses a count mismatch."""
     if paths is None:

@@ -327,9 +327,9 @@ class PRN(Detector):
         tensors, header = load_model(folder, CHECKPOINT_METHOD)
         saved = header["config"]
         if saved.get("prn") != self.config.to_json():
-            raise ConfigError(f"checkpoint '{folder}' was made with other PRN settings; resume with the same settings.")
+            raise ModelFileError(f"checkpoint '{folder}' was made with other PRN settings; resume with the same settings.")
         if saved.get("model", {}).get("normal_images") != info["normal_images"]:
-            raise ConfigError(f"checkpoint '{folder}' was made from another set of normal images.")
+            raise ModelFileError(f"checkpoint '{folder}' was made from another set of normal images.")
         head_state = {name[5:]: value for name, value in tensors.items() if name.startswith("head.")}
         prototypes = [head_state[f"prototypes_{s}"] for s in range(head.scales)]
         head.set_prototypes(prototypes)
