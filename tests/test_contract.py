@@ -153,3 +153,16 @@ def test_cli_takes_a_single_degree_a_bool_and_a_float(tmp_path) -> None:
     assert len((tmp_path / "o" / "scores.csv").read_text().splitlines()) == 5
     config = build_detector(RunOptions(method_options=_parse_params(params))).config
     assert (config.degrees, config.native_grids, config.upper) == ((3,), False, 0.5)
+
+
+def test_runs_do_not_branch_on_method_names_and_training_does_not_import_pipeline() -> None:
+    import inspect
+    import re
+
+    import defectscope.cli as cli
+    import defectscope.pipeline as pipeline
+    import defectscope.training as training
+
+    assert not re.search(r"^\s*(from|import) defectscope\.pipeline", inspect.getsource(training), re.M)
+    for module in (cli, pipeline, training):
+        assert not re.search(r"method\s*(==|!=|in \()", inspect.getsource(module)), module.__name__
