@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from defectscope.cli import app
 from defectscope.data.synthetic import synthetic_images
 from defectscope.errors import ConfigError, MemoryLimitError
-from defectscope.memory import MAX_IMAGE_SIZE, available_memory, check_image_size, check_memory, decoded_bytes, estimate_bytes, guard_run
+from defectscope.memory import INPUT_COPIES, MAX_IMAGE_SIZE, available_memory, check_image_size, check_memory, decoded_bytes, estimate_bytes, guard_run
 from defectscope.methods.registry import get_method
 from defectscope.options import RunOptions
 
@@ -65,7 +65,7 @@ def test_guard_refuses_a_batch_too_large_with_an_injected_limit(folder) -> None:
     paths = sorted(folder.glob("*.png"))
     assert decoded_bytes(paths) == 4 * 64 * 64 * 3
     guard_run(detector, paths, available=10**12)
-    needed = decoded_bytes(paths) + detector.memory_needed(len(paths))
+    needed = INPUT_COPIES * decoded_bytes(paths) + detector.memory_needed(len(paths))
     with pytest.raises(MemoryLimitError, match="images at 64 px needs about"):
         guard_run(detector, paths, available=needed - 1)
 

@@ -21,8 +21,11 @@ from defectscope.errors import ConfigError, MemoryLimitError
 MAX_IMAGE_SIZE = 2048
 """Largest ``--image-size`` accepted (pixels per side); larger inputs are refused at once."""
 
-ACTIVATION_FLOATS_PER_PIXEL = 24
+ACTIVATION_FLOATS_PER_PIXEL = 48
 """Backbone activations alive at once during a forward pass, in float32 values per input pixel."""
+
+INPUT_COPIES = 2
+"""Decoded inputs held at once: the images themselves and the report's resized copies and overlays."""
 
 MAP_COPIES = 3
 """Anomaly maps held at once (upsampled, smoothed, returned)."""
@@ -141,4 +144,5 @@ def guard_run(detector: Any, paths: Sequence[Path], *, available: int | None = N
     ``detector`` follows :class:`defectscope.methods.base.Detector` (``memory_plan``,
     ``memory_needed``); the decoded input size is read from the image headers only."""
     size, step = detector.memory_plan()
-    check_memory(detector.memory_needed, len(paths), size, inputs=decoded_bytes(paths), size_step=step, available=available)
+    inputs = INPUT_COPIES * decoded_bytes(paths)
+    check_memory(detector.memory_needed, len(paths), size, inputs=inputs, size_step=step, available=available)
