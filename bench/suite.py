@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 import numpy as np
 
-from defectscope.cli import _parse_value as parse_value
 from defectscope.data import magnetic_tile, mvtec_category
 from defectscope.data.layouts import Category
 from defectscope.pipeline import RunOptions, apply_threads, evaluate_category
@@ -158,7 +157,7 @@ def main() -> None:
     params = {}
     for item in args.param:
         key, _, value = item.partition("=")
-        params[key.strip()] = parse_value(value.strip())
+        params[key.strip()] = value.strip()
     options = RunOptions(
         method=args.method, backbone=args.backbone, weights=args.weights, image_size=args.image_size,
         threads=args.threads, method_options=params,
