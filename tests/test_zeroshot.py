@@ -91,7 +91,10 @@ def test_a_defect_smaller_than_a_patch_is_found_only_with_tiles() -> None:
     masks[7] = mask
     outcomes = {}
     for tiles in (1, 3):
-        result = MuSc(MuScConfig(image_size=64, tiles=tiles, smoothing_sigma=1.0)).predict(images)
+        # The shading gives the batch several looks, so the low MSM interval suits it (as the
+        # magnetic tiles, docs/BENCHMARKS.md); the point here is the tiling.
+        config = MuScConfig(image_size=64, tiles=tiles, smoothing_sigma=1.0, lower=0.0, upper=0.3)
+        result = MuSc(config).predict(images)
         order = np.argsort(-result.image_scores)
         maps = result.anomaly_maps
         outcomes[tiles] = (int(order[0]), maps.shape)

@@ -517,7 +517,6 @@ class MuSc(Detector):
         """Score each tile position as its own batch and stitch: (N, H, W) maps, (N, D) mean tile
         embeddings, and the stitched patch grid (tile grid times the span in tiles)."""
         tiles, overlap = self.config.tiles, self.config.tile_overlap
-        canvas = embeddings = counts = None
         positions = [(row, col) for row in range(tiles) for col in range(tiles)]
         for number, (row, col) in enumerate(positions):
             crops = [crop_tile(image, tiles, overlap, row, col) for image in images]
@@ -526,20 +525,19 @@ class MuSc(Detector):
                 report = lambda stage, done, total, k=number: progress(f"tile {k + 1}/{len(positions)}: {stage}", done, total)  # noqa: E731
             scores = self.patch_scores(crops, report)
             tile_maps = self.maps_from_patch_scores(scores.patch_scores, scores.grid)
-            height, width = tile_maps.shape[-2:]
-            if canvas is None:
-                boxes = tile_boxes((height, width), tiles, overlap)
+            if number == 0:
+                shape, grid = tuple(tile_maps.shape[-2:]), scores.grid
+                boxes = tile_boxes(shape, tiles, overlap)
                 full = (boxes[-1][1], boxes[-1][3])
-                canvas = torch.zeros(len(images), *full)
-                counts = torch.zeros(full)
+                canvas, counts = torch.zeros(len(images), *full), torch.zeros(full)
                 embeddings = torch.zeros_like(scores.embeddings)
-                grid = scores.grid
-            top, bottom, left, right = tile_boxes((height, width), tiles, overlap)[row * tiles + col]
+            if tuple(tile_maps.shape[-2:]) != shape:  # the crops' aspect rounded to another input shape
+                tile_maps = F.interpolate(tile_maps.unsqueeze(1), size=shape, mode="bilinear", align_corners=True).squeeze(1)
+            top, bottom, left, right = boxes[number]
             canvas[:, top:bottom, left:right] += tile_maps
             counts[top:bottom, left:right] += 1
             embeddings += scores.embeddings
-        span = full[0] / height, full[1] / width
-        stitched_grid = (int(round(grid[0] * span[0])), int(round(grid[1] * span[1])))
+        stitched_grid = (int(round(grid[0] * full[0] / shape[0])), int(round(grid[1] * full[1] / shape[1])))
         return canvas / counts, F.normalize(embeddings, dim=1), stitched_grid
 
     def result_from_patch_scores(
