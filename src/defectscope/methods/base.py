@@ -20,6 +20,11 @@ class Result:
         masks: optional (N, S, S) bool, where the method produces a binary decision itself.
         settings: everything that produced the result (method, backbone, version, parameters).
         extras: method-specific diagnostics (e.g. CoDeGraph communities), JSON-serialisable.
+        is_anomalous: (N,) bool verdict per image, or None when the method gave none.
+        threshold: the cut that produced the verdict, in the units of the statistic named by
+            ``threshold_rule`` (``image_scores``, or for MuSc/CoDeGraph without ``--good`` the map
+            maximum ``extras["raw_image_scores"]``; for U-Flow the NFA level epsilon).
+        threshold_rule: short human description of how the threshold was set.
     """
 
     paths: list[str]
@@ -28,6 +33,9 @@ class Result:
     masks: np.ndarray | None = None
     settings: dict[str, Any] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)
+    is_anomalous: np.ndarray | None = None
+    threshold: float | None = None
+    threshold_rule: str | None = None
 
 
 class Detector(Protocol):
