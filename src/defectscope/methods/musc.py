@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Sequence
 
 import numpy as np
@@ -38,11 +38,11 @@ from defectscope.methods.verdict import (
     DEFAULT_FALSE_ALARM_RATE,
     Threshold,
     check_false_alarm_rate,
-    conformal_count,
     conformal_threshold,
     decide,
     label_free_threshold,
     pixel_masks,
+    require_good_images,
 )
 
 ProgressCallback = Callable[[str, int, int], None]
@@ -378,12 +378,7 @@ class MuSc:
         """Reference mode: keep the features of known-good ``images`` as the reference bank and
         calibrate the verdict on them (each scored leave-one-out against the others). Without
         ``fit`` the detector is zero-shot (the batch scores itself)."""
-        needed = conformal_count(self.config.false_alarm_rate)
-        if len(images) < needed:
-            raise ConfigError(
-                f"--good holds {len(images)} image(s); a false-alarm rate of {self.config.false_alarm_rate:g} "
-                f"needs at least {needed} good images"
-            )
+        require_good_images(len(images), self.config.false_alarm_rate)
         sets, grid, _ = self.feature_sets(images, progress, native_grids=self.config.native_grids)
         scores = torch.stack([
             to_finest_grid(mutual_scores(s, self.config.lower, self.config.upper), grid) for s in sets
@@ -392,6 +387,11 @@ class MuSc:
         threshold = conformal_threshold(maxima, self.config.false_alarm_rate, source="good images (leave-one-out)")
         self.reference = ReferenceBank(sets, grid, threshold)
         return self
+
+    def calibrate(self, images: Sequence[np.ndarray], false_alarm_rate: float, progress: ProgressCallback | None = None) -> "MuSc":
+        """Verdicts calibrated on known-good ``images`` at ``false_alarm_rate``: reference mode (:meth:`fit`)."""
+        self.config = replace(self.config, false_alarm_rate=check_false_alarm_rate(false_alarm_rate))
+        return self.fit(images, progress)
 
     def settings(self) -> dict:
         backbone = self.backbone

@@ -29,6 +29,7 @@ import numpy as np
 from scipy import stats
 
 from defectscope.errors import ConfigError
+from defectscope.methods.base import Result
 
 DEFAULT_FALSE_ALARM_RATE = 0.05
 CONFIDENCE = 0.9
@@ -168,6 +169,13 @@ def conformal_count(alpha: float) -> int:
     return n
 
 
+def require_good_images(count: int, alpha: float) -> None:
+    """Refuse, before any heavy work, a --good folder too small for conformal calibration."""
+    needed = conformal_count(alpha)
+    if count < needed:
+        raise ConfigError(f"--good holds {count} image(s); a false-alarm rate of {alpha:g} needs at least {needed} good images")
+
+
 def conformal_threshold(good_scores: np.ndarray, alpha: float = DEFAULT_FALSE_ALARM_RATE, *, source: str = "good images") -> Threshold:
     """Split-conformal threshold: the ceil((n + 1)(1 - alpha))-th smallest of n good scores;
     refuses when n < 1/alpha - 1 (no order statistic gives the guarantee)."""
@@ -192,3 +200,12 @@ def pixel_masks(maps: np.ndarray, threshold: Threshold) -> np.ndarray:
     """The same cut per pixel: (N, H, W) bool masks of ``maps > threshold`` (the image statistic
     must be the map maximum for masks and image verdicts to agree)."""
     return np.asarray(maps) > threshold.value
+
+
+def with_verdict(result: Result, threshold: Threshold, statistic: np.ndarray | None = None) -> Result:
+    """Set ``result``'s verdict fields from ``threshold`` applied to ``statistic`` (default: its
+    image scores); returns ``result``."""
+    result.is_anomalous = decide(result.image_scores if statistic is None else statistic, threshold)
+    result.threshold = threshold.value
+    result.threshold_rule = threshold.rule
+    return result

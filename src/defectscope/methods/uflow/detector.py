@@ -39,6 +39,7 @@ from defectscope.methods.base import Result
 from defectscope.methods.modelfile import load_model, read_model_config, save_model
 from defectscope.methods.uflow import nfa
 from defectscope.methods.uflow.flow import UFlowNet, anomaly_map, flow_loss
+from defectscope.methods.verdict import Threshold, conformal_threshold, require_good_images, with_verdict
 
 METHOD = "uflow"
 
@@ -230,6 +231,7 @@ class UFlow:
         self.feature_std: list[torch.Tensor] = []
         self.latent_scale: list[torch.Tensor] = []
         self.map_threshold: float | None = None
+        self.calibration: Threshold | None = None
         self.history: list[float] = []
         self.epochs_done = 0
 
@@ -388,9 +390,9 @@ class UFlow:
             raise ConfigError(f"U-Flow got {len(paths)} paths for {count} images")
         size = self.config.image_size
         maps = anomaly_map(latents, size, self.config.smoothing_sigma).numpy().astype(np.float32)
-        masks = None
+        masks = detected = None
         if self.config.nfa_method != "none":
-            masks = np.stack([
+            masks = detected = np.stack([
                 nfa.detect([(z[i] / scale).numpy() for z, scale in zip(latents, self._scales(latents))], size, epsilon=self.config.epsilon,
                            method=self.config.nfa_method, window=self.config.block_window,
                            alpha=self.config.block_alpha, max_region_fraction=self.config.max_region_fraction)
@@ -401,14 +403,41 @@ class UFlow:
                     nfa.level_components_touching(detected, amap, self.map_threshold)
                     for detected, amap in zip(masks, maps)
                 ])
-        return Result(
+        return self._with_verdict(Result(
             paths=list(paths) if paths is not None else [f"image_{i}" for i in range(count)],
             image_scores=maps.reshape(count, -1).max(axis=1).astype(np.float64),
             anomaly_maps=maps,
             masks=masks,
             settings={"method": METHOD, "backbone": self.config.backbone, "version": __version__,
                       "config": self.config.to_json()},
-        )
+        ), detected)
+
+    def _with_verdict(self, result: Result, detected: np.ndarray | None) -> Result:
+        """Verdict: the good-image calibration when there is one; else an image is anomalous when
+        the a contrario test detected a region (threshold = the NFA level epsilon); with
+        ``nfa_method="none"``, when its map exceeds the held-out normal images' largest value."""
+        if self.calibration is not None:
+            return with_verdict(result, self.calibration)
+        if detected is not None:
+            result.is_anomalous = detected.reshape(len(result.paths), -1).any(axis=1)
+            result.threshold = float(self.config.epsilon)
+            result.threshold_rule = (
+                f"a contrario: anomalous when a region is detected with NFA <= {self.config.epsilon:g} "
+                f"({self.config.nfa_method} test)"
+            )
+            return result
+        if self.map_threshold is not None:
+            return with_verdict(result, Threshold(self.map_threshold, "largest map value of the held-out normal training images"))
+        return result
+
+    def calibrate(self, images: Sequence[np.ndarray], false_alarm_rate: float) -> "UFlow":
+        """Calibrate the verdict on known-good ``images`` (split-conformal on their image scores);
+        later predictions use it instead of the NFA rule. Masks stay the NFA masks."""
+        require_good_images(len(images), false_alarm_rate)
+        self.calibration = None
+        scores = self.predict(images).image_scores
+        self.calibration = conformal_threshold(scores, false_alarm_rate)
+        return self
 
     def _scales(self, latents: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         if len(self.latent_scale) == len(latents):
@@ -429,12 +458,16 @@ class UFlow:
         if paths is not None and len(paths) != count:
             raise ConfigError(f"U-Flow got {len(paths)} paths for {count} images")
         masks = None if results[0].masks is None else np.concatenate([r.masks for r in results])
+        verdicts = None if results[0].is_anomalous is None else np.concatenate([r.is_anomalous for r in results])
         return Result(
             paths=list(paths) if paths is not None else [f"image_{i}" for i in range(count)],
             image_scores=np.concatenate([r.image_scores for r in results]),
             anomaly_maps=np.concatenate([r.anomaly_maps for r in results]),
             masks=masks,
             settings=results[0].settings,
+            is_anomalous=verdicts,
+            threshold=results[0].threshold,
+            threshold_rule=results[0].threshold_rule,
         )
 
     def _tensors(self) -> dict[str, torch.Tensor]:
