@@ -23,7 +23,7 @@ from defectscope.data.io import read_image, read_mask
 from defectscope.data.layouts import Category, Sample, discover, plain_folder
 from defectscope.errors import ConfigError, ImageReadError
 from defectscope.methods.base import Result, build_config
-from defectscope.metrics import image_metrics, pixel_metrics
+from defectscope.metrics import image_metrics, pixel_metrics, verdict_metrics
 from defectscope.report.atomic import atomic_write_text, staged_output
 from defectscope.report.batch import write_batch_outputs
 from defectscope.report.tables import metrics_markdown
@@ -166,6 +166,7 @@ def category_metrics(
     else reported as absent (None). ``ground_truth``: the full-resolution masks if already read."""
     labels = np.array([s.label for s in samples], dtype=int)
     metrics: dict[str, float | None] = dict(image_metrics(result.image_scores, labels))
+    metrics.update(verdict_metrics(result.is_anomalous, labels))
     size = result.anomaly_maps.shape[-1]
     if has_masks:
         full = ground_truth if ground_truth is not None else load_ground_truth(samples, images)
