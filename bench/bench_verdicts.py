@@ -76,7 +76,7 @@ def main() -> None:
             started = time.perf_counter()
             model = detector(method, args.false_alarm_rate)
             if good_images is not None:
-                model.fit(good_images)
+                model.calibrate(good_images, args.false_alarm_rate)
             result = model.predict(images)
             row = {"category": name, "method": method, "n": len(images), "normal": int((labels == 0).sum()),
                    "good": None if good_images is None else len(good_images),

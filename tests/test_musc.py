@@ -170,11 +170,11 @@ def test_reference_mode_scores_against_good_images():
 
     good, _ = synthetic_images(6, kind="texture", size=96, seed=5)
     query, masks = synthetic_images(4, kind="texture", size=96, defective=(1,), seed=6, defect="blotch")
-    detector = MuSc(MuScConfig(image_size=96, false_alarm_rate=0.2)).fit(good)
+    detector = MuSc(MuScConfig(image_size=96)).calibrate(good, 0.2)
     result = detector.predict(query, [f"q{i}.png" for i in range(4)])
     assert int(np.argmax(result.image_scores)) == 1 and result.is_anomalous[1]
     assert np.allclose(result.image_scores, result.anomaly_maps.reshape(4, -1).max(axis=1))
     assert result.threshold_rule.startswith("conformal on 6 good images")
     assert result.settings["reference_images"] == 6
     with pytest.raises(ConfigError, match="needs at least 19 good images"):
-        MuSc(MuScConfig(image_size=96)).fit(good)
+        MuSc(MuScConfig(image_size=96)).calibrate(good, 0.05)

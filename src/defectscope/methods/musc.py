@@ -286,7 +286,7 @@ class MuScConfig:
             chosen by the ablation in docs/BENCHMARKS.md, the authors use none).
         batch_size: images per backbone forward pass.
         false_alarm_rate: share of normal images the verdict may flag (label-free rule on the
-            batch, or conformal on the good images after :meth:`MuSc.fit`).
+            batch, or conformal on the good images after :meth:`MuSc.calibrate`).
     """
 
     backbone: str = "efficientnet-lite0"
@@ -351,7 +351,7 @@ class ReferenceBank:
 class MuSc:
     """Zero-shot detector: scores an unlabeled batch by mutual scoring (no fit needed).
 
-    After :meth:`fit` on known-good images it works in reference mode: new images are scored
+    After :meth:`calibrate` on known-good images it works in reference mode: new images are scored
     against the good images instead of against each other, and the verdict threshold is
     calibrated on the good images (split-conformal).
     """
@@ -374,10 +374,16 @@ class MuSc:
             self._backbone = get_backbone(cfg.backbone, weights=cfg.weights, image_size=cfg.image_size, layers=layers)
         return self._backbone
 
-    def fit(self, images: Sequence[np.ndarray], progress: ProgressCallback | None = None) -> "MuSc":
+    def fit(self, images: Sequence[np.ndarray]) -> "MuSc":
+        """Zero-shot: nothing to learn. Present for the common Detector interface."""
+        return self
+
+    def calibrate(self, images: Sequence[np.ndarray], false_alarm_rate: float, progress: ProgressCallback | None = None) -> "MuSc":
         """Reference mode: keep the features of known-good ``images`` as the reference bank and
-        calibrate the verdict on them (each scored leave-one-out against the others). Without
-        ``fit`` the detector is zero-shot (the batch scores itself)."""
+        calibrate the verdict on them at ``false_alarm_rate`` (each good image scored
+        leave-one-out against the others). Without it the detector is zero-shot (the batch
+        scores itself)."""
+        self.config = replace(self.config, false_alarm_rate=check_false_alarm_rate(false_alarm_rate))
         require_good_images(len(images), self.config.false_alarm_rate)
         sets, grid, _ = self.feature_sets(images, progress, native_grids=self.config.native_grids)
         scores = torch.stack([
@@ -387,11 +393,6 @@ class MuSc:
         threshold = conformal_threshold(maxima, self.config.false_alarm_rate, source="good images (leave-one-out)")
         self.reference = ReferenceBank(sets, grid, threshold)
         return self
-
-    def calibrate(self, images: Sequence[np.ndarray], false_alarm_rate: float, progress: ProgressCallback | None = None) -> "MuSc":
-        """Verdicts calibrated on known-good ``images`` at ``false_alarm_rate``: reference mode (:meth:`fit`)."""
-        self.config = replace(self.config, false_alarm_rate=check_false_alarm_rate(false_alarm_rate))
-        return self.fit(images, progress)
 
     def settings(self) -> dict:
         backbone = self.backbone
@@ -447,7 +448,7 @@ class MuSc:
         progress: ProgressCallback | None = None,
     ) -> Result:
         """Score the batch: anomaly maps, image scores (max of map, then RsCIN), verdicts. In
-        reference mode (after :meth:`fit`) against the good images, image score = max of map."""
+        reference mode (after :meth:`calibrate`) against the good images, image score = max of map."""
         if self.reference is not None:
             return self.predict_against_reference(images, paths, progress)
         scores = self.patch_scores(images, progress)
@@ -461,7 +462,7 @@ class MuSc:
         conformal threshold of the good images."""
         bank = self.reference
         if bank is None:
-            raise ConfigError("reference mode needs good images: call fit() with known-good images first")
+            raise ConfigError("reference mode needs good images: call calibrate() with known-good images first")
         if not images:
             raise ConfigError("MuSc got no images to score")
         names = _names(paths, len(images))
