@@ -24,12 +24,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import stats
 
 from defectscope.errors import ConfigError
-from defectscope.methods.base import Result
+
+if TYPE_CHECKING:
+    from defectscope.methods.base import Result
 
 DEFAULT_FALSE_ALARM_RATE = 0.05
 CONFIDENCE = 0.9
@@ -202,7 +205,7 @@ def pixel_masks(maps: np.ndarray, threshold: Threshold) -> np.ndarray:
     return np.asarray(maps) > threshold.value
 
 
-def with_verdict(result: Result, threshold: Threshold, statistic: np.ndarray | None = None) -> Result:
+def with_verdict(result: "Result", threshold: Threshold, statistic: np.ndarray | None = None) -> "Result":
     """Set ``result``'s verdict fields from ``threshold`` applied to ``statistic`` (default: its
     image scores); returns ``result``."""
     result.is_anomalous = decide(result.image_scores if statistic is None else statistic, threshold)
