@@ -7,7 +7,8 @@ Batches: mvtec_bottle test (83), hazelnut_toy test (23), the seeded 100-tile mag
 of bench/ablation_musc.py (80 % defect-free) and the six paper_impurities test sets (72 each, two
 thirds defective). Each batch scores itself (zero-shot) and gets the method's own verdict at the
 default false-alarm budget; with ``--good`` the category's normal training images are the good
-folder instead (magnetic tiles: the normal tiles of the documented split's training half).
+folder instead (magnetic tiles: the normal tiles of the documented split's training half;
+``--max-good N`` draws a seeded subset).
 Prints a markdown table (false-alarm rate, recall, oracle image F1) and writes JSON.
 """
 
@@ -59,6 +60,7 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=["musc", "codegraph"], choices=["musc", "codegraph"])
     parser.add_argument("--false-alarm-rate", type=float, default=0.05)
     parser.add_argument("--good", action="store_true", help="reference mode: the category's normal training images as --good")
+    parser.add_argument("--max-good", type=int, default=0, help="with --good: at most this many good images, drawn with numpy seed 0 (0: all)")
     parser.add_argument("--only", nargs="*", help="category names (default: all)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("bench/results/verdicts.json"))
@@ -71,6 +73,8 @@ def main() -> None:
             continue
         images, _, _ = read_batch([s.path for s in test])
         labels = np.array([s.label for s in test])
+        if args.max_good and len(good) > args.max_good:
+            good = [good[i] for i in sorted(np.random.default_rng(0).choice(len(good), args.max_good, replace=False))]
         good_images = read_batch([s.path for s in good])[0] if args.good else None
         for method in args.methods:
             started = time.perf_counter()
