@@ -36,7 +36,6 @@ from defectscope.methods.base import Detector, MethodConfig, Result, default_pat
 from defectscope.methods.smoothing import gaussian_blur
 from defectscope.methods.verdict import (
     DEFAULT_FALSE_ALARM_RATE,
-    Threshold,
     check_false_alarm_rate,
     conformal_threshold,
     decide,
@@ -163,8 +162,8 @@ def similarities_to_distances(similarities: torch.Tensor) -> torch.Tensor:
 
 
 def _interval_reduce(distances: torch.Tensor, references: int, lower: float, upper: float) -> torch.Tensor:
-    """(N, R, L) distances to R images (entries beyond ``references`` finite ones are inf) ->
-    (N, L): mean of the sorted values whose rank lies in the MSM interval for ``references``."""
+    """(N, R, L) distances -> (N, L): the mean of each patch's sorted distances whose rank lies in
+    the MSM interval for ``references`` images (excluded images carry inf and sort last)."""
     start, end = interval_bounds(references, lower, upper)
     smallest = torch.topk(distances, end, dim=1, largest=False, sorted=True).values
     return smallest[:, start:end].mean(dim=1)
@@ -339,11 +338,10 @@ class MuScScores:
 @dataclass
 class ReferenceBank:
     """Known-good images for reference mode: their LNAMD feature sets (one (M, L, C) per layer
-    and degree), the grid, and the conformal threshold on their leave-one-out map maxima."""
+    and degree) and the grid."""
 
     feature_sets: list[torch.Tensor]
     grid: tuple[int, int]
-    threshold: Threshold
 
 
 class MuSc(Detector):
@@ -385,8 +383,8 @@ class MuSc(Detector):
             to_finest_grid(mutual_scores(s, self.config.lower, self.config.upper), grid) for s in sets
         ]).mean(dim=0)
         maxima = self.maps_from_patch_scores(scores, grid).flatten(1).amax(dim=1).numpy()
-        threshold = conformal_threshold(maxima, self.config.false_alarm_rate, source="good images (leave-one-out)")
-        self.reference = ReferenceBank(sets, grid, threshold)
+        self.calibration = conformal_threshold(maxima, self.config.false_alarm_rate, source="good images (leave-one-out)")
+        self.reference = ReferenceBank(sets, grid)
         return self
 
     def backbone_facts(self) -> dict[str, Any]:
@@ -474,8 +472,8 @@ class MuSc(Detector):
         """Reference mode: each image's patches scored against the good bank
         (:func:`reference_scores`); image score = map maximum; verdict and masks by the
         conformal threshold of the good images."""
-        bank = self.reference
-        if bank is None:
+        bank, threshold = self.reference, self.calibration
+        if bank is None or threshold is None:
             raise ConfigError("reference mode needs good images: call calibrate() with known-good images first")
         if not images:
             raise ConfigError("MuSc got no images to score")
@@ -493,11 +491,11 @@ class MuSc(Detector):
             paths=names,
             image_scores=image_scores,
             anomaly_maps=maps,
-            masks=pixel_masks(maps, bank.threshold),
+            masks=pixel_masks(maps, threshold),
             settings={**self.settings(), "reference_images": int(bank.feature_sets[0].shape[0])},
-            is_anomalous=decide(image_scores, bank.threshold),
-            threshold=bank.threshold.value,
-            threshold_rule=bank.threshold.rule,
+            is_anomalous=decide(image_scores, threshold),
+            threshold=threshold.value,
+            threshold_rule=threshold.rule,
         )
 
     def result_from_patch_scores(

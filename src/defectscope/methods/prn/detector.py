@@ -15,8 +15,9 @@ Verdict: a probability cut calibrated on held-back normal images. A seeded share
 ``calibration_fraction`` of the normal training images (when there are at least 10) is kept out
 of training; their image scores are saved with the model, and the cut is their split-conformal
 threshold at ``false_alarm_rate`` (their largest score when they are too few for that rate).
-Masks apply the same cut per pixel. Models saved before this existed have no held-back scores:
-they fall back to a probability of 0.5, and the rule says so.
+Masks apply the same cut per pixel. Models saved before this existed (or trained on fewer than
+10 normal images) have no held-back scores: they fall back to a probability of 0.5, and the rule
+says so.
 """
 
 from __future__ import annotations
@@ -428,7 +429,8 @@ class PRN(Detector):
         if scores is None or scores.size == 0:
             return Threshold(
                 FALLBACK_PROBABILITY,
-                f"uncalibrated fallback: probability {FALLBACK_PROBABILITY} (model saved without held-back normal images)",
+                f"uncalibrated fallback: probability {FALLBACK_PROBABILITY} (no held-back normal images: a model saved "
+                f"before verdicts existed, or fewer than {MIN_CALIBRATION_POOL} normal training images)",
             )
         if scores.size < conformal_count(alpha):
             return Threshold(
