@@ -133,7 +133,7 @@ def main() -> None:
         "threshold": result.threshold,
         "threshold_rule": result.threshold_rule,
         "losses": detector.losses,
-        "config": config.to_dict(),
+        "config": config.to_json(),
         "machine": f"{platform.processor() or platform.machine()}, torch threads {args.threads}",
         "scores": {str(s.path): score for s, score in zip(test_samples, scores)},
     }
