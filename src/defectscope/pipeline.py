@@ -58,9 +58,9 @@ def score_folder(
     samples = plain_folder(folder)
     detector = build_detector(options)
     guard_run(detector, [s.path for s in samples])
-    if options.good is not None:
-        calibrate_on_good(detector, options.good, options.false_alarm_rate, progress)
     with staged_output(out, options.overwrite) as staging:
+        if options.good is not None:
+            calibrate_on_good(detector, options.good, options.false_alarm_rate, progress)
         images, paths, skipped = read_batch([s.path for s in samples], options.skip_unreadable)
         if len(images) < 2 and options.good is None:
             raise ConfigError(f"'{folder}' holds {len(images)} readable image(s); mutual scoring needs at least 2")

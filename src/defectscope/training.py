@@ -117,9 +117,9 @@ def predict_folder(
         detector.config = replace(detector.config, **{setting: options.false_alarm_rate})
     samples = plain_folder(folder)
     guard_run(detector, [s.path for s in samples])
-    if options.good is not None:
-        calibrate_on_good(detector, options.good, options.false_alarm_rate, progress)
     with staged_output(out, options.overwrite) as staging:
+        if options.good is not None:
+            calibrate_on_good(detector, options.good, options.false_alarm_rate, progress)
         images, paths, skipped = read_batch([s.path for s in samples], options.skip_unreadable)
         started = time.perf_counter()
         result = detector.predict(images, [str(p) for p in paths], progress=progress)
