@@ -8,11 +8,13 @@ Two rules, both pure functions of score arrays:
   a two-component Gaussian mixture are fitted (EM); when BIC prefers two components the lower one
   is the null (the normal images), else the whole batch is. The threshold is an upper confidence
   bound (``confidence``, default 90 %) of the null's ``1 - alpha`` quantile: the one-sided normal
-  tolerance factor for the null's effective sample size. So with probability about
-  ``confidence`` the share of normal images flagged is at most ``alpha``; small batches get a
-  wider margin. A lower component holding less than ``MIN_NULL_SHARE`` of the batch is taken for
+  tolerance factor for the null's effective sample size. So, if the normal images' log scores
+  are Gaussian and the mixture finds them, with probability about ``confidence`` the share of
+  normal images flagged is at most ``alpha``; small batches get a wider margin. A lower component holding less than ``MIN_NULL_SHARE`` of the batch is taken for
   a handful of unusually clean images and the upper one is the null. Log scores make the rule
-  invariant to a rescaling of the scores (a different backbone or distance scale).
+  invariant to a rescaling of the scores (a different backbone or distance scale). The choices
+  (map maxima as the statistic, 90 %, 10 %) were made on the shared categories; see
+  docs/BENCHMARKS.md, "Verdicts".
 - :func:`conformal_threshold` (known-good images): split-conformal calibration. With n good
   scores, the threshold is the ``ceil((n + 1)(1 - alpha))``-th smallest; a new normal image
   (exchangeable with the good ones) scores above it with probability at most ``alpha``.
