@@ -146,6 +146,13 @@ def test_reference_scores_equal_mutual_scoring_leave_one_out():
         assert torch.allclose(single[0], batch[i], atol=1e-5)
     many = reference_scores(features[:3], features[3:], 0.0, 0.5)
     assert many.shape == (3, 14)
+    bank = features[3:]
+    for lower, upper in ((0.0, 0.3), (0.3, 0.9)):
+        dropped = reference_scores(features[:3], bank, lower, upper, drop_one=True)
+        brute = torch.stack([
+            reference_scores(features[:3], torch.cat([bank[:j], bank[j + 1:]]), lower, upper) for j in range(len(bank))
+        ]).mean(dim=0)
+        assert torch.allclose(dropped, brute, atol=1e-5)
     with pytest.raises(ConfigError, match="same grid"):
         reference_scores(features[:, :10], features, 0.0, 0.3)
 

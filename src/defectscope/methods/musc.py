@@ -178,15 +178,37 @@ def interval_mean(distances: torch.Tensor, lower: float = 0.0, upper: float = 0.
     return _interval_reduce(distances, distances.shape[0] - 1, lower, upper)
 
 
+def _drop_one_interval_mean(distances: torch.Tensor, lower: float, upper: float) -> torch.Tensor:
+    """(N, M, L) distances to M references -> (N, L): the MSM interval mean over M - 1 references,
+    averaged over the M ways of leaving one reference out (closed form on the sorted values)."""
+    m = distances.shape[1]
+    start, end = interval_bounds(m - 1, lower, upper)
+    d = torch.topk(distances, end + 1, dim=1, largest=False, sorted=True).values
+    kept = d[:, start:end].sum(dim=1)
+    shifted = d[:, start + 1:end + 1].sum(dim=1)
+    wide = d[:, start:end + 1].sum(dim=1)
+    return ((m - end) * kept + start * shifted + (end - start) * wide - kept) / (m * (end - start))
+
+
 def reference_scores(
-    query: torch.Tensor, reference: torch.Tensor, lower: float = 0.0, upper: float = 0.3, *, chunk: int = 16
+    query: torch.Tensor,
+    reference: torch.Tensor,
+    lower: float = 0.0,
+    upper: float = 0.3,
+    *,
+    chunk: int = 16,
+    drop_one: bool = False,
 ) -> torch.Tensor:
     """Scoring against a reference set: (Nq, L, C) query vs (M, L, C) reference patch features
     (both L2-normalised, same grid) -> (Nq, L) scores.
 
     Patch p of query image i gets, for each reference image m, the distance to its nearest patch
     of m; the M values are reduced by the MSM interval rule (ranks [floor(lower M), floor(upper
-    M)), at least one). Working memory: one L x (``chunk`` L) similarity block at a time.
+    M)), at least one). With ``drop_one`` the rule is applied to M - 1 references and averaged
+    over the M ways of leaving one out, so that the scores are comparable with the references'
+    own leave-one-out scores (:func:`mutual_scores` of the reference set), which use M - 1
+    references each; with all M the interval reaches a slightly higher rank and query scores come
+    out slightly higher. Working memory: one L x (``chunk`` L) similarity block at a time.
     """
     if query.ndim != 3 or reference.ndim != 3 or query.shape[1:] != reference.shape[1:]:
         raise ConfigError(
@@ -195,8 +217,8 @@ def reference_scores(
         )
     _check_interval(lower, upper)
     m, length, channels = reference.shape
-    if m < 1:
-        raise ConfigError("reference scoring needs at least one reference image")
+    if m < (2 if drop_one else 1):
+        raise ConfigError(f"reference scoring needs at least {2 if drop_one else 1} reference images, got {m}")
     bank = reference.float().reshape(m * length, channels)
     out = torch.empty(query.shape[0], length)
     for i, zq in enumerate(query.float()):
@@ -204,7 +226,8 @@ def reference_scores(
             (zq @ bank[start * length:(start + chunk) * length].T).view(length, -1, length).amax(dim=2)
             for start in range(0, m, chunk)
         ], dim=1)
-        out[i] = _interval_reduce(similarities_to_distances(nearest.T).unsqueeze(0), m, lower, upper)[0]
+        distances = similarities_to_distances(nearest.T).unsqueeze(0)
+        out[i] = (_drop_one_interval_mean(distances, lower, upper) if drop_one else _interval_reduce(distances, m, lower, upper))[0]
     return out
 
 
@@ -482,7 +505,7 @@ class MuSc(Detector):
         if grid != bank.grid or len(sets) != len(bank.feature_sets):
             raise ConfigError(f"images give a {grid} feature grid but the good images gave {bank.grid}")
         scores = torch.stack([
-            to_finest_grid(reference_scores(s, r, self.config.lower, self.config.upper), grid)
+            to_finest_grid(reference_scores(s, r, self.config.lower, self.config.upper, drop_one=True), grid)
             for s, r in zip(sets, bank.feature_sets)
         ]).mean(dim=0)
         maps = self.maps_from_patch_scores(scores, grid).numpy().astype(np.float32)
