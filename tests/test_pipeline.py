@@ -171,3 +171,13 @@ def test_cli_param_reaches_the_method_and_unknown_keys_are_refused(tmp_path):
     assert (config.upper, config.degrees, config.native_grids, config.backbone) == (0.5, (1, 3), False, "x")
     bad = runner.invoke(app, ["score", str(folder), "--out", str(tmp_path / "o2"), "--param", "uper=0.5"])
     assert bad.exit_code == 2 and "unknown MuScConfig setting(s) uper" in bad.output
+
+
+def test_evaluate_with_good_images_scores_against_them(tmp_path):
+    root = write_mvtec_category(tmp_path / "widget", kind="texture", n_train=4, n_test_good=4, n_test_defect=3, size=96, seed=6)
+    options = RunOptions(image_size=64, good=root, false_alarm_rate=0.25)
+    metrics = evaluate_dataset(root, tmp_path / "eval", options)["widget"]
+    settings = json.loads((tmp_path / "eval" / "widget" / "settings.json").read_text())
+    assert settings["reference_images"] == 4 and settings["good"] == str(root) and settings["false_alarm_rate"] == 0.25
+    assert settings["threshold_rule"].startswith("conformal on 4 good images")
+    assert metrics["verdict_recall"] is not None and metrics["verdict_false_alarm_rate"] is not None
