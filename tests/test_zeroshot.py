@@ -131,8 +131,8 @@ def test_reflect_border_keeps_the_grid_and_refuses_bad_margins() -> None:
 
 def test_border_calibration_moves_the_peaks_of_normal_textures_off_the_border() -> None:
     rng = np.random.default_rng(2)
-    images = [periodic_texture(rng, 96, 96, period=7.0) for _ in range(16)]
-    raw = MuSc(MuScConfig(image_size=96, border_depth=0)).patch_scores(images)
+    images = [periodic_texture(rng, 160, 160, period=7.0) for _ in range(16)]
+    raw = MuSc(MuScConfig(image_size=160, border_depth=0)).patch_scores(images)
     grid = raw.grid
     ring = border_classes(grid, 1) != 3
     calibrated = calibrate_border(raw.patch_scores, grid, 2)
@@ -149,10 +149,11 @@ def test_border_calibration_moves_the_peaks_of_normal_textures_off_the_border() 
 
 def test_border_calibration_keeps_a_border_defect_on_top() -> None:
     generator = torch.Generator().manual_seed(0)
-    scores = 1.0 + 0.05 * torch.rand(6, 100, generator=generator)
-    classes = border_classes((10, 10), 2)
+    scores = 1.0 + 0.05 * torch.rand(6, 256, generator=generator)
+    classes = border_classes((16, 16), 2)
     scores[:, classes != 8] += 0.3
     scores[4, 0] += 1.0
-    calibrated = calibrate_border(scores, (10, 10), 2)
+    calibrated = calibrate_border(scores, (16, 16), 2)
+    assert torch.equal(calibrate_border(scores[:, :100], (10, 10), 2), scores[:, :100])
     assert int(calibrated.amax(dim=1).argmax()) == 4 and int(calibrated[4].argmax()) == 0
     assert float(calibrated[:, classes != 8].median()) <= float(calibrated[:, classes == 8].median()) + 0.01

@@ -405,9 +405,10 @@ def calibrate_border(patch_scores: torch.Tensor, grid: tuple[int, int], depth: i
     median and their spread (median absolute deviation) shrinks to at most the interior's. A
     defect on the border stays far above its class and so above the interior. Classes that score
     lower than the interior (e.g. plain background round an object) are left alone. ``depth``
-    0 or a grid too small to have an interior returns the scores unchanged.
+    0, or a grid whose interior is less than half of its patches (too small to be the reference),
+    returns the scores unchanged.
     """
-    if depth < 1 or min(grid) <= 2 * depth:
+    if depth < 1 or 2 * (grid[0] - 2 * depth) * (grid[1] - 2 * depth) < grid[0] * grid[1]:
         return patch_scores
     classes = border_classes(grid, depth)
     interior = classes == depth * (depth + 1) + depth
