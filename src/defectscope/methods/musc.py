@@ -240,6 +240,15 @@ class MuScConfig:
         smoothing_sigma: Gaussian blur of the anomaly maps in input pixels (0 = none; default 4,
             chosen by the ablation in docs/BENCHMARKS.md, the authors use none).
         batch_size: images per backbone forward pass.
+        max_references: reference-bank size for large batches: once N - 1 > 2 max_references
+            (where the bank is cheaper than mutual scoring) every image is scored against a
+            seeded random sample of max_references images of the batch, with features kept
+            chunk by chunk and no N x N table (:mod:`defectscope.methods.bank`); None: always
+            exact. Default chosen by measurement (docs/BENCHMARKS.md, reference banks).
+        reference_seed: seed of that sample.
+        feature_store: bank mode only: "auto" memory-maps the feature sets to a temporary file
+            when they would exceed half of the available memory, None keeps them in memory,
+            a folder memory-maps them there.
     """
 
     backbone: str = "efficientnet-lite0"
@@ -253,6 +262,9 @@ class MuScConfig:
     smoothing_sigma: float = 4.0
     native_grids: bool = True
     batch_size: int = 8
+    max_references: int | None = 200
+    reference_seed: int = 0
+    feature_store: str | None = "auto"
 
     def validate(self) -> None:
         _check_interval(self.lower, self.upper)
@@ -264,6 +276,8 @@ class MuScConfig:
             raise ConfigError(f"smoothing sigma must be >= 0, got {self.smoothing_sigma}")
         if self.batch_size < 1:
             raise ConfigError(f"batch size must be >= 1, got {self.batch_size}")
+        if self.max_references is not None and self.max_references < 1:
+            raise ConfigError(f"max_references must be >= 1 (or None for exact scoring), got {self.max_references}")
 
 
 def to_finest_grid(patch_scores: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -341,6 +355,10 @@ class MuSc:
         """Features and MSM patch scores (N, L), averaged over layers and degrees."""
         n = len(images)
         check_batch_size(n)
+        from defectscope.methods.bank import sampled_patch_scores, use_bank
+
+        if use_bank(n, self.config.max_references):
+            return sampled_patch_scores(self, images, progress)
         sets, grid, embeddings = self.feature_sets(images, progress, native_grids=self.config.native_grids)
         pairs = n * (n - 1) // 2
         total = pairs * len(sets)
