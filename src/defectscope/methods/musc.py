@@ -249,6 +249,9 @@ class MuScConfig:
         feature_store: bank mode only: "auto" memory-maps the feature sets to a temporary file
             when they would exceed half of the available memory, None keeps them in memory,
             a folder memory-maps them there.
+        scheduler: where the work runs: None (this process), "dask" (a Dask LocalCluster for
+            the run) or a Dask scheduler address "tcp://HOST:PORT" (:mod:`defectscope.distributed`).
+            MuSc only; CoDeGraph always builds the full table in this process.
     """
 
     backbone: str = "efficientnet-lite0"
@@ -265,6 +268,7 @@ class MuScConfig:
     max_references: int | None = 200
     reference_seed: int = 0
     feature_store: str | None = "auto"
+    scheduler: str | None = None
 
     def validate(self) -> None:
         _check_interval(self.lower, self.upper)
@@ -357,6 +361,10 @@ class MuSc:
         check_batch_size(n)
         from defectscope.methods.bank import sampled_patch_scores, use_bank
 
+        if self.config.scheduler is not None:
+            from defectscope.distributed import dask_patch_scores
+
+            return dask_patch_scores(self, images, progress)
         if use_bank(n, self.config.max_references):
             return sampled_patch_scores(self, images, progress)
         sets, grid, embeddings = self.feature_sets(images, progress, native_grids=self.config.native_grids)
