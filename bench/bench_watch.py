@@ -1,0 +1,65 @@
+"""Latency of `defectscope watch` per image on a simulated production line.
+
+Copies images one at a time into an inbox (write to a hidden name, then rename, as a camera
+would), one every ``--interval`` seconds, while `watch_folder` runs in a thread with the
+rolling bank; then reports the ``seconds`` column of verdicts.csv (from the moment a file was
+found stable and decodable to its row being on disk) for the images scored against the bank,
+i.e. after the first batch.
+
+    python bench/bench_watch.py --count 80 --interval 1.0 --bank-size 50 --min-bank 20 --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from defectscope.data import mvtec_category
+from defectscope.pipeline import RunOptions
+from defectscope.watch import watch_folder
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=80)
+    parser.add_argument("--interval", type=float, default=1.0)
+    parser.add_argument("--bank-size", type=int, default=50)
+    parser.add_argument("--min-bank", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    bottle = mvtec_category(SHARED / "mvtec_bottle")
+    sources = [s.path for s in bottle.train][: args.count - 10] + [s.path for s in bottle.test if s.label == 1][:10]
+    with tempfile.TemporaryDirectory() as tmp:
+        inbox, out = Path(tmp) / "in", Path(tmp) / "out"
+        inbox.mkdir()
+        options = dict(bank_size=args.bank_size, min_bank=args.min_bank, settle=0.3, poll=0.1, exit_after_idle=5.0, log=lambda line: None)
+        runner = threading.Thread(target=watch_folder, args=(inbox, out, RunOptions(threads=args.threads)), kwargs=options)
+        runner.start()
+        for index, source in enumerate(sources):
+            hidden = inbox / f".{index:04d}.png.part"
+            shutil.copyfile(source, hidden)
+            hidden.rename(inbox / f"{index:04d}_{source.parent.name}_{source.name}")
+            time.sleep(args.interval)
+        runner.join()
+        with open(out / "verdicts.csv", newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    streamed = np.array([float(r["seconds"]) for r in rows[args.min_bank :]])
+    normal = [r for r in rows if "_good_" in Path(r["path"]).name]
+    defective = [r for r in rows if "_good_" not in Path(r["path"]).name]
+    flagged = sum(r["verdict"] == "anomalous" for r in normal)
+    found = sum(r["verdict"] == "anomalous" for r in defective)
+    print(f"{len(rows)} rows; streamed images: median {np.median(streamed):.3f} s, p95 {np.percentile(streamed, 95):.3f} s, max {streamed.max():.3f} s")
+    print(f"anomalous verdicts: {flagged} of {len(normal)} good images, {found} of {len(defective)} defective")
+
+
+if __name__ == "__main__":
+    main()
