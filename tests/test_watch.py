@@ -154,3 +154,17 @@ def test_kill_9_then_restart_gives_each_image_exactly_once(tmp_path):
     assert second.returncode == 0, second.stderr
     got = [row["path"] for row in rows(out)]
     assert sorted(got) == sorted(str(p) for p in paths)
+
+
+@pytest.mark.slow
+def test_watch_with_a_trained_uflow_model(tmp_path):
+    from defectscope.data.synthetic import write_mvtec_category
+    from defectscope.training import fit_model
+
+    category = write_mvtec_category(tmp_path / "widget", kind="texture", n_train=6, n_test_good=2, n_test_defect=2, size=64, seed=2)
+    options = RunOptions(image_size=64, threads=1, method_options={"epochs": 1, "min_epoch_samples": 4, "batch_size": 4})
+    model = fit_model("uflow", category, tmp_path / "model", options)
+    summary = watch_folder(category / "test", tmp_path / "out", ONE_THREAD, model=model, exit_after_idle=0.3, log=lambda line: None, **FAST)
+    got = rows(tmp_path / "out")
+    assert summary.written == 4 and len(got) == 4
+    assert all(row["verdict"] in ("normal", "anomalous") and row["score"] for row in got)

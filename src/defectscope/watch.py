@@ -186,8 +186,10 @@ class ZeroShotScorer:
         self._calibration = None
         scores = self.calibration()
         maps = self._maps(self.bank.leave_one_out())
+        position = {key: index for index, key in enumerate(self.bank.members())}
         rows = []
-        for index, (key, image, _, ready_at) in enumerate(self.pending):
+        for key, image, _, ready_at in self.pending:
+            index = position[key]
             others = np.delete(scores, index)
             anomalous = bool(scores[index] > conformal_threshold(others, self.alpha))
             rows.append(Scored(key, image, float(scores[index]), anomalous, maps[index], ready_at))
