@@ -61,7 +61,11 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=None, help="batch names to run")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("bench/results/bank.json"))
+    parser.add_argument("--table", type=Path, nargs="*", help="only print the table of earlier runs' printed JSON lines")
     args = parser.parse_args()
+    if args.table:
+        print_table([json.loads(line) for path in args.table for line in path.read_text().splitlines() if line.startswith("{")])
+        return
     torch.set_num_threads(args.threads)
     musc = MuSc(MuScConfig(max_references=None))
     rows = []
@@ -102,6 +106,10 @@ def main() -> None:
             print(json.dumps(row), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rows, indent=1))
+    print_table(rows)
+
+
+def print_table(rows: list[dict]) -> None:
     print("| batch | N | M | I-AUROC | I-AP | P-AUROC | P-AP | AUPRO | spread I-AUROC / P-AP | Spearman vs exact | median rel. patch diff | scoring s |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
