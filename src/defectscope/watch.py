@@ -30,6 +30,7 @@ import io
 import math
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -44,6 +45,7 @@ from defectscope.report.atomic import is_defectscope_folder, write_marker
 VERDICTS = "verdicts.csv"
 SKIPPED = "skipped.csv"
 REPORT_ENTRIES = 100
+REPORT_THUMBNAIL = 160
 
 
 def conformal_threshold(calibration: Sequence[float], alpha: float) -> float:
@@ -290,8 +292,12 @@ class Watcher:
         self._prepare_out()
         self.verdicts = Journal(self.out / VERDICTS, ["path", "score", "verdict", "seconds"])
         self.skips = Journal(self.out / SKIPPED, ["path", "reason"])
-        self.taken = {row["path"] for row in self.verdicts.rows()} | {row["path"] for row in self.skips.rows()}
+        done = self.verdicts.rows()
+        self.counts = Counter(row["verdict"] for row in done)
+        self.taken = {row["path"] for row in done} | {row["path"] for row in self.skips.rows()}
         self._last_report = 0.0
+        self.top: dict[str, tuple[float, str, np.ndarray]] = {}
+        self._load_top()
 
     def _prepare_out(self) -> None:
         if self.out.exists() and any(self.out.iterdir()) and not is_defectscope_folder(self.out):
@@ -351,8 +357,11 @@ class Watcher:
                 overlay = heatmap_overlay(shown, row.anomaly_map, vmin=vmin, vmax=vmax)
                 save_png(self.out / "maps" / _overlay_name(row.key, self.in_dir), overlay)
             verdict = "" if row.anomalous is None else ("anomalous" if row.anomalous else "normal")
+            if row.score is not None:
+                self._remember(row.key, row.score, verdict, overlay)
             seconds = round(time.monotonic() - row.ready_at, 3)
             self.verdicts.append([row.key, "" if row.score is None else f"{row.score:.6g}", verdict, f"{seconds:.3f}"])
+            self.counts[verdict] += 1
             self.summary.written += 1
             self.summary.seconds.append(seconds)
             self.log(f"{verdict or 'unscored':9s} {row.score if row.score is not None else float('nan'):.4f}  {row.key}")
@@ -398,26 +407,37 @@ class Watcher:
         self.write_report()
         return self.summary
 
-    def write_report(self) -> None:
-        """Refresh report.html: counts and the most anomalous images so far (their overlays)."""
-        from defectscope.report.html import ReportEntry, write_report
+    def _remember(self, key: str, score: float, verdict: str, overlay: np.ndarray) -> None:
+        """Keep a small copy of the overlay while the image is among the highest scores."""
+        from defectscope.report.overlay import make_thumbnail
 
-        rows = [row for row in self.verdicts.rows() if row["score"]]
-        rows.sort(key=lambda row: -float(row["score"]))
-        entries = []
-        for rank, row in enumerate(rows[:REPORT_ENTRIES], start=1):
-            overlay_path = self.out / "maps" / _overlay_name(row["path"], self.in_dir)
+        self.top[key] = (score, verdict, make_thumbnail(overlay, width=REPORT_THUMBNAIL))
+        if len(self.top) > REPORT_ENTRIES:
+            del self.top[min(self.top, key=lambda k: self.top[k][0])]
+
+    def _load_top(self) -> None:
+        """After a restart: the highest-scoring rows so far, their overlays read from maps/."""
+        scored = [row for row in self.verdicts.rows() if row["score"]]
+        for row in sorted(scored, key=lambda r: -float(r["score"]))[:REPORT_ENTRIES]:
             try:
-                overlay = read_image(overlay_path)
+                overlay = read_image(self.out / "maps" / _overlay_name(row["path"], self.in_dir))
             except ImageReadError:
                 continue
-            label = row["verdict"] or None
-            entries.append(ReportEntry(path=row["path"], score=float(row["score"]), rank=rank, thumbnail=overlay, overlay=overlay, label=label))
-        verdicts = [row["verdict"] for row in self.verdicts.rows()]
+            self._remember(row["path"], float(row["score"]), row["verdict"], overlay)
+
+    def write_report(self) -> None:
+        """Refresh report.html: counts and the (up to 100) highest-scoring images so far."""
+        from defectscope.report.html import ReportEntry, write_report
+
+        ordered = sorted(self.top.items(), key=lambda item: -item[1][0])
+        entries = [
+            ReportEntry(path=key, score=score, rank=rank, thumbnail=small, overlay=small, label=verdict or None)
+            for rank, (key, (score, verdict, small)) in enumerate(ordered, start=1)
+        ]
         summary = {
-            "images": len(verdicts),
-            "anomalous": verdicts.count("anomalous"),
-            "normal": verdicts.count("normal"),
+            "images": sum(self.counts.values()),
+            "anomalous": self.counts["anomalous"],
+            "normal": self.counts["normal"],
             "shown": f"the {len(entries)} highest scores",
         }
         write_report(
@@ -428,6 +448,7 @@ class Watcher:
             skipped=[(row["path"], row["reason"]) for row in self.skips.rows()],
             summary=summary,
             color_range=self.scorer.color_range,
+            thumbnail_width=REPORT_THUMBNAIL,
         )
         self._last_report = time.monotonic()
 
