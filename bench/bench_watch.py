@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from defectscope.data import mvtec_category
-from defectscope.pipeline import RunOptions
+from defectscope.options import RunOptions
 from defectscope.watch import watch_folder
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"

@@ -20,7 +20,7 @@ from PIL import Image
 from defectscope.data.synthetic import synthetic_images
 from defectscope.methods.bank import bank_scores
 from defectscope.methods.rolling import RollingBank
-from defectscope.pipeline import RunOptions
+from defectscope.options import RunOptions
 from defectscope.watch import Journal, conformal_threshold, watch_folder
 
 pytestmark = pytest.mark.filterwarnings("ignore:mutual scoring of only")

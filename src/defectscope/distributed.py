@@ -24,12 +24,13 @@ from __future__ import annotations
 import dataclasses
 import time
 from contextlib import contextmanager
-from typing import Callable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 
 from defectscope.errors import ConfigError
+from defectscope.progress import Progress
 
 CHUNK = 64
 """Images per feature task and per query block."""
@@ -127,7 +128,7 @@ def _tree_merge(client, parts: list, k: int):
 def dask_patch_scores(
     detector,
     images: Sequence[np.ndarray],
-    progress: Callable[[str, int, int], None] | None = None,
+    progress: Progress | None = None,
     *,
     chunk: int | None = None,
     timings: dict | None = None,

@@ -464,13 +464,11 @@ def build_scorer(options, *, alpha: float, bank_size: int, min_bank: int, good: 
     from defectscope.pipeline import build_detector
 
     musc = build_detector(options)
-    if options.method != "musc":
-        raise ConfigError(f"watch scores zero-shot with musc only, not '{options.method}'; use --model for a trained model")
     scorer = ZeroShotScorer(musc, alpha, bank_size, min(min_bank, bank_size))
     if good is not None:
         from defectscope.data.layouts import plain_folder
+        from defectscope.data.batch import read_batch
         from defectscope.methods.bank import reference_sample
-        from defectscope.pipeline import read_batch
 
         samples = plain_folder(good)
         chosen = reference_sample(len(samples), bank_size)
@@ -499,7 +497,7 @@ def watch_folder(
 ) -> WatchSummary:
     """Watch ``in_dir`` and write verdicts into ``out`` until interrupted or idle (library API
     of `defectscope watch`)."""
-    from defectscope.pipeline import apply_threads
+    from defectscope.options import apply_threads
 
     apply_threads(options.threads)
     conformal_threshold([], alpha)

@@ -26,6 +26,7 @@ import torch
 
 from defectscope.errors import ConfigError
 from defectscope.methods.musc import interval_bounds, similarities_to_distances
+from defectscope.progress import Progress
 
 BLOCK_BYTES = 8 * 2**20
 """Size of one similarity block (query patches x reference patches of a few references)."""
@@ -196,7 +197,7 @@ def set_cost(feature_set: torch.Tensor) -> int:
     return length * length * (channels + COST_CHANNEL_OFFSET)
 
 
-def sampled_patch_scores(detector, images: Sequence[np.ndarray], progress: Callable[[str, int, int], None] | None = None):
+def sampled_patch_scores(detector, images: Sequence[np.ndarray], progress: Progress | None = None):
     """MuSc patch scores of a large batch against a seeded sample of its own images.
 
     The hook :meth:`MuSc.patch_scores` takes when :func:`use_bank` says so: features are

@@ -15,12 +15,14 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 
 from defectscope.errors import ConfigError
+from defectscope.memory import available_memory
+from defectscope.progress import Progress
 
 MEMORY_SHARE = 0.5
 """Feature sets larger than this share of the available memory go to disk."""
@@ -43,18 +45,6 @@ class FeatureSets:
     on_disk: bool = False
 
 
-def available_memory() -> int:
-    """Bytes of memory available to new allocations (Linux MemAvailable, else total)."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
 def _mapped_array(shape: tuple[int, ...], folder: str | Path | None) -> np.ndarray:
     """A writable float32 array backed by an already unlinked temporary file in ``folder``."""
     directory = None if folder is None else str(folder)
@@ -75,7 +65,7 @@ def chunked_feature_sets(
     images: Sequence[np.ndarray],
     degrees: Sequence[int],
     batch_size: int = 8,
-    progress: Callable[[str, int, int], None] | None = None,
+    progress: Progress | None = None,
     *,
     native_grids: bool = True,
     store: str | Path | None = "auto",
@@ -100,7 +90,8 @@ def chunked_feature_sets(
             grid = features.grid
             shapes = [(n, *s.shape[1:]) for s in chunk_sets]
             needed = sum(int(np.prod(shape)) * 4 for shape in shapes)
-            on_disk = store not in (None, "auto") or (store == "auto" and needed > MEMORY_SHARE * available_memory())
+            available = available_memory()
+            on_disk = store not in (None, "auto") or (store == "auto" and available is not None and needed > MEMORY_SHARE * available)
             folder = None if store == "auto" else store
             arrays = [_mapped_array(shape, folder) if on_disk else np.empty(shape, dtype=np.float32) for shape in shapes]
         for array, chunk in zip(arrays, chunk_sets):

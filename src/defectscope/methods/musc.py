@@ -309,6 +309,8 @@ class MuSc(Detector):
     """Zero-shot detector: scores an unlabeled batch by mutual scoring (no fit needed)."""
 
     method = "musc"
+    reference_bank = True
+    """Large batches (see ``MuScConfig.max_references``) are scored against a sampled bank."""
     config: MuScConfig
 
     def __init__(self, config: MuScConfig | None = None, backbone=None) -> None:
@@ -338,6 +340,12 @@ class MuSc(Detector):
         """N x N x L tables alive at once: similarities, distances and their sorted part."""
         return 3
 
+    def _banked(self, count: int) -> bool:
+        """True when a batch of ``count`` images is scored against a sampled reference bank."""
+        from defectscope.methods.bank import use_bank
+
+        return self.reference_bank and use_bank(count, self.config.max_references)
+
     def memory_needed(self, count: int, image_size: int | None = None) -> int:
         backbone = self.backbone
         size = image_size or backbone.image_size
@@ -350,9 +358,9 @@ class MuSc(Detector):
             count=count,
             image_size=size,
             batch_size=self.config.batch_size,
-            feature_floats=sum(channels) * patches * (1 + degrees),
+            feature_floats=sum(channels) * patches * (degrees if self._banked(count) else 1 + degrees),
             patches=patches,
-            tables=self._tables_held(len(channels) * degrees),
+            tables=0 if self._banked(count) else self._tables_held(len(channels) * degrees),
         )
 
     def feature_sets(
@@ -373,13 +381,13 @@ class MuSc(Detector):
         """Features and MSM patch scores (N, L), averaged over layers and degrees."""
         n = len(images)
         check_batch_size(n)
-        from defectscope.methods.bank import sampled_patch_scores, use_bank
-
         if self.config.scheduler is not None:
             from defectscope.distributed import dask_patch_scores
 
             return dask_patch_scores(self, images, progress)
-        if use_bank(n, self.config.max_references):
+        if self._banked(n):
+            from defectscope.methods.bank import sampled_patch_scores
+
             return sampled_patch_scores(self, images, progress)
         sets, grid, embeddings = self.feature_sets(images, progress, native_grids=self.config.native_grids)
         pairs = n * (n - 1) // 2
