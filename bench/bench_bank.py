@@ -117,7 +117,8 @@ def print_table(rows: list[dict]) -> None:
         if row["m"] == "exact":
             extra = "- | 1 | 0 |"
         else:
-            extra = f"{100 * row['image_auroc_spread']:.1f} / {100 * row['pixel_ap_spread']:.1f} | {row['spearman']:.3f} | {100 * row['patch_rel_diff']:.2f} % |"
+            spread = f"{100 * row['image_auroc_spread']:.1f} / {100 * row['pixel_ap_spread']:.1f}" if row["seeds"] > 1 else "-"
+            extra = f"{spread} | {row['spearman']:.3f} | {100 * row['patch_rel_diff']:.2f} % |"
         print(f"| {row['batch']} | {row['n']} | {row['m']} | {cells} | {extra} {row['seconds']:.1f} |")
 
 
