@@ -33,7 +33,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--chunk", type=int, default=64)
     args = parser.parse_args()
-    from distributed import Client, LocalCluster
+    from distributed import Client, LocalCluster, get_task_stream
 
     paths = sorted((elpv_root() / "images").glob("*.png"))[: args.count]
     images = [read_image(p) for p in paths]
@@ -41,7 +41,7 @@ def main() -> None:
     with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, Client(cluster) as client:
         remote = MuSc(dataclasses.replace(config, scheduler=cluster.scheduler_address))
         timings: dict = {}
-        with client.get_task_stream() as stream:
+        with get_task_stream(client) as stream:
             started = time.perf_counter()
             scores = dist.dask_patch_scores(remote, images, chunk=args.chunk, timings=timings)
             wall = time.perf_counter() - started
