@@ -3,7 +3,7 @@
 Scores the first ``--count`` elpv cells with the default MuSc settings and a bank of
 ``--references`` on a LocalCluster of ``--workers`` single-threaded worker processes, records
 Dask's task stream (compute and transfer seconds per task kind) and compares the scores with the
-between workers) and compares the scores with the single-process run.
+single-process run.
 
     python bench/bench_dask.py --count 256 --references 50 --workers 2
 """
