@@ -1,12 +1,12 @@
 """Latency of `defectscope watch` per image on a simulated production line.
 
 Copies images one at a time into an inbox (write to a hidden name, then rename, as a camera
-would), one every ``--interval`` seconds, while `watch_folder` runs in a thread with the
+would): the first ``--min-bank`` at once, then one every ``--interval`` seconds, while `watch_folder` runs in a thread with the
 rolling bank; then reports the ``seconds`` column of verdicts.csv (from the moment a file was
 found stable and decodable to its row being on disk) for the images scored against the bank,
 i.e. after the first batch.
 
-    python bench/bench_watch.py --count 80 --interval 1.0 --bank-size 50 --min-bank 20 --threads 1
+    python bench/bench_watch.py --count 50 --interval 3.0 --bank-size 50 --min-bank 20 --threads 1
 """
 
 from __future__ import annotations
@@ -48,7 +48,8 @@ def main() -> None:
             hidden = inbox / f".{index:04d}.png.part"
             shutil.copyfile(source, hidden)
             hidden.rename(inbox / f"{index:04d}_{source.parent.name}_{source.name}")
-            time.sleep(args.interval)
+            if index >= args.min_bank - 1:
+                time.sleep(args.interval)
         runner.join()
         with open(out / "verdicts.csv", newline="") as handle:
             rows = list(csv.DictReader(handle))
