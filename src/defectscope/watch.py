@@ -1,6 +1,7 @@
 """`defectscope watch`: inspect each new image of a folder as it arrives, crash-safely.
 
-Each image gets one row in ``OUT/verdicts.csv`` (``path, score, verdict, seconds``) and its
+Each image gets one row in ``OUT/verdicts.csv`` (``path, score, verdict, seconds``: from
+reading the file to its row being on disk, for the first batch including the wait) and its
 overlay in ``OUT/maps/``; ``OUT/report.html`` is refreshed as rows come in. Three scorers:
 
 - zero-shot against a rolling bank (default): the last ``bank_size`` images judged normal
@@ -378,6 +379,7 @@ class Watcher:
         now = time.monotonic()
         active = False
         for path in self._scan(now):
+            read_at = time.monotonic()
             try:
                 image = read_image(path)
             except ImageReadError as exc:
@@ -387,7 +389,7 @@ class Watcher:
                 continue
             del self.seen[path]
             self.taken.add(str(path))
-            self._write(self.scorer.score(str(path), image, now))
+            self._write(self.scorer.score(str(path), image, read_at))
             active = True
         if active and time.monotonic() - self._last_report >= self.report_every:
             self.write_report()
