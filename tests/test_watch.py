@@ -21,7 +21,7 @@ from defectscope.data.synthetic import synthetic_images
 from defectscope.methods.bank import bank_scores
 from defectscope.methods.rolling import RollingBank
 from defectscope.options import RunOptions
-from defectscope.watch import Journal, conformal_threshold, watch_folder
+from defectscope.watch import Journal, stream_threshold, watch_folder
 
 pytestmark = pytest.mark.filterwarnings("ignore:mutual scoring of only")
 FAST = dict(settle=0.2, give_up=1.0, poll=0.1)
@@ -52,11 +52,11 @@ def rows(out: Path, name: str = "verdicts.csv") -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def test_conformal_threshold():
+def test_stream_threshold():
     calibration = np.arange(1.0, 20.0)
-    assert conformal_threshold(calibration, 0.05) == 19.0
-    assert conformal_threshold(calibration, 0.1) == 18.0
-    assert conformal_threshold(calibration[:5], 0.05) == float("inf")
+    assert stream_threshold(calibration, 0.05) == 19.0
+    assert stream_threshold(calibration, 0.1) == 18.0
+    assert stream_threshold(calibration[:5], 0.05) == float("inf")
 
 
 def test_journal_drops_a_torn_last_line(tmp_path):

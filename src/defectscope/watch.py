@@ -49,18 +49,14 @@ REPORT_ENTRIES = 100
 REPORT_THUMBNAIL = 160
 
 
-def conformal_threshold(calibration: Sequence[float], alpha: float) -> float:
-    """The score above which an image is anomalous at false-alarm rate ``alpha``.
+def stream_threshold(calibration: Sequence[float], alpha: float) -> float:
+    """The conformal threshold of :func:`defectscope.methods.verdict.conformal_threshold` on the
+    calibration scores, or inf while there are too few of them for ``alpha`` (nothing flagged)."""
+    from defectscope.methods.verdict import conformal_count, conformal_threshold
 
-    With n calibration scores the k = floor(alpha (n + 1))-th largest (inf when k = 0, i.e.
-    too few calibration images for that rate): a score above it has conformal p-value
-    (1 + #{c >= s}) / (n + 1) <= alpha.
-    """
-    if not 0.0 < alpha < 1.0:
-        raise ConfigError(f"--false-alarm-rate must lie in (0, 1), got {alpha}")
-    values = np.sort(np.asarray(calibration, dtype=np.float64))[::-1]
-    k = int(math.floor(alpha * (len(values) + 1)))
-    return float(values[k - 1]) if k >= 1 else math.inf
+    if len(calibration) < conformal_count(alpha):
+        return math.inf
+    return conformal_threshold(np.asarray(calibration, dtype=np.float64), alpha, source="bank images").value
 
 
 @dataclass
@@ -176,7 +172,7 @@ class ZeroShotScorer:
         comparison = self.bank.compare(sets)
         anomaly_map = self._maps([s.unsqueeze(0) for s in self.bank.query_scores(comparison)])[0]
         score = float(anomaly_map.max())
-        anomalous = score > conformal_threshold(calibration, self.alpha)
+        anomalous = score > stream_threshold(calibration, self.alpha)
         if self.rolling and not anomalous:
             self.bank.add(key, sets, comparison)
             self._calibration = None
@@ -194,7 +190,7 @@ class ZeroShotScorer:
         for key, image, _, ready_at in self.pending:
             index = position[key]
             others = np.delete(scores, index)
-            anomalous = bool(scores[index] > conformal_threshold(others, self.alpha))
+            anomalous = bool(scores[index] > stream_threshold(others, self.alpha))
             rows.append(Scored(key, image, float(scores[index]), anomalous, maps[index], ready_at))
             if anomalous:
                 self.bank.remove(key)
@@ -501,8 +497,10 @@ def watch_folder(
     of `defectscope watch`)."""
     from defectscope.options import apply_threads
 
+    from defectscope.methods.verdict import check_false_alarm_rate, conformal_count
+
     apply_threads(options.threads)
-    conformal_threshold([], alpha)
+    check_false_alarm_rate(alpha)
     scorer = build_scorer(options, alpha=alpha, bank_size=bank_size, min_bank=min_bank, good=good, model=model, log=log)
     settings = {
         "scorer": "model" if model else ("good" if good else "rolling bank"),
@@ -514,7 +512,7 @@ def watch_folder(
         "backbone": options.backbone,
         "image_size": options.image_size,
     }
-    if model is None and bank_size < math.ceil(1 / alpha) - 1:
-        log(f"warning: a bank of {bank_size} images is too small to flag anything at false-alarm rate {alpha}; it needs at least {math.ceil(1 / alpha) - 1}")
+    if model is None and bank_size < conformal_count(alpha):
+        log(f"warning: a bank of {bank_size} images is too small to flag anything at false-alarm rate {alpha}; it needs at least {conformal_count(alpha)}")
     watcher = Watcher(in_dir, out, scorer, settle=settle, give_up=give_up, poll=poll, settings=settings, log=log)
     return watcher.run(exit_after_idle)
