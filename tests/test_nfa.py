@@ -136,7 +136,7 @@ def test_region_nfa_refuses_too_small_grids_clearly() -> None:
 
 
 def test_level_components_keep_only_regions_touching_a_detection() -> None:
-    from defectscope.methods.uflow.nfa import level_components_touching
+    from defectscope.methods.uflow.extent import level_components_touching
 
     amap = np.zeros((10, 10))
     amap[1:4, 1:4] = 0.9   # touched by the detection below

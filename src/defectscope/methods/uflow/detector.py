@@ -19,7 +19,7 @@ to 64 channels, lowered pixel AUROC.
 Model selection uses no test data: training runs a fixed number of epochs and keeps the last
 weights. Detections come from :func:`defectscope.methods.uflow.nfa.detect` on the latents; by
 default each detection is then given the outline of the anomaly map at a level measured on the
-held-out normal training images (``mask_extent``, :func:`.nfa.level_components_touching`).
+held-out normal training images (``mask_extent``, :mod:`.extent`).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from defectscope.backbones.base import Backbone
 from defectscope.errors import ConfigError, ModelFileError
 from defectscope.methods.base import Result
 from defectscope.methods.modelfile import load_model, read_model_config, save_model
-from defectscope.methods.uflow import nfa
+from defectscope.methods.uflow import extent, nfa
 from defectscope.methods.uflow.flow import UFlowNet, anomaly_map, flow_loss
 
 METHOD = "uflow"
@@ -398,7 +398,7 @@ class UFlow:
             ])
             if self.config.mask_extent == "calibrated" and self.map_threshold is not None:
                 masks = np.stack([
-                    nfa.level_components_touching(detected, amap, self.map_threshold)
+                    extent.level_components_touching(detected, amap, self.map_threshold)
                     for detected, amap in zip(masks, maps)
                 ])
         return Result(
