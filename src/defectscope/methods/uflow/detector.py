@@ -85,10 +85,15 @@ class UFlowConfig:
             and do not depend on it.
         mask_extent: "calibrated" (default): the NFA decides WHICH regions are anomalous, and a
             mask is every connected region of {anomaly map >= map_threshold} that touches an NFA
-            detection, where map_threshold is the largest map value on the held-out normal
-            training images (no test data, no tuning); without held-out images it falls back to
-            "nfa". "nfa": the NFA regions themselves, upsampled from their latent grids (the
-            paper's masks; coarse grids make them blocky and wide).
+            detection, each cut at ``extent_cut`` of the way from map_threshold to its peak, where
+            map_threshold is the ``extent_quantile`` of the map values on the held-out normal
+            training images (:mod:`.extent`); without held-out images it falls back to "nfa".
+            "nfa": the NFA regions themselves, upsampled from their latent grids (the paper's
+            masks; coarse grids make them blocky and wide).
+        extent_quantile: quantile of the pooled held-out normal map values taken as
+            map_threshold (1: their maximum).
+        extent_cut: each masked region keeps the pixels above map_threshold + extent_cut *
+            (its peak - map_threshold) (0: the whole level-set component).
         calibration_fraction: share of the training images (when there are at least 10; at least
             2 images) kept out of flow training; after training, each scale's latent spread
             sigma_s^2 = max(1, mean z^2 over those images) is measured and the NFA tests z / sigma_s,
@@ -120,6 +125,8 @@ class UFlowConfig:
     calibration_fraction: float = 0.1
     smoothing_sigma: float = 4.0
     mask_extent: str = "calibrated"
+    extent_quantile: float = 1.0
+    extent_cut: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", tuple(self.layers))
@@ -158,6 +165,10 @@ class UFlowConfig:
             raise ConfigError(f"U-Flow max_region_fraction must be in (0, 1], got {self.max_region_fraction!r}")
         if self.mask_extent not in ("calibrated", "nfa"):
             raise ConfigError(f"U-Flow mask_extent must be 'calibrated' or 'nfa', got {self.mask_extent!r}")
+        if not 0 < self.extent_quantile <= 1:
+            raise ConfigError(f"U-Flow extent_quantile must be in (0, 1], got {self.extent_quantile!r}")
+        if not 0 <= self.extent_cut < 1:
+            raise ConfigError(f"U-Flow extent_cut must be in [0, 1), got {self.extent_cut!r}")
         if not self.smoothing_sigma >= 0:
             raise ConfigError(f"U-Flow smoothing_sigma must be >= 0, got {self.smoothing_sigma!r}")
         if not 0 < self.block_alpha < 1:
@@ -175,12 +186,14 @@ class UFlowConfig:
     def from_json(cls, data: dict[str, Any]) -> "UFlowConfig":
         """Inverse of :meth:`to_json`; unknown keys are an error. Files written before map smoothing
         existed load with ``smoothing_sigma = 0``, ``mask_extent = "nfa"`` and
-        ``max_region_fraction = 1`` so they give the maps and masks they gave then."""
+        ``max_region_fraction = 1``, files from before the extent settings with
+        ``extent_quantile = 1`` and ``extent_cut = 0``, so they give the maps and masks they gave then."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ModelFileError(f"U-Flow config has unknown settings {unknown}")
-        return cls(**{"smoothing_sigma": 0.0, "mask_extent": "nfa", "max_region_fraction": 1.0, **data})
+        return cls(**{"smoothing_sigma": 0.0, "mask_extent": "nfa", "max_region_fraction": 1.0,
+                      "extent_quantile": 1.0, "extent_cut": 0.0, **data})
 
 
 def _build_backbones(config: UFlowConfig) -> list[Backbone]:
@@ -356,7 +369,7 @@ class UFlow:
             latents = self.latents_from_features(calibration)
             self.latent_scale = [z.pow(2).mean().clamp_min(1.0).sqrt() for z in latents]
             maps = anomaly_map(latents, config.image_size, config.smoothing_sigma)
-            self.map_threshold = float(maps.max())
+            self.map_threshold = extent.calibration_level(maps.numpy(), config.extent_quantile)
         return self
 
     def _held_out(self, count: int) -> torch.Tensor:
@@ -397,8 +410,9 @@ class UFlow:
                 for i in range(count)
             ])
             if self.config.mask_extent == "calibrated" and self.map_threshold is not None:
+                rule = extent.ExtentRule(self.config.extent_quantile, self.config.extent_cut)
                 masks = np.stack([
-                    extent.level_components_touching(detected, amap, self.map_threshold)
+                    extent.extent_mask(rule, detected, amap, self.map_threshold)
                     for detected, amap in zip(masks, maps)
                 ])
         return Result(
