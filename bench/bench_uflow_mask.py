@@ -12,7 +12,8 @@ images and the synthetic defects, leave-one-out: for the images made from held-o
 latent spread sigma_s and the rule's level are measured on the other held-out images only, as
 ``fit`` would measure them without j. The rule with the best mean IoU on the synthetic defects
 (averaged over categories) wins, subject to the share of held-out normal images with a
-detection staying <= 10 %. Test masks play no part.
+detection staying <= 10 %; the NFA settings themselves (the false-detection guarantee) change
+only for a gain above 0.01. Test masks play no part.
 
 Step 3: the old rule and the chosen one on the test sets (sigma_s and level from all held-out
 images, as ``fit`` stores them): pixel AUROC, AUPRO, mIoU auto / oracle, their ratio, the share of
@@ -102,7 +103,7 @@ RULES: dict[str, extent.ExtentRule] = {
     "max (old)": extent.ExtentRule(),
     **{f"quantile {q}": extent.ExtentRule(q) for q in (0.99, 0.995, 0.999, 0.9995, 0.9999)},
     **{f"{'max' if q == 1.0 else f'quantile {q}'}, cut {f}": extent.ExtentRule(q, f)
-       for q in (0.99, 0.999, 1.0) for f in (0.25, 0.4, 0.5, 0.6, 0.75)},
+       for q in (0.99, 0.999, 1.0) for f in (0.25, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9)},
 }
 
 
@@ -110,6 +111,9 @@ def levels(normal_maps: np.ndarray) -> dict[float, float]:
     """The calibration level of every candidate quantile on these normal maps."""
     return {q: extent.calibration_level(normal_maps, q) for q in {r.quantile for r in RULES.values()}}
 NFA_VARIANTS = {"eps 1, cap 1/2 (default)": (1.0, 0.5), "eps 0.1, cap 1/2": (0.1, 0.5), "eps 1, cap 1/4": (1.0, 0.25)}
+DEFAULT_NFA = next(iter(NFA_VARIANTS))
+NFA_CHANGE_MARGIN = 0.01
+"""The NFA (the false-detection guarantee) changes only for a gain in synthetic IoU above this."""
 
 
 def validate(cat: dict[str, object], size: int) -> dict[str, dict[str, float]]:
@@ -121,14 +125,15 @@ def validate(cat: dict[str, object], size: int) -> dict[str, dict[str, float]]:
     variances = [spread(val.stats, channels, keep) for keep in folds]
     calibrations = [levels(val.maps[keep]) for keep in folds]
     rows: dict[str, dict[str, float]] = {}
-    for nfa_name, (epsilon, fraction) in NFA_VARIANTS.items():
-        fraction_cache: dict[tuple[str, int], list[np.ndarray]] = {}
+    log_nfas: dict[tuple[float, str, int], list[np.ndarray]] = {}
+    for fraction in {f for _, f in NFA_VARIANTS.values()}:
         for name, images in (("val", val), ("syn", syn)):
             for i in range(images.maps.shape[0]):
                 fold = i if name == "val" else int(images.base[i])
-                fraction_cache[name, i] = log_nfa(images.stats, i, variances[fold], channels, fraction)
-        normal_detected = [detection(fraction_cache["val", j], size, epsilon).any() for j in range(n_val)]
-        syn_detected = [detection(fraction_cache["syn", i], size, epsilon) for i in range(syn.maps.shape[0])]
+                log_nfas[fraction, name, i] = log_nfa(images.stats, i, variances[fold], channels, fraction)
+    for nfa_name, (epsilon, fraction) in NFA_VARIANTS.items():
+        normal_detected = [detection(log_nfas[fraction, "val", j], size, epsilon).any() for j in range(n_val)]
+        syn_detected = [detection(log_nfas[fraction, "syn", i], size, epsilon) for i in range(syn.maps.shape[0])]
         for rule_name, rule in RULES.items():
             masks = [extent.extent_mask(rule, d, m, calibrations[int(b)][rule.quantile])
                      for d, m, b in zip(syn_detected, syn.maps, syn.base)]
@@ -142,24 +147,25 @@ def validate(cat: dict[str, object], size: int) -> dict[str, dict[str, float]]:
     return rows
 
 
-def test_row(cat: dict[str, object], size: int, rule: extent.ExtentRule, epsilon: float, fraction: float) -> dict[str, float]:
-    """Test-set figures of one rule (sigma_s and level from all held-out images)."""
-    sets, channels = cat["sets"], cat["channels"]
-    val, test = sets["val"], sets["test"]
-    variance = spread(val.stats, channels, np.arange(val.maps.shape[0]))
+def test_row(cat: dict[str, object], size: int, rule: extent.ExtentRule, detections: np.ndarray) -> dict[str, float]:
+    """Test-set figures of one rule (level from all held-out images)."""
+    val, test = cat["sets"]["val"], cat["sets"]["test"]
     level = extent.calibration_level(val.maps, rule.quantile)
-    masks = np.stack([
-        extent.extent_mask(rule, detection(log_nfa(test.stats, i, variance, channels, fraction), size, epsilon),
-                           test.maps[i], level)
-        for i in range(test.maps.shape[0])
-    ])
-    labels = cat["labels"]
+    masks = np.stack([extent.extent_mask(rule, d, m, level) for d, m in zip(detections, test.maps)])
+    normal = cat["labels"] == 0
     auto = float(image_ious(masks, test.gts).mean())
     oracle, _ = iou_oracle_threshold(test.maps, test.gts)
-    normal = labels == 0
     return {"miou_auto": auto, "miou_oracle": oracle, "ratio": auto / oracle,
-            "normal_with_detection": int(masks[normal].reshape(normal.sum(), -1).any(axis=1).sum()),
+            "normal_with_detection": int(detections[normal].reshape(normal.sum(), -1).any(axis=1).sum()),
             "normal_images": int(normal.sum())}
+
+
+def test_detections(cat: dict[str, object], size: int, epsilon: float, fraction: float) -> np.ndarray:
+    """NFA detections of the test images (sigma_s from all held-out images, as ``fit``)."""
+    channels, val, test = cat["channels"], cat["sets"]["val"], cat["sets"]["test"]
+    variance = spread(val.stats, channels, np.arange(val.maps.shape[0]))
+    return np.stack([detection(log_nfa(test.stats, i, variance, channels, fraction), size, epsilon)
+                     for i in range(test.maps.shape[0])])
 
 
 def main() -> None:
@@ -168,6 +174,7 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=Path("/tmp/uflowmask-cache"))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--cached-only", action="store_true", help="skip categories not cached yet")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from uflow_cache import collect
@@ -180,6 +187,8 @@ def main() -> None:
     for name in args.categories:
         path = args.cache / f"{Path(name).name}.npz"
         if not path.exists():
+            if args.cached_only:
+                continue
             collect(DATASETS / name, path, config)
         cats[Path(name).name] = load(path, config)
     validation = {name: validate(cat, size) for name, cat in cats.items()}
@@ -190,20 +199,34 @@ def main() -> None:
             "syn_iou": float(np.mean([validation[c][key]["syn_iou"] for c in cats])),
             "worst_syn_iou": float(np.min([validation[c][key]["syn_iou"] for c in cats])),
             "normal_detected": float(np.max([validation[c][key]["normal_detected"] for c in cats])),
+            "syn_found": float(np.mean([validation[c][key]["syn_found"] for c in cats])),
         }
     print("\nvalidation (held-out normal training images + synthetic defects, leave-one-out)")
-    print("| NFA | extent rule | mean synthetic IoU | worst category | most held-out normals detected |")
-    print("|---|---|---|---|---|")
+    print("| NFA | extent rule | mean synthetic IoU | worst category | synthetic defects detected | "
+          "held-out normals detected (worst category) |")
+    print("|---|---|---|---|---|---|")
     for key, row in summary.items():
         nfa_name, rule_name = key.split(" | ")
         print(f"| {nfa_name} | {rule_name} | {row['syn_iou']:.3f} | {row['worst_syn_iou']:.3f} | "
-              f"{row['normal_detected']:.2f} |")
+              f"{row['syn_found']:.2f} | {row['normal_detected']:.2f} |")
     oracle = np.mean([validation[c]["oracle (synthetic, one threshold)"]["syn_iou"] for c in cats])
     print(f"synthetic oracle (one threshold per category, chosen on the synthetic truth): {oracle:.3f}")
     allowed = [k for k in candidates if summary[k]["normal_detected"] <= FALSE_DETECTION_BOUND] or candidates
     chosen = max(allowed, key=lambda k: summary[k]["syn_iou"])
+    default_nfa = [k for k in allowed if k.startswith(DEFAULT_NFA)]
+    if default_nfa:
+        best_default = max(default_nfa, key=lambda k: summary[k]["syn_iou"])
+        if summary[chosen]["syn_iou"] <= summary[best_default]["syn_iou"] + NFA_CHANGE_MARGIN:
+            chosen = best_default
     print(f"chosen on validation: {chosen}")
-    old_key = f"{next(iter(NFA_VARIANTS))} | max (old)"
+    old_key = f"{DEFAULT_NFA} | max (old)"
+    print("\n| category | held-out normals | synthetic defects | synthetic IoU old | new | synthetic oracle |")
+    print("|---|---|---|---|---|---|")
+    for name, cat in cats.items():
+        rows = validation[name]
+        print(f"| {name} | {cat['sets']['val'].maps.shape[0]} | {cat['sets']['syn'].maps.shape[0]} | "
+              f"{rows[old_key]['syn_iou']:.3f} | {rows[chosen]['syn_iou']:.3f} | "
+              f"{rows['oracle (synthetic, one threshold)']['syn_iou']:.3f} |")
     results = {"validation": validation, "validation_summary": summary, "chosen": chosen, "test": {}}
     print("\n| category | train images | P-AUROC | AUPRO | rule | mIoU auto | mIoU oracle | ratio | "
           "normal test images with a detection (verdict false-alarm rate) | train s |")
@@ -211,11 +234,12 @@ def main() -> None:
     for name, cat in cats.items():
         test = cat["sets"]["test"]
         pixel = pixel_metrics(test.maps, test.gts)
-        rows = {}
+        rows, detections = {}, {}
         for label, key in (("old", old_key), ("new", chosen)):
             nfa_name, rule_name = key.split(" | ")
-            epsilon, fraction = NFA_VARIANTS[nfa_name]
-            row = test_row(cat, size, RULES[rule_name], epsilon, fraction)
+            if nfa_name not in detections:
+                detections[nfa_name] = test_detections(cat, size, *NFA_VARIANTS[nfa_name])
+            row = test_row(cat, size, RULES[rule_name], detections[nfa_name])
             rows[label] = row
             print(f"| {name} | {cat['train_images']} | {pixel['pixel_auroc']:.4f} | {pixel['pixel_aupro']:.4f} | "
                   f"{label} | {row['miou_auto']:.4f} | {row['miou_oracle']:.4f} | {row['ratio']:.3f} | "
