@@ -101,9 +101,11 @@ def load(path: Path, config: UFlowConfig) -> dict[str, object]:
 
 RULES: dict[str, extent.ExtentRule] = {
     "max (old)": extent.ExtentRule(),
-    **{f"quantile {q}": extent.ExtentRule(q) for q in (0.99, 0.995, 0.999, 0.9995, 0.9999)},
+    **{f"quantile {q}": extent.ExtentRule(q) for q in (0.99, 0.995, 0.999, 0.9999)},
     **{f"{'max' if q == 1.0 else f'quantile {q}'}, cut {f}": extent.ExtentRule(q, f)
-       for q in (0.99, 0.999, 1.0) for f in (0.25, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9)},
+       for q in (0.99, 1.0) for f in (0.5, 0.7, 0.8, 0.85)},
+    **{f"{'max' if q == 1.0 else f'quantile {q}'}, log cut {f}": extent.ExtentRule(q, f, log=True)
+       for q in (0.99, 0.999, 1.0) for f in (0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6)},
 }
 
 

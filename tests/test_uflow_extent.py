@@ -11,20 +11,27 @@ from defectscope.methods.uflow import UFlowConfig, nfa
 from defectscope.methods.uflow.extent import ExtentRule, calibration_level, extent_mask, level_components_touching
 from defectscope.segmentation_iou import image_ious
 
-DEFAULT_RULE = ExtentRule(UFlowConfig().extent_quantile, UFlowConfig().extent_cut)
+DEFAULT_RULE = ExtentRule(UFlowConfig().extent_quantile, UFlowConfig().extent_cut, log=True)
+
+
+def _normal_energy(rng: np.random.Generator, size: int = 64) -> np.ndarray:
+    """Smooth normal-looking values of -log(likelihood) around 0.5."""
+    return 0.5 + 0.05 * ndimage.gaussian_filter(rng.standard_normal((size, size)), 2.0) / 0.14
 
 
 def _normal_map(rng: np.random.Generator, size: int = 64) -> np.ndarray:
-    """Smooth normal-looking map values around 0.3."""
-    return 0.3 + 0.05 * ndimage.gaussian_filter(rng.standard_normal((size, size)), 2.0) / 0.14
+    """A normal anomaly map, 1 - likelihood as U-Flow's."""
+    return 1.0 - np.exp(-_normal_energy(rng, size))
 
 
-def _planted(rng: np.random.Generator, size: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(map, true disk, blocky detection): a disk of radius 8 raised to about 0.9, blurred like
-    U-Flow's maps, and a detection made of the 16-pixel cells the disk's centre falls in."""
+def _planted(rng: np.random.Generator, strength: float = 4.0, size: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(map, true disk, blocky detection): a disk of radius 8 whose energy spreads well beyond it
+    (blurred with sigma 4, as the backbone's receptive field and the map smoothing do), the map
+    1 - exp(-energy) saturating near 1 inside, and a detection made of two 16-pixel cells."""
     ys, xs = np.mgrid[0:size, 0:size]
     truth = (ys - 30) ** 2 + (xs - 36) ** 2 <= 8 ** 2
-    amap = _normal_map(rng, size) + 0.6 * ndimage.gaussian_filter(truth.astype(float), 2.0)
+    bump = ndimage.gaussian_filter(truth.astype(float), 4.0)
+    amap = 1.0 - np.exp(-(_normal_energy(rng, size) + strength * bump / bump.max()))
     detected = np.zeros((size, size), dtype=bool)
     detected[16:48, 32:48] = True
     return amap, truth, detected
@@ -48,15 +55,16 @@ def test_rule_settings_are_checked() -> None:
             UFlowConfig(**bad)
 
 
-@pytest.mark.parametrize("rule", [ExtentRule(), DEFAULT_RULE, ExtentRule(0.99, 0.5)])
-def test_a_planted_region_gets_its_own_outline(rule: ExtentRule) -> None:
+@pytest.mark.parametrize("strength", [2.0, 4.0, 8.0])
+def test_a_planted_region_gets_its_own_outline_however_strong(strength: float) -> None:
     rng = np.random.default_rng(1)
     normals = np.stack([_normal_map(rng) for _ in range(4)])
-    amap, truth, detected = _planted(rng)
-    mask = extent_mask(rule, detected, amap, calibration_level(normals, rule.quantile))
-    assert image_ious(mask[None], truth[None])[0] >= 0.7
-    blocky = image_ious(detected[None], truth[None])[0]
-    assert image_ious(mask[None], truth[None])[0] > blocky + 0.2
+    amap, truth, detected = _planted(rng, strength)
+    mask = extent_mask(DEFAULT_RULE, detected, amap, calibration_level(normals, DEFAULT_RULE.quantile))
+    iou = image_ious(mask[None], truth[None])[0]
+    assert iou >= 0.8
+    whole = level_components_touching(detected, amap, calibration_level(normals, 1.0))
+    assert iou >= image_ious(whole[None], truth[None])[0] + 0.3  # the old rule: the whole component
 
 
 @pytest.mark.parametrize("rule", [ExtentRule(), DEFAULT_RULE, ExtentRule(0.9, 0.5)])

@@ -85,15 +85,17 @@ class UFlowConfig:
             and do not depend on it.
         mask_extent: "calibrated" (default): the NFA decides WHICH regions are anomalous, and a
             mask is every connected region of {anomaly map >= map_threshold} that touches an NFA
-            detection, each cut at ``extent_cut`` of the way from map_threshold to its peak, where
+            detection, each cut at ``extent_cut`` of its height above map_threshold, where
             map_threshold is the ``extent_quantile`` of the map values on the held-out normal
             training images (:mod:`.extent`); without held-out images it falls back to "nfa".
             "nfa": the NFA regions themselves, upsampled from their latent grids (the paper's
             masks; coarse grids make them blocky and wide).
         extent_quantile: quantile of the pooled held-out normal map values taken as
             map_threshold (1: their maximum).
-        extent_cut: each masked region keeps the pixels above map_threshold + extent_cut *
-            (its peak - map_threshold) (0: the whole level-set component).
+        extent_cut: each masked region keeps the pixels where u >= u_t + extent_cut * (u_peak -
+            u_t), u = -log(1 - map) (the map's negative log likelihood, which unlike the map does
+            not saturate near 1), u_t that of map_threshold, u_peak the region's largest (0: the
+            whole level-set component).
         calibration_fraction: share of the training images (when there are at least 10; at least
             2 images) kept out of flow training; after training, each scale's latent spread
             sigma_s^2 = max(1, mean z^2 over those images) is measured and the NFA tests z / sigma_s,
@@ -125,8 +127,8 @@ class UFlowConfig:
     calibration_fraction: float = 0.1
     smoothing_sigma: float = 4.0
     mask_extent: str = "calibrated"
-    extent_quantile: float = 1.0
-    extent_cut: float = 0.0
+    extent_quantile: float = 0.99
+    extent_cut: float = 0.4
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", tuple(self.layers))
@@ -410,7 +412,7 @@ class UFlow:
                 for i in range(count)
             ])
             if self.config.mask_extent == "calibrated" and self.map_threshold is not None:
-                rule = extent.ExtentRule(self.config.extent_quantile, self.config.extent_cut)
+                rule = extent.ExtentRule(self.config.extent_quantile, self.config.extent_cut, log=True)
                 masks = np.stack([
                     extent.extent_mask(rule, detected, amap, self.map_threshold)
                     for detected, amap in zip(masks, maps)

@@ -13,6 +13,7 @@ Rule (:class:`ExtentRule`): ``quantile`` q of the pooled map values of the held-
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,10 +22,13 @@ from scipy import ndimage
 
 @dataclass(frozen=True)
 class ExtentRule:
-    """Level = ``quantile`` of held-out normal map values; per region raised by ``fraction``."""
+    """Level = ``quantile`` of held-out normal map values; per region raised by ``fraction``
+    (of the height above the level, in map units, or with ``log`` in units of -log(1 - map),
+    the negative log of the map's likelihood, which does not saturate near 1)."""
 
     quantile: float = 1.0
     fraction: float = 0.0
+    log: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 < self.quantile <= 1.0:
@@ -64,6 +68,8 @@ def extent_mask(rule: ExtentRule, detected: np.ndarray, anomaly_map: np.ndarray,
     if rule.fraction == 0.0 or not mask.any():
         return mask
     amap = np.asarray(anomaly_map, dtype=np.float64)
+    if rule.log:
+        amap, level = -np.log(np.clip(1.0 - amap, 1e-12, None)), -math.log(max(1.0 - level, 1e-12))
     labels, count = ndimage.label(mask)
     peaks = ndimage.maximum(amap, labels, index=np.arange(1, count + 1))
     cut = np.concatenate([[np.inf], level + rule.fraction * (np.asarray(peaks) - level)])
