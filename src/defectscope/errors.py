@@ -25,3 +25,11 @@ class ConfigError(DefectscopeError):
 
 class ModelFileError(DefectscopeError):
     """A saved model file belongs to another method or version, or is damaged."""
+
+
+class NotFittedError(DefectscopeError):
+    """A trained method was asked to predict, save or export before it was fitted or loaded."""
+
+
+class MemoryLimitError(DefectscopeError):
+    """A run would need more memory than the machine has; refused before any heavy work."""
