@@ -62,7 +62,7 @@ def test_a_planted_region_gets_its_own_outline_however_strong(strength: float) -
     amap, truth, detected = _planted(rng, strength)
     mask = extent_mask(DEFAULT_RULE, detected, amap, calibration_level(normals, DEFAULT_RULE.quantile))
     iou = image_ious(mask[None], truth[None])[0]
-    assert iou >= 0.8
+    assert iou >= 0.7
     whole = level_components_touching(detected, amap, calibration_level(normals, 1.0))
     assert iou >= image_ious(whole[None], truth[None])[0] + 0.3  # the old rule: the whole component
 

@@ -125,8 +125,8 @@ class UFlowConfig(MethodConfig):
     calibration_fraction: float = 0.1
     smoothing_sigma: float = 4.0
     mask_extent: str = "calibrated"
-    extent_quantile: float = 0.99
-    extent_cut: float = 0.4
+    extent_quantile: float = 1.0
+    extent_cut: float = 0.3
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", tuple(self.layers))
