@@ -8,7 +8,9 @@ mask is the NFA's alone.
 
 Rule (:class:`ExtentRule`): ``quantile`` q of the pooled map values of the held-out normal images
 (q = 1: their maximum), optionally raised per region to ``level + fraction * (peak - level)``
-(``fraction`` 0: no raise).
+(``fraction`` 0: no raise), in map units or in u = -log(1 - map) units. U-Flow's default (max,
+fraction 0.3 in u units) was chosen on synthetic defects pasted on held-out normal training
+images, never on test masks (``bench/bench_uflow_mask.py``, docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
