@@ -422,8 +422,8 @@ class UFlow(Detector):
             if self.config.mask_extent == "calibrated" and self.map_threshold is not None:
                 rule = extent.ExtentRule(self.config.extent_quantile, self.config.extent_cut, log=True)
                 masks = np.stack([
-                    extent.extent_mask(rule, detected, amap, self.map_threshold)
-                    for detected, amap in zip(masks, maps)
+                    extent.extent_mask(rule, found, amap, self.map_threshold)
+                    for found, amap in zip(masks, maps)
                 ])
         return self._with_verdict(Result(
             paths=names,
@@ -448,7 +448,9 @@ class UFlow(Detector):
             )
             return result
         if self.map_threshold is not None:
-            return with_verdict(result, Threshold(self.map_threshold, "largest map value of the held-out normal training images"))
+            level = ("largest map value" if self.config.extent_quantile == 1.0
+                     else f"{self.config.extent_quantile:g} quantile of the map values")
+            return with_verdict(result, Threshold(self.map_threshold, f"{level} of the held-out normal training images"))
         return result
 
     def _scales(self, latents: Sequence[torch.Tensor]) -> list[torch.Tensor]:
