@@ -95,7 +95,7 @@ def load(path: Path, config: UFlowConfig) -> dict[str, object]:
         gts = {"val": np.zeros(maps.shape, bool), "syn": data["syn_masks"], "test": data["test_gts"]}[name]
         sets[name] = ImageSet(stats, maps, gts, data["syn_base"] if name == "syn" else None)
     return {"sets": sets, "channels": channels, "labels": data["test_labels"],
-            "map_threshold": float(data["map_threshold"]), "train_seconds": float(data["train_seconds"]),
+            "train_seconds": float(data["train_seconds"]),
             "train_images": int(data["train_images"])}
 
 
@@ -149,7 +149,7 @@ def validate(cat: dict[str, object], size: int) -> dict[str, dict[str, float]]:
     return rows
 
 
-def test_row(cat: dict[str, object], size: int, rule: extent.ExtentRule, detections: np.ndarray) -> dict[str, float]:
+def test_row(cat: dict[str, object], rule: extent.ExtentRule, detections: np.ndarray) -> dict[str, float]:
     """Test-set figures of one rule (level from all held-out images)."""
     val, test = cat["sets"]["val"], cat["sets"]["test"]
     level = extent.calibration_level(val.maps, rule.quantile)
@@ -241,7 +241,7 @@ def main() -> None:
             nfa_name, rule_name = key.split(" | ")
             if nfa_name not in detections:
                 detections[nfa_name] = test_detections(cat, size, *NFA_VARIANTS[nfa_name])
-            row = test_row(cat, size, RULES[rule_name], detections[nfa_name])
+            row = test_row(cat, RULES[rule_name], detections[nfa_name])
             rows[label] = row
             print(f"| {name} | {cat['train_images']} | {pixel['pixel_auroc']:.4f} | {pixel['pixel_aupro']:.4f} | "
                   f"{label} | {row['miou_auto']:.4f} | {row['miou_oracle']:.4f} | {row['ratio']:.3f} | "
