@@ -64,7 +64,7 @@ def run_batch(batch: Batch, common: dict, options: dict) -> tuple[dict, CoDeGrap
         row.update({f"{name}_{key}": metrics[key] for key in METRICS})
     row["communities"] = [len(c) for c in scores.communities]
     row["community_defective"] = [int(labels[c].sum()) for c in scores.communities]
-    size = codegraph_result.anomaly_maps.shape[-1]
+    size = codegraph_result.anomaly_maps.shape[-2:]
     from defectscope.pipeline import _mask_at
 
     masks = np.stack([_mask_at(m, size) for m in load_ground_truth(batch.samples, images)])

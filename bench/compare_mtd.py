@@ -69,9 +69,9 @@ def main() -> None:
 
         from defectscope.segmentation_iou import iou_auto, iou_oracle_threshold
 
-        size = result.anomaly_maps.shape[-1]
+        size = result.anomaly_maps.shape[-2:]
         small = np.stack([
-            np.asarray(Image.fromarray(m.astype(np.uint8) * 255).resize((size, size), Image.Resampling.NEAREST)) > 127
+            np.asarray(Image.fromarray(m.astype(np.uint8) * 255).resize((size[1], size[0]), Image.Resampling.NEAREST)) > 127
             for m in masks
         ])
         metrics["miou_auto"] = iou_auto(result.masks, small)

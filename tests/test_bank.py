@@ -105,7 +105,7 @@ def test_musc_switches_to_the_bank_above_the_size_and_matches_its_parts():
     skip = self_positions(range(12), chosen)
     from defectscope.methods.musc import to_finest_grid
 
-    expected = torch.stack([to_finest_grid(bank_scores(s, s[chosen], self_index=skip), grid) for s in sets]).mean(0)
+    expected = torch.stack([to_finest_grid(bank_scores(s, s[chosen], config.lower, config.upper, self_index=skip), grid) for s in sets]).mean(0)
     assert torch.allclose(scores.patch_scores, expected, atol=1e-5)
     exact = MuSc(MuScConfig(image_size=64, max_references=None)).patch_scores(images).patch_scores
     assert not torch.allclose(scores.patch_scores, exact, atol=1e-5)

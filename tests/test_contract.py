@@ -149,13 +149,13 @@ def test_cli_takes_a_single_degree_a_bool_and_a_float(tmp_path) -> None:
     from defectscope.cli import _parse_params
     from defectscope.pipeline import build_detector
 
-    params = ["degrees=3", "native-grids=false", "upper=0.5"]
+    params = ["degrees=3", "native-grids=false", "upper=0.8"]
     args = ["score", str(_folder(tmp_path)), "--out", str(tmp_path / "o"), "--image-size", str(SIZE)]
     out = CliRunner().invoke(app, args + [item for param in params for item in ("-p", param)])
     assert out.exit_code == 0, out.output
     assert len((tmp_path / "o" / "scores.csv").read_text().splitlines()) == 5
     config = build_detector(RunOptions(method_options=_parse_params(params))).config
-    assert (config.degrees, config.native_grids, config.upper) == ((3,), False, 0.5)
+    assert (config.degrees, config.native_grids, config.upper) == ((3,), False, 0.8)
 
 
 def test_runs_do_not_branch_on_method_names_and_training_does_not_import_pipeline() -> None:

@@ -160,7 +160,7 @@ def test_cli_score_and_clear_error(tmp_path):
 def test_cli_param_reaches_the_method_and_unknown_keys_are_refused(tmp_path):
     folder = tmp_path / "parts"
     _write_folder(folder, count=6)
-    ok = runner.invoke(app, ["score", str(folder), "--out", str(tmp_path / "o"), "--image-size", "64", "--param", "upper=0.5", "-p", "degrees=1,3"])
+    ok = runner.invoke(app, ["score", str(folder), "--out", str(tmp_path / "o"), "--image-size", "64", "--param", "upper=0.8", "-p", "degrees=1,3"])
     assert ok.exit_code == 0, ok.output
     from defectscope.cli import _parse_params
     from defectscope.methods.musc import MuScConfig

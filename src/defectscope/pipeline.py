@@ -71,11 +71,13 @@ def score_folder(
     return result
 
 
-def _mask_at(mask: np.ndarray, size: int) -> np.ndarray:
-    """Resize a ground-truth mask to the model resolution (bilinear, then > 0.5)."""
-    if mask.shape == (size, size):
+def _mask_at(mask: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """Resize a ground-truth mask to the map resolution (a side or (height, width); bilinear,
+    then > 0.5)."""
+    height, width = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    if mask.shape == (height, width):
         return mask
-    resized = Image.fromarray(mask.astype(np.uint8) * 255).resize((size, size), Image.BILINEAR)
+    resized = Image.fromarray(mask.astype(np.uint8) * 255).resize((width, height), Image.BILINEAR)
     return np.asarray(resized) > 127
 
 
@@ -98,12 +100,12 @@ def category_metrics(
     *,
     ground_truth: Sequence[np.ndarray] | None = None,
 ) -> dict[str, float | None]:
-    """Image metrics always; pixel metrics at the model resolution when the category has masks,
+    """Image metrics always; pixel metrics at the maps' resolution when the category has masks,
     else reported as absent (None). ``ground_truth``: the full-resolution masks if already read."""
     labels = np.array([s.label for s in samples], dtype=int)
     metrics: dict[str, float | None] = dict(image_metrics(result.image_scores, labels))
     metrics.update(verdict_metrics(result.is_anomalous, labels))
-    size = result.anomaly_maps.shape[-1]
+    size = tuple(result.anomaly_maps.shape[-2:])
     if has_masks:
         full = ground_truth if ground_truth is not None else load_ground_truth(samples, images)
         masks = np.stack([_mask_at(m, size) for m in full])

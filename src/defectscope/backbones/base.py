@@ -1,7 +1,8 @@
 """The backbone interface: images in, multi-layer patch feature maps out.
 
 Every backbone takes RGB uint8 images (H, W, 3) of any size, resizes them to a square
-``image_size`` input, normalises them with its own mean/std, and returns a :class:`Features`.
+``image_size`` input or to a given (height, width) of multiples of ``size_unit``, normalises them
+with its own mean/std, and returns a :class:`Features`.
 Backbones are frozen (eval mode, no gradients) and deterministic.
 """
 
@@ -44,12 +45,14 @@ class Backbone(Protocol):
 
     name: str
     image_size: int
+    size_unit: int
     layer_names: list[str]
 
-    def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
-        """RGB uint8 (H, W, 3) images -> normalised float tensor (N, 3, image_size, image_size)."""
+    def preprocess(self, images: Sequence[np.ndarray], shape: tuple[int, int] | None = None) -> torch.Tensor:
+        """RGB uint8 (H, W, 3) images -> normalised float tensor (N, 3, h, w): ``shape`` or
+        (image_size, image_size)."""
         ...
 
     def extract(self, batch: torch.Tensor, *, common_grid: bool = True) -> Features:
-        """Normalised input (N, 3, S, S) -> Features (no gradients); see ``Features.layers``."""
+        """Normalised input (N, 3, h, w) -> Features (no gradients); see ``Features.layers``."""
         ...

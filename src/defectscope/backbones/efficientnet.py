@@ -23,7 +23,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from defectscope.backbones._common import check_batch, images_to_tensor, l2_normalise, to_grid
+from defectscope.backbones._common import (
+    check_batch,
+    check_border,
+    crop_cells,
+    images_to_tensor,
+    l2_normalise,
+    reflect_pad,
+    to_grid,
+)
 from defectscope.backbones.base import Features
 from defectscope.errors import BackboneError
 
@@ -262,8 +270,10 @@ class EfficientNetLiteBackbone:
     """Multi-layer patch features from a frozen EfficientNet-Lite.
 
     Chosen layers are returned in network order, all resized (bilinear, align_corners=False) to
-    the grid of the finest chosen layer (image_size / smallest stride). The embedding is the
-    global average pool of the deepest chosen layer's own map, L2-normalised.
+    the grid of the finest chosen layer (input side / smallest stride). The embedding is the
+    global average pool of the deepest chosen layer's own map, L2-normalised. ``border``: see
+    :data:`defectscope.backbones._common.BORDERS` (``border_pad`` in input pixels, a multiple of
+    the coarsest chosen stride; default two of its cells).
     """
 
     def __init__(
@@ -274,6 +284,8 @@ class EfficientNetLiteBackbone:
         image_size: int | None = None,
         layers: str | int | Sequence[str | int] | None = None,
         device: str | torch.device = "cpu",
+        border: str = "zero",
+        border_pad: int | None = None,
     ) -> None:
         if name not in VARIANTS:
             raise BackboneError(f"Unknown EfficientNet-Lite variant '{name}'; choose one of {sorted(VARIANTS)}.")
@@ -285,7 +297,10 @@ class EfficientNetLiteBackbone:
             )
         self.name = name
         self.image_size = size
+        self.size_unit = 32
         self.strides = parse_cnn_layers(layers)
+        self.border = border
+        self.border_pad = check_border(border, border_pad, self.strides[-1], name)
         self.layer_names = [f"stride{s}" for s in self.strides]
         self.layer_channels = [variant.layer_channels(s) for s in self.strides]
         self.device = torch.device(device)
@@ -296,22 +311,24 @@ class EfficientNetLiteBackbone:
 
     @property
     def grid(self) -> tuple[int, int]:
-        """Feature grid (h, w) of the returned layers."""
+        """Feature grid (h, w) of the returned layers for a square ``image_size`` input."""
         side = self.image_size // self.strides[0]
         return side, side
 
-    def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
-        """RGB uint8 (H, W, 3) images -> (N, 3, S, S) tensor scaled to [-1, 1]."""
-        return images_to_tensor(images, self.image_size, INPUT_MEAN, INPUT_STD)
+    def preprocess(self, images: Sequence[np.ndarray], shape: tuple[int, int] | None = None) -> torch.Tensor:
+        """RGB uint8 (H, W, 3) images -> (N, 3, h, w) tensor scaled to [-1, 1]; (h, w) is
+        ``shape`` (multiples of 32) or the square ``image_size``."""
+        return images_to_tensor(images, shape or self.image_size, INPUT_MEAN, INPUT_STD)
 
     def extract(self, batch: torch.Tensor, *, common_grid: bool = True) -> Features:
-        """Normalised input (N, 3, S, S) -> Features on the finest chosen layer's grid
+        """Normalised input (N, 3, h, w) -> Features on the finest chosen layer's grid
         (``common_grid=False``: each layer on its own native grid)."""
-        check_batch(batch, self.image_size, self.name)
+        height, width = check_batch(batch, self.size_unit, self.name)
         with torch.inference_mode():
-            inputs = batch.to(self.device, torch.float32).contiguous(memory_format=torch.channels_last)
-            maps = self.model.forward_blocks(inputs, self._block_indices)
+            inputs = reflect_pad(batch.to(self.device, torch.float32), self.border_pad)
+            maps = self.model.forward_blocks(inputs.contiguous(memory_format=torch.channels_last), self._block_indices)
+            maps = [crop_cells(m, self.border_pad // s) for m, s in zip(maps, self.strides)]
             embedding = l2_normalise(maps[-1].mean(dim=(2, 3)))
-            grid = self.grid
+            grid = (height // self.strides[0], width // self.strides[0])
             layers = [(to_grid(feature_map, grid) if common_grid else feature_map).contiguous() for feature_map in maps]
         return Features(layers=layers, embedding=embedding, layer_names=list(self.layer_names))

@@ -29,8 +29,11 @@ from defectscope.backbones._common import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     check_batch,
+    check_border,
+    crop_cells,
     images_to_tensor,
     l2_normalise,
+    reflect_pad,
 )
 from defectscope.backbones.base import Features
 from defectscope.errors import BackboneError
@@ -289,7 +292,8 @@ class HFBackbone:
     ``weights=DIR`` loads a local folder made by ``save_pretrained`` or ``hf download``;
     ``config=`` builds a randomly initialised model (tests). ``image_size`` must be a multiple
     of the patch size; CLIP at a size other than its training size interpolates its position
-    embeddings.
+    embeddings. ``border``: see :data:`defectscope.backbones._common.BORDERS` (``border_pad`` in
+    input pixels, a multiple of the patch size; default two patches).
     """
 
     def __init__(
@@ -301,6 +305,8 @@ class HFBackbone:
         layers: str | int | Sequence[str | int] | None = None,
         device: str | torch.device = "cpu",
         config: Any | None = None,
+        border: str = "zero",
+        border_pad: int | None = None,
     ) -> None:
         if name not in HF_BACKBONES:
             raise BackboneError(f"Unknown Hugging Face backbone '{name}'; choose one of {sorted(HF_BACKBONES)}.")
@@ -322,37 +328,45 @@ class HFBackbone:
                 f"size {self.patch_size}, got {size!r}."
             )
         self.image_size = size
+        self.size_unit = self.patch_size
+        self.border = border
+        self.border_pad = check_border(border, border_pad, self.patch_size, name)
         self.blocks = parse_vit_layers(layers, self.num_blocks)
         self.layer_names = [f"block{b}" for b in self.blocks]
         self.layer_channels = [int(model_config.hidden_size)] * len(self.blocks)
         self._forward_kwargs: dict[str, Any] = {"output_hidden_states": True}
-        if spec.family is CLIP and size != self.native_image_size:
-            if "interpolate_pos_encoding" not in inspect.signature(self.model.forward).parameters:
+        if spec.family is CLIP:
+            if "interpolate_pos_encoding" in inspect.signature(self.model.forward).parameters:
+                self._forward_kwargs["interpolate_pos_encoding"] = True
+            elif size != self.native_image_size or self.border_pad:
                 raise BackboneError(
-                    f"This transformers version cannot run '{name}' at {size} px (no position-"
-                    f"embedding interpolation); use image_size={self.native_image_size} or upgrade transformers."
+                    f"This transformers version cannot run '{name}' at {size} px or with a border "
+                    f"margin (no position-embedding interpolation); use image_size={self.native_image_size}, "
+                    f"border='zero' or upgrade transformers."
                 )
-            self._forward_kwargs["interpolate_pos_encoding"] = True
         self.device = torch.device(device)
         self.model.to(self.device)
 
     @property
     def grid(self) -> tuple[int, int]:
-        """Patch grid (h, w) of the returned layers."""
+        """Patch grid (h, w) of the returned layers for a square ``image_size`` input."""
         side = self.image_size // self.patch_size
         return side, side
 
-    def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
-        """RGB uint8 (H, W, 3) images -> (N, 3, S, S) tensor normalised with the model's mean/std."""
-        return images_to_tensor(images, self.image_size, self.spec.family.mean, self.spec.family.std)
+    def preprocess(self, images: Sequence[np.ndarray], shape: tuple[int, int] | None = None) -> torch.Tensor:
+        """RGB uint8 (H, W, 3) images -> (N, 3, h, w) tensor normalised with the model's mean/std;
+        (h, w) is ``shape`` (multiples of the patch size) or the square ``image_size``."""
+        return images_to_tensor(images, shape or self.image_size, self.spec.family.mean, self.spec.family.std)
 
     def extract(self, batch: torch.Tensor, *, common_grid: bool = True) -> Features:
-        """Normalised input (N, 3, S, S) -> patch tokens of the chosen blocks on the patch grid
+        """Normalised input (N, 3, h, w) -> patch tokens of the chosen blocks on the patch grid
         (all blocks share it, so ``common_grid`` changes nothing)."""
-        check_batch(batch, self.image_size, self.name)
-        height, width = self.grid
+        rows, cols = check_batch(batch, self.patch_size, self.name)
+        margin = self.border_pad // self.patch_size
+        height, width = rows // self.patch_size + 2 * margin, cols // self.patch_size + 2 * margin
         with torch.inference_mode():
-            output = self.model(pixel_values=batch.to(self.device, torch.float32), **self._forward_kwargs)
+            pixels = reflect_pad(batch.to(self.device, torch.float32), self.border_pad)
+            output = self.model(pixel_values=pixels, **self._forward_kwargs)
             hidden_states = output.hidden_states
             layers = []
             for block in self.blocks:
@@ -363,8 +377,7 @@ class HFBackbone:
                         f"Backbone '{self.name}' returned {patches.shape[1]} patch tokens where the "
                         f"{height}x{width} grid needs {height * width}."
                     )
-                layers.append(
-                    patches.reshape(patches.shape[0], height, width, -1).permute(0, 3, 1, 2).contiguous()
-                )
+                grid = patches.reshape(patches.shape[0], height, width, -1).permute(0, 3, 1, 2)
+                layers.append(crop_cells(grid, margin).contiguous())
             embedding = l2_normalise(hidden_states[self.blocks[-1]][:, 0, :])
         return Features(layers=layers, embedding=embedding, layer_names=list(self.layer_names))

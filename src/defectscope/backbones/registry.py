@@ -49,6 +49,8 @@ def get_backbone(
     image_size: int | None = None,
     layers: LayerChoice = None,
     device: str | torch.device = "cpu",
+    border: str = "zero",
+    border_pad: int | None = None,
 ) -> Backbone:
     """Build a frozen backbone by name.
 
@@ -60,13 +62,20 @@ def get_backbone(
         image_size: square input side; None for the backbone's default.
         layers: layer names or ints (see the module docstring); None for the default.
         device: torch device for the model and the returned features.
+        border: ``"zero"`` (the network's own padding) or ``"reflect"`` (mirror the image
+            outwards by ``border_pad`` pixels, default two cells of the coarsest layer, and crop
+            the features back), see :data:`defectscope.backbones._common.BORDERS`.
     """
     if name in efficientnet.VARIANTS:
         return efficientnet.EfficientNetLiteBackbone(
-            name, weights=weights, image_size=image_size, layers=layers, device=device
+            name, weights=weights, image_size=image_size, layers=layers, device=device,
+            border=border, border_pad=border_pad,
         )
     if name in hf.HF_BACKBONES:
-        return hf.HFBackbone(name, weights=weights, image_size=image_size, layers=layers, device=device)
+        return hf.HFBackbone(
+            name, weights=weights, image_size=image_size, layers=layers, device=device, border=border,
+            border_pad=border_pad,
+        )
     raise BackboneError(
         f"Unknown backbone '{name}'; available backbones: {', '.join(available_backbones())}."
     )

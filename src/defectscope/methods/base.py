@@ -31,9 +31,10 @@ class Result:
         paths: the N image paths (as given), in input order; ``image_0``, ``image_1``, ... when
             the caller gave none.
         image_scores: (N,) float64, higher = more anomalous.
-        anomaly_maps: (N, S, S) float32 at the model's input resolution S (the square size
-            images were resized to); use :func:`defectscope.report.resize_map` for other sizes.
-        masks: optional (N, S, S) bool, where the method produces a binary decision itself.
+        anomaly_maps: (N, H, W) float32 at the model's input resolution (the size images were
+            resized to; H != W when the method keeps the batch's aspect ratio); use
+            :func:`defectscope.report.resize_map` for other sizes.
+        masks: optional (N, H, W) bool, where the method produces a binary decision itself.
         settings: everything that produced the result (see :meth:`Detector.settings`).
         extras: method-specific diagnostics (e.g. CoDeGraph communities), JSON-serialisable.
         is_anomalous: (N,) bool verdict per image, or None when the method gave none.

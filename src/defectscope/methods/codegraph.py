@@ -46,6 +46,7 @@ from defectscope.methods.musc import (
     MuSc,
     MuScConfig,
     ProgressCallback,
+    calibrate_border,
     check_batch_size,
     interval_bounds,
     interval_mean,
@@ -81,7 +82,12 @@ class CoDeGraphConfig(MuScConfig):
             (see :func:`confirmed`).
         seed: Leiden seed.
         draw_graphs: attach a PNG picture of the image graph to every reported community.
+        lower, upper: the MSM interval stays the authors' [0, 0.3): CoDeGraph's burnout and
+            re-scoring were calibrated with it (docs/CODEGRAPH.md).
     """
+
+    lower: float = 0.0
+    upper: float = 0.3
 
     max_support_fraction: float = 0.5
     burnout_threshold: float = 20.0
@@ -112,6 +118,8 @@ class CoDeGraphConfig(MuScConfig):
             )
         if self.min_community_size < 2:
             raise ConfigError(f"min_community_size must be >= 2, got {self.min_community_size}")
+        if self.tiles != 1:
+            raise ConfigError(f"CoDeGraph scores whole images only: tiles must be 1, got {self.tiles}")
 
 
 @dataclass
@@ -379,7 +387,7 @@ class CoDeGraph(MuSc):
         musc_scores = torch.zeros(n, grid[0] * grid[1])
         for table in tables:
             musc_scores += to_finest_grid(interval_mean(table, cfg.lower, cfg.upper), grid)
-        musc_scores /= len(tables)
+        musc_scores = calibrate_border(musc_scores / len(tables), grid, cfg.border_depth)
         # The graph is built on the finest grid only (with native grids the coarser layer's tables
         # have fewer patches; they still take part in the re-scoring below).
         finest = [t for t in tables if t.shape[2] == grid[0] * grid[1]]
@@ -405,6 +413,7 @@ class CoDeGraph(MuSc):
             filtered = torch.stack([
                 to_finest_grid(excluded_interval_mean(t, excluded, cfg.lower, cfg.upper), grid) for t in tables
             ]).mean(dim=0)
+            filtered = calibrate_border(filtered, grid, cfg.border_depth)
             if groups is None:
                 communities = [
                     members for members in communities

@@ -17,14 +17,17 @@ def extract_in_batches(
     progress: Callable[[str, int, int], None] | None = None,
     *,
     common_grid: bool = True,
+    shape: tuple[int, int] | None = None,
 ) -> Features:
-    """Extract features of all images, ``batch_size`` at a time, and concatenate them."""
+    """Extract features of all images, ``batch_size`` at a time, and concatenate them
+    (``shape``: the input (height, width), None for the backbone's square input)."""
     layers: list[list[torch.Tensor]] = []
     embeddings: list[torch.Tensor] = []
     names: list[str] = []
     for start in range(0, len(images), batch_size):
         chunk = images[start : start + batch_size]
-        features = backbone.extract(backbone.preprocess(chunk), common_grid=common_grid)
+        batch = backbone.preprocess(chunk) if shape is None else backbone.preprocess(chunk, shape)
+        features = backbone.extract(batch, common_grid=common_grid)
         if not layers:
             layers = [[] for _ in features.layers]
             names = list(features.layer_names)

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from defectscope.backbones._common import BORDERS
 from defectscope.errors import ConfigError
 from defectscope.memory import estimate_bytes
 from defectscope.methods.base import Detector, MethodConfig, Result, default_paths
@@ -283,7 +284,8 @@ def rscin(scores: torch.Tensor | np.ndarray, embeddings: torch.Tensor | np.ndarr
 
 @dataclass(frozen=True)
 class MuScConfig(MethodConfig):
-    """MuSc settings; the defaults are the authors' where they exist, else chosen by measurement.
+    """MuSc settings; the defaults are the authors' where they exist and survived the measurements
+    on every shared category (docs/BENCHMARKS.md), else chosen by measurement.
 
     Attributes:
         backbone: registry name of the feature extractor.
@@ -292,6 +294,10 @@ class MuScConfig(MethodConfig):
         layers: backbone layers to use (None: the backbone's default layers).
         degrees: LNAMD aggregation degrees r.
         lower, upper: MSM scoring interval [lower, upper) over the sorted per-image distances.
+            Default [0.5, 1): a patch scores high when at least half of the other images hold
+            nothing like it, so a defect kind present in up to half of the batch still stands
+            out (the authors' [0, 0.3) lets defects that recur in more than 30 % of the batch,
+            as on the paper types, vouch for each other).
         rscin_ks: RsCIN neighbourhood sizes (k = 1 is the identity).
         native_grids: score each CNN layer on its own grid and upsample its patch scores to
             the finest grid (bilinear, align_corners=True) before averaging; False resizes the
@@ -300,6 +306,20 @@ class MuScConfig(MethodConfig):
         smoothing_sigma: Gaussian blur of the anomaly maps in input pixels (0 = none; default 4,
             chosen by the ablation in docs/BENCHMARKS.md, the authors use none).
         batch_size: images per backbone forward pass.
+        border: the backbone's border rule, ``"zero"`` or ``"reflect"`` (mirror the image
+            outwards by ``border_pad`` input pixels before the backbone and crop the features
+            back; None pad = two cells of the coarsest layer), see docs/BENCHMARKS.md.
+        border_pad: the margin of ``border="reflect"`` in input pixels (None: the backbone's default).
+        border_depth: :func:`calibrate_border` of the patch scores over the outer
+            ``border_depth`` rings of patches (0 turns it off), see docs/BENCHMARKS.md.
+        keep_aspect: the batch's input keeps the images' median aspect ratio (area about
+            ``image_size`` squared, sides multiples of the backbone's unit) instead of a square;
+            maps come at that (height, width).
+        tiles: cut every image into ``tiles`` x ``tiles`` overlapping tiles (``tile_overlap``
+            of a tile's side shared with its neighbour), score the tiles of each position as a
+            batch of their own at the full input size, and stitch the maps back (averaged where
+            they overlap). Costs about ``tiles ** 2`` times the work of one pass.
+        tile_overlap: overlap of neighbouring tiles, a fraction of the tile side in [0, 0.5].
         max_references: reference-bank size for large batches: once N - 1 > 2 max_references
             (where the bank is cheaper than mutual scoring) every image is scored against a
             seeded random sample of max_references images of the batch, with features kept
@@ -321,12 +341,18 @@ class MuScConfig(MethodConfig):
     image_size: int | None = None
     layers: tuple[str | int, ...] | None = None
     degrees: tuple[int, ...] = (1, 3, 5)
-    lower: float = 0.0
-    upper: float = 0.3
+    lower: float = 0.5
+    upper: float = 1.0
     rscin_ks: tuple[int, ...] = (1, 2, 3)
     smoothing_sigma: float = 4.0
     native_grids: bool = True
     batch_size: int = 8
+    border: str = "zero"
+    border_pad: int | None = None
+    border_depth: int = 2
+    keep_aspect: bool = True
+    tiles: int = 1
+    tile_overlap: float = 0.25
     max_references: int | None = 200
     reference_seed: int = 0
     feature_store: str | None = "auto"
@@ -336,6 +362,8 @@ class MuScConfig(MethodConfig):
     def validate(self) -> None:
         _check_interval(self.lower, self.upper)
         check_false_alarm_rate(self.false_alarm_rate)
+        if self.border not in BORDERS:
+            raise ConfigError(f"border rule {self.border!r} is unknown; choose one of {', '.join(BORDERS)}")
         if not self.degrees or any(r < 1 or r % 2 == 0 for r in self.degrees):
             raise ConfigError(f"aggregation degrees {self.degrees} are invalid: need odd values >= 1")
         if not self.rscin_ks or any(k < 1 for k in self.rscin_ks):
@@ -344,21 +372,98 @@ class MuScConfig(MethodConfig):
             raise ConfigError(f"smoothing sigma must be >= 0, got {self.smoothing_sigma}")
         if self.batch_size < 1:
             raise ConfigError(f"batch size must be >= 1, got {self.batch_size}")
+        if isinstance(self.border_depth, bool) or not isinstance(self.border_depth, int) or self.border_depth < 0:
+            raise ConfigError(f"border_depth must be an integer >= 0, got {self.border_depth!r}")
+        if isinstance(self.tiles, bool) or not isinstance(self.tiles, int) or self.tiles < 1:
+            raise ConfigError(f"tiles must be an integer >= 1 (tiles per side), got {self.tiles!r}")
+        if not 0.0 <= self.tile_overlap <= 0.5:
+            raise ConfigError(f"tile_overlap must be in [0, 0.5], got {self.tile_overlap}")
         if self.max_references is not None and self.max_references < 1:
             raise ConfigError(f"max_references must be >= 1 (or None for exact scoring), got {self.max_references}")
 
 
 def to_finest_grid(patch_scores: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """(N, h*w) scores of a square layer grid -> (N, H*W) on ``grid`` (bilinear,
-    align_corners=True); unchanged when already there."""
+    """(N, h*w) scores of a coarser layer grid -> (N, H*W) on ``grid`` (bilinear,
+    align_corners=True); unchanged when already there. The layer grid is taken to have the
+    aspect ratio of ``grid`` (as for layers of one input)."""
     n, length = patch_scores.shape
     if length == grid[0] * grid[1]:
         return patch_scores
-    side = int(round(math.sqrt(length)))
-    if side * side != length:
-        raise ConfigError(f"cannot place {length} patch scores on a square grid")
-    maps = patch_scores.view(n, 1, side, side)
+    rows = max(1, int(round(math.sqrt(length * grid[0] / grid[1]))))
+    cols = length // rows
+    if rows * cols != length:
+        raise ConfigError(f"cannot place {length} patch scores on a coarser grid of {grid[0]}x{grid[1]}")
+    maps = patch_scores.view(n, 1, rows, cols)
     return F.interpolate(maps, size=grid, mode="bilinear", align_corners=True).view(n, -1)
+
+
+def border_classes(grid: tuple[int, int], depth: int) -> torch.Tensor:
+    """(h*w,) int class of every patch by its distance to the grid's edge: the pair (nearer,
+    farther) of its row and column distances, each capped at ``depth``; ``depth * (depth + 1) +
+    depth`` is the interior (both at least ``depth``)."""
+    rows, cols = torch.arange(grid[0]), torch.arange(grid[1])
+    row_depth = torch.minimum(rows, grid[0] - 1 - rows).clamp(max=depth)[:, None]
+    col_depth = torch.minimum(cols, grid[1] - 1 - cols).clamp(max=depth)[None, :]
+    near, far = torch.minimum(row_depth, col_depth), torch.maximum(row_depth, col_depth)
+    return (near * (depth + 1) + far).flatten()
+
+
+def calibrate_border(patch_scores: torch.Tensor, grid: tuple[int, int], depth: int = 2) -> torch.Tensor:
+    """Bring each image's border patches to the level of its own interior.
+
+    Patches near the edge have fewer look-alikes in the other images (their context includes
+    the padding), so their mutual scores run high and the maximum of a normal image tends to sit
+    on its border. Per image and per :func:`border_classes` class whose median exceeds the
+    interior's, the class's scores are mapped affinely so that their median equals the interior
+    median and their spread (median absolute deviation) shrinks to at most the interior's. A
+    defect on the border stays far above its class and so above the interior. Classes that score
+    lower than the interior (e.g. plain background round an object) are left alone. ``depth``
+    0, or a grid whose interior is less than half of its patches (too small to be the reference),
+    returns the scores unchanged.
+    """
+    if depth < 1 or 2 * (grid[0] - 2 * depth) * (grid[1] - 2 * depth) < grid[0] * grid[1]:
+        return patch_scores
+    classes = border_classes(grid, depth)
+    interior = classes == depth * (depth + 1) + depth
+    inner = patch_scores[:, interior]
+    inner_median = inner.median(dim=1, keepdim=True).values
+    inner_spread = (inner - inner_median).abs().median(dim=1, keepdim=True).values
+    out = patch_scores.clone()
+    for label in classes.unique().tolist():
+        chosen = classes == label
+        if chosen.equal(interior):
+            continue
+        values = patch_scores[:, chosen]
+        median = values.median(dim=1, keepdim=True).values
+        spread = (values - median).abs().median(dim=1, keepdim=True).values
+        factor = torch.where(spread > 0, inner_spread / spread.clamp_min(1e-12), torch.ones_like(spread)).clamp(max=1.0)
+        mapped = inner_median + (values - median) * factor
+        out[:, chosen] = torch.where(median > inner_median, mapped, values)
+    return out
+
+
+def tile_fractions(tiles: int, overlap: float) -> tuple[float, float]:
+    """(tile side, step between tiles) as fractions of the image side for ``tiles`` per side."""
+    side = 1.0 / (tiles - (tiles - 1) * overlap)
+    return side, side * (1.0 - overlap)
+
+
+def crop_tile(image: np.ndarray, tiles: int, overlap: float, row: int, col: int) -> np.ndarray:
+    """The tile at (row, col) of an image cut into ``tiles`` x ``tiles`` overlapping tiles."""
+    side, step = tile_fractions(tiles, overlap)
+    height, width = image.shape[:2]
+    top, left = int(round(row * step * height)), int(round(col * step * width))
+    bottom, right = int(round((row * step + side) * height)), int(round((col * step + side) * width))
+    return np.ascontiguousarray(image[top:max(bottom, top + 1), left:max(right, left + 1)])
+
+
+def tile_boxes(tile_shape: tuple[int, int], tiles: int, overlap: float) -> list[tuple[int, int, int, int]]:
+    """(top, bottom, left, right) of every tile's map on the stitched map, row by row, for tile
+    maps of ``tile_shape``; the last box ends at the stitched map's size."""
+    height, width = tile_shape
+    rows = [int(round(k * (1.0 - overlap) * height)) for k in range(tiles)]
+    cols = [int(round(k * (1.0 - overlap) * width)) for k in range(tiles)]
+    return [(top, top + height, left, left + width) for top in rows for left in cols]
 
 
 @dataclass
@@ -406,7 +511,10 @@ class MuSc(Detector):
 
             cfg = self.config
             layers = list(cfg.layers) if cfg.layers is not None else None
-            self._backbone = get_backbone(cfg.backbone, weights=cfg.weights, image_size=cfg.image_size, layers=layers)
+            self._backbone = get_backbone(
+                cfg.backbone, weights=cfg.weights, image_size=cfg.image_size, layers=layers, border=cfg.border,
+                border_pad=cfg.border_pad,
+            )
         return self._backbone
 
     def calibrate(self, images: Sequence[np.ndarray], false_alarm_rate: float, progress: ProgressCallback | None = None) -> "MuSc":
@@ -417,9 +525,11 @@ class MuSc(Detector):
         self.config = replace(self.config, false_alarm_rate=check_false_alarm_rate(false_alarm_rate))
         require_good_images(len(images), self.config.false_alarm_rate)
         sets, grid, _ = self.feature_sets(images, progress, native_grids=self.config.native_grids)
-        scores = torch.stack([
+        if self.config.tiles != 1:
+            raise ConfigError("reference mode scores whole images only: use tiles=1 with good images")
+        scores = calibrate_border(torch.stack([
             to_finest_grid(mutual_scores(s, self.config.lower, self.config.upper), grid) for s in sets
-        ]).mean(dim=0)
+        ]).mean(dim=0), grid, self.config.border_depth)
         maxima = self.maps_from_patch_scores(scores, grid).flatten(1).amax(dim=1).numpy()
         self.calibration = conformal_threshold(maxima, self.config.false_alarm_rate, source="good images (leave-one-out)")
         self.reference = ReferenceBank(sets, grid)
@@ -460,6 +570,15 @@ class MuSc(Detector):
             tables=0 if self._banked(count) else self._tables_held(len(channels) * degrees),
         )
 
+    def input_shape(self, images: Sequence[np.ndarray]) -> tuple[int, int] | None:
+        """The batch's input (height, width) with ``keep_aspect``; None for the square input."""
+        if not self.config.keep_aspect:
+            return None
+        from defectscope.backbones._common import input_shape
+
+        backbone = self.backbone
+        return input_shape(images, backbone.image_size, getattr(backbone, "size_unit", backbone.image_size))
+
     def feature_sets(
         self, images: Sequence[np.ndarray], progress: ProgressCallback | None = None, *, native_grids: bool = False
     ) -> tuple[list[torch.Tensor], tuple[int, int], torch.Tensor]:
@@ -468,7 +587,10 @@ class MuSc(Detector):
         brought to the finest grid by :func:`to_finest_grid`)."""
         from defectscope.methods.features import extract_in_batches
 
-        features = extract_in_batches(self.backbone, images, self.config.batch_size, progress, common_grid=not native_grids)
+        shape = self.input_shape(images)
+        features = extract_in_batches(
+            self.backbone, images, self.config.batch_size, progress, common_grid=not native_grids, shape=shape
+        )
         sets = []
         for layer in features.layers:
             sets.extend(lnamd(layer, self.config.degrees))
@@ -478,14 +600,14 @@ class MuSc(Detector):
         """Features and MSM patch scores (N, L), averaged over layers and degrees."""
         n = len(images)
         check_batch_size(n)
-        if self.config.scheduler is not None:
-            from defectscope.distributed import dask_patch_scores
-
-            return dask_patch_scores(self, images, progress)
-        if self._banked(n):
-            from defectscope.methods.bank import sampled_patch_scores
-
-            return sampled_patch_scores(self, images, progress)
+        if self.config.scheduler is not None or self._banked(n):
+            if self.config.scheduler is not None:
+                from defectscope.distributed import dask_patch_scores as elsewhere
+            else:
+                from defectscope.methods.bank import sampled_patch_scores as elsewhere
+            scores = elsewhere(self, images, progress)
+            scores.patch_scores = calibrate_border(scores.patch_scores, scores.grid, self.config.border_depth)
+            return scores
         sets, grid, embeddings = self.feature_sets(images, progress, native_grids=self.config.native_grids)
         pairs = n * (n - 1) // 2
         total = pairs * len(sets)
@@ -496,13 +618,17 @@ class MuSc(Detector):
                 report = lambda done, base=index * pairs: progress("scoring", base + done, total)  # noqa: E731
             scores = mutual_scores(feature_set, self.config.lower, self.config.upper, progress=report)
             accumulated += to_finest_grid(scores, grid)
-        return MuScScores(accumulated / len(sets), grid, embeddings, sets)
+        patch_scores = calibrate_border(accumulated / len(sets), grid, self.config.border_depth)
+        return MuScScores(patch_scores, grid, embeddings, sets)
 
     def maps_from_patch_scores(self, patch_scores: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        """(N, L) patch scores -> (N, S, S) anomaly maps at the input resolution."""
-        size = self.backbone.image_size
+        """(N, L) patch scores on ``grid`` -> (N, H, W) anomaly maps at the input resolution
+        (the grid times the finest layer's stride)."""
+        backbone = self.backbone
+        stride = backbone.image_size / backbone.grid[0]
+        size = (int(round(grid[0] * stride)), int(round(grid[1] * stride)))
         maps = patch_scores.view(-1, 1, *grid)
-        maps = F.interpolate(maps, size=(size, size), mode="bilinear", align_corners=True).squeeze(1)
+        maps = F.interpolate(maps, size=size, mode="bilinear", align_corners=True).squeeze(1)
         return gaussian_blur(maps, self.config.smoothing_sigma)
 
     def predict(
@@ -511,12 +637,45 @@ class MuSc(Detector):
         paths: Sequence[str] | None = None,
         progress: ProgressCallback | None = None,
     ) -> Result:
-        """Score the batch: anomaly maps, image scores (max of map, then RsCIN), verdicts. In
-        reference mode (after :meth:`calibrate`) against the good images, image score = max of map."""
+        """Score the batch: anomaly maps, image scores (max of map, then RsCIN); with ``tiles``
+        the stitched maps of the tile positions (see :func:`tile_boxes`); verdicts. In reference
+        mode (after :meth:`calibrate`) against the good images, image score = max of map."""
         if self.reference is not None:
             return self.predict_against_reference(images, paths, progress)
-        scores = self.patch_scores(images, progress)
-        return self.result_from_patch_scores(scores.patch_scores, scores.grid, scores.embeddings, paths)
+        if self.config.tiles == 1:
+            scores = self.patch_scores(images, progress)
+            return self.result_from_patch_scores(scores.patch_scores, scores.grid, scores.embeddings, paths)
+        maps, embeddings, grid = self.tiled_maps(images, progress)
+        return self.result_from_maps(maps, embeddings, grid, paths)
+
+    def tiled_maps(
+        self, images: Sequence[np.ndarray], progress: ProgressCallback | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+        """Score each tile position as its own batch and stitch: (N, H, W) maps, (N, D) mean tile
+        embeddings, and the stitched patch grid (tile grid times the span in tiles)."""
+        tiles, overlap = self.config.tiles, self.config.tile_overlap
+        positions = [(row, col) for row in range(tiles) for col in range(tiles)]
+        for number, (row, col) in enumerate(positions):
+            crops = [crop_tile(image, tiles, overlap, row, col) for image in images]
+            report = None
+            if progress is not None:
+                report = lambda stage, done, total, k=number: progress(f"tile {k + 1}/{len(positions)}: {stage}", done, total)  # noqa: E731
+            scores = self.patch_scores(crops, report)
+            tile_maps = self.maps_from_patch_scores(scores.patch_scores, scores.grid)
+            if number == 0:
+                shape, grid = tuple(tile_maps.shape[-2:]), scores.grid
+                boxes = tile_boxes(shape, tiles, overlap)
+                full = (boxes[-1][1], boxes[-1][3])
+                canvas, counts = torch.zeros(len(images), *full), torch.zeros(full)
+                embeddings = torch.zeros_like(scores.embeddings)
+            if tuple(tile_maps.shape[-2:]) != shape:  # the crops' aspect rounded to another input shape
+                tile_maps = F.interpolate(tile_maps.unsqueeze(1), size=shape, mode="bilinear", align_corners=True).squeeze(1)
+            top, bottom, left, right = boxes[number]
+            canvas[:, top:bottom, left:right] += tile_maps
+            counts[top:bottom, left:right] += 1
+            embeddings += scores.embeddings
+        stitched_grid = (int(round(grid[0] * full[0] / shape[0])), int(round(grid[1] * full[1] / shape[1])))
+        return canvas / counts, F.normalize(embeddings, dim=1), stitched_grid
 
     def predict_against_reference(
         self, images: Sequence[np.ndarray], paths: Sequence[str] | None = None, progress: ProgressCallback | None = None
@@ -533,10 +692,10 @@ class MuSc(Detector):
         sets, grid, _ = self.feature_sets(images, progress, native_grids=self.config.native_grids)
         if grid != bank.grid or len(sets) != len(bank.feature_sets):
             raise ConfigError(f"images give a {grid} feature grid but the good images gave {bank.grid}")
-        scores = torch.stack([
+        scores = calibrate_border(torch.stack([
             to_finest_grid(reference_scores(s, r, self.config.lower, self.config.upper, drop_one=True), grid)
             for s, r in zip(sets, bank.feature_sets)
-        ]).mean(dim=0)
+        ]).mean(dim=0), grid, self.config.border_depth)
         maps = self.maps_from_patch_scores(scores, grid).numpy().astype(np.float32)
         image_scores = maps.reshape(len(names), -1).max(axis=1).astype(np.float64)
         return Result(
@@ -557,15 +716,24 @@ class MuSc(Detector):
         embeddings: torch.Tensor,
         paths: Sequence[str] | None = None,
     ) -> Result:
-        """(N, L) patch scores -> Result: maps, image score = max of the map, then RsCIN.
+        """(N, L) patch scores -> Result: maps, image score = max of the map, then RsCIN."""
+        return self.result_from_maps(self.maps_from_patch_scores(patch_scores, grid), embeddings, grid, paths)
+
+    def result_from_maps(
+        self,
+        maps: torch.Tensor,
+        embeddings: torch.Tensor,
+        grid: tuple[int, int],
+        paths: Sequence[str] | None = None,
+    ) -> Result:
+        """(N, H, W) anomaly maps -> Result: image score = max of the map, then RsCIN.
 
         Verdict: the label-free rule on the map maxima (before RsCIN). RsCIN rescales every
         batch to [0, 1] and mixes each score with its neighbours', so its values are neither
         comparable between batches nor independent draws; the map maxima are both. Masks: the
         same threshold per pixel, so an image is anomalous exactly when its mask is non-empty.
         """
-        names = default_paths(paths, patch_scores.shape[0], self.method)
-        maps = self.maps_from_patch_scores(patch_scores, grid)
+        names = default_paths(paths, maps.shape[0], self.method)
         raw = maps.flatten(1).amax(dim=1)
         image_scores = rscin(raw, embeddings, self.config.rscin_ks)
         threshold = label_free_threshold(raw.numpy(), self.config.false_alarm_rate, statistic="map maxima")
@@ -575,7 +743,7 @@ class MuSc(Detector):
             anomaly_maps=maps.numpy().astype(np.float32),
             masks=pixel_masks(maps.numpy(), threshold),
             settings=self.settings(),
-            extras={"raw_image_scores": raw.tolist()},
+            extras={"raw_image_scores": raw.tolist(), "grid": list(grid)},
             is_anomalous=decide(raw.numpy(), threshold),
             threshold=threshold.value,
             threshold_rule=threshold.rule,

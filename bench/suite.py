@@ -1,0 +1,179 @@
+"""One zero-shot method over every shared category: the table that chooses the defaults.
+
+Categories (test images only; each batch scores itself, labels only for the metrics):
+- ``bottle``: mvtec_bottle test (83 images);
+- ``hazelnut_toy``: its test set (23);
+- ``magnetic_tile``: the seeded 100-tile batch of bench/ablation_musc.py (80 defect-free tiles
+  from the test half of the seed-0 split, 4 of each defect class, numpy seed 0);
+- ``pa_*``: the six paper types of paper_impurities, test sets (96 each).
+
+Every category runs through the library's evaluate path (:func:`defectscope.pipeline.
+evaluate_category`: reading, detector, metrics), without writing the per-image outputs.
+Columns: I-AUROC, P-AUROC, P-AP, AUPRO, ``border``: the share of normal images whose image
+score (maximum of the anomaly map) lies in the outer ring of patches (a band one patch of the
+finest feature grid wide), next to ``ring``, that band's share of the map area (what an
+unbiased detector would give), and seconds per image (predict only; wall time, an upper bound
+on a loaded machine). Rows: every category, the mean over all, the mean over the paper types.
+
+    python bench/suite.py --method musc --threads 2 --json bench/results/suite_default.json
+    python bench/suite.py --param border=reflect --backbone dinov2-vits14 --image-size 448
+    python bench/suite.py --only pa_ --only bottle          # a subset (name prefixes)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+import numpy as np
+
+from defectscope.data import magnetic_tile, mvtec_category
+from defectscope.data.layouts import Category
+from defectscope.pipeline import RunOptions, apply_threads, evaluate_category
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+COLUMNS = (
+    ("image_auroc", "I-AUROC"),
+    ("pixel_auroc", "P-AUROC"),
+    ("pixel_ap", "P-AP"),
+    ("pixel_aupro", "AUPRO"),
+    ("border_share", "border"),
+    ("ring_share", "ring"),
+    ("seconds_per_image", "s/img"),
+)
+
+
+def magnetic_batch(shared: Path, seed: int = 0) -> Category:
+    """The seeded 100-tile batch: 80 defect-free test tiles and 4 of each defect class."""
+    category = magnetic_tile(shared / "magnetic_tile", seed=seed)
+    rng = np.random.default_rng(seed)
+    free = [s for s in category.test if s.label == 0]
+    chosen = [free[i] for i in sorted(rng.choice(len(free), 80, replace=False))]
+    for kind in sorted({s.defect_type for s in category.test if s.label == 1}):
+        members = [s for s in category.test if s.defect_type == kind]
+        chosen += [members[i] for i in sorted(rng.choice(len(members), 4, replace=False))]
+    return Category("magnetic_tile", category.root, category.layout, [], chosen, category.has_masks)
+
+
+def shared_categories(shared: Path = SHARED) -> list[Category]:
+    """bottle, hazelnut_toy, the magnetic-tile batch and the six paper types, in that order."""
+    found = [
+        mvtec_category(shared / "mvtec_bottle"),
+        mvtec_category(shared / "hazelnut_toy"),
+        magnetic_batch(shared),
+    ]
+    found[0].name, found[1].name = "bottle", "hazelnut_toy"
+    found += [mvtec_category(p) for p in sorted((shared / "paper_impurities").glob("pa_*")) if p.is_dir()]
+    return found
+
+
+def ring_mask(shape: tuple[int, int], grid: tuple[int, int]) -> np.ndarray:
+    """(H, W) bool: the outer band of the map one patch of ``grid`` wide."""
+    height, width = shape
+    rows = max(1, round(height / grid[0]))
+    cols = max(1, round(width / grid[1]))
+    mask = np.zeros(shape, dtype=bool)
+    mask[:rows], mask[-rows:], mask[:, :cols], mask[:, -cols:] = True, True, True, True
+    return mask
+
+
+def border_shares(maps: np.ndarray, labels: np.ndarray, grid: tuple[int, int]) -> tuple[float | None, float]:
+    """Share of normal images whose map maximum lies in the ring, and the ring's area share."""
+    ring = ring_mask(tuple(maps.shape[-2:]), grid)
+    normal = [m for m, y in zip(maps, labels) if y == 0]
+    if not normal:
+        return None, float(ring.mean())
+    hits = [ring.flat[int(np.argmax(m))] for m in normal]
+    return float(np.mean(hits)), float(ring.mean())
+
+
+def run_suite(options: RunOptions, categories: list[Category]) -> dict[str, dict[str, float | None]]:
+    """Evaluate each category; metrics plus border/ring shares and seconds per image."""
+    rows: dict[str, dict[str, float | None]] = {}
+    for category in categories:
+        started = time.perf_counter()
+        result, _, samples, _, metrics = evaluate_category(category, options)
+        labels = np.array([s.label for s in samples])
+        grid = tuple(result.extras.get("grid", result.anomaly_maps.shape[-2:]))
+        border, ring = border_shares(result.anomaly_maps, labels, grid)  # type: ignore[arg-type]
+        row = {key: metrics.get(key) for key, _ in COLUMNS[:4]}
+        row.update(
+            border_share=border,
+            ring_share=ring,
+            seconds_per_image=float(result.settings["seconds"]) / len(samples),
+            wall_seconds=time.perf_counter() - started,
+        )
+        rows[category.name] = row
+        print(f"{category.name}: " + ", ".join(f"{k}={v:.3f}" for k, v in row.items() if v is not None), flush=True)
+    return rows
+
+
+def with_means(rows: dict[str, dict[str, float | None]]) -> dict[str, dict[str, float | None]]:
+    """Add the rows ``mean`` (all categories) and ``paper mean`` (the pa_* categories)."""
+    out = dict(rows)
+    groups = {"mean": list(rows), "paper mean": [name for name in rows if name.startswith("pa_")]}
+    for label, names in groups.items():
+        if not names:
+            continue
+        mean_row: dict[str, float | None] = {}
+        for key, _ in COLUMNS:
+            values = [rows[n][key] for n in names if rows[n].get(key) is not None]
+            mean_row[key] = float(np.mean(values)) if values else None
+        out[label] = mean_row
+    return out
+
+
+def markdown(rows: dict[str, dict[str, float | None]]) -> str:
+    """The table: metrics and shares in percent, seconds per image with 3 decimals."""
+    lines = ["| category | " + " | ".join(title for _, title in COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+    for name, row in rows.items():
+        cells = []
+        for key, _ in COLUMNS:
+            value = row.get(key)
+            if value is None:
+                cells.append("n/a")
+            elif key == "seconds_per_image":
+                cells.append(f"{value:.3f}")
+            else:
+                cells.append(f"{100 * value:.1f}")
+        label = f"**{name}**" if name in ("mean", "paper mean") else name
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--method", default="musc", choices=("musc", "codegraph"))
+    parser.add_argument("--backbone", default=None)
+    parser.add_argument("--weights", default=None)
+    parser.add_argument("--image-size", type=int, default=None)
+    parser.add_argument("--param", action="append", default=[], help="method setting KEY=VALUE (repeatable)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--only", action="append", default=[], help="keep categories whose name starts with this (repeatable)")
+    parser.add_argument("--shared", type=Path, default=SHARED)
+    parser.add_argument("--json", type=Path, default=None, help="write the rows and the options here")
+    args = parser.parse_args()
+    params = {}
+    for item in args.param:
+        key, _, value = item.partition("=")
+        params[key.strip()] = value.strip()
+    options = RunOptions(
+        method=args.method, backbone=args.backbone, weights=args.weights, image_size=args.image_size,
+        threads=args.threads, method_options=params,
+    )
+    apply_threads(args.threads)
+    categories = shared_categories(args.shared)
+    if args.only:
+        categories = [c for c in categories if any(c.name.startswith(prefix) for prefix in args.only)]
+    rows = with_means(run_suite(options, categories))
+    table = markdown(rows)
+    print(table)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        described = {"method": args.method, "backbone": args.backbone, "image_size": args.image_size, "params": args.param}
+        args.json.write_text(json.dumps({"options": described, "rows": rows}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
