@@ -25,3 +25,7 @@ class ConfigError(DefectscopeError):
 
 class ModelFileError(DefectscopeError):
     """A saved model file belongs to another method or version, or is damaged."""
+
+
+class ReviewError(DefectscopeError):
+    """An output folder cannot be reviewed: no scores table, malformed review.csv, bad export."""
