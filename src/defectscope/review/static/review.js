@@ -42,6 +42,11 @@ function element(tag, className, text) {
   return node;
 }
 
+// The last two components of a path ("crack/000.png"), for the narrow queue.
+function shortName(path) {
+  return path.split(/[\\/]/).slice(-2).join("/");
+}
+
 function buildQueue() {
   const queue = $("queue");
   for (const part of page.parts) {
@@ -49,7 +54,8 @@ function buildQueue() {
     item.dataset.path = part.path;
     item.dataset.id = String(part.id);
     item.dataset.decision = "";
-    item.append(element("span", "rank", `#${part.rank}`), element("span", "name", part.path), element("span", "score", fmt(part.score)));
+    item.title = part.path;
+    item.append(element("span", "rank", `#${part.rank}`), element("span", "name", shortName(part.path)), element("span", "score", fmt(part.score)));
     const badges = element("span", "badges");
     badges.append(element("span", `badge ${part.verdict || "none"}`, part.verdict || "no verdict"), element("span", "badge decision", ""));
     item.append(badges);
@@ -102,8 +108,8 @@ function renderSummary() {
   const suggested = summary.suggested;
   $("suggested").textContent = suggested
     ? `suggested threshold ${fmt(suggested.threshold)} (${suggested.wrong} on the wrong side)`
-    : "suggested threshold: needs a confirmed good and a confirmed defective part";
-  $("suggested").title = suggested ? suggested.rule : "";
+    : "suggested threshold: none yet";
+  $("suggested").title = suggested ? suggested.rule : "needs a confirmed-good and a confirmed-defective part";
 }
 
 function setPicture(img, missing, url) {
