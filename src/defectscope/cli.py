@@ -273,6 +273,7 @@ def review(
         if host not in ("127.0.0.1", "localhost", "::1"):
             warnings.warn(f"--host {host}: anyone who can reach this address and has the URL can see the images and record decisions")
         serve(run, host=host, port=port, open_browser=not no_browser, announce=lambda url: console.print(f"reviewing {len(run.parts)} parts of {run.folder}; open {url}  (Ctrl-C to stop)", highlight=False, soft_wrap=True))
+        console.print(f"stopped; the decisions are in {run.folder / 'review.csv'}", highlight=False)
 
 
 @app.command()
