@@ -6,7 +6,7 @@ CPU time of all threads). ``--hf NAME ...`` also times Hugging Face ViTs built w
 architecture and random weights (same compute as the real weights, which need no download here).
 
 Reproduce: ``python bench/bench_backbones.py --hf dinov2-vits14`` (defaults: batch 8, sizes
-224 320 448, 2 threads; HF models at their default size with batch 2).
+224 320 448, 2 threads; HF models at their default size, or ``--hf-sizes``, with batch 2).
 """
 
 from __future__ import annotations
@@ -65,13 +65,14 @@ def print_row(row: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[224, 320, 448])
-    parser.add_argument("--variants", nargs="+", default=sorted(VARIANTS))
+    parser.add_argument("--variants", nargs="*", default=sorted(VARIANTS))
     parser.add_argument("--layers", nargs="+", default=None, help="e.g. stride8 stride16 (default: backbone default)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--hf", nargs="*", default=[], help="HF backbones to time with random weights, e.g. dinov2-vits14")
     parser.add_argument("--hf-batch-size", type=int, default=2)
+    parser.add_argument("--hf-sizes", type=int, nargs="+", default=None, help="HF input sizes (default: each model's own)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -84,8 +85,9 @@ def main() -> None:
             backbone = get_backbone(name, image_size=size, layers=args.layers)
             print_row(time_extract(backbone, args.batch_size, args.runs))
     for name in args.hf:
-        backbone = HFBackbone(name, config=architecture_config(name))
-        print_row(time_extract(backbone, args.hf_batch_size, args.runs))
+        for size in args.hf_sizes or [None]:
+            backbone = HFBackbone(name, config=architecture_config(name), image_size=size)
+            print_row(time_extract(backbone, args.hf_batch_size, args.runs))
     print(f"# load average at end {os.getloadavg()[0]:.1f}")
 
 

