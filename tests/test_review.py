@@ -174,6 +174,15 @@ def test_no_file_outside_the_run_can_be_read(tmp_path: Path) -> None:
     assert status == 200 and body.startswith(b"\x89PNG")
 
 
+def test_a_maps_folder_linked_elsewhere_serves_nothing(tmp_path: Path) -> None:
+    out, _ = make_run(tmp_path)
+    (out / "maps").rename(tmp_path / "elsewhere")
+    os.symlink(tmp_path / "elsewhere", out / "maps")
+    run = load_run(out)
+    assert all(p.map_file is None for p in run.parts)
+    assert raw_get(create_app(run, TOKEN), "/api/map/0")[0] == 404
+
+
 def test_pictures_are_served_by_row_number(run_dir: Path) -> None:
     client = client_for(run_dir)
     parts = client.get("/api/run").json()["parts"]
@@ -332,3 +341,22 @@ def test_export_needs_decisions(run_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ReviewError, match="review it first"):
         export_review(load_run(run_dir), tmp_path / "export")
     assert not (tmp_path / "export").exists()
+
+
+def test_page_files_are_shipped_in_the_wheel_and_load_nothing_from_outside() -> None:
+    import fnmatch
+    import re
+    import tomllib
+
+    import defectscope.review
+    from defectscope.review.server import _STATIC
+
+    config = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    globs = config["tool"]["setuptools"]["package-data"]["defectscope.review"]
+    static = Path(defectscope.review.__file__).parent / "static"
+    files = sorted(p.name for p in static.iterdir())
+    assert files == sorted(["index.html", *_STATIC])
+    assert all(any(fnmatch.fnmatch(f"static/{name}", pattern) for pattern in globs) for name in files)
+    links = re.findall(r'(?:src|href)="([^"]+)"', (static / "index.html").read_text())
+    assert links and all(link.startswith("/static/") and link.removeprefix("/static/") in _STATIC for link in links)
+    assert not re.search(r"https?://", (static / "review.js").read_text().replace("http://www.w3.org/2000/svg", ""))

@@ -70,12 +70,16 @@ class ReviewRun:
 
 
 def inside(folder: Path, candidate: Path) -> Path | None:
-    """``candidate`` with links resolved when it is a file inside ``folder``, else None."""
+    """``candidate`` with links resolved when it is a file inside ``folder``, else None.
+
+    ``folder`` itself is not followed when it is a link, so a ``maps`` link to elsewhere serves nothing.
+    """
+    root = folder.parent.resolve() / folder.name
     try:
         resolved = candidate.resolve(strict=True)
     except (OSError, RuntimeError):
         return None
-    if not resolved.is_relative_to(folder.resolve()) or not resolved.is_file():
+    if not resolved.is_relative_to(root) or not resolved.is_file():
         return None
     return resolved
 
