@@ -9,8 +9,9 @@ import io
 import json
 import os
 import threading
+import time
 from pathlib import Path
-from urllib.parse import unquote
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ from defectscope.cli import app as cli_app
 from defectscope.data.layouts import labelled_defects, training_images
 from defectscope.errors import ReviewError
 from defectscope.review import DecisionStore, export_review, load_run, suggest_threshold
+from defectscope.review import server as server_module
 from defectscope.review.server import TOKEN_HEADER, cookie_name, create_app
 from review_helpers import make_run
 
@@ -360,3 +362,34 @@ def test_page_files_are_shipped_in_the_wheel_and_load_nothing_from_outside() -> 
     links = re.findall(r'(?:src|href)="([^"]+)"', (static / "index.html").read_text())
     assert links and all(link.startswith("/static/") and link.removeprefix("/static/") in _STATIC for link in links)
     assert not re.search(r"https?://", (static / "review.js").read_text().replace("http://www.w3.org/2000/svg", ""))
+
+
+def test_serve_binds_locally_on_a_free_port_with_a_token_and_opens_the_browser(run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import uvicorn
+
+    opened: list[str] = []
+    served: list[int] = []
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets: served.append(sockets[0].getsockname()[1]))
+    monkeypatch.setattr(server_module.webbrowser, "open", opened.append)
+    urls: list[str] = []
+    server_module.serve(load_run(run_dir), announce=urls.append)
+    server_module.serve(load_run(run_dir), announce=urls.append, open_browser=False)
+    first, second = (urlsplit(url) for url in urls)
+    assert first.hostname == "127.0.0.1" and first.port == served[0] and first.port != second.port
+    token = parse_qs(first.query)["token"][0]
+    assert len(token) >= 32 and token != parse_qs(second.query)["token"][0]
+    for _ in range(100):
+        if opened:
+            break
+        time.sleep(0.02)
+    assert opened == [urls[0]]
+
+
+def test_cli_warns_when_listening_beyond_this_machine(run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[dict] = []
+    monkeypatch.setattr(server_module, "serve", lambda run, **kwargs: calls.append(kwargs))
+    result = CliRunner().invoke(cli_app, ["review", str(run_dir), "--host", "0.0.0.0", "--no-browser"])
+    assert result.exit_code == 0 and "warning" in said(result) and "0.0.0.0" in said(result)
+    assert calls[0]["host"] == "0.0.0.0" and calls[0]["open_browser"] is False
+    result = CliRunner().invoke(cli_app, ["review", str(run_dir)])
+    assert "warning" not in said(result) and calls[1]["host"] == "127.0.0.1" and calls[1]["open_browser"] is True

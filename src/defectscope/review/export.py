@@ -33,7 +33,7 @@ from defectscope.errors import DefectscopeError, ReviewError
 from defectscope.report.atomic import atomic_write_text, staged_output
 from defectscope.report.overlay import resize_mask, save_png
 from defectscope.review.decisions import DEFECTIVE, DecisionStore
-from defectscope.review.folder import Part, ReviewRun
+from defectscope.review.folder import Part, ReviewRun, safe_name
 from defectscope.review.summary import review_summary
 
 GOOD_DIR, DEFECTIVE_DIR, UNMASKED_DIR = "good", "defective", "defective-without-mask"
@@ -50,7 +50,7 @@ def _export_names(parts: list[Part]) -> dict[str, str]:
     for part in parts:
         relative = Path(os.path.abspath(part.path)).relative_to(common)
         stem = "_".join((*relative.parent.parts, relative.stem))
-        stem = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in stem) or "image"
+        stem = safe_name(stem) or "image"
         if stem.endswith(MASK_SUFFIX):
             stem += "_image"
         suffix = relative.suffix.lower()

@@ -119,10 +119,15 @@ def _settings(folder: Path) -> tuple[float | None, str | None]:
     return (None if threshold is None else float(threshold)), (None if rule is None else str(rule))
 
 
+def safe_name(text: str) -> str:
+    """``text`` with every character but letters, digits, ``-_.`` replaced by ``_`` (as in maps/)."""
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)
+
+
 def _watch_map(maps: Path, image_path: str) -> Path | None:
     """The overlay of a watched image: the single ``<stem>.png`` or ``*_<stem>.png`` in maps/."""
     stem = Path(image_path).stem
-    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in stem)
+    safe = safe_name(stem)
     found = [p for p in maps.glob("*.png") if p.stem in (stem, safe) or p.stem.endswith(f"_{safe}")]
     return found[0] if len(found) == 1 else None
 

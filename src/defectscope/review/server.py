@@ -226,7 +226,7 @@ def serve(run: ReviewRun, *, host: str = "127.0.0.1", port: int = 0, open_browse
     server = uvicorn.Server(uvicorn.Config(create_app(run, token), log_level="warning", access_log=False))
     announce(url)
     if open_browser:
-        threading.Timer(0.5, webbrowser.open, (url,)).start()
+        threading.Thread(target=webbrowser.open, args=(url,), daemon=True).start()
     try:
         server.run(sockets=[sock])
     finally:
