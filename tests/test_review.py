@@ -91,10 +91,13 @@ def test_watch_output_is_read_with_its_overlays(tmp_path: Path) -> None:
         writer.writerow(["path", "score", "verdict", "seconds"])
         for index, path in enumerate(paths):
             writer.writerow([path, 0.1 * index, "normal", 0.5])
-    for overlay in sorted((out / "maps").iterdir()):
-        (watch / "maps" / overlay.name).write_bytes(overlay.read_bytes())
+    overlay = next((out / "maps").iterdir()).read_bytes()
+    for path in paths:
+        (watch / "maps" / f"{Path(path).parent.name}__{Path(path).stem}.png").write_bytes(overlay)
+    (watch / "maps" / "000.png").write_bytes(overlay)
     run = load_run(watch)
-    assert len(run.parts) == len(paths) and all(p.map_file is not None for p in run.parts)
+    assert len(run.parts) == len(paths)
+    assert all(p.map_file.name == f"{Path(p.path).parent.name}__{Path(p.path).stem}.png" for p in run.parts)
     assert Path(run.parts[0].path).name == "005.png"
 
 

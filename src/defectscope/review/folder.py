@@ -5,8 +5,8 @@ Recognised folders (``OUT``):
 * ``score`` / ``predict`` / one ``evaluate`` category: ``scores.csv`` (``path, score, rank,
   [verdict], [label], map, status``), ``maps/``, ``masks/`` (when the method makes masks) and
   optionally ``settings.json`` (``threshold``, ``threshold_rule``).
-* ``watch``: ``verdicts.csv`` (``path, score, verdict, seconds``) and ``maps/``; each row's
-  overlay is the one file in ``maps/`` named ``<stem>.png`` or ``*_<stem>.png``.
+* ``watch``: ``verdicts.csv`` (``path, score, verdict, seconds``) and ``maps/``, where each
+  image's overlay is named after its path below the watched folder (``good__000.png``).
 * an ``evaluate`` root (``metrics.json`` and one folder per category): the category is chosen
   with ``category`` (needed only when there are several).
 
@@ -66,6 +66,7 @@ class ReviewRun:
 
     @property
     def has_verdicts(self) -> bool:
+        """True when the run gave verdicts (a ``verdict`` column with values)."""
         return any(part.verdict is not None for part in self.parts)
 
 
@@ -125,11 +126,14 @@ def safe_name(text: str) -> str:
 
 
 def _watch_map(maps: Path, image_path: str) -> Path | None:
-    """The overlay of a watched image: the single ``<stem>.png`` or ``*_<stem>.png`` in maps/."""
-    stem = Path(image_path).stem
-    safe = safe_name(stem)
-    found = [p for p in maps.glob("*.png") if p.stem in (stem, safe) or p.stem.endswith(f"_{safe}")]
-    return found[0] if len(found) == 1 else None
+    """The overlay ``watch`` wrote for an image: its path below the watched folder, without the
+    suffix, parts joined by ``__`` (``IN/good/000.png`` -> ``good__000.png``); the longest match wins."""
+    parts = Path(image_path).with_suffix("").parts
+    for start in range(len(parts)):
+        candidate = maps / f"{safe_name('__'.join(parts[start:]))}.png"
+        if candidate.is_file():
+            return candidate
+    return None
 
 
 def _read_rows(table: Path) -> list[dict[str, str]]:

@@ -138,7 +138,6 @@ def create_app(run: ReviewRun, token: str) -> ASGIApp:
             "title": run.title,
             "threshold": run.threshold,
             "threshold_rule": run.threshold_rule,
-            "has_verdicts": run.has_verdicts,
             "skipped": [{"path": p, "reason": r} for p, r in run.skipped],
             "parts": [_part_json(part) for part in run.parts],
         })
