@@ -342,10 +342,16 @@ def test_export_without_proposed_masks_lists_why(tmp_path: Path) -> None:
     assert "proposed no mask" in report["left_out"][0]["reason"]
 
 
-def test_export_needs_decisions(run_dir: Path, tmp_path: Path) -> None:
+def test_export_needs_decisions_and_never_replaces_the_run(run_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ReviewError, match="review it first"):
         export_review(load_run(run_dir), tmp_path / "export")
     assert not (tmp_path / "export").exists()
+    decide_all(run_dir, {load_run(run_dir).parts[0].path: "defective"})
+    before = _digest(run_dir)
+    for target in (run_dir, run_dir.parent):
+        with pytest.raises(ReviewError, match="would replace the run"):
+            export_review(load_run(run_dir), target, overwrite=True)
+    assert _digest(run_dir) == before
 
 
 def test_page_files_are_shipped_in_the_wheel_and_load_nothing_from_outside() -> None:

@@ -103,6 +103,9 @@ def export_review(run: ReviewRun, out: str | Path, overwrite: bool = False) -> d
     decisions = DecisionStore(run).load()
     if not any(entry.decision != "skip" for entry in decisions.values()):
         raise ReviewError(f"no part of '{run.folder}' is confirmed good or defective yet; review it first with `defectscope review {run.folder}`")
+    target_dir, source = Path(out).resolve(), run.folder.resolve()
+    if target_dir == source or target_dir in source.parents:
+        raise ReviewError(f"export folder '{out}' would replace the run being exported ('{run.folder}'); choose another folder")
     names = _export_names(run.parts)
     written = {GOOD_DIR: 0, DEFECTIVE_DIR: 0, UNMASKED_DIR: 0}
     left_out: list[tuple[str, str]] = []
