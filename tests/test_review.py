@@ -321,13 +321,14 @@ def test_export_writes_training_folders_and_counts_overturned_verdicts(tmp_path:
     assert summary["suggested"]["threshold"] == pytest.approx(0.325)
     assert [item["path"] for item in summary["left_out"]] == [paths[4]]
     assert "1 false alarms" in (target / "summary.md").read_text()
-    assert sorted(p.name for p in (target / "good").iterdir()) == ["good_000.png", "good_002.png", "good_005.png"]
-    assert len(training_images(target / "good")) == 3
-    defects = labelled_defects(target / "defective")
-    assert [s.path.name for s in defects] == ["bad_001.png"]
+    assert sorted(p.name for p in (target / "train" / "good").iterdir()) == ["good_000.png", "good_002.png", "good_005.png"]
+    assert [s.path.name for s in training_images(target)] == ["good_000.png", "good_002.png", "good_005.png"]
+    defects = labelled_defects(target)
+    assert [(s.path.name, s.mask_path.name) for s in defects] == [("bad_001.png", "bad_001_mask.png")]
     mask = np.asarray(Image.open(defects[0].mask_path)) > 127
     assert mask.shape == (48, 48) and mask.any()
-    assert (target / "good" / "good_000.png").read_bytes() == Path(paths[0]).read_bytes()
+    assert [p.name for p in (target / "defective-without-mask").iterdir()] == ["bad_004.png"]
+    assert (target / "train" / "good" / "good_000.png").read_bytes() == Path(paths[0]).read_bytes()
     assert _digest(tmp_path / "inputs") == inputs_before
     assert {k: v for k, v in _digest(out).items() if not k.endswith(("review.csv", ".review.lock"))} == {k: v for k, v in run_before.items()}
     again = CliRunner().invoke(cli_app, ["review", str(out), "--export", str(target)])

@@ -251,7 +251,7 @@ def export(
 @app.command()
 def review(
     out: Path = typer.Argument(..., help="Output folder of a score, evaluate, predict or watch run."),
-    export_dir: Optional[Path] = typer.Option(None, "--export", help="Write the decisions as training data to this folder (good/, defective/ with masks) instead of serving."),
+    export_dir: Optional[Path] = typer.Option(None, "--export", help="Write the decisions as training data to this folder (an MVTec-style category: train/good, test/defective + masks) instead of serving."),
     category: Optional[str] = typer.Option(None, "--category", "-c", help="Evaluate output with several categories: the one to review."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (default: this machine only)."),
     port: int = typer.Option(0, "--port", help="Port to listen on (default: a free one)."),

@@ -1,20 +1,22 @@
 """Turning the reviewer's decisions into training data (``defectscope review OUT --export DIR``).
 
-``DIR`` is written atomically (staged, then renamed) and holds:
+``DIR`` is written atomically (staged, then renamed) as an MVTec AD category, so that it can be
+given as it is to the commands that take one:
 
-* ``good/``: copies of the confirmed-good images, a folder of good parts usable as ``--good DIR/good``
-  and as U-Flow training data (``defectscope fit DIR/good --method uflow``);
-* ``defective/``: confirmed-defective images whose proposed mask the reviewer accepted, each with
-  its mask ``NAME_mask.png`` beside it (the run's mask from ``masks/`` enlarged, nearest
-  neighbour, to the image's own size), usable as PRN ``--anomalies DIR/defective``;
+* ``train/good/``: copies of the confirmed-good images: ``defectscope fit DIR --method uflow``
+  trains on them, and ``--good DIR/train/good`` uses them as the reference of good parts;
+* ``test/defective/`` with ``ground_truth/defective/NAME_mask.png``: the confirmed-defective
+  images whose proposed mask the reviewer accepted, the mask (the run's ``masks/`` file)
+  enlarged, nearest neighbour, to the image's own size: PRN's ``--anomalies DIR``;
 * ``defective-without-mask/``: confirmed-defective images with no usable mask (the method made
-  none, the reviewer rejected it, or it is empty); draw ``NAME_mask.png`` beside them to use them;
+  none, the reviewer rejected it, or it is empty); to use them, draw a mask and add the pair to
+  ``test/defective`` and ``ground_truth/defective``;
 * ``summary.json`` and ``summary.md``: counts, overturned verdicts, the suggested threshold and
   every part left out with the reason.
 
 File names are the image's path below the folder common to the whole run, with separators
 turned into ``_`` (``test/crack/000.png`` -> ``crack_000.png``), made unique with ``-2``, ``-3``.
-Images are copied byte for byte; inputs are never changed.
+Images are copied byte for byte; inputs and the run are never changed.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ from defectscope.review.decisions import DEFECTIVE, DecisionStore
 from defectscope.review.folder import Part, ReviewRun, safe_name
 from defectscope.review.summary import review_summary
 
-GOOD_DIR, DEFECTIVE_DIR, UNMASKED_DIR = "good", "defective", "defective-without-mask"
+FOLDERS = {"good": "train/good", "defective": "test/defective", "defective-without-mask": "defective-without-mask"}
+MASK_FOLDER = "ground_truth/defective"
 
 
 def _export_names(parts: list[Part]) -> dict[str, str]:
@@ -68,7 +71,7 @@ def _proposed_mask(part: Part, decision: str, size_hw: tuple[int, int]) -> tuple
     if decision != "defective":
         return None, "the reviewer rejected the proposed mask"
     if part.mask_file is None:
-        return None, "the method proposed no mask (draw NAME_mask.png beside the image to use it for PRN)"
+        return None, "the method proposed no mask"
     mask = np.asarray(read_image(part.mask_file))[..., 0] > 127
     if not mask.any():
         return None, "the proposed mask is empty"
@@ -81,7 +84,7 @@ def _summary_markdown(summary: dict[str, Any], written: dict[str, int], left_out
         "# defectscope review export",
         "",
         f"- reviewed: {summary['reviewed']} of {summary['total']} parts ({summary['counts']['skip']} skipped)",
-        f"- good/: {written[GOOD_DIR]} images; defective/: {written[DEFECTIVE_DIR]} images with masks; {UNMASKED_DIR}/: {written[UNMASKED_DIR]} images",
+        f"- {FOLDERS['good']}/: {written['good']} images; {FOLDERS['defective']}/: {written['defective']} images with masks in {MASK_FOLDER}/; {FOLDERS['defective-without-mask']}/: {written['defective-without-mask']} images",
     ]
     if summary["false_alarms"] is None:
         lines.append("- overturned verdicts: n/a (the run has no verdicts)")
@@ -107,11 +110,11 @@ def export_review(run: ReviewRun, out: str | Path, overwrite: bool = False) -> d
     if target_dir == source or target_dir in source.parents:
         raise ReviewError(f"export folder '{out}' would replace the run being exported ('{run.folder}'); choose another folder")
     names = _export_names(run.parts)
-    written = {GOOD_DIR: 0, DEFECTIVE_DIR: 0, UNMASKED_DIR: 0}
+    written = {kind: 0 for kind in FOLDERS}
     left_out: list[tuple[str, str]] = []
     with staged_output(out, overwrite) as staging:
-        for folder in written:
-            (staging / folder).mkdir()
+        for folder in (*FOLDERS.values(), MASK_FOLDER):
+            (staging / folder).mkdir(parents=True)
         for part in run.parts:
             entry = decisions.get(part.path)
             if entry is None or entry.decision == "skip":
@@ -122,17 +125,17 @@ def export_review(run: ReviewRun, out: str | Path, overwrite: bool = False) -> d
                 left_out.append((part.path, f"image unreadable: {exc}"))
                 continue
             name = names[part.path]
-            target = GOOD_DIR
+            kind = "good"
             if entry.decision in DEFECTIVE:
                 mask, reason = _proposed_mask(part, entry.decision, size_hw)
                 if mask is None:
-                    target = UNMASKED_DIR
-                    left_out.append((part.path, f"not in {DEFECTIVE_DIR}/: {reason}"))
+                    kind = "defective-without-mask"
+                    left_out.append((part.path, f"not a PRN training defect: {reason}"))
                 else:
-                    target = DEFECTIVE_DIR
-                    save_png(staging / DEFECTIVE_DIR / f"{Path(name).stem}{MASK_SUFFIX}.png", mask)
-            shutil.copyfile(part.path, staging / target / name)
-            written[target] += 1
+                    kind = "defective"
+                    save_png(staging / MASK_FOLDER / f"{Path(name).stem}{MASK_SUFFIX}.png", mask)
+            shutil.copyfile(part.path, staging / FOLDERS[kind] / name)
+            written[kind] += 1
         summary = review_summary(run, decisions)
         report = {**summary, "source": str(run.folder), "written": written, "left_out": [{"path": p, "reason": r} for p, r in left_out]}
         atomic_write_text(staging / "summary.json", json.dumps(report, indent=2))
