@@ -3,7 +3,7 @@
     defectscope score /work/shared/datasets/mvtec_bottle/test --out /tmp/x
     python bench/review_screenshot.py /tmp/x docs/review.png --decide 8
 
-``--decide N`` records decisions for the N most suspicious parts first, taken from the MVTec
+``--decide N`` records decisions for the N most and the N least suspicious parts first, taken from the MVTec
 folder names (``test/good/`` -> good, any other folder -> defective): the screenshot then shows
 a review in progress; these are the dataset's labels standing in for an inspector, and they are
 written to the run's review.csv like any other decisions. The PNG is reduced to 256 colours to
@@ -32,12 +32,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="output folder of a score/evaluate/predict run")
     parser.add_argument("png", type=Path, help="screenshot to write")
-    parser.add_argument("--decide", type=int, default=8, help="decide the N most suspicious parts from their folder names")
+    parser.add_argument("--decide", type=int, default=8, help="decide the N most and N least suspicious parts from their folder names")
     parser.add_argument("--chromium", default="/usr/bin/chromium")
     args = parser.parse_args()
     run = load_run(args.out)
     store = DecisionStore(run)
-    for part in run.parts[: args.decide]:
+    for part in run.parts[: args.decide] + run.parts[len(run.parts) - args.decide :]:
         store.decide(part.path, "good" if Path(part.path).parent.name == "good" else "defective")
     token = "screenshot"
     sock = bind("127.0.0.1", 0)

@@ -193,7 +193,7 @@ function renderHistogram() {
   }
   if (marks[1] !== null) {
     const at = x(marks[1]);
-    nodes.push(svg("line", { x1: at, x2: at, y1: top + 8, y2: bottom, class: "suggested" }), svg("text", { x: at + 3, y: top + 14 }, "suggested"));
+    nodes.push(svg("line", { x1: at, x2: at, y1: top + 8, y2: bottom, class: "suggested" }), svg("text", { x: at - 3, y: top + 14, "text-anchor": "end" }, `suggested ${fmt(marks[1])}`));
   }
   if (page.current) {
     const at = x(page.current.score);
