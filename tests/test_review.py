@@ -195,6 +195,8 @@ def test_pictures_are_served_by_row_number(run_dir: Path) -> None:
     for kind in ("image", "map", "mask"):
         response = client.get(f"/api/{kind}/0")
         assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+        assert response.headers["cache-control"].startswith("private")
+    assert client.get("/api/state").headers["cache-control"] == "no-store"
     image = Image.open(io.BytesIO(client.get("/api/image/0").content))
     assert image.size == (48, 48)
 

@@ -43,8 +43,8 @@ _SECURITY_HEADERS = [
     (b"content-security-policy", b"default-src 'self'; img-src 'self' data:; frame-ancestors 'none'"),
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"no-referrer"),
-    (b"cache-control", b"no-store"),
 ]
+_PICTURE_CACHE = {"cache-control": "private, max-age=3600"}
 
 
 def cookie_name(token: str) -> str:
@@ -68,7 +68,10 @@ class TokenGate:
 
         async def send_secured(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), *_SECURITY_HEADERS]
+                headers = [*message.get("headers", []), *_SECURITY_HEADERS]
+                if not any(name.lower() == b"cache-control" for name, _ in headers):
+                    headers.append((b"cache-control", b"no-store"))
+                message["headers"] = headers
             await send(message)
 
         request = Request(scope)
@@ -169,7 +172,7 @@ def create_app(run: ReviewRun, token: str) -> ASGIApp:
             checked = None if stored is None else inside(run.folder / folder_name, stored)
             if checked is None:
                 return _not_found(f"no {folder_name[:-1]} for this part")
-            return FileResponse(checked, media_type="image/png")
+            return FileResponse(checked, media_type="image/png", headers=_PICTURE_CACHE)
 
         return endpoint
 
@@ -184,7 +187,7 @@ def create_app(run: ReviewRun, token: str) -> ASGIApp:
         height, width = pixels.shape[:2]
         if max(height, width) > IMAGE_MAX_SIDE:
             pixels = make_thumbnail(pixels, width=max(1, round(width * IMAGE_MAX_SIDE / max(height, width))))
-        return Response(encode_image(np.ascontiguousarray(pixels), "PNG"), media_type="image/png")
+        return Response(encode_image(np.ascontiguousarray(pixels), "PNG"), media_type="image/png", headers=_PICTURE_CACHE)
 
     routes = [
         Route("/", index),

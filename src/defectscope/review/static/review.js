@@ -115,7 +115,8 @@ function renderSummary() {
 function setPicture(img, missing, url) {
   img.hidden = !url;
   if (missing) missing.hidden = Boolean(url);
-  if (url) img.src = url; else img.removeAttribute("src");
+  if (!url) img.removeAttribute("src");
+  else if (img.getAttribute("src") !== url) img.src = url;
 }
 
 function renderView() {
