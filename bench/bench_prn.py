@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from defectscope.data import magnetic_tile, read_image, read_mask
-from defectscope.methods.prn import PRN, PRNConfig, PRNProgress, kshot_split
+from defectscope.methods.prn import PRN, PRNConfig, kshot_split
 from defectscope.metrics import image_metrics, pixel_metrics
 from defectscope.report.overlay import resize_map
 
@@ -95,10 +95,9 @@ def main() -> None:
     normal_images = [read_image(s.path) for s in normals]
     anomalies = [(read_image(s.path), read_mask(s.mask_path)) for s in train_anomalies]
 
-    def progress(event: PRNProgress) -> None:
-        if event.stage != "train" or event.done % 10 == 0 or event.done == event.total:
-            loss = "" if event.loss is None else f" loss {event.loss:.4f}"
-            print(f"[{time.time() - started:7.1f}s] {event.stage} {event.done}/{event.total}{loss}", flush=True)
+    def progress(stage: str, done: int, total: int) -> None:
+        if stage != "train" or done % 10 == 0 or done == total:
+            print(f"[{time.time() - started:7.1f}s] {stage} {done}/{total}", flush=True)
 
     detector = PRN(config).fit(normal_images, anomalies, progress=progress, checkpoint_dir=out / f"{tag}_checkpoint", resume=True)
     train_seconds = time.time() - started

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from defectscope.backbones.base import Features
-from defectscope.errors import ConfigError, ModelFileError
+from defectscope.errors import ConfigError, ModelFileError, NotFittedError
 from defectscope.methods.modelfile import save_model
 from defectscope.methods.uflow import UFlow, UFlowConfig, UFlowNet, anomaly_map
 
@@ -178,7 +178,7 @@ def test_bad_settings_and_misuse_raise() -> None:
         UFlowConfig(epochs=0)
     with pytest.raises(ConfigError):
         UFlowConfig(nfa_method="magic")
-    with pytest.raises(ConfigError, match="not trained"):
+    with pytest.raises(NotFittedError, match="not trained"):
         UFlow(_config(), backbones=_backbones()).predict(_images(1))
     with pytest.raises(ConfigError, match="half"):
         UFlow(_config(), backbones=[FakeBackbone(4, 6), FakeBackbone(16, 12)]).fit(_images(2))

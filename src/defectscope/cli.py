@@ -70,51 +70,38 @@ def _user_errors() -> Iterator[None]:
             raise typer.Exit(code=130)
 
 
-def _parse_value(text: str):
-    """'3' -> 3, '0.2' -> 0.2, 'true' -> True, '1,3,5' -> (1, 3, 5), anything else -> the text."""
-    if "," in text:
-        return tuple(_parse_value(part) for part in text.split(",") if part)
-    lowered = text.lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
-def _parse_params(params: Optional[list[str]]) -> dict:
+def _parse_params(params: Optional[list[str]]) -> dict[str, str]:
+    """KEY=VALUE pairs as raw text; the method's config converts each to its declared type."""
     parsed = {}
     for item in params or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise typer.BadParameter(f"expected KEY=VALUE, got '{item}'", param_hint="--param")
-        parsed[key.strip().replace("-", "_")] = _parse_value(value.strip())
+        parsed[key.strip().replace("-", "_")] = value.strip()
     return parsed
 
 
 def _options(method, backbone, weights, image_size, batch_size, threads, skip_unreadable, overwrite, smoothing, kshot=10, epochs=None, params=None):
-    from defectscope.pipeline import RunOptions
+    from defectscope.options import RunOptions
 
-    method_options = _parse_params(params)
+    method_options: dict = _parse_params(params)
     if smoothing is not None:
         method_options["smoothing_sigma"] = smoothing
     if epochs is not None:
         method_options["epochs"] = epochs
-    return RunOptions(
-        kshot=kshot,
-        method=method,
-        backbone=backbone,
-        weights=str(weights) if weights else None,
-        image_size=image_size,
-        batch_size=batch_size,
-        threads=threads,
-        skip_unreadable=skip_unreadable,
-        overwrite=overwrite,
-        method_options=method_options,
-    )
+    with _user_errors():
+        return RunOptions(
+            kshot=kshot,
+            method=method,
+            backbone=backbone,
+            weights=str(weights) if weights else None,
+            image_size=image_size,
+            batch_size=batch_size,
+            threads=threads,
+            skip_unreadable=skip_unreadable,
+            overwrite=overwrite,
+            method_options=method_options,
+        )
 
 
 def _print_metrics(metrics: dict) -> None:
@@ -226,7 +213,7 @@ def predict(
     skip_unreadable: bool = SkipOption,
 ) -> None:
     """Score images with a trained model."""
-    from defectscope.pipeline import RunOptions
+    from defectscope.options import RunOptions
     from defectscope.training import predict_folder
 
     with _user_errors(), _progress() as progress:

@@ -27,5 +27,13 @@ class ModelFileError(DefectscopeError):
     """A saved model file belongs to another method or version, or is damaged."""
 
 
+class NotFittedError(DefectscopeError):
+    """A trained method was asked to predict, save or export before it was fitted or loaded."""
+
+
+class MemoryLimitError(DefectscopeError):
+    """A run would need more memory than the machine has; refused before any heavy work."""
+
+
 class ReviewError(DefectscopeError):
     """An output folder cannot be reviewed: no scores table, malformed review.csv, bad export."""

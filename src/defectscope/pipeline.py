@@ -10,106 +10,37 @@ from __future__ import annotations
 
 import json
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
-import torch
 from PIL import Image
 
-from defectscope.data.io import read_image, read_mask
+from defectscope.data.batch import read_batch
+from defectscope.data.io import read_mask
 from defectscope.data.layouts import Category, Sample, discover, plain_folder
-from defectscope.errors import ConfigError, ImageReadError
-from defectscope.methods.base import Result, build_config
+from defectscope.errors import ConfigError
+from defectscope.memory import guard_run
+from defectscope.methods.base import Detector, Result
+from defectscope.methods.registry import get_method
 from defectscope.metrics import image_metrics, pixel_metrics
+from defectscope.options import RunOptions, apply_threads
+from defectscope.progress import Progress as ProgressCallback
+from defectscope.progress import prefixed
 from defectscope.report.atomic import atomic_write_text, staged_output
 from defectscope.report.batch import write_batch_outputs
 from defectscope.report.tables import metrics_markdown
 
-ProgressCallback = Callable[[str, int, int], None]
-ZERO_SHOT_METHODS = ("musc", "codegraph")
-TRAINED_METHODS = ("uflow", "prn")
 
-
-@dataclass(frozen=True)
-class RunOptions:
-    """Options shared by ``score`` and ``evaluate``; ``method_options`` go to the method config.
-
-    ``kshot``: for ``evaluate --method prn``, labelled defects per defect type moved from the
-    test set to training (seeded protocol, :func:`defectscope.methods.prn.kshot_split`)."""
-
-    method: str = "musc"
-    backbone: str | None = None
-    weights: str | None = None
-    image_size: int | None = None
-    batch_size: int = 8
-    threads: int | None = None
-    skip_unreadable: bool = False
-    overwrite: bool = False
-    kshot: int = 10
-    method_options: Mapping[str, Any] = field(default_factory=dict)
-
-
-def apply_threads(threads: int | None) -> None:
-    """Set the number of CPU threads torch uses (None keeps torch's default)."""
-    if threads is not None:
-        if threads < 1:
-            raise ConfigError(f"--threads must be >= 1, got {threads}")
-        torch.set_num_threads(threads)
-
-
-def build_detector(options: RunOptions):
-    """A zero-shot detector (``musc`` or ``codegraph``) configured from ``options``."""
-    common: dict[str, Any] = {"weights": options.weights, "image_size": options.image_size, "batch_size": options.batch_size}
-    if options.backbone is not None:
-        common["backbone"] = options.backbone
-    common.update(options.method_options)
-    if options.method == "musc":
-        from defectscope.methods.musc import MuSc, MuScConfig
-
-        return MuSc(build_config(MuScConfig, common))
-    if options.method == "codegraph":
-        from defectscope.methods.codegraph import CoDeGraph, CoDeGraphConfig
-
-        return CoDeGraph(build_config(CoDeGraphConfig, common))
-    if options.method in TRAINED_METHODS:
+def build_detector(options: RunOptions) -> Detector:
+    """A zero-shot detector (see :mod:`defectscope.methods.registry`) configured from ``options``."""
+    entry = get_method(options.method)
+    if entry.needs_training:
         raise ConfigError(
             f"method '{options.method}' needs training: use `defectscope fit --method {options.method}` "
             f"then `defectscope predict`, or `defectscope evaluate --method {options.method}`"
         )
-    raise ConfigError(f"unknown method '{options.method}'; choose one of {', '.join(ZERO_SHOT_METHODS + TRAINED_METHODS)}")
-
-
-def _read_or_error(path: Path) -> np.ndarray | ImageReadError:
-    try:
-        return read_image(path)
-    except ImageReadError as exc:
-        return exc
-
-
-def read_batch(
-    paths: Sequence[Path], skip_unreadable: bool = False, workers: int = 4
-) -> tuple[list[np.ndarray], list[Path], list[tuple[Path, str]]]:
-    """Read every image before any heavy work (decoding in ``workers`` threads, order kept).
-
-    The first unreadable file (in input order) stops the run with its one-sentence error,
-    unless ``skip_unreadable``: then it is listed in ``skipped``.
-    """
-    images: list[np.ndarray] = []
-    kept: list[Path] = []
-    skipped: list[tuple[Path, str]] = []
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        for path, outcome in zip(paths, pool.map(_read_or_error, paths)):
-            if isinstance(outcome, ImageReadError):
-                if not skip_unreadable:
-                    raise outcome
-                skipped.append((path, str(outcome)))
-            else:
-                images.append(outcome)
-                kept.append(path)
-    return images, kept, skipped
+    return entry.build(options)
 
 
 def _settings_with_inputs(result: Result, **inputs: Any) -> None:
@@ -123,11 +54,12 @@ def score_folder(
     report.html (and skipped.csv when files were skipped)."""
     apply_threads(options.threads)
     samples = plain_folder(folder)
+    detector = build_detector(options)
+    guard_run(detector, [s.path for s in samples])
     with staged_output(out, options.overwrite) as staging:
         images, paths, skipped = read_batch([s.path for s in samples], options.skip_unreadable)
         if len(images) < 2:
             raise ConfigError(f"'{folder}' holds {len(images)} readable image(s); mutual scoring needs at least 2")
-        detector = build_detector(options)
         started = time.perf_counter()
         result = detector.predict(images, [str(p) for p in paths], progress=progress)
         _settings_with_inputs(result, input=Path(folder), seconds=round(time.perf_counter() - started, 2))
@@ -189,18 +121,19 @@ def evaluate_category(
 ) -> tuple[Result, list[np.ndarray], list[Sample], list[tuple[Path, str]], dict[str, float | None]]:
     """Score one category's test set and measure it. Zero-shot methods: the test batch scores
     itself. Trained methods: see :func:`defectscope.training.evaluate_trained_category`."""
-    if options.method in TRAINED_METHODS:
+    if get_method(options.method).needs_training:
         from defectscope.training import evaluate_trained_category
 
         started = time.perf_counter()
         result, images, samples, protocol = evaluate_trained_category(category, options, kshot=options.kshot, seed=seed, progress=progress)
         _settings_with_inputs(result, category=category.name, input=category.root, seconds=round(time.perf_counter() - started, 2), protocol=protocol)
         return result, images, samples, [], category_metrics(result, samples, images, category.has_masks)
+    detector = build_detector(options)
+    guard_run(detector, [s.path for s in category.test])
     images, kept, skipped = read_batch([s.path for s in category.test], options.skip_unreadable)
     by_path = {s.path: s for s in category.test}
     samples = [by_path[p] for p in kept]
     ground_truth = load_ground_truth(samples, images) if category.has_masks else None
-    detector = build_detector(options)
     started = time.perf_counter()
     result = detector.predict(images, [str(s.path) for s in samples], progress=progress)
     _settings_with_inputs(result, category=category.name, input=category.root, seconds=round(time.perf_counter() - started, 2))
@@ -245,9 +178,7 @@ def evaluate_categories(
     results: dict[str, dict[str, float | None]] = {}
     with staged_output(out, options.overwrite) as staging:
         for category in found:
-            report = None
-            if progress is not None:
-                report = lambda stage, done, total, name=category.name: progress(f"{name}: {stage}", done, total)  # noqa: E731
+            report = prefixed(progress, category.name)
             result, images, samples, skipped, metrics = evaluate_category(category, options, report, seed=seed)
             results[category.name] = metrics
             write_batch_outputs(

@@ -10,50 +10,31 @@ from __future__ import annotations
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
+from defectscope.data.batch import read_batch
 from defectscope.data.io import read_mask
 from defectscope.data.layouts import Category, Sample, labelled_defects, plain_folder, training_images
 from defectscope.errors import ConfigError
-from defectscope.methods.base import Result, build_config
+from defectscope.memory import guard_run
+from defectscope.methods.base import Detector, Result
 from defectscope.methods.modelfile import read_model_config
-from defectscope.pipeline import TRAINED_METHODS, RunOptions, apply_threads, read_batch
+from defectscope.methods.registry import MethodEntry, get_method, method_names
+from defectscope.options import RunOptions, apply_threads
+from defectscope.progress import Progress as ProgressCallback
 from defectscope.report.atomic import staged_output
 from defectscope.report.batch import write_batch_outputs
 
-ProgressCallback = Callable[[str, int, int], None]
 DEFAULT_KSHOT = 10
 
 
-def _config(method: str, options: RunOptions, extra: Mapping[str, Any]):
-    values: dict[str, Any] = {}
-    if options.backbone is not None:
-        values["backbone"] = options.backbone
-    if options.image_size is not None:
-        values["image_size"] = options.image_size
-    if method == "uflow":
-        from defectscope.methods.uflow import UFlow, UFlowConfig
-
-        if options.weights is not None:
-            values["weights"] = options.weights
-        values["feature_batch_size"] = options.batch_size
-        return UFlow(build_config(UFlowConfig, {**values, **extra}))
-    if method == "prn":
-        from defectscope.methods.prn import PRN, PRNConfig
-
-        if options.weights is not None:
-            values["backbone_weights"] = options.weights
-        return PRN(build_config(PRNConfig, {**values, **extra}))
-    raise ConfigError(f"method '{method}' is not trained; choose one of {', '.join(TRAINED_METHODS)}")
-
-
-def _adapt_progress(method: str, progress: ProgressCallback | None):
-    """PRN reports PRNProgress objects; U-Flow reports (stage, done, total)."""
-    if progress is None or method == "uflow":
-        return progress
-    return lambda event: progress(event.stage, event.done, event.total)
+def _trained_method(method: str) -> MethodEntry:
+    entry = get_method(method)
+    if not entry.needs_training:
+        raise ConfigError(f"method '{method}' is not trained; choose one of {', '.join(method_names(trained=True))}")
+    return entry
 
 
 def _read_pairs(samples: Sequence[Sample]) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -71,17 +52,19 @@ def train_detector(
     resume: bool = False,
     progress: ProgressCallback | None = None,
 ):
-    """Build and train a U-Flow or PRN detector on normal samples (and labelled defects for PRN)."""
-    detector = _config(method, options, options.method_options)
+    """Build and train a trained method's detector on normal samples (and labelled defects for
+    methods that take them, e.g. PRN)."""
+    entry = _trained_method(method)
+    if anomalies and not entry.takes_anomalies:
+        takers = [name for name in method_names(trained=True) if get_method(name).takes_anomalies]
+        raise ConfigError(f"{entry.label} trains on normal images only; --anomalies is for --method {', '.join(takers)}")
+    detector = entry.build(options)
+    guard_run(detector, [s.path for s in normal])
     images, _, _ = read_batch([s.path for s in normal])
-    kwargs = {"progress": _adapt_progress(method, progress), "checkpoint_dir": checkpoint_dir, "resume": resume}
-    if method == "prn":
-        detector.fit(images, _read_pairs(anomalies), **kwargs)
-    else:
-        if anomalies:
-            raise ConfigError("U-Flow trains on normal images only; --anomalies is for --method prn")
-        detector.fit(images, **kwargs)
-    return detector
+    kwargs: dict[str, Any] = {"progress": progress, "checkpoint_dir": checkpoint_dir, "resume": resume}
+    if entry.takes_anomalies:
+        kwargs["anomalies"] = _read_pairs(anomalies)
+    return detector.fit(images, **kwargs)
 
 
 def fit_model(
@@ -100,9 +83,10 @@ def fit_model(
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not options.overwrite:
         raise ConfigError(f"model folder '{out}' already exists; pass --overwrite to replace it")
+    entry = _trained_method(method)
     anomalies = labelled_defects(anomalies_dir) if anomalies_dir is not None else []
-    if method == "prn" and not anomalies:
-        raise ConfigError("PRN needs labelled defects: pass --anomalies DIR (defective images with masks)")
+    if entry.takes_anomalies and not anomalies:
+        raise ConfigError(f"{entry.label} needs labelled defects: pass --anomalies DIR (defective images with masks)")
     checkpoint = out.with_name(f".{out.name}.checkpoint")
     detector = train_detector(method, training_images(train_dir), anomalies, options, checkpoint_dir=checkpoint, resume=resume, progress=progress)
     detector.save(out, overwrite=True)
@@ -110,19 +94,13 @@ def fit_model(
     return out
 
 
-def load_detector(model: str | Path):
-    """Load a saved U-Flow or PRN model, whichever method made it."""
-    header = read_model_config(model)
-    method = header.get("method")
-    if method == "uflow":
-        from defectscope.methods.uflow import UFlow
-
-        return UFlow.load(model)
-    if method == "prn":
-        from defectscope.methods.prn import PRN
-
-        return PRN.load(model)
-    raise ConfigError(f"model '{model}' was made by method '{method}', which `predict` cannot load")
+def load_detector(model: str | Path) -> Detector:
+    """Load a saved model of a trained method, whichever method made it."""
+    method = read_model_config(model).get("method")
+    entry = get_method(method) if method in method_names(trained=True) else None
+    if entry is None:
+        raise ConfigError(f"model '{model}' was made by method '{method}', which `predict` cannot load")
+    return entry.load(model)
 
 
 def predict_folder(
@@ -133,26 +111,22 @@ def predict_folder(
     apply_threads(options.threads)
     detector = load_detector(model)
     samples = plain_folder(folder)
+    guard_run(detector, [s.path for s in samples])
     with staged_output(out, options.overwrite) as staging:
         images, paths, skipped = read_batch([s.path for s in samples], options.skip_unreadable)
         started = time.perf_counter()
-        result = detector.predict(images, [str(p) for p in paths])
+        result = detector.predict(images, [str(p) for p in paths], progress=progress)
         result.settings = {**result.settings, "model": str(model), "input": str(folder), "seconds": round(time.perf_counter() - started, 2)}
         write_batch_outputs(staging, result, images, title=f"defectscope: {Path(folder).name}", skipped=skipped)
     return result
 
 
 def export_model(model: str | Path, out: str | Path, fmt: str = "onnx") -> Path:
-    """Export a saved U-Flow or PRN model (image -> anomaly map) to ONNX."""
+    """Export a saved model of a trained method (image -> anomaly map) to ONNX."""
     if fmt != "onnx":
         raise ConfigError(f"export format '{fmt}' is not supported; use onnx")
-    method = read_model_config(model)["method"]
     detector = load_detector(model)
-    if method == "uflow":
-        from defectscope.methods.uflow.export import export_onnx
-    else:
-        from defectscope.methods.prn.export import export_onnx
-    return export_onnx(detector, out)
+    return get_method(detector.method).export(detector, out)
 
 
 def evaluate_trained_category(
@@ -163,19 +137,20 @@ def evaluate_trained_category(
 
     Returns (result, test images, test samples scored, protocol description)."""
     method = options.method
+    entry = _trained_method(method)
     test = list(category.test)
     anomalies: list[Sample] = []
-    if method == "prn":
-        from defectscope.methods.prn import kshot_split
+    if entry.takes_anomalies:
+        from defectscope.methods.prn.protocol import kshot_split
 
         anomalies, test = kshot_split(test, k=kshot, seed=seed)
         if not anomalies:
-            raise ConfigError(f"category '{category.name}' has no defective images with masks to train PRN on")
+            raise ConfigError(f"category '{category.name}' has no defective images with masks to train {entry.label} on")
     if not category.train:
         raise ConfigError(f"category '{category.name}' has no normal training images for {method}")
     detector = train_detector(method, category.train, anomalies, options, progress=progress)
     images, kept, _ = read_batch([s.path for s in test])
     by_path = {s.path: s for s in test}
     result = detector.predict(images, [str(p) for p in kept])
-    protocol = {"train_normal": len(category.train), "train_defective": len(anomalies), "test": len(kept), "kshot": kshot if method == "prn" else None, "seed": seed}
+    protocol = {"train_normal": len(category.train), "train_defective": len(anomalies), "test": len(kept), "kshot": kshot if entry.takes_anomalies else None, "seed": seed}
     return result, images, [by_path[p] for p in kept], protocol

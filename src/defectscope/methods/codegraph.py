@@ -342,6 +342,10 @@ class CoDeGraph(MuSc):
             raise ConfigError(f"CoDeGraph needs a CoDeGraphConfig, got {type(config).__name__}")
         super().__init__(config or CoDeGraphConfig(), backbone)
 
+    def _tables_held(self, sets: int) -> int:
+        """Every feature set's table is kept for the re-scoring, plus two working copies."""
+        return sets + 2
+
     def analyse(
         self,
         images: Sequence[np.ndarray],

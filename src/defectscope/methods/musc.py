@@ -23,20 +23,18 @@ from __future__ import annotations
 import math
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
-from typing import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from defectscope import __version__
 from defectscope.errors import ConfigError
-from defectscope.methods.base import Result
+from defectscope.memory import estimate_bytes
+from defectscope.methods.base import Detector, MethodConfig, Result, default_paths
 from defectscope.methods.smoothing import gaussian_blur
-
-ProgressCallback = Callable[[str, int, int], None]
-"""Called as ``progress(stage, done, total)`` during long work."""
+from defectscope.progress import Progress as ProgressCallback
 
 SMALL_BATCH_WARNING = 20
 
@@ -222,7 +220,7 @@ def rscin(scores: torch.Tensor | np.ndarray, embeddings: torch.Tensor | np.ndarr
 
 
 @dataclass(frozen=True)
-class MuScConfig:
+class MuScConfig(MethodConfig):
     """MuSc settings; the defaults are the authors' where they exist, else chosen by measurement.
 
     Attributes:
@@ -289,13 +287,14 @@ class MuScScores:
     feature_sets: list[torch.Tensor] = field(default_factory=list)
 
 
-class MuSc:
+class MuSc(Detector):
     """Zero-shot detector: scores an unlabeled batch by mutual scoring (no fit needed)."""
 
     method = "musc"
+    config: MuScConfig
 
     def __init__(self, config: MuScConfig | None = None, backbone=None) -> None:
-        self.config = config or MuScConfig()
+        super().__init__(config or MuScConfig())
         self.config.validate()
         self._backbone = backbone
 
@@ -309,19 +308,34 @@ class MuSc:
             self._backbone = get_backbone(cfg.backbone, weights=cfg.weights, image_size=cfg.image_size, layers=layers)
         return self._backbone
 
-    def fit(self, images: Sequence[np.ndarray]) -> "MuSc":
-        """Zero-shot: nothing to learn. Present for the common Detector interface."""
-        return self
-
-    def settings(self) -> dict:
+    def backbone_facts(self) -> dict[str, Any]:
         backbone = self.backbone
-        return {
-            "method": self.method,
-            "version": __version__,
-            **asdict(self.config),
-            "image_size": backbone.image_size,
-            "layers": list(backbone.layer_names),
-        }
+        return {"image_size": backbone.image_size, "layers": list(backbone.layer_names)}
+
+    def memory_plan(self) -> tuple[int, int]:
+        backbone = self.backbone
+        return int(backbone.image_size), int(getattr(backbone, "patch_size", 32))
+
+    def _tables_held(self, sets: int) -> int:
+        """N x N x L tables alive at once: similarities, distances and their sorted part."""
+        return 3
+
+    def memory_needed(self, count: int, image_size: int | None = None) -> int:
+        backbone = self.backbone
+        size = image_size or backbone.image_size
+        grid = getattr(backbone, "grid", None)
+        side = max(1, grid[0] * size // backbone.image_size) if grid else max(1, size // 8)
+        channels = list(getattr(backbone, "layer_channels", [256] * len(backbone.layer_names)))
+        degrees = len(self.config.degrees)
+        patches = side * side
+        return estimate_bytes(
+            count=count,
+            image_size=size,
+            batch_size=self.config.batch_size,
+            feature_floats=sum(channels) * patches * (1 + degrees),
+            patches=patches,
+            tables=self._tables_held(len(channels) * degrees),
+        )
 
     def feature_sets(
         self, images: Sequence[np.ndarray], progress: ProgressCallback | None = None, *, native_grids: bool = False
@@ -378,10 +392,7 @@ class MuSc:
         paths: Sequence[str] | None = None,
     ) -> Result:
         """(N, L) patch scores -> Result: maps, image score = max of the map, then RsCIN."""
-        n = patch_scores.shape[0]
-        names = [str(p) for p in (paths if paths is not None else range(n))]
-        if len(names) != n:
-            raise ConfigError(f"got {len(names)} paths for {n} images")
+        names = default_paths(paths, patch_scores.shape[0], self.method)
         maps = self.maps_from_patch_scores(patch_scores, grid)
         raw = maps.flatten(1).amax(dim=1)
         image_scores = rscin(raw, embeddings, self.config.rscin_ks)

@@ -1,6 +1,6 @@
 """PRN: prototypical residual network for supervised few-shot defect segmentation."""
 
-from defectscope.methods.prn.detector import PRN, PRNConfig, PRNProgress, multiscale_features
+from defectscope.methods.prn.detector import PRN, PRNConfig, multiscale_features
 from defectscope.methods.prn.export import export_onnx
 from defectscope.methods.prn.generate import (
     AnomalyGenerator,
@@ -14,7 +14,6 @@ from defectscope.methods.prn.protocol import kshot_split
 __all__ = [
     "PRN",
     "PRNConfig",
-    "PRNProgress",
     "AnomalyGenerator",
     "estimate_foreground",
     "export_onnx",

@@ -16,27 +16,28 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from defectscope import __version__
 from defectscope.errors import ConfigError, ModelFileError
-from defectscope.methods.base import Result
+from defectscope.memory import estimate_bytes
+from defectscope.methods.base import Detector, MethodConfig, Result, default_paths
 from defectscope.methods.modelfile import load_model, save_model
 from defectscope.methods.prn.generate import AnomalyGenerator, epoch_plan
 from defectscope.methods.prn.model import PRNHead, build_prototypes, prn_loss, prototype_count, top_k_mean
+from defectscope.progress import Progress
 
 METHOD = "prn"
 CHECKPOINT_METHOD = "prn-checkpoint"
 
 
 @dataclass(frozen=True)
-class PRNConfig:
+class PRNConfig(MethodConfig):
     """PRN settings (defaults fit a ~20 min CPU budget per category on 2 cores).
 
     Attributes:
@@ -98,10 +99,6 @@ class PRNConfig:
         if self.learning_rate <= 0:
             raise ConfigError(f"PRN learning_rate must be positive, got {self.learning_rate}.")
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict of the settings."""
-        return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()}
-
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "PRNConfig":
         """Inverse of :meth:`to_dict`; unknown keys fail clearly."""
@@ -111,20 +108,6 @@ class PRNConfig:
             raise ModelFileError(f"PRN config has unknown settings {unknown}; it was made by another version.")
         converted = {key: tuple(value) if isinstance(value, list) else value for key, value in values.items()}
         return cls(**converted)
-
-
-@dataclass
-class PRNProgress:
-    """A progress report: stage ("features", "prototypes", "train"), done of total, last loss."""
-
-    stage: str
-    done: int
-    total: int
-    loss: float | None = None
-    epoch: int | None = None
-
-
-ProgressCallback = Callable[[PRNProgress], None]
 
 
 def _layer_strides(layer_names: Sequence[str]) -> list[int]:
@@ -167,7 +150,7 @@ def _default_backbone(config: PRNConfig) -> Any:
     )
 
 
-class PRN:
+class PRN(Detector):
     """Prototypical residual network (supervised with a few real anomalies plus generated ones).
 
     Args:
@@ -175,8 +158,11 @@ class PRN:
         backbone: an already built backbone (default: built from ``config`` via the registry).
     """
 
+    method = METHOD
+    config: PRNConfig
+
     def __init__(self, config: PRNConfig | None = None, *, backbone: Any | None = None) -> None:
-        self.config = config or PRNConfig()
+        super().__init__(config or PRNConfig())
         self._backbone = backbone
         self.head: PRNHead | None = None
         self.model_info: dict[str, Any] = {}
@@ -208,21 +194,22 @@ class PRN:
         normal_images: Sequence[np.ndarray],
         anomalies: Sequence[tuple[np.ndarray, np.ndarray]] = (),
         *,
-        progress: ProgressCallback | None = None,
+        progress: Progress | None = None,
         checkpoint_dir: str | Path | None = None,
         resume: bool = False,
     ) -> "PRN":
         """Train on normal images and real (image, mask) anomalies; checkpoints every epoch.
 
         With ``resume=True`` and a checkpoint in ``checkpoint_dir``, training continues after the
-        last finished epoch (the checkpoint must come from the same settings).
+        last finished epoch (the checkpoint must come from the same settings). ``progress`` stages:
+        "features", "prototypes", "train" (optimisation steps over all epochs).
         """
         config = self.config
         if len(normal_images) == 0:
             raise ConfigError("PRN needs at least one normal training image.")
         if resume and checkpoint_dir is None:
             raise ConfigError("PRN resume=True needs a checkpoint_dir.")
-        report = progress or (lambda event: None)
+        report = progress or (lambda stage, done, total: None)
         generator = AnomalyGenerator(normal_images, anomalies, image_size=config.image_size)
         count = len(generator.normals)
 
@@ -230,7 +217,7 @@ class PRN:
         for start in range(0, count, config.batch_size):
             chunk = generator.normals[start : start + config.batch_size]
             cached.append([m.to(torch.float16) for m in self._features(chunk)])
-            report(PRNProgress("features", min(start + config.batch_size, count), count))
+            report("features", min(start + config.batch_size, count), count)
         scales = [torch.cat([chunk[s] for chunk in cached]) for s in range(len(cached[0]))]
         del cached
 
@@ -259,9 +246,9 @@ class PRN:
         if resume and checkpoint is not None and (checkpoint / "config.json").is_file():
             start_epoch, losses = self._restore_checkpoint(checkpoint, head, optimizer, info)
         else:
-            report(PRNProgress("prototypes", 0, 1))
+            report("prototypes", 0, 1)
             head.set_prototypes(build_prototypes([m.to(torch.float32) for m in scales], info["prototype_count"], seed=config.seed))
-            report(PRNProgress("prototypes", 1, 1))
+            report("prototypes", 1, 1)
 
         for epoch in range(start_epoch, config.epochs):
             rng = np.random.default_rng([config.seed, epoch])
@@ -297,7 +284,7 @@ class PRN:
                 loss.backward()
                 optimizer.step()
                 epoch_losses.append(float(loss.detach()))
-                report(PRNProgress("train", epoch * steps_per_epoch + step + 1, total_steps, epoch_losses[-1], epoch))
+                report("train", epoch * steps_per_epoch + step + 1, total_steps)
             losses.append(float(np.mean(epoch_losses)))
             if checkpoint is not None:
                 self._save_checkpoint(checkpoint, head, optimizer, info, epoch + 1, losses)
@@ -322,7 +309,7 @@ class PRN:
             for key, value in param_state.items():
                 tensors[f"optimizer.{param_id}.{key}"] = torch.as_tensor(value)
         header = {
-            "prn": self.config.to_dict(),
+            "prn": self.config.to_json(),
             "model": info,
             "epochs_done": epochs_done,
             "losses": losses,
@@ -339,10 +326,10 @@ class PRN:
     ) -> tuple[int, list[float]]:
         tensors, header = load_model(folder, CHECKPOINT_METHOD)
         saved = header["config"]
-        if saved.get("prn") != self.config.to_dict():
-            raise ConfigError(f"checkpoint '{folder}' was made with other PRN settings; resume with the same settings.")
+        if saved.get("prn") != self.config.to_json():
+            raise ModelFileError(f"checkpoint '{folder}' was made with other PRN settings; resume with the same settings.")
         if saved.get("model", {}).get("normal_images") != info["normal_images"]:
-            raise ConfigError(f"checkpoint '{folder}' was made from another set of normal images.")
+            raise ModelFileError(f"checkpoint '{folder}' was made from another set of normal images.")
         head_state = {name[5:]: value for name, value in tensors.items() if name.startswith("head.")}
         prototypes = [head_state[f"prototypes_{s}"] for s in range(head.scales)]
         head.set_prototypes(prototypes)
@@ -355,45 +342,59 @@ class PRN:
         optimizer.load_state_dict({"state": optimizer_state, "param_groups": saved["param_groups"]})
         return int(saved["epochs_done"]), list(saved["losses"])
 
+    @property
+    def is_fitted(self) -> bool:
+        return self.head is not None
+
     def _require_head(self) -> PRNHead:
-        if self.head is None:
-            raise ConfigError("This PRN model is not trained: call fit() or PRN.load() first.")
+        self.require_fitted()
+        assert self.head is not None
         return self.head
 
-    def anomaly_maps(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+    def memory_needed(self, count: int, image_size: int | None = None) -> int:
+        """Training caches every normal image's multi-scale features (float16, so half a float each)."""
+        size = image_size or self.config.image_size
+        backbone = self.backbone
+        grid = getattr(backbone, "grid", None)
+        side = grid[0] * size // self.config.image_size if grid else size // 4
+        channels = sum(getattr(backbone, "layer_channels", [256] * len(self.config.layers)))
+        return estimate_bytes(count=count, image_size=size, batch_size=self.config.batch_size,
+                              feature_floats=channels * side * side // 2)
+
+    def anomaly_maps(self, images: Sequence[np.ndarray], progress: Progress | None = None) -> torch.Tensor:
         """Pixel anomaly probabilities (N, S, S) for RGB uint8 images."""
         head = self._require_head().eval()
         maps = []
+        step = self.config.batch_size
         with torch.no_grad():
-            for start in range(0, len(images), self.config.batch_size):
-                features = self._features(images[start : start + self.config.batch_size])
+            for start in range(0, len(images), step):
+                features = self._features(images[start : start + step])
                 maps.append(torch.sigmoid(head(*features))[:, 0])
+                if progress is not None:
+                    progress("predict", min(start + step, len(images)), len(images))
         return torch.cat(maps)
 
-    def predict(self, images: Sequence[np.ndarray], paths: Sequence[str] | None = None) -> Result:
+    def predict(
+        self, images: Sequence[np.ndarray], paths: Sequence[str] | None = None, progress: Progress | None = None
+    ) -> Result:
         """Anomaly maps (N, S, S) and image scores (mean of the top-k pixel scores)."""
+        self.require_fitted()
         if len(images) == 0:
             raise ConfigError("PRN predict() was given no images.")
-        if paths is not None and len(paths) != len(images):
-            raise ConfigError(f"PRN predict() got {len(images)} images but {len(paths)} paths.")
-        maps = self.anomaly_maps(list(images))
+        names = default_paths(paths, len(images), self.method)
+        maps = self.anomaly_maps(list(images), progress)
         scores = top_k_mean(maps, self.config.top_k)
         return Result(
-            paths=[str(p) for p in paths] if paths is not None else [f"image_{i}" for i in range(len(images))],
+            paths=names,
             image_scores=scores.numpy().astype(np.float64),
             anomaly_maps=maps.numpy().astype(np.float32),
-            settings={
-                "method": METHOD,
-                "backbone": self.model_info.get("backbone", self.config.backbone),
-                "version": __version__,
-                "config": self.config.to_dict(),
-            },
+            settings=self.settings(),
         )
 
     def save(self, folder: str | Path, *, overwrite: bool = False) -> Path:
         """Write the trained model (safetensors + JSON) to ``folder``."""
         head = self._require_head()
-        header = {"prn": self.config.to_dict(), "model": self.model_info, "losses": self.losses}
+        header = {"prn": self.config.to_json(), "model": self.model_info, "losses": self.losses}
         return save_model(folder, METHOD, dict(head.state_dict()), header, overwrite=overwrite)
 
     @classmethod

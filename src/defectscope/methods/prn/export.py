@@ -16,7 +16,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from defectscope.errors import ConfigError
 from defectscope.methods.prn.model import PRNHead, top_k_mean
 
 
@@ -43,10 +42,7 @@ def export_onnx(
 
     The batch dimension is dynamic; ``batch_size`` only sets the tracing example.
     """
-    head = detector.head
-    if head is None:
-        raise ConfigError("This PRN model is not trained: call fit() or PRN.load() before exporting.")
-    head.eval()
+    head = detector._require_head().eval()
     size = detector.config.image_size
     image = torch.zeros(batch_size, 3, size, size)
     backbone = detector.backbone if include_backbone else None

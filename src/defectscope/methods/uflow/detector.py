@@ -25,29 +25,27 @@ held-out normal training images (``mask_extent``, :func:`.nfa.level_components_t
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from defectscope import __version__
 from defectscope.backbones.base import Backbone
 from defectscope.errors import ConfigError, ModelFileError
-from defectscope.methods.base import Result
+from defectscope.memory import estimate_bytes
+from defectscope.methods.base import Detector, MethodConfig, Result, default_paths
 from defectscope.methods.modelfile import load_model, read_model_config, save_model
 from defectscope.methods.uflow import nfa
 from defectscope.methods.uflow.flow import UFlowNet, anomaly_map, flow_loss
+from defectscope.progress import Progress as ProgressCallback
 
 METHOD = "uflow"
 
-ProgressCallback = Callable[[str, int, int], None]
-"""Called as ``progress(stage, done, total)``; stages "features", "epoch", "predict"."""
-
 
 @dataclass(frozen=True)
-class UFlowConfig:
+class UFlowConfig(MethodConfig):
     """U-Flow settings (defaults fit one MVTec category in well under 15 min on 2 CPU cores).
 
     Attributes:
@@ -163,14 +161,6 @@ class UFlowConfig:
         if not 0 < self.block_alpha < 1:
             raise ConfigError(f"U-Flow block_alpha must be in (0, 1), got {self.block_alpha!r}")
 
-    def to_json(self) -> dict[str, Any]:
-        """JSON-serialisable dict of the settings."""
-        data = asdict(self)
-        data["layers"] = list(self.layers)
-        if self.input_sizes is not None:
-            data["input_sizes"] = list(self.input_sizes)
-        return data
-
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "UFlowConfig":
         """Inverse of :meth:`to_json`; unknown keys are an error. Files written before map smoothing
@@ -209,7 +199,7 @@ def _training_settings(config: UFlowConfig) -> dict[str, Any]:
     return data
 
 
-class UFlow:
+class UFlow(Detector):
     """U-Flow detector (see the module docstring).
 
     Args:
@@ -218,8 +208,11 @@ class UFlow:
             built from ``config`` with :func:`defectscope.backbones.get_backbone`.
     """
 
+    method = METHOD
+    config: UFlowConfig
+
     def __init__(self, config: UFlowConfig | None = None, *, backbones: Sequence[Backbone] | None = None) -> None:
-        self.config = config or UFlowConfig()
+        super().__init__(config or UFlowConfig())
         self._backbones = list(backbones) if backbones is not None else None
         if self._backbones is not None and len(self._backbones) != len(self.config.layers):
             raise ConfigError(
@@ -367,10 +360,25 @@ class UFlow:
         generator = torch.Generator().manual_seed(self.config.seed + 7)
         return torch.randperm(count, generator=generator)[:size].sort().values
 
+    @property
+    def is_fitted(self) -> bool:
+        return self.flow is not None
+
     def _require_fitted(self) -> UFlowNet:
-        if self.flow is None:
-            raise ConfigError("U-Flow is not trained: call fit() or UFlow.load() first")
+        self.require_fitted()
+        assert self.flow is not None
         return self.flow
+
+    def memory_needed(self, count: int, image_size: int | None = None) -> int:
+        """Training holds every image's features three times (raw, standardised, latents)."""
+        size = image_size or self.config.image_size
+        per_image = 0
+        for backbone in self.backbones:
+            grid = getattr(backbone, "grid", None)
+            side = grid[0] * size // self.config.image_size if grid else size // 4
+            per_image += int(getattr(backbone, "layer_channels", [256])[0]) * side * side
+        return estimate_bytes(count=count, image_size=size, batch_size=self.config.feature_batch_size,
+                              feature_floats=3 * per_image)
 
     def latents_from_features(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Raw backbone features -> latents z_s (N, C_s, h_s, w_s), finest first."""
@@ -384,8 +392,7 @@ class UFlow:
         """Like :meth:`predict`, from raw backbone features."""
         latents = self.latents_from_features(features)
         count = latents[0].shape[0]
-        if paths is not None and len(paths) != count:
-            raise ConfigError(f"U-Flow got {len(paths)} paths for {count} images")
+        names = default_paths(paths, count, self.method)
         size = self.config.image_size
         maps = anomaly_map(latents, size, self.config.smoothing_sigma).numpy().astype(np.float32)
         masks = None
@@ -402,12 +409,11 @@ class UFlow:
                     for detected, amap in zip(masks, maps)
                 ])
         return Result(
-            paths=list(paths) if paths is not None else [f"image_{i}" for i in range(count)],
+            paths=names,
             image_scores=maps.reshape(count, -1).max(axis=1).astype(np.float64),
             anomaly_maps=maps,
             masks=masks,
-            settings={"method": METHOD, "backbone": self.config.backbone, "version": __version__,
-                      "config": self.config.to_json()},
+            settings=self.settings(),
         )
 
     def _scales(self, latents: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -415,22 +421,24 @@ class UFlow:
             return self.latent_scale
         return [torch.ones(()) for _ in latents]
 
-    def predict(self, images: Sequence[np.ndarray], paths: Sequence[str] | None = None) -> Result:
+    def predict(
+        self, images: Sequence[np.ndarray], paths: Sequence[str] | None = None, progress: ProgressCallback | None = None
+    ) -> Result:
         """Images -> Result with anomaly maps (1 - likelihood), image scores (max) and NFA masks."""
         self._require_fitted()
+        if len(images) == 0:
+            raise ConfigError("U-Flow got no images")
+        names = default_paths(paths, len(images), self.method)
         results = []
         step = max(self.config.feature_batch_size, 1)
         for start in range(0, len(images), step):
             features = self.extract_features(images[start:start + step])
             results.append(self.predict_features(features, None))
-        if not results:
-            raise ConfigError("U-Flow got no images")
-        count = len(images)
-        if paths is not None and len(paths) != count:
-            raise ConfigError(f"U-Flow got {len(paths)} paths for {count} images")
+            if progress is not None:
+                progress("predict", min(start + step, len(images)), len(images))
         masks = None if results[0].masks is None else np.concatenate([r.masks for r in results])
         return Result(
-            paths=list(paths) if paths is not None else [f"image_{i}" for i in range(count)],
+            paths=names,
             image_scores=np.concatenate([r.image_scores for r in results]),
             anomaly_maps=np.concatenate([r.anomaly_maps for r in results]),
             masks=masks,
