@@ -145,8 +145,8 @@ def create_app(run: ReviewRun, token: str) -> ASGIApp:
             "parts": [_part_json(part) for part in run.parts],
         })
 
-    async def get_state(request: Request) -> JSONResponse:
-        return await run_in_threadpool(state)
+    def get_state(request: Request) -> JSONResponse:
+        return state()
 
     async def decide(request: Request) -> JSONResponse:
         try:
