@@ -124,7 +124,9 @@ function renderView() {
   const view = $("view");
   if (!part) {
     view.dataset.currentPath = "";
-    $("meta-path").textContent = "nothing to review";
+    $("meta-path").textContent = "no part matches the filters";
+    $("meta-figures").replaceChildren();
+    for (const id of ["pic-image", "pic-map", "pic-mask-base", "pic-mask"]) setPicture($(id), null, null);
     return;
   }
   view.dataset.currentPath = part.path;
