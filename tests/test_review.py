@@ -263,6 +263,17 @@ def test_two_servers_on_one_folder_keep_each_others_decisions(run_dir: Path) -> 
     assert {r["path"]: r["decision"] for r in review_rows(run_dir)} == {p.path: "skip" for p in parts}
 
 
+def test_a_decision_that_cannot_be_saved_is_one_sentence(run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import defectscope.review.decisions as decisions_module
+
+    def refuse(path, text):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(decisions_module, "atomic_write_text", refuse)
+    response = client_for(run_dir).post("/api/decision", json={"path": load_run(run_dir).parts[0].path, "decision": "good"})
+    assert response.status_code == 409 and "Permission denied" in response.json()["error"] and "writable" in response.json()["error"]
+
+
 @pytest.mark.parametrize("text", [
     "path,verdict\nx,good\n",
     "path,decision,score,verdict,decided_at\n/nowhere.png,good,1,,\n",

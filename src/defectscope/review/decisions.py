@@ -114,12 +114,15 @@ class DecisionStore:
             raise KeyError(path)
         if decision is not None and decision not in DECISIONS:
             raise ValueError(f"decision {decision!r} is not one of {', '.join(DECISIONS)}")
-        with self._locked():
-            decisions = self.load()
-            if decision is None:
-                decisions.pop(path, None)
-            else:
-                stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
-                decisions[path] = Decision(path, decision, stamp)
-            self._write(decisions)
+        try:
+            with self._locked():
+                decisions = self.load()
+                if decision is None:
+                    decisions.pop(path, None)
+                else:
+                    stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+                    decisions[path] = Decision(path, decision, stamp)
+                self._write(decisions)
+        except OSError as exc:
+            raise ReviewError(f"cannot save the decision to '{self.path}' ({exc.strerror or exc}); is the output folder writable?") from exc
         return decisions
