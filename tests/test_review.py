@@ -416,3 +416,23 @@ def test_cli_warns_when_listening_beyond_this_machine(run_dir: Path, monkeypatch
     assert calls[0]["host"] == "0.0.0.0" and calls[0]["open_browser"] is False
     result = CliRunner().invoke(cli_app, ["review", str(run_dir)])
     assert "warning" not in said(result) and calls[1]["host"] == "127.0.0.1" and calls[1]["open_browser"] is True
+
+
+def test_a_real_score_run_can_be_reviewed_and_exported(tmp_path: Path) -> None:
+    from defectscope.data.synthetic import synthetic_images
+    from defectscope.pipeline import RunOptions, score_folder
+
+    images, _ = synthetic_images(6, size=64, defective=(2,), seed=5, defect="spot")
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    for index, image in enumerate(images):
+        Image.fromarray(image).save(folder / f"part_{index}.png")
+    out = tmp_path / "out"
+    score_folder(folder, out, RunOptions(image_size=64))
+    run = load_run(out)
+    assert len(run.parts) == 6 and Path(run.parts[0].path).name == "part_2.png"
+    client = client_for(out)
+    assert client.get("/api/map/0").status_code == 200 and client.get("/api/image/5").status_code == 200
+    client.post("/api/decision", json={"path": run.parts[-1].path, "decision": "good"})
+    report = export_review(load_run(out), tmp_path / "export")
+    assert report["written"]["good"] == 1 and training_images(tmp_path / "export")[0].path.name == Path(run.parts[-1].path).name
