@@ -239,9 +239,9 @@ def test_bad_decisions_are_refused(run_dir: Path, body, status: int) -> None:
 
 def test_decision_for_a_file_the_run_skipped_is_refused(run_dir: Path) -> None:
     with open(run_dir / "scores.csv", "a") as handle:
-        handle.write("/data/broken.png,,,,,skipped: not an image\n")
+        handle.write("/data/broken.png,,,,,skipped: not an image\n/data/late.png,,,,,\n")
     run = load_run(run_dir)
-    assert run.skipped == [("/data/broken.png", "not an image")]
+    assert run.skipped == [("/data/broken.png", "not an image"), ("/data/late.png", "not scored")]
     assert client_for(run_dir).post("/api/decision", json={"path": "/data/broken.png", "decision": "good"}).status_code == 404
     assert client_for(run_dir).post(content=b"not json", url="/api/decision").status_code == 400
 

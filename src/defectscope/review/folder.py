@@ -6,7 +6,10 @@ Recognised folders (``OUT``):
   [verdict], [label], map, status``), ``maps/``, ``masks/`` (when the method makes masks) and
   optionally ``settings.json`` (``threshold``, ``threshold_rule``).
 * ``watch``: ``verdicts.csv`` (``path, score, verdict, seconds``) and ``maps/``, where each
-  image's overlay is named after its path below the watched folder (``good__000.png``).
+  image's overlay is named after its path below the watched folder (``good__000.png``). The
+  review reads the rows present when it starts.
+
+Rows without a score (files the run skipped) are listed apart and cannot be decided.
 * an ``evaluate`` root (``metrics.json`` and one folder per category): the category is chosen
   with ``category`` (needed only when there are several).
 
@@ -183,8 +186,8 @@ def load_run(out: str | Path, category: str | None = None) -> ReviewRun:
             raise ReviewError(f"'{table}' lists '{path}' twice (line {line})")
         seen.add(path)
         status = row.get("status") or ""
-        if status.startswith("skipped"):
-            skipped.append((path, status.partition(":")[2].strip() or status))
+        if status.startswith("skipped") or not (row.get("score") or "").strip():
+            skipped.append((path, status.partition(":")[2].strip() or status or "not scored"))
             continue
         score, verdict = _part_fields(table, line, row)
         if watched:
