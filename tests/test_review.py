@@ -418,6 +418,7 @@ def test_cli_warns_when_listening_beyond_this_machine(run_dir: Path, monkeypatch
     assert "warning" not in said(result) and calls[1]["host"] == "127.0.0.1" and calls[1]["open_browser"] is True
 
 
+@pytest.mark.filterwarnings("ignore:mutual scoring of only")
 def test_a_real_score_run_can_be_reviewed_and_exported(tmp_path: Path) -> None:
     from defectscope.data.synthetic import synthetic_images
     from defectscope.pipeline import RunOptions, score_folder
