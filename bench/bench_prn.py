@@ -8,7 +8,8 @@ on the identical test images):
   * defective tiles: ``kshot_split(category.test, k, seed)``: k per defect class to training, the
     rest in test.
 Metrics (defectscope.metrics) on the test images: pixel AUROC / AP / AUPRO (FPR <= 0.3) with
-maps resized (bilinear) to each image's own size, and image AUROC.
+maps resized (bilinear) to each image's own size, image AUROC, and the verdict's false-alarm rate
+and recall (PRN's probability cut, calibrated on its held-back normal training tiles).
 
 Run: python bench/bench_prn.py --k 10
 """
@@ -28,7 +29,7 @@ import torch
 
 from defectscope.data import magnetic_tile, read_image, read_mask
 from defectscope.methods.prn import PRN, PRNConfig, kshot_split
-from defectscope.metrics import image_metrics, pixel_metrics
+from defectscope.metrics import image_metrics, pixel_metrics, verdict_metrics
 from defectscope.report.overlay import resize_map
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,11 +105,12 @@ def main() -> None:
     detector.save(out / f"{tag}_model", overwrite=True)
 
     started = time.time()
-    maps, masks, scores, labels = [], [], [], []
+    maps, masks, scores, labels, verdicts = [], [], [], [], []
     for start in range(0, len(test_samples), 32):
         chunk = test_samples[start : start + 32]
         images = [read_image(s.path) for s in chunk]
         result = detector.predict(images, [str(s.path) for s in chunk])
+        verdicts.extend(bool(v) for v in result.is_anomalous)
         for sample, image, anomaly_map, score in zip(chunk, images, result.anomaly_maps, result.image_scores):
             shape = image.shape[:2]
             maps.append(resize_map(anomaly_map, shape))
@@ -117,7 +119,8 @@ def main() -> None:
             labels.append(int(sample.label))
         print(f"predicted {min(start + 32, len(test_samples))}/{len(test_samples)}", flush=True)
     predict_seconds = time.time() - started
-    metrics = {**pixel_metrics(maps, masks), **image_metrics(np.array(scores), np.array(labels))}
+    metrics = {**pixel_metrics(maps, masks), **image_metrics(np.array(scores), np.array(labels)),
+               **verdict_metrics(np.array(verdicts), np.array(labels))}
     report = {
         "dataset": "magnetic_tile",
         "k": args.k,
@@ -127,8 +130,10 @@ def main() -> None:
         "test_images": len(test_samples),
         "train_normal": len(normals),
         "train_anomalies": len(train_anomalies),
+        "threshold": result.threshold,
+        "threshold_rule": result.threshold_rule,
         "losses": detector.losses,
-        "config": config.to_dict(),
+        "config": config.to_json(),
         "machine": f"{platform.processor() or platform.machine()}, torch threads {args.threads}",
         "scores": {str(s.path): score for s, score in zip(test_samples, scores)},
     }

@@ -83,6 +83,9 @@ def test_detector_contract(name: str, data, tmp_path) -> None:
     assert events and all(isinstance(s, str) and 0 <= d <= t for s, d, t in events)
     assert {"method", "version"} <= set(result.settings) and result.settings["method"] == name
     assert {f.name for f in fields(config)} <= set(result.settings)
+    assert result.is_anomalous is not None and result.is_anomalous.dtype == bool and result.is_anomalous.shape == (6,)
+    assert isinstance(result.threshold, float) and np.isfinite(result.threshold)
+    assert isinstance(result.threshold_rule, str) and result.threshold_rule.strip()
     named = detector.predict(images[:3], [f"part{i}.png" for i in range(3)])
     assert named.paths == ["part0.png", "part1.png", "part2.png"]
     with pytest.raises(ConfigError, match="got 1 paths for 3 images"):
@@ -166,3 +169,37 @@ def test_runs_do_not_branch_on_method_names_and_training_does_not_import_pipelin
     assert not re.search(r"^\s*(from|import) defectscope\.pipeline", inspect.getsource(training), re.M)
     for module in (cli, pipeline, training):
         assert not re.search(r"method\s*(==|!=|in \()", inspect.getsource(module)), module.__name__
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_calibrate_on_good_images_sets_a_conformal_verdict(name: str, data) -> None:
+    images, masks = data
+    entry = get_method(name)
+    detector = entry.detector_class(entry.make_config(_options(name)))
+    kwargs = {"anomalies": [(images[5], masks[5])]} if entry.takes_anomalies else {}
+    detector.fit(images[:4], **kwargs)
+    with pytest.raises(ConfigError, match="needs at least 19 good images"):
+        detector.calibrate(images[:4], 0.05)
+    assert detector.calibrate(images[:4], 0.25) is detector
+    result = detector.predict(images)
+    assert result.threshold_rule.startswith("conformal on 4 good images")
+    statistic = result.image_scores
+    assert np.array_equal(result.is_anomalous, statistic > result.threshold)
+
+
+def test_cli_verdict_options_reach_the_run_and_bad_values_are_refused(tmp_path) -> None:
+    import json
+
+    folder = _folder(tmp_path)
+    base = ["score", str(folder), "--image-size", str(SIZE)]
+    bad = CliRunner().invoke(app, base + ["--out", str(tmp_path / "o1"), "--false-alarm-rate", "1.5"])
+    assert bad.exit_code == 2 and "--false-alarm-rate must be a number between 0 and 1" in " ".join(bad.output.split())
+    few = CliRunner().invoke(app, base + ["--out", str(tmp_path / "o2"), "--good", str(folder)])
+    assert few.exit_code == 2 and "needs at least 19 good images" in " ".join(few.output.split())
+    assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
+    ok = CliRunner().invoke(app, base + ["--out", str(tmp_path / "o3"), "--good", str(folder), "--false-alarm-rate", "0.25"])
+    assert ok.exit_code == 0, ok.output
+    assert "parts anomalous" in ok.output
+    settings = json.loads((tmp_path / "o3" / "settings.json").read_text())
+    assert settings["false_alarm_rate"] == 0.25 and settings["good"] == str(folder)
+    assert settings["threshold_rule"].startswith("conformal on 4 good images") and settings["reference_images"] == 4

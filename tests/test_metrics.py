@@ -226,3 +226,15 @@ def test_invalid_inputs_raise() -> None:
         pixel_metrics(bad, masks)
     with pytest.raises(ValueError, match="labels"):
         image_metrics([0.1, 0.2], [0, 1, 1])
+
+
+def test_verdict_metrics_rates_and_undefined_cases():
+    from defectscope.metrics import verdict_metrics
+
+    labels = np.array([0, 0, 0, 0, 1, 1])
+    flagged = np.array([True, False, False, False, True, False])
+    assert verdict_metrics(flagged, labels) == {"verdict_false_alarm_rate": 0.25, "verdict_recall": 0.5}
+    assert verdict_metrics(flagged[:4], labels[:4]) == {"verdict_false_alarm_rate": 0.25, "verdict_recall": None}
+    assert verdict_metrics(None, labels) == {"verdict_false_alarm_rate": None, "verdict_recall": None}
+    with pytest.raises(ValueError, match="5 verdicts for 6 labels"):
+        verdict_metrics(flagged[:5], labels)

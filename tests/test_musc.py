@@ -132,3 +132,56 @@ def test_native_and_common_grids_both_score_a_planted_defect():
         result = MuSc(MuScConfig(image_size=96, native_grids=native)).predict(images)
         assert int(np.argmax(result.image_scores)) == 2
         assert result.anomaly_maps.shape == (8, 96, 96)
+
+
+def test_reference_scores_equal_mutual_scoring_leave_one_out():
+    from defectscope.methods.musc import reference_scores
+
+    generator = torch.Generator().manual_seed(11)
+    features = F.normalize(torch.randn(9, 14, 6, generator=generator), dim=-1)
+    batch = mutual_scores(features, 0.0, 0.3)
+    for i in (0, 4, 8):
+        others = torch.cat([features[:i], features[i + 1:]])
+        single = reference_scores(features[i:i + 1], others, 0.0, 0.3, chunk=3)
+        assert torch.allclose(single[0], batch[i], atol=1e-5)
+    many = reference_scores(features[:3], features[3:], 0.0, 0.5)
+    assert many.shape == (3, 14)
+    bank = features[3:]
+    for lower, upper in ((0.0, 0.3), (0.3, 0.9)):
+        dropped = reference_scores(features[:3], bank, lower, upper, drop_one=True)
+        brute = torch.stack([
+            reference_scores(features[:3], torch.cat([bank[:j], bank[j + 1:]]), lower, upper) for j in range(len(bank))
+        ]).mean(dim=0)
+        assert torch.allclose(dropped, brute, atol=1e-5)
+    with pytest.raises(ConfigError, match="same grid"):
+        reference_scores(features[:, :10], features, 0.0, 0.3)
+
+
+def test_zero_shot_verdict_flags_the_planted_defect_and_masks_agree():
+    from defectscope.data.synthetic import synthetic_images
+    from defectscope.methods.musc import MuSc
+
+    images, _ = synthetic_images(12, kind="texture", size=96, defective=(3,), seed=4, defect="blotch")
+    result = MuSc(MuScConfig(image_size=96)).predict(images)
+    assert result.is_anomalous.dtype == bool and result.is_anomalous.shape == (12,)
+    assert result.is_anomalous[3] and result.is_anomalous.sum() <= 2
+    raw = np.asarray(result.extras["raw_image_scores"])
+    assert np.array_equal(result.is_anomalous, raw > result.threshold)
+    assert np.array_equal(result.masks.any(axis=(1, 2)), result.is_anomalous)
+    assert "label-free" in result.threshold_rule
+
+
+def test_reference_mode_scores_against_good_images():
+    from defectscope.data.synthetic import synthetic_images
+    from defectscope.methods.musc import MuSc
+
+    good, _ = synthetic_images(6, kind="texture", size=96, seed=5)
+    query, masks = synthetic_images(4, kind="texture", size=96, defective=(1,), seed=6, defect="blotch")
+    detector = MuSc(MuScConfig(image_size=96)).calibrate(good, 0.2)
+    result = detector.predict(query, [f"q{i}.png" for i in range(4)])
+    assert int(np.argmax(result.image_scores)) == 1 and result.is_anomalous[1]
+    assert np.allclose(result.image_scores, result.anomaly_maps.reshape(4, -1).max(axis=1))
+    assert result.threshold_rule.startswith("conformal on 6 good images")
+    assert result.settings["reference_images"] == 6
+    with pytest.raises(ConfigError, match="needs at least 19 good images"):
+        MuSc(MuScConfig(image_size=96)).calibrate(good, 0.05)

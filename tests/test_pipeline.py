@@ -71,6 +71,14 @@ def test_score_folder_writes_outputs_and_leaves_inputs_alone(tmp_path):
     assert "part_05.png" in html and "musc" in html
     assert result.settings["method"] == "musc"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert list(rows[0]) == ["path", "score", "rank", "verdict", "map", "status"]
+    verdicts = {r["path"]: r["verdict"] for r in rows}
+    assert set(verdicts.values()) <= {"anomalous", "normal"}
+    assert [verdicts[p] == "anomalous" for p in result.paths] == result.is_anomalous.tolist()
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["threshold"] == result.threshold and settings["threshold_rule"] == result.threshold_rule
+    flagged = int(result.is_anomalous.sum())
+    assert f"{flagged} of 12 parts anomalous" in html and html.count('class="verdict ') == 12
 
 
 def test_existing_output_is_not_overwritten_without_flag(tmp_path):
@@ -99,6 +107,7 @@ def test_unreadable_image_stops_run_or_is_skipped_and_listed(tmp_path):
     rows = list(csv.DictReader((tmp_path / "out" / "scores.csv").open()))
     skipped = [r for r in rows if r["status"].startswith("skipped")]
     assert len(skipped) == 1 and skipped[0]["path"].endswith("broken.png")
+    assert skipped[0]["verdict"] == "" and skipped[0]["map"] == ""
     assert "broken.png" in (tmp_path / "out" / "report.html").read_text()
     assert "broken.png" in (tmp_path / "out" / "skipped.csv").read_text()
 
@@ -114,6 +123,12 @@ def test_evaluate_writes_metrics_json_and_table(tmp_path):
     assert values["pixel_auroc"] > 0.8
     table = (tmp_path / "eval" / "metrics.md").read_text()
     assert "widget" in table and "mean" in table
+    assert 0.0 <= values["verdict_false_alarm_rate"] <= 1.0 and 0.0 <= values["verdict_recall"] <= 1.0
+    assert "verdict_false_alarm_rate" in table and "verdict_recall" in table
+    rows = list(csv.DictReader((tmp_path / "eval" / "widget" / "scores.csv").open()))
+    assert list(rows[0])[:5] == ["path", "score", "rank", "verdict", "label"]
+    flagged_good = [r["verdict"] == "anomalous" for r in rows if r["label"] == "good"]
+    assert values["verdict_false_alarm_rate"] == pytest.approx(sum(flagged_good) / len(flagged_good))
     assert (tmp_path / "eval" / "widget" / "report.html").is_file()
 
 
@@ -156,3 +171,13 @@ def test_cli_param_reaches_the_method_and_unknown_keys_are_refused(tmp_path):
     assert (config.upper, config.degrees, config.native_grids, config.backbone) == (0.5, (1, 3), False, "x")
     bad = runner.invoke(app, ["score", str(folder), "--out", str(tmp_path / "o2"), "--param", "uper=0.5"])
     assert bad.exit_code == 2 and "unknown MuScConfig setting(s) uper" in bad.output
+
+
+def test_evaluate_with_good_images_scores_against_them(tmp_path):
+    root = write_mvtec_category(tmp_path / "widget", kind="texture", n_train=4, n_test_good=4, n_test_defect=3, size=96, seed=6)
+    options = RunOptions(image_size=64, good=root, false_alarm_rate=0.25)
+    metrics = evaluate_dataset(root, tmp_path / "eval", options)["widget"]
+    settings = json.loads((tmp_path / "eval" / "widget" / "settings.json").read_text())
+    assert settings["reference_images"] == 4 and settings["good"] == str(root) and settings["false_alarm_rate"] == 0.25
+    assert settings["threshold_rule"].startswith("conformal on 4 good images")
+    assert metrics["verdict_recall"] is not None and metrics["verdict_false_alarm_rate"] is not None

@@ -254,3 +254,38 @@ def test_kshot_split_is_seeded_and_never_leaks(tmp_path):
     assert not identities(train) & identities(test)
     few_train, few_test = kshot_split(samples, k=10, seed=0)
     assert [s.defect_type for s in few_test].count("Fray") == 1
+
+
+def test_verdict_cut_is_calibrated_on_held_back_normals(trained, task, tmp_path):
+    from defectscope.methods.modelfile import load_model
+    from defectscope.methods.prn.detector import held_out_indices
+
+    normals, _, tests = task
+    held = held_out_indices(len(normals), 0.1, 0)
+    assert len(held) == 2 and held == held_out_indices(len(normals), 0.1, 0)
+    assert trained.model_info["normal_images"] == len(normals) - 2
+    assert trained.held_out_scores.shape == (2,)
+    result = trained.predict([image for image, _ in tests])
+    assert result.threshold == pytest.approx(trained.held_out_scores.max())
+    assert "held-back" in result.threshold_rule and result.is_anomalous.all()
+    assert np.array_equal(result.masks, result.anomaly_maps > result.threshold)
+    trained.save(tmp_path / "model")
+    loaded = PRN.load(tmp_path / "model", backbone=FakeBackbone())
+    assert np.array_equal(loaded.held_out_scores, trained.held_out_scores)
+    tensors, header = load_model(tmp_path / "model", "prn")
+    del tensors["held_out_scores"]
+    save_model(tmp_path / "old", "prn", tensors, header["config"])
+    old = PRN.load(tmp_path / "old", backbone=FakeBackbone()).predict([image for image, _ in tests])
+    assert old.threshold == 0.5 and "uncalibrated fallback" in old.threshold_rule
+
+
+def test_calibrate_on_good_images_uses_conformal_cut(trained, task):
+    normals, _, tests = task
+    with pytest.raises(ConfigError, match="needs at least 19 good images"):
+        trained.calibrate(normals, 0.05)
+    calibrated = PRN(trained.config, backbone=FakeBackbone())
+    calibrated.head, calibrated.model_info = trained.head, trained.model_info
+    calibrated.calibrate(normals, 0.1)
+    result = calibrated.predict([image for image, _ in tests])
+    assert result.threshold_rule.startswith("conformal on 12 good images")
+    assert result.threshold == pytest.approx(np.sort(trained.predict(normals).image_scores)[11])

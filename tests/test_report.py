@@ -308,3 +308,24 @@ def test_html_report_empty_skipped_shows_none(tmp_path: Path) -> None:
     text = write_report(tmp_path / "r.html", title="t", entries=[], settings={}, skipped=[]).read_text()
     assert "Skipped files (0)" in text
     assert re.search(r'id="skipped">.*?<p class="none">none</p>', text)
+
+
+def test_report_leads_with_verdict_count_and_badges(tmp_path: Path) -> None:
+    entries = _entries()
+    for entry, verdict in zip(entries, (True, False, True)):
+        entry.verdict = verdict
+    text = write_report(tmp_path / "r.html", title="t", entries=entries, settings={"threshold_rule": "rule <x>"},
+                        skipped=[]).read_text()
+    assert "2 of 3 parts anomalous" in text and "rule &lt;x&gt;" in text
+    assert text.index("parts anomalous") < text.index('id="settings"')
+    assert text.count('class="verdict anomalous"') == 2 and text.count('class="verdict normal"') == 1
+    plain = write_report(tmp_path / "p.html", title="t", entries=_entries(), settings={}, skipped=[]).read_text()
+    assert "parts anomalous" not in plain
+
+
+def test_scores_csv_verdict_column_comes_before_label(tmp_path: Path) -> None:
+    out = write_scores_csv(tmp_path / "s.csv", ["a", "b"], np.array([0.1, 0.9]), labels=["good", "bad"],
+                           verdicts=["normal", "anomalous"], extra_columns={"map": ["ma", "mb"]})
+    rows = _read_csv(out)
+    assert list(rows[0]) == ["path", "score", "rank", "verdict", "label", "map"]
+    assert [(r["path"], r["verdict"]) for r in rows] == [("b", "anomalous"), ("a", "normal")]

@@ -272,3 +272,22 @@ def test_vit_scales_come_from_input_sizes_with_a_tiny_random_dinov2(tmp_path: Pa
 
     with pytest.raises(BackboneError, match="input_sizes=448,224"):
         UFlow(UFlowConfig(backbone="dinov2-vits14", weights=str(tmp_path / "dinov2"), image_size=56)).fit(_images(2))
+
+
+def test_verdict_is_a_detected_region_unless_calibrated_on_good_images(trained: UFlow) -> None:
+    images = _images(4, seed=1)
+    images[2] = images[2].copy()
+    images[2][8:24, 8:24] = 255
+    result = trained.predict(images)
+    assert result.is_anomalous.dtype == bool and result.is_anomalous.shape == (4,)
+    assert result.threshold == trained.config.epsilon and "a contrario" in result.threshold_rule
+    assert np.array_equal(result.is_anomalous, result.masks.reshape(4, -1).any(axis=1))
+    good = _images(12, seed=3)
+    with pytest.raises(ConfigError, match="needs at least 19 good images"):
+        trained.calibrate(good, 0.05)
+    model = UFlow(_config(), backbones=_backbones()).fit(_images(8))
+    model.calibrate(good, 0.1)
+    calibrated = model.predict(images)
+    assert calibrated.threshold == pytest.approx(model.predict(good).image_scores.max())
+    assert np.array_equal(calibrated.is_anomalous, calibrated.image_scores > calibrated.threshold)
+    assert calibrated.is_anomalous[2] and calibrated.threshold_rule.startswith("conformal on 12 good images")

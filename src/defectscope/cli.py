@@ -33,6 +33,8 @@ OverwriteOption = typer.Option(False, "--overwrite", help="Replace an existing o
 SkipOption = typer.Option(False, "--skip-unreadable", help="Skip unreadable images (listed in every output) instead of stopping.")
 ParamOption = typer.Option(None, "--param", "-p", help="Any method setting as KEY=VALUE (repeatable), e.g. upper=0.2, degrees=1,3, burnout_threshold=25; see the method's config class.")
 SmoothingOption = typer.Option(None, "--smoothing", help="Gaussian blur of the anomaly maps, sigma in input pixels (default 4; 0 = off).")
+FalseAlarmOption = typer.Option(0.05, "--false-alarm-rate", help="Share of normal images the verdict may flag as anomalous.")
+GoodOption = typer.Option(None, "--good", help="Folder of known-good images: the verdict is calibrated on them (MuSc/CoDeGraph also score against them).")
 
 
 @contextlib.contextmanager
@@ -81,7 +83,7 @@ def _parse_params(params: Optional[list[str]]) -> dict[str, str]:
     return parsed
 
 
-def _options(method, backbone, weights, image_size, batch_size, threads, skip_unreadable, overwrite, smoothing, kshot=10, epochs=None, params=None):
+def _options(method, backbone, weights, image_size, batch_size, threads, skip_unreadable, overwrite, smoothing, kshot=10, epochs=None, params=None, false_alarm_rate=0.05, good=None):
     from defectscope.options import RunOptions
 
     method_options: dict = _parse_params(params)
@@ -101,6 +103,8 @@ def _options(method, backbone, weights, image_size, batch_size, threads, skip_un
             skip_unreadable=skip_unreadable,
             overwrite=overwrite,
             method_options=method_options,
+            false_alarm_rate=false_alarm_rate,
+            good=good,
         )
 
 
@@ -118,6 +122,11 @@ def _print_metrics(metrics: dict) -> None:
     Console().print(table)
 
 
+def _print_verdicts(result) -> None:
+    if result.is_anomalous is not None:
+        console.print(f"{int(result.is_anomalous.sum())} of {len(result.paths)} parts anomalous ({result.threshold_rule})", highlight=False)
+
+
 @app.command()
 def score(
     folder: Path = typer.Argument(..., help="Folder of images to inspect (searched recursively)."),
@@ -132,13 +141,17 @@ def score(
     skip_unreadable: bool = SkipOption,
     smoothing: Optional[float] = SmoothingOption,
     param: Optional[list[str]] = ParamOption,
+    false_alarm_rate: float = FalseAlarmOption,
+    good: Optional[Path] = GoodOption,
 ) -> None:
     """Score an unlabeled batch of images zero-shot; the most anomalous come first."""
     from defectscope.pipeline import score_folder
 
-    options = _options(method, backbone, weights, image_size, batch_size, threads, skip_unreadable, overwrite, smoothing, params=param)
+    options = _options(method, backbone, weights, image_size, batch_size, threads, skip_unreadable, overwrite, smoothing, params=param,
+                       false_alarm_rate=false_alarm_rate, good=good)
     with _user_errors(), _progress() as progress:
         result = score_folder(folder, out, options, progress=progress)
+    _print_verdicts(result)
     order = result.image_scores.argsort()[::-1][:5]
     console.print(f"scored {len(result.paths)} images; most anomalous:")
     for index in order:
@@ -164,6 +177,8 @@ def evaluate(
     kshot: int = typer.Option(10, "--kshot", help="PRN: labelled defects per defect type moved from test to training."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="U-Flow/PRN: training epochs (default: the method's)."),
     param: Optional[list[str]] = ParamOption,
+    false_alarm_rate: float = FalseAlarmOption,
+    good: Optional[Path] = GoodOption,
 ) -> None:
     """Score each category's test set and measure image and pixel metrics.
 
@@ -171,7 +186,8 @@ def evaluate(
     takes --kshot labelled defects per type from the test set (seeded, never scored)."""
     from defectscope.pipeline import evaluate_dataset
 
-    options = _options(method, backbone, weights, image_size, batch_size, threads, skip_unreadable, overwrite, smoothing, kshot, epochs, params=param)
+    options = _options(method, backbone, weights, image_size, batch_size, threads, skip_unreadable, overwrite, smoothing, kshot, epochs, params=param,
+                       false_alarm_rate=false_alarm_rate, good=good)
     with _user_errors(), _progress() as progress:
         metrics = evaluate_dataset(root, out, options, categories=category, seed=seed, progress=progress)
     _print_metrics(metrics)
@@ -211,13 +227,17 @@ def predict(
     threads: Optional[int] = ThreadsOption,
     overwrite: bool = OverwriteOption,
     skip_unreadable: bool = SkipOption,
+    false_alarm_rate: float = FalseAlarmOption,
+    good: Optional[Path] = GoodOption,
 ) -> None:
     """Score images with a trained model."""
     from defectscope.options import RunOptions
     from defectscope.training import predict_folder
 
     with _user_errors(), _progress() as progress:
-        result = predict_folder(model, folder, out, RunOptions(threads=threads, overwrite=overwrite, skip_unreadable=skip_unreadable), progress)
+        options = RunOptions(threads=threads, overwrite=overwrite, skip_unreadable=skip_unreadable, false_alarm_rate=false_alarm_rate, good=good)
+        result = predict_folder(model, folder, out, options, progress)
+    _print_verdicts(result)
     console.print(f"scored {len(result.paths)} images; wrote {out}/scores.csv, {out}/maps/, {out}/report.html")
 
 

@@ -35,7 +35,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy import ndimage
 
-__all__ = ["MetricDict", "format_metric", "image_metrics", "pixel_metrics"]
+__all__ = ["MetricDict", "format_metric", "image_metrics", "pixel_metrics", "verdict_metrics"]
 
 MetricDict = dict[str, float | None]
 
@@ -88,6 +88,23 @@ def image_metrics(scores: ArrayLike, labels: ArrayLike) -> MetricDict:
     curve = _Curve(tp=tp, fp_ge=fp_ge, fp_gt=fp_gt, pro=None, n_pos=int(pos.size), n_neg=int(neg.size))
     auroc, ap, f1 = _roc_pr_metrics(curve)
     return {"image_auroc": auroc, "image_ap": ap, "image_f1_max": f1}
+
+
+def verdict_metrics(is_anomalous: ArrayLike | None, labels: ArrayLike) -> MetricDict:
+    """How a method's own verdicts fare: ``verdict_false_alarm_rate`` (share of normal images
+    flagged anomalous) and ``verdict_recall`` (share of defective images flagged). Each is
+    ``None`` when there is no verdict or no image of its class."""
+    y = _binary_array(np.asarray(labels).ravel(), "labels")
+    if is_anomalous is None:
+        return {"verdict_false_alarm_rate": None, "verdict_recall": None}
+    flagged = _binary_array(np.asarray(is_anomalous).ravel(), "verdicts")
+    if flagged.shape != y.shape:
+        raise ValueError(f"got {flagged.size} verdicts for {y.size} labels")
+    normal, defective = flagged[~y], flagged[y]
+    return {
+        "verdict_false_alarm_rate": float(normal.mean()) if normal.size else None,
+        "verdict_recall": float(defective.mean()) if defective.size else None,
+    }
 
 
 def pixel_metrics(

@@ -7,12 +7,14 @@ they live here so that neither module imports the other for them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 
 from defectscope.errors import ConfigError
 from defectscope.memory import check_image_size
+from defectscope.methods.verdict import DEFAULT_FALSE_ALARM_RATE, check_false_alarm_rate
 
 
 @dataclass(frozen=True)
@@ -23,7 +25,9 @@ class RunOptions:
     How ``backbone``, ``weights``, ``image_size`` and ``batch_size`` map onto each method's
     settings is in :mod:`defectscope.methods.registry`. ``kshot``: for ``evaluate --method prn``,
     labelled defects per defect type moved from the test set to training (seeded protocol,
-    :func:`defectscope.methods.prn.kshot_split`)."""
+    :func:`defectscope.methods.prn.kshot_split`). ``false_alarm_rate``: the share of normal
+    images a verdict may flag; ``good``: a folder of known-good images to calibrate the verdict
+    on (and, for MuSc/CoDeGraph, to score against)."""
 
     method: str = "musc"
     backbone: str | None = None
@@ -35,9 +39,12 @@ class RunOptions:
     overwrite: bool = False
     kshot: int = 10
     method_options: Mapping[str, Any] = field(default_factory=dict)
+    false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE
+    good: str | Path | None = None
 
     def __post_init__(self) -> None:
         check_image_size(self.image_size)
+        check_false_alarm_rate(self.false_alarm_rate)
 
 
 def apply_threads(threads: int | None) -> None:

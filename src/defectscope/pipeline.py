@@ -16,6 +16,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from PIL import Image
 
+from defectscope.calibration import calibrate_on_good, verdict_settings
 from defectscope.data.batch import read_batch
 from defectscope.data.io import read_mask
 from defectscope.data.layouts import Category, Sample, discover, plain_folder
@@ -23,7 +24,7 @@ from defectscope.errors import ConfigError
 from defectscope.memory import guard_run
 from defectscope.methods.base import Detector, Result
 from defectscope.methods.registry import get_method
-from defectscope.metrics import image_metrics, pixel_metrics
+from defectscope.metrics import image_metrics, pixel_metrics, verdict_metrics
 from defectscope.options import RunOptions, apply_threads
 from defectscope.progress import Progress as ProgressCallback
 from defectscope.progress import prefixed
@@ -50,19 +51,22 @@ def _settings_with_inputs(result: Result, **inputs: Any) -> None:
 def score_folder(
     folder: str | Path, out: str | Path, options: RunOptions = RunOptions(), progress: ProgressCallback | None = None
 ) -> Result:
-    """Score every image under ``folder`` (recursive) and write ``out``: scores.csv, maps/,
-    report.html (and skipped.csv when files were skipped)."""
+    """Score every image under ``folder`` (recursive) and write ``out``: scores.csv, settings.json,
+    maps/, report.html (and skipped.csv when files were skipped). With ``options.good`` the
+    verdict is calibrated on those images and each image is scored against them."""
     apply_threads(options.threads)
     samples = plain_folder(folder)
     detector = build_detector(options)
     guard_run(detector, [s.path for s in samples])
     with staged_output(out, options.overwrite) as staging:
+        if options.good is not None:
+            calibrate_on_good(detector, options.good, options.false_alarm_rate, progress)
         images, paths, skipped = read_batch([s.path for s in samples], options.skip_unreadable)
-        if len(images) < 2:
+        if len(images) < 2 and options.good is None:
             raise ConfigError(f"'{folder}' holds {len(images)} readable image(s); mutual scoring needs at least 2")
         started = time.perf_counter()
         result = detector.predict(images, [str(p) for p in paths], progress=progress)
-        _settings_with_inputs(result, input=Path(folder), seconds=round(time.perf_counter() - started, 2))
+        _settings_with_inputs(result, input=Path(folder), seconds=round(time.perf_counter() - started, 2), **verdict_settings(options))
         write_batch_outputs(staging, result, images, title=f"defectscope: {Path(folder).name}", skipped=skipped, communities=result.extras.get("communities"))
     return result
 
@@ -98,6 +102,7 @@ def category_metrics(
     else reported as absent (None). ``ground_truth``: the full-resolution masks if already read."""
     labels = np.array([s.label for s in samples], dtype=int)
     metrics: dict[str, float | None] = dict(image_metrics(result.image_scores, labels))
+    metrics.update(verdict_metrics(result.is_anomalous, labels))
     size = result.anomaly_maps.shape[-1]
     if has_masks:
         full = ground_truth if ground_truth is not None else load_ground_truth(samples, images)
@@ -126,17 +131,19 @@ def evaluate_category(
 
         started = time.perf_counter()
         result, images, samples, protocol = evaluate_trained_category(category, options, kshot=options.kshot, seed=seed, progress=progress)
-        _settings_with_inputs(result, category=category.name, input=category.root, seconds=round(time.perf_counter() - started, 2), protocol=protocol)
+        _settings_with_inputs(result, category=category.name, input=category.root, seconds=round(time.perf_counter() - started, 2), protocol=protocol, **verdict_settings(options))
         return result, images, samples, [], category_metrics(result, samples, images, category.has_masks)
     detector = build_detector(options)
     guard_run(detector, [s.path for s in category.test])
+    if options.good is not None:
+        calibrate_on_good(detector, options.good, options.false_alarm_rate, progress)
     images, kept, skipped = read_batch([s.path for s in category.test], options.skip_unreadable)
     by_path = {s.path: s for s in category.test}
     samples = [by_path[p] for p in kept]
     ground_truth = load_ground_truth(samples, images) if category.has_masks else None
     started = time.perf_counter()
     result = detector.predict(images, [str(s.path) for s in samples], progress=progress)
-    _settings_with_inputs(result, category=category.name, input=category.root, seconds=round(time.perf_counter() - started, 2))
+    _settings_with_inputs(result, category=category.name, input=category.root, seconds=round(time.perf_counter() - started, 2), **verdict_settings(options))
     metrics = category_metrics(result, samples, images, category.has_masks, ground_truth=ground_truth)
     return result, images, samples, skipped, metrics
 

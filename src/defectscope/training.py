@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from defectscope.calibration import calibrate_on_good, verdict_settings
 from defectscope.data.batch import read_batch
 from defectscope.data.io import read_mask
 from defectscope.data.layouts import Category, Sample, labelled_defects, plain_folder, training_images
@@ -110,13 +112,19 @@ def predict_folder(
     ``masks/`` for U-Flow's automatic-threshold masks)."""
     apply_threads(options.threads)
     detector = load_detector(model)
+    setting = get_method(detector.method).option_fields.get("false_alarm_rate")
+    if setting is not None:
+        detector.config = replace(detector.config, **{setting: options.false_alarm_rate})
     samples = plain_folder(folder)
     guard_run(detector, [s.path for s in samples])
     with staged_output(out, options.overwrite) as staging:
+        if options.good is not None:
+            calibrate_on_good(detector, options.good, options.false_alarm_rate, progress)
         images, paths, skipped = read_batch([s.path for s in samples], options.skip_unreadable)
         started = time.perf_counter()
         result = detector.predict(images, [str(p) for p in paths], progress=progress)
-        result.settings = {**result.settings, "model": str(model), "input": str(folder), "seconds": round(time.perf_counter() - started, 2)}
+        result.settings = {**result.settings, "model": str(model), "input": str(folder), "seconds": round(time.perf_counter() - started, 2),
+                           **verdict_settings(options)}
         write_batch_outputs(staging, result, images, title=f"defectscope: {Path(folder).name}", skipped=skipped)
     return result
 
@@ -149,6 +157,8 @@ def evaluate_trained_category(
     if not category.train:
         raise ConfigError(f"category '{category.name}' has no normal training images for {method}")
     detector = train_detector(method, category.train, anomalies, options, progress=progress)
+    if options.good is not None:
+        calibrate_on_good(detector, options.good, options.false_alarm_rate, progress)
     images, kept, _ = read_batch([s.path for s in test])
     by_path = {s.path: s for s in test}
     result = detector.predict(images, [str(p) for p in kept])

@@ -19,6 +19,7 @@ import numpy as np
 
 from defectscope import __version__
 from defectscope.errors import ConfigError, NotFittedError
+from defectscope.methods.verdict import Threshold, conformal_threshold, require_good_images
 from defectscope.progress import Progress
 
 
@@ -35,6 +36,11 @@ class Result:
         masks: optional (N, S, S) bool, where the method produces a binary decision itself.
         settings: everything that produced the result (see :meth:`Detector.settings`).
         extras: method-specific diagnostics (e.g. CoDeGraph communities), JSON-serialisable.
+        is_anomalous: (N,) bool verdict per image, or None when the method gave none.
+        threshold: the cut that produced the verdict, in the units of the statistic named by
+            ``threshold_rule`` (``image_scores``, or for MuSc/CoDeGraph without ``--good`` the map
+            maximum ``extras["raw_image_scores"]``; for U-Flow the NFA level epsilon).
+        threshold_rule: short human description of how the threshold was set.
     """
 
     paths: list[str]
@@ -43,6 +49,9 @@ class Result:
     masks: np.ndarray | None = None
     settings: dict[str, Any] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)
+    is_anomalous: np.ndarray | None = None
+    threshold: float | None = None
+    threshold_rule: str | None = None
 
 
 _TRUE = ("true", "yes", "on", "1")
@@ -217,6 +226,7 @@ class Detector(ABC):
 
     def __init__(self, config: MethodConfig) -> None:
         self.config = config
+        self.calibration: Threshold | None = None
 
     @property
     def is_fitted(self) -> bool:
@@ -238,7 +248,19 @@ class Detector(ABC):
     def predict(
         self, images: Sequence[np.ndarray], paths: Sequence[str] | None = None, progress: Progress | None = None
     ) -> Result:
-        """Scores and anomaly maps of ``images`` (N RGB uint8 arrays)."""
+        """Scores, anomaly maps and verdicts of ``images`` (N RGB uint8 arrays)."""
+
+    def calibrate(
+        self, images: Sequence[np.ndarray], false_alarm_rate: float, progress: Progress | None = None
+    ) -> "Detector":
+        """Calibrate the verdict on known-good ``images`` (``--good``): the split-conformal cut of
+        their image scores at ``false_alarm_rate`` becomes ``self.calibration``, which later
+        predictions use instead of the method's own rule. Too few images are refused first."""
+        require_good_images(len(images), false_alarm_rate)
+        self.calibration = None
+        scores = self.predict(images, progress=progress).image_scores
+        self.calibration = conformal_threshold(scores, false_alarm_rate)
+        return self
 
     def backbone_facts(self) -> dict[str, Any]:
         """What the backbone actually used (input size, layers); overridden where known."""

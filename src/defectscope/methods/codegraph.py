@@ -423,7 +423,11 @@ class CoDeGraph(MuSc):
         progress: ProgressCallback | None = None,
     ) -> Result:
         """Score the batch with consistent-anomaly filtering; ``extras["communities"]`` lists the
-        detected groups (members as paths, a graph picture as PNG bytes)."""
+        detected groups (members as paths, a graph picture as PNG bytes). After :meth:`calibrate` on
+        good images, scores against them as MuSc does (a clean reference bank holds no
+        consistent anomalies to filter)."""
+        if self.reference is not None:
+            return self.predict_against_reference(images, paths, progress)
         return self.result(self.analyse(images, progress), paths)
 
     def result(self, scores: CoDeGraphScores, paths: Sequence[str] | None = None) -> Result:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -34,6 +34,15 @@ from defectscope.errors import ConfigError
 from defectscope.memory import estimate_bytes
 from defectscope.methods.base import Detector, MethodConfig, Result, default_paths
 from defectscope.methods.smoothing import gaussian_blur
+from defectscope.methods.verdict import (
+    DEFAULT_FALSE_ALARM_RATE,
+    check_false_alarm_rate,
+    conformal_threshold,
+    decide,
+    label_free_threshold,
+    pixel_masks,
+    require_good_images,
+)
 from defectscope.progress import Progress as ProgressCallback
 
 SMALL_BATCH_WARNING = 20
@@ -152,16 +161,74 @@ def similarities_to_distances(similarities: torch.Tensor) -> torch.Tensor:
     return torch.sqrt(torch.clamp(2.0 - 2.0 * similarities, min=0.0))
 
 
+def _interval_reduce(distances: torch.Tensor, references: int, lower: float, upper: float) -> torch.Tensor:
+    """(N, R, L) distances -> (N, L): the mean of each patch's sorted distances whose rank lies in
+    the MSM interval for ``references`` images (excluded images carry inf and sort last)."""
+    start, end = interval_bounds(references, lower, upper)
+    smallest = torch.topk(distances, end, dim=1, largest=False, sorted=True).values
+    return smallest[:, start:end].mean(dim=1)
+
+
 def interval_mean(distances: torch.Tensor, lower: float = 0.0, upper: float = 0.3) -> torch.Tensor:
     """MSM reduction: (N, N, L) per-image nearest distances (diagonal inf) -> (N, L) scores.
 
     For each patch the N - 1 distances to the other images are sorted ascending and the values
     whose rank lies in [floor(lower (N-1)), floor(upper (N-1))) are averaged (at least one).
     """
-    n = distances.shape[0]
-    start, end = interval_bounds(n - 1, lower, upper)
-    smallest = torch.topk(distances, end, dim=1, largest=False, sorted=True).values
-    return smallest[:, start:end].mean(dim=1)
+    return _interval_reduce(distances, distances.shape[0] - 1, lower, upper)
+
+
+def _drop_one_interval_mean(distances: torch.Tensor, lower: float, upper: float) -> torch.Tensor:
+    """(N, M, L) distances to M references -> (N, L): the MSM interval mean over M - 1 references,
+    averaged over the M ways of leaving one reference out (closed form on the sorted values)."""
+    m = distances.shape[1]
+    start, end = interval_bounds(m - 1, lower, upper)
+    d = torch.topk(distances, end + 1, dim=1, largest=False, sorted=True).values
+    kept = d[:, start:end].sum(dim=1)
+    shifted = d[:, start + 1:end + 1].sum(dim=1)
+    wide = d[:, start:end + 1].sum(dim=1)
+    return ((m - end) * kept + start * shifted + (end - start) * wide - kept) / (m * (end - start))
+
+
+def reference_scores(
+    query: torch.Tensor,
+    reference: torch.Tensor,
+    lower: float = 0.0,
+    upper: float = 0.3,
+    *,
+    chunk: int = 16,
+    drop_one: bool = False,
+) -> torch.Tensor:
+    """Scoring against a reference set: (Nq, L, C) query vs (M, L, C) reference patch features
+    (both L2-normalised, same grid) -> (Nq, L) scores.
+
+    Patch p of query image i gets, for each reference image m, the distance to its nearest patch
+    of m; the M values are reduced by the MSM interval rule (ranks [floor(lower M), floor(upper
+    M)), at least one). With ``drop_one`` the rule is applied to M - 1 references and averaged
+    over the M ways of leaving one out, so that the scores are comparable with the references'
+    own leave-one-out scores (:func:`mutual_scores` of the reference set), which use M - 1
+    references each; with all M the interval reaches a slightly higher rank and query scores come
+    out slightly higher. Working memory: one L x (``chunk`` L) similarity block at a time.
+    """
+    if query.ndim != 3 or reference.ndim != 3 or query.shape[1:] != reference.shape[1:]:
+        raise ConfigError(
+            f"reference scoring needs (Nq, L, C) and (M, L, C) features of the same grid, got shapes "
+            f"{tuple(query.shape)} and {tuple(reference.shape)}"
+        )
+    _check_interval(lower, upper)
+    m, length, channels = reference.shape
+    if m < (2 if drop_one else 1):
+        raise ConfigError(f"reference scoring needs at least {2 if drop_one else 1} reference images, got {m}")
+    bank = reference.float().reshape(m * length, channels)
+    out = torch.empty(query.shape[0], length)
+    for i, zq in enumerate(query.float()):
+        nearest = torch.cat([
+            (zq @ bank[start * length:(start + chunk) * length].T).view(length, -1, length).amax(dim=2)
+            for start in range(0, m, chunk)
+        ], dim=1)
+        distances = similarities_to_distances(nearest.T).unsqueeze(0)
+        out[i] = (_drop_one_interval_mean(distances, lower, upper) if drop_one else _interval_reduce(distances, m, lower, upper))[0]
+    return out
 
 
 def mutual_scores(
@@ -238,6 +305,8 @@ class MuScConfig(MethodConfig):
         smoothing_sigma: Gaussian blur of the anomaly maps in input pixels (0 = none; default 4,
             chosen by the ablation in docs/BENCHMARKS.md, the authors use none).
         batch_size: images per backbone forward pass.
+        false_alarm_rate: share of normal images the verdict may flag (label-free rule on the
+            batch, or conformal on the good images after :meth:`MuSc.calibrate`).
     """
 
     backbone: str = "efficientnet-lite0"
@@ -251,9 +320,11 @@ class MuScConfig(MethodConfig):
     smoothing_sigma: float = 4.0
     native_grids: bool = True
     batch_size: int = 8
+    false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE
 
     def validate(self) -> None:
         _check_interval(self.lower, self.upper)
+        check_false_alarm_rate(self.false_alarm_rate)
         if not self.degrees or any(r < 1 or r % 2 == 0 for r in self.degrees):
             raise ConfigError(f"aggregation degrees {self.degrees} are invalid: need odd values >= 1")
         if not self.rscin_ks or any(k < 1 for k in self.rscin_ks):
@@ -287,8 +358,22 @@ class MuScScores:
     feature_sets: list[torch.Tensor] = field(default_factory=list)
 
 
+@dataclass
+class ReferenceBank:
+    """Known-good images for reference mode: their LNAMD feature sets (one (M, L, C) per layer
+    and degree) and the grid."""
+
+    feature_sets: list[torch.Tensor]
+    grid: tuple[int, int]
+
+
 class MuSc(Detector):
-    """Zero-shot detector: scores an unlabeled batch by mutual scoring (no fit needed)."""
+    """Zero-shot detector: scores an unlabeled batch by mutual scoring (no fit needed).
+
+    After :meth:`calibrate` on known-good images it works in reference mode: new images are scored
+    against the good images instead of against each other, and the verdict threshold is
+    calibrated on the good images (split-conformal).
+    """
 
     method = "musc"
     config: MuScConfig
@@ -297,6 +382,7 @@ class MuSc(Detector):
         super().__init__(config or MuScConfig())
         self.config.validate()
         self._backbone = backbone
+        self.reference: ReferenceBank | None = None
 
     @property
     def backbone(self):
@@ -307,6 +393,22 @@ class MuSc(Detector):
             layers = list(cfg.layers) if cfg.layers is not None else None
             self._backbone = get_backbone(cfg.backbone, weights=cfg.weights, image_size=cfg.image_size, layers=layers)
         return self._backbone
+
+    def calibrate(self, images: Sequence[np.ndarray], false_alarm_rate: float, progress: ProgressCallback | None = None) -> "MuSc":
+        """Reference mode: keep the features of known-good ``images`` as the reference bank and
+        calibrate the verdict on them at ``false_alarm_rate`` (each good image scored
+        leave-one-out against the others). Without it the detector is zero-shot (the batch
+        scores itself)."""
+        self.config = replace(self.config, false_alarm_rate=check_false_alarm_rate(false_alarm_rate))
+        require_good_images(len(images), self.config.false_alarm_rate)
+        sets, grid, _ = self.feature_sets(images, progress, native_grids=self.config.native_grids)
+        scores = torch.stack([
+            to_finest_grid(mutual_scores(s, self.config.lower, self.config.upper), grid) for s in sets
+        ]).mean(dim=0)
+        maxima = self.maps_from_patch_scores(scores, grid).flatten(1).amax(dim=1).numpy()
+        self.calibration = conformal_threshold(maxima, self.config.false_alarm_rate, source="good images (leave-one-out)")
+        self.reference = ReferenceBank(sets, grid)
+        return self
 
     def backbone_facts(self) -> dict[str, Any]:
         backbone = self.backbone
@@ -380,9 +482,44 @@ class MuSc(Detector):
         paths: Sequence[str] | None = None,
         progress: ProgressCallback | None = None,
     ) -> Result:
-        """Score the batch: anomaly maps, image scores (max of map, then RsCIN)."""
+        """Score the batch: anomaly maps, image scores (max of map, then RsCIN), verdicts. In
+        reference mode (after :meth:`calibrate`) against the good images, image score = max of map."""
+        if self.reference is not None:
+            return self.predict_against_reference(images, paths, progress)
         scores = self.patch_scores(images, progress)
         return self.result_from_patch_scores(scores.patch_scores, scores.grid, scores.embeddings, paths)
+
+    def predict_against_reference(
+        self, images: Sequence[np.ndarray], paths: Sequence[str] | None = None, progress: ProgressCallback | None = None
+    ) -> Result:
+        """Reference mode: each image's patches scored against the good bank
+        (:func:`reference_scores`); image score = map maximum; verdict and masks by the
+        conformal threshold of the good images."""
+        bank, threshold = self.reference, self.calibration
+        if bank is None or threshold is None:
+            raise ConfigError("reference mode needs good images: call calibrate() with known-good images first")
+        if not images:
+            raise ConfigError("MuSc got no images to score")
+        names = default_paths(paths, len(images), self.method)
+        sets, grid, _ = self.feature_sets(images, progress, native_grids=self.config.native_grids)
+        if grid != bank.grid or len(sets) != len(bank.feature_sets):
+            raise ConfigError(f"images give a {grid} feature grid but the good images gave {bank.grid}")
+        scores = torch.stack([
+            to_finest_grid(reference_scores(s, r, self.config.lower, self.config.upper, drop_one=True), grid)
+            for s, r in zip(sets, bank.feature_sets)
+        ]).mean(dim=0)
+        maps = self.maps_from_patch_scores(scores, grid).numpy().astype(np.float32)
+        image_scores = maps.reshape(len(names), -1).max(axis=1).astype(np.float64)
+        return Result(
+            paths=names,
+            image_scores=image_scores,
+            anomaly_maps=maps,
+            masks=pixel_masks(maps, threshold),
+            settings={**self.settings(), "reference_images": int(bank.feature_sets[0].shape[0])},
+            is_anomalous=decide(image_scores, threshold),
+            threshold=threshold.value,
+            threshold_rule=threshold.rule,
+        )
 
     def result_from_patch_scores(
         self,
@@ -391,15 +528,27 @@ class MuSc(Detector):
         embeddings: torch.Tensor,
         paths: Sequence[str] | None = None,
     ) -> Result:
-        """(N, L) patch scores -> Result: maps, image score = max of the map, then RsCIN."""
+        """(N, L) patch scores -> Result: maps, image score = max of the map, then RsCIN.
+
+        Verdict: the label-free rule on the map maxima (before RsCIN). RsCIN rescales every
+        batch to [0, 1] and mixes each score with its neighbours', so its values are neither
+        comparable between batches nor independent draws; the map maxima are both. Masks: the
+        same threshold per pixel, so an image is anomalous exactly when its mask is non-empty.
+        """
         names = default_paths(paths, patch_scores.shape[0], self.method)
         maps = self.maps_from_patch_scores(patch_scores, grid)
         raw = maps.flatten(1).amax(dim=1)
         image_scores = rscin(raw, embeddings, self.config.rscin_ks)
+        threshold = label_free_threshold(raw.numpy(), self.config.false_alarm_rate, statistic="map maxima")
         return Result(
             paths=names,
             image_scores=np.asarray(image_scores, dtype=np.float64),
             anomaly_maps=maps.numpy().astype(np.float32),
+            masks=pixel_masks(maps.numpy(), threshold),
             settings=self.settings(),
             extras={"raw_image_scores": raw.tolist()},
+            is_anomalous=decide(raw.numpy(), threshold),
+            threshold=threshold.value,
+            threshold_rule=threshold.rule,
         )
+

@@ -102,7 +102,7 @@ METHODS: dict[str, MethodEntry] = {
             config="defectscope.methods.musc:MuScConfig",
             needs_training=False,
             summary="zero-shot, default",
-            option_fields={**_SHARED, "batch_size": "batch_size"},
+            option_fields={**_SHARED, "batch_size": "batch_size", "false_alarm_rate": "false_alarm_rate"},
         ),
         MethodEntry(
             name="codegraph",
@@ -111,7 +111,7 @@ METHODS: dict[str, MethodEntry] = {
             config="defectscope.methods.codegraph:CoDeGraphConfig",
             needs_training=False,
             summary="zero-shot, recurring defects",
-            option_fields={**_SHARED, "batch_size": "batch_size"},
+            option_fields={**_SHARED, "batch_size": "batch_size", "false_alarm_rate": "false_alarm_rate"},
         ),
         MethodEntry(
             name="uflow",
@@ -130,7 +130,7 @@ METHODS: dict[str, MethodEntry] = {
             config="defectscope.methods.prn.detector:PRNConfig",
             needs_training=True,
             summary="trained on normal images plus a few labelled defects",
-            option_fields={**_SHARED, "weights": "backbone_weights"},
+            option_fields={**_SHARED, "weights": "backbone_weights", "false_alarm_rate": "false_alarm_rate"},
             takes_anomalies=True,
             exporter="defectscope.methods.prn.export:export_onnx",
         ),

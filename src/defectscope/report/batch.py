@@ -1,9 +1,10 @@
-"""Writing one scored batch to a folder: scores.csv, maps/ overlays and report.html."""
+"""Writing one scored batch to a folder: scores.csv, settings.json, maps/ overlays and report.html."""
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -17,6 +18,7 @@ from defectscope.report.overlay import batch_color_range, heatmap_overlay, make_
 from defectscope.report.tables import score_order, write_scores_csv
 
 OVERLAY_MAX_SIDE = 512
+VERDICT_WORDS = {True: "anomalous", False: "normal"}
 
 
 def _overlay_name(index: int, path: str) -> str:
@@ -33,12 +35,12 @@ def _shrink(image: np.ndarray, max_side: int) -> np.ndarray:
 
 
 def _append_skipped(csv_path: Path, skipped: Sequence[tuple[Any, str]], *, with_label: bool) -> None:
-    """Add skipped files to scores.csv: empty score and rank, status "skipped: <reason>"."""
+    """Add skipped files to scores.csv: empty score, rank and verdict, status "skipped: <reason>"."""
     buffer = io.StringIO(csv_path.read_text())
     buffer.seek(0, io.SEEK_END)
     writer = csv.writer(buffer, lineterminator="\n")
     for path, reason in skipped:
-        writer.writerow([str(path), "", "", *([""] if with_label else []), "", f"skipped: {reason}"])
+        writer.writerow([str(path), "", "", "", *([""] if with_label else []), "", f"skipped: {reason}"])
     atomic_write_text(csv_path, buffer.getvalue())
 
 
@@ -55,8 +57,9 @@ def write_batch_outputs(
     communities: Sequence[Mapping[str, Any]] | None = None,
     workers: int = 2,
 ) -> None:
-    """Write ``scores.csv``, ``maps/<n>_<name>.png`` overlays (and ``masks/`` when the method
-    produced masks) and a self-contained ``report.html`` for one batch into ``folder``.
+    """Write ``scores.csv``, ``settings.json``, ``maps/<n>_<name>.png`` overlays (and ``masks/``
+    when the method produced masks) and a self-contained ``report.html`` for one batch into
+    ``folder``. ``settings.json`` holds the run settings plus ``threshold`` and ``threshold_rule``.
 
     Overlays share one colour scale over the batch (1st to 99th percentile of all map values),
     so a hot spot means the same in every picture. Images are rendered in ``workers`` threads.
@@ -73,6 +76,7 @@ def write_batch_outputs(
     order = score_order(result.paths, result.image_scores)
     ranks = np.empty(len(order), dtype=int)
     ranks[order] = np.arange(1, len(order) + 1)
+    verdicts = None if result.is_anomalous is None else [bool(v) for v in result.is_anomalous]
 
     def one_image(index: int) -> tuple[str, ReportEntry]:
         path, image = result.paths[index], images[index]
@@ -85,7 +89,8 @@ def write_batch_outputs(
         name = _overlay_name(index, path)
         save_png(maps_dir / name, overlay)
         label = None if labels is None else labels[index]
-        entry = ReportEntry(path=str(path), score=float(result.image_scores[index]), rank=int(ranks[index]), thumbnail=shown, overlay=overlay, mask=mask, label=label)
+        verdict = None if verdicts is None else verdicts[index]
+        entry = ReportEntry(path=str(path), score=float(result.image_scores[index]), rank=int(ranks[index]), thumbnail=shown, overlay=overlay, mask=mask, label=label, verdict=verdict)
         return f"maps/{name}", entry
 
     with ThreadPoolExecutor(workers) as pool:
@@ -98,7 +103,10 @@ def write_batch_outputs(
         result.image_scores,
         labels=labels,
         extra_columns={"map": map_files, "status": ["scored"] * len(map_files)},
+        verdicts=[None] * len(map_files) if verdicts is None else [VERDICT_WORDS[v] for v in verdicts],
     )
+    settings = {**result.settings, "threshold": result.threshold, "threshold_rule": result.threshold_rule}
+    atomic_write_text(folder / "settings.json", json.dumps(settings, indent=2, default=str) + "\n")
     if skipped:
         _append_skipped(folder / "scores.csv", skipped, with_label=labels is not None)
         buffer = io.StringIO()
@@ -110,7 +118,7 @@ def write_batch_outputs(
         folder / "report.html",
         title=title,
         entries=entries,
-        settings=result.settings,
+        settings=settings,
         skipped=[(str(p), reason) for p, reason in skipped],
         summary=summary,
         communities=communities,

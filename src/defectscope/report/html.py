@@ -38,6 +38,7 @@ class ReportEntry:
         overlay: its heat-map overlay, uint8 (H, W, 3); shrunk for the report.
         mask: the method's binary mask (any resolution) or None.
         label: ground-truth label or defect type when known, else None.
+        verdict: the method's verdict (True = anomalous), or None when it gave none.
     """
 
     path: str
@@ -47,6 +48,7 @@ class ReportEntry:
     overlay: np.ndarray
     mask: np.ndarray | None = None
     label: str | None = None
+    verdict: bool | None = None
 
 
 _CSS = """
@@ -67,6 +69,10 @@ tr.mean td{font-weight:bold;background:#f6f6f6}
 figcaption{font-size:.85rem;margin-top:.3rem;word-break:break-all}
 .rank{font-weight:bold}
 .label{display:inline-block;background:#eef;border-radius:3px;padding:0 .3rem;margin-left:.3rem}
+.verdict{display:inline-block;border-radius:3px;padding:0 .3rem;margin-left:.3rem;font-weight:bold;color:#fff}
+.verdict.anomalous{background:#c62828}.verdict.normal{background:#2e7d32}
+.card.anomalous{border-color:#c62828}
+.lead{font-size:1.2rem;margin:.8rem 0}
 .colorbar{display:flex;align-items:center;gap:.5rem;font-size:.85rem;margin-bottom:.8rem}
 .colorbar img{height:12px;width:256px}
 details summary{cursor:pointer}
@@ -192,11 +198,23 @@ def _entry_card(entry: ReportEntry, thumbnail_width: int) -> str:
         mask = resize_mask(np.asarray(entry.mask), original.shape[:2])
         pictures.append(_img(mask, "PNG", f"mask {name}"))
     label = f'<span class="label">{_text(entry.label)}</span>' if entry.label is not None else ""
+    word = None if entry.verdict is None else ("anomalous" if entry.verdict else "normal")
+    badge = f'<span class="verdict {word}">{word}</span>' if word else ""
     return (
-        f'<figure class="card"><div class="imgs">{"".join(pictures)}</div>'
-        f'<figcaption><span class="rank">#{int(entry.rank)}</span> score {float(entry.score):.4g}{label}'
+        f'<figure class="card{" anomalous" if entry.verdict else ""}"><div class="imgs">{"".join(pictures)}</div>'
+        f'<figcaption><span class="rank">#{int(entry.rank)}</span> score {float(entry.score):.4g}{badge}{label}'
         f'<br><span title="{_text(entry.path)}">{_text(name)}</span></figcaption></figure>'
     )
+
+
+def _verdict_lead(entries: Sequence[ReportEntry], settings: Mapping[str, Any]) -> str:
+    """"K of N parts anomalous" and the rule, when the method gave verdicts."""
+    judged = [entry.verdict for entry in entries if entry.verdict is not None]
+    if not judged:
+        return ""
+    rule = settings.get("threshold_rule")
+    detail = f'<br><span class="meta">{_text(rule)}</span>' if rule else ""
+    return f'<p class="lead" id="verdicts"><strong>{sum(judged)} of {len(judged)} parts anomalous</strong>{detail}</p>'
 
 
 def _images_section(
@@ -234,6 +252,7 @@ def render_report(
         f"<title>{_text(title)}</title><style>{_CSS}</style></head><body>",
         f'<header><h1>{_text(title)}</h1><p class="meta">defectscope {_text(__version__)}, '
         f"generated {_text(when)}</p></header>",
+        _verdict_lead(entries, settings),
         _settings_section(settings),
         _summary_section(summary),
         _metrics_section(metrics),

@@ -23,6 +23,8 @@ METRIC_ORDER: tuple[str, ...] = (
     "image_auroc",
     "image_ap",
     "image_f1_max",
+    "verdict_false_alarm_rate",
+    "verdict_recall",
     "pixel_auroc",
     "pixel_ap",
     "pixel_f1_max",
@@ -50,16 +52,20 @@ def write_scores_csv(
     *,
     labels: Sequence[str | None] | None = None,
     extra_columns: Mapping[str, Sequence[Any]] | None = None,
+    verdicts: Sequence[str | None] | None = None,
 ) -> Path:
     """Write a CSV of image scores, most anomalous first, atomically.
 
     Columns: ``path, score, rank`` (rank 1 = most anomalous; ties in score are ordered by path
-    and still get distinct ranks), then ``label`` when ``labels`` is given, then the
-    ``extra_columns`` in their given order. Scores are written with full float precision.
+    and still get distinct ranks), then ``verdict`` when ``verdicts`` is given, ``label`` when
+    ``labels`` is given, then the ``extra_columns`` in their given order. Scores are written
+    with full float precision.
     """
     order = score_order(paths, scores)
     score_array = np.asarray(scores, dtype=np.float64).reshape(-1)
     columns: dict[str, Sequence[Any]] = {}
+    if verdicts is not None:
+        columns["verdict"] = verdicts
     if labels is not None:
         columns["label"] = labels
     for name, values in (extra_columns or {}).items():

@@ -10,6 +10,14 @@ frozen backbone during training. Randomness of epoch ``e`` comes from the seed p
 The image score is the mean of the ``top_k`` highest pixel scores (default 100 pixels, about
 0.15 % of a 256 x 256 map: large enough to ignore a single hot pixel, small enough for tiny
 defects).
+
+Verdict: a probability cut calibrated on held-back normal images. A seeded share
+``calibration_fraction`` of the normal training images (when there are at least 10) is kept out
+of training; their image scores are saved with the model, and the cut is their split-conformal
+threshold at ``false_alarm_rate`` (their largest score when they are too few for that rate).
+Masks apply the same cut per pixel. Models saved before this existed (or trained on fewer than
+10 normal images) have no held-back scores: they fall back to a probability of 0.5, and the rule
+says so.
 """
 
 from __future__ import annotations
@@ -30,10 +38,22 @@ from defectscope.methods.base import Detector, MethodConfig, Result, default_pat
 from defectscope.methods.modelfile import load_model, save_model
 from defectscope.methods.prn.generate import AnomalyGenerator, epoch_plan
 from defectscope.methods.prn.model import PRNHead, build_prototypes, prn_loss, prototype_count, top_k_mean
+from defectscope.methods.verdict import (
+    DEFAULT_FALSE_ALARM_RATE,
+    Threshold,
+    check_false_alarm_rate,
+    conformal_count,
+    conformal_threshold,
+    pixel_masks,
+    with_verdict,
+)
 from defectscope.progress import Progress
 
 METHOD = "prn"
 CHECKPOINT_METHOD = "prn-checkpoint"
+FALLBACK_PROBABILITY = 0.5
+MIN_CALIBRATION_POOL = 10
+HELD_OUT_KEY = "held_out_scores"
 
 
 @dataclass(frozen=True)
@@ -59,6 +79,9 @@ class PRNConfig(MethodConfig):
         top_k: pixels averaged for the image score.
         shares: (normal, real pasted, pseudo) share of each epoch's samples.
         seed: seed for prototypes, initialisation, sampling and generation.
+        calibration_fraction: share of the normal images held back from training to calibrate
+            the verdict (none when there are fewer than 10 normal images).
+        false_alarm_rate: share of normal images the verdict may flag.
     """
 
     backbone: str = "efficientnet-lite0"
@@ -79,8 +102,13 @@ class PRNConfig(MethodConfig):
     top_k: int = 100
     shares: tuple[float, float, float] = (0.5, 0.25, 0.25)
     seed: int = 0
+    calibration_fraction: float = 0.1
+    false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE
 
     def __post_init__(self) -> None:
+        check_false_alarm_rate(self.false_alarm_rate)
+        if not 0 <= self.calibration_fraction < 1:
+            raise ConfigError(f"PRN calibration_fraction must be in [0, 1), got {self.calibration_fraction}.")
         if self.image_size <= 0 or self.image_size % 32 != 0:
             raise ConfigError(f"PRN image_size must be a positive multiple of 32, got {self.image_size}.")
         if len(self.layers) < 2:
@@ -142,6 +170,16 @@ def multiscale_features(backbone: Any, batch: torch.Tensor) -> list[torch.Tensor
     return maps
 
 
+def held_out_indices(count: int, fraction: float, seed: int) -> list[int]:
+    """Sorted indices of the normal images held back from training (seeded; none when fraction
+    is 0 or there are fewer than MIN_CALIBRATION_POOL images; else at least 2)."""
+    if fraction == 0 or count < MIN_CALIBRATION_POOL:
+        return []
+    size = max(2, round(fraction * count))
+    order = np.random.default_rng([seed, 7]).permutation(count)
+    return sorted(int(i) for i in order[:size])
+
+
 def _default_backbone(config: PRNConfig) -> Any:
     from defectscope.backbones import get_backbone
 
@@ -167,6 +205,7 @@ class PRN(Detector):
         self.head: PRNHead | None = None
         self.model_info: dict[str, Any] = {}
         self.losses: list[float] = []
+        self.held_out_scores: np.ndarray | None = None
 
     @property
     def backbone(self) -> Any:
@@ -210,7 +249,10 @@ class PRN(Detector):
         if resume and checkpoint_dir is None:
             raise ConfigError("PRN resume=True needs a checkpoint_dir.")
         report = progress or (lambda stage, done, total: None)
-        generator = AnomalyGenerator(normal_images, anomalies, image_size=config.image_size)
+        held_out = held_out_indices(len(normal_images), config.calibration_fraction, config.seed)
+        skip = set(held_out)
+        kept = [image for i, image in enumerate(normal_images) if i not in skip]
+        generator = AnomalyGenerator(kept, anomalies, image_size=config.image_size)
         count = len(generator.normals)
 
         cached: list[list[torch.Tensor]] = []
@@ -292,6 +334,10 @@ class PRN(Detector):
         self.head = head
         self.model_info = info
         self.losses = losses
+        self.held_out_scores = None
+        if held_out:
+            maps = self.anomaly_maps([normal_images[i] for i in held_out])
+            self.held_out_scores = top_k_mean(maps, config.top_k).numpy().astype(np.float64)
         return self
 
     def _save_checkpoint(
@@ -374,28 +420,53 @@ class PRN(Detector):
                     progress("predict", min(start + step, len(images)), len(images))
         return torch.cat(maps)
 
+    def threshold(self) -> Threshold:
+        """The verdict's probability cut (see the module docstring); good-image calibration first."""
+        if self.calibration is not None:
+            return self.calibration
+        alpha = self.config.false_alarm_rate
+        scores = self.held_out_scores
+        if scores is None or scores.size == 0:
+            return Threshold(
+                FALLBACK_PROBABILITY,
+                f"uncalibrated fallback: probability {FALLBACK_PROBABILITY} (no held-back normal images: a model saved "
+                f"before verdicts existed, or fewer than {MIN_CALIBRATION_POOL} normal training images)",
+            )
+        if scores.size < conformal_count(alpha):
+            return Threshold(
+                float(scores.max()),
+                f"largest score of {scores.size} held-back normal training images (too few for a false-alarm rate of {alpha:g})",
+            )
+        return conformal_threshold(scores, alpha, source="held-back normal training images")
+
     def predict(
         self, images: Sequence[np.ndarray], paths: Sequence[str] | None = None, progress: Progress | None = None
     ) -> Result:
-        """Anomaly maps (N, S, S) and image scores (mean of the top-k pixel scores)."""
+        """Anomaly maps (N, S, S), image scores (mean of the top-k pixel scores), verdicts and
+        masks from :meth:`threshold`."""
         self.require_fitted()
         if len(images) == 0:
             raise ConfigError("PRN predict() was given no images.")
         names = default_paths(paths, len(images), self.method)
         maps = self.anomaly_maps(list(images), progress)
         scores = top_k_mean(maps, self.config.top_k)
-        return Result(
+        threshold = self.threshold()
+        return with_verdict(Result(
             paths=names,
             image_scores=scores.numpy().astype(np.float64),
             anomaly_maps=maps.numpy().astype(np.float32),
+            masks=pixel_masks(maps.numpy(), threshold),
             settings=self.settings(),
-        )
+        ), threshold)
 
     def save(self, folder: str | Path, *, overwrite: bool = False) -> Path:
         """Write the trained model (safetensors + JSON) to ``folder``."""
         head = self._require_head()
         header = {"prn": self.config.to_json(), "model": self.model_info, "losses": self.losses}
-        return save_model(folder, METHOD, dict(head.state_dict()), header, overwrite=overwrite)
+        tensors = dict(head.state_dict())
+        if self.held_out_scores is not None:
+            tensors[HELD_OUT_KEY] = torch.from_numpy(self.held_out_scores)
+        return save_model(folder, METHOD, tensors, header, overwrite=overwrite)
 
     @classmethod
     def load(cls, folder: str | Path, *, backbone: Any | None = None) -> "PRN":
@@ -408,6 +479,8 @@ class PRN(Detector):
         except (KeyError, TypeError) as exc:
             raise ModelFileError(f"model '{folder}' has an incomplete PRN config ({exc}).") from None
         detector = cls(config, backbone=backbone)
+        held_out = tensors.pop(HELD_OUT_KEY, None)
+        detector.held_out_scores = None if held_out is None else held_out.numpy().astype(np.float64)
         head = detector._build_head(info)
         try:
             head.set_prototypes([tensors[f"prototypes_{s}"] for s in range(head.scales)])

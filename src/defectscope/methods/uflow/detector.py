@@ -39,6 +39,7 @@ from defectscope.methods.base import Detector, MethodConfig, Result, default_pat
 from defectscope.methods.modelfile import load_model, read_model_config, save_model
 from defectscope.methods.uflow import nfa
 from defectscope.methods.uflow.flow import UFlowNet, anomaly_map, flow_loss
+from defectscope.methods.verdict import Threshold, with_verdict
 from defectscope.progress import Progress as ProgressCallback
 
 METHOD = "uflow"
@@ -395,9 +396,9 @@ class UFlow(Detector):
         names = default_paths(paths, count, self.method)
         size = self.config.image_size
         maps = anomaly_map(latents, size, self.config.smoothing_sigma).numpy().astype(np.float32)
-        masks = None
+        masks = detected = None
         if self.config.nfa_method != "none":
-            masks = np.stack([
+            masks = detected = np.stack([
                 nfa.detect([(z[i] / scale).numpy() for z, scale in zip(latents, self._scales(latents))], size, epsilon=self.config.epsilon,
                            method=self.config.nfa_method, window=self.config.block_window,
                            alpha=self.config.block_alpha, max_region_fraction=self.config.max_region_fraction)
@@ -408,13 +409,31 @@ class UFlow(Detector):
                     nfa.level_components_touching(detected, amap, self.map_threshold)
                     for detected, amap in zip(masks, maps)
                 ])
-        return Result(
+        return self._with_verdict(Result(
             paths=names,
             image_scores=maps.reshape(count, -1).max(axis=1).astype(np.float64),
             anomaly_maps=maps,
             masks=masks,
             settings=self.settings(),
-        )
+        ), detected)
+
+    def _with_verdict(self, result: Result, detected: np.ndarray | None) -> Result:
+        """Verdict: the good-image calibration when there is one; else an image is anomalous when
+        the a contrario test detected a region (threshold = the NFA level epsilon); with
+        ``nfa_method="none"``, when its map exceeds the held-out normal images' largest value."""
+        if self.calibration is not None:
+            return with_verdict(result, self.calibration)
+        if detected is not None:
+            result.is_anomalous = detected.reshape(len(result.paths), -1).any(axis=1)
+            result.threshold = float(self.config.epsilon)
+            result.threshold_rule = (
+                f"a contrario: anomalous when a region is detected with NFA <= {self.config.epsilon:g} "
+                f"({self.config.nfa_method} test)"
+            )
+            return result
+        if self.map_threshold is not None:
+            return with_verdict(result, Threshold(self.map_threshold, "largest map value of the held-out normal training images"))
+        return result
 
     def _scales(self, latents: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         if len(self.latent_scale) == len(latents):
@@ -437,12 +456,16 @@ class UFlow(Detector):
             if progress is not None:
                 progress("predict", min(start + step, len(images)), len(images))
         masks = None if results[0].masks is None else np.concatenate([r.masks for r in results])
+        verdicts = None if results[0].is_anomalous is None else np.concatenate([r.is_anomalous for r in results])
         return Result(
             paths=names,
             image_scores=np.concatenate([r.image_scores for r in results]),
             anomaly_maps=np.concatenate([r.anomaly_maps for r in results]),
             masks=masks,
             settings=results[0].settings,
+            is_anomalous=verdicts,
+            threshold=results[0].threshold,
+            threshold_rule=results[0].threshold_rule,
         )
 
     def _tensors(self) -> dict[str, torch.Tensor]:

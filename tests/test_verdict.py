@@ -1,0 +1,112 @@
+"""Verdict rules: label-free false-alarm rate on synthetic batches, conformal guarantee by simulation."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from defectscope.errors import ConfigError
+from defectscope.methods.verdict import (
+    Threshold,
+    conformal_count,
+    conformal_threshold,
+    decide,
+    fit_null,
+    label_free_threshold,
+    pixel_masks,
+    tolerance_factor,
+    two_gaussians,
+)
+
+
+def _batch(rng: np.random.Generator, n: int, defect_share: float, shift: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """Log-normal normal scores (median 0.35, log-sd 0.06); defects shifted up in log by a
+    spread amount (some barely, most clearly)."""
+    labels = (rng.random(n) < defect_share).astype(int)
+    log_scores = np.log(0.35) + 0.06 * rng.standard_normal(n)
+    log_scores += labels * rng.uniform(0.3 * shift, 2 * shift, n)
+    return np.exp(log_scores), labels
+
+
+@pytest.mark.parametrize("defect_share", [0.0, 0.2, 0.5, 0.75])
+def test_label_free_false_alarm_rate_stays_near_budget(defect_share: float) -> None:
+    rng = np.random.default_rng(1)
+    flagged, normals, caught, defects = 0, 0, 0, 0
+    for _ in range(40):
+        scores, labels = _batch(rng, 80, defect_share)
+        verdict = decide(scores, label_free_threshold(scores, 0.05))
+        flagged += int(verdict[labels == 0].sum())
+        normals += int((labels == 0).sum())
+        caught += int(verdict[labels == 1].sum())
+        defects += int((labels == 1).sum())
+    rate = flagged / normals
+    assert 0.002 < rate <= 0.05, rate
+    if defects:
+        assert caught / defects > 0.7
+
+
+def test_label_free_budget_moves_the_threshold() -> None:
+    scores, _ = _batch(np.random.default_rng(2), 100, 0.3)
+    strict = label_free_threshold(scores, 0.01).value
+    loose = label_free_threshold(scores, 0.2).value
+    assert strict > loose
+    assert "0.01" in label_free_threshold(scores, 0.01).rule
+
+
+def test_label_free_is_scale_invariant() -> None:
+    scores, _ = _batch(np.random.default_rng(3), 60, 0.5)
+    assert label_free_threshold(3.0 * scores).value == pytest.approx(3.0 * label_free_threshold(scores).value, rel=1e-6)
+
+
+def test_two_components_found_when_separated_and_not_when_one() -> None:
+    rng = np.random.default_rng(4)
+    mixed = np.concatenate([rng.normal(0.0, 1.0, 30), rng.normal(8.0, 1.5, 70)])
+    null = fit_null(mixed)
+    assert null.components == 2
+    assert null.mean == pytest.approx(0.0, abs=0.5) and null.count == pytest.approx(30, abs=3)
+    single = fit_null(rng.normal(0.0, 1.0, 100))
+    assert single.count >= 90 and abs(single.mean) < 0.3 and 0.8 < single.sd < 1.2
+    weights, means, sds, _ = two_gaussians(mixed)
+    assert means[0] < means[1] and weights.sum() == pytest.approx(1.0)
+
+
+def test_tolerance_factor_is_wider_for_small_samples() -> None:
+    assert tolerance_factor(10, 0.05) > tolerance_factor(100, 0.05) > 1.645
+    assert tolerance_factor(10**6, 0.05) == pytest.approx(1.645, abs=0.01)
+
+
+def test_label_free_refuses_bad_input() -> None:
+    with pytest.raises(ConfigError, match="positive"):
+        label_free_threshold(np.array([0.0, 1.0, 2.0]))
+    with pytest.raises(ConfigError, match="false-alarm-rate"):
+        label_free_threshold(np.array([1.0, 2.0]), 1.5)
+
+
+@pytest.mark.parametrize("n,alpha", [(19, 0.05), (50, 0.05), (40, 0.1)])
+def test_conformal_guarantee_by_simulation(n: int, alpha: float) -> None:
+    rng = np.random.default_rng(5)
+    rates = []
+    for _ in range(2000):
+        threshold = conformal_threshold(rng.standard_normal(n), alpha)
+        rates.append(float(np.mean(decide(rng.standard_normal(200), threshold))))
+    expected = 1 - math.ceil((n + 1) * (1 - alpha)) / (n + 1)
+    assert np.mean(rates) <= alpha + 0.003
+    assert np.mean(rates) == pytest.approx(expected, abs=0.004)
+
+
+def test_conformal_picks_the_order_statistic_and_refuses_too_few() -> None:
+    scores = np.arange(1.0, 20.0)  # 19 values
+    assert conformal_threshold(scores, 0.05).value == 19.0
+    assert conformal_threshold(np.arange(1.0, 40.0), 0.05).value == 38.0
+    assert conformal_count(0.05) == 19 and conformal_count(0.1) == 9
+    with pytest.raises(ConfigError, match="at least 19 good images, got 18"):
+        conformal_threshold(np.arange(18.0), 0.05)
+
+
+def test_decide_and_masks_are_strict() -> None:
+    threshold = Threshold(1.0, "test")
+    assert decide(np.array([0.5, 1.0, 1.5]), threshold).tolist() == [False, False, True]
+    maps = np.array([[[0.2, 1.2], [1.0, 0.0]]])
+    assert pixel_masks(maps, threshold).tolist() == [[[False, True], [False, False]]]
