@@ -4,7 +4,7 @@
 given as it is to the commands that take one:
 
 * ``train/good/``: copies of the confirmed-good images: ``defectscope fit DIR --method uflow``
-  trains on them, and ``--good DIR/train/good`` uses them as the reference of good parts;
+  trains on them, and ``--good DIR`` calibrates the verdicts on them;
 * ``test/defective/`` with ``ground_truth/defective/NAME_mask.png``: the confirmed-defective
   images whose proposed mask the reviewer accepted, the mask (the run's ``masks/`` file)
   enlarged, nearest neighbour, to the image's own size: PRN's ``--anomalies DIR``;
