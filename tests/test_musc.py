@@ -142,7 +142,7 @@ def test_reference_scores_equal_mutual_scoring_leave_one_out():
     batch = mutual_scores(features, 0.0, 0.3)
     for i in (0, 4, 8):
         others = torch.cat([features[:i], features[i + 1:]])
-        single = reference_scores(features[i:i + 1], others, 0.0, 0.3, chunk=3)
+        single = reference_scores(features[i:i + 1], others, 0.0, 0.3)
         assert torch.allclose(single[0], batch[i], atol=1e-5)
     many = reference_scores(features[:3], features[3:], 0.0, 0.5)
     assert many.shape == (3, 14)

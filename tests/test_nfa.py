@@ -136,7 +136,7 @@ def test_region_nfa_refuses_too_small_grids_clearly() -> None:
 
 
 def test_level_components_keep_only_regions_touching_a_detection() -> None:
-    from defectscope.methods.uflow.nfa import level_components_touching
+    from defectscope.methods.uflow.extent import level_components_touching
 
     amap = np.zeros((10, 10))
     amap[1:4, 1:4] = 0.9   # touched by the detection below
@@ -164,3 +164,10 @@ def test_capping_the_region_size_shrinks_the_number_of_tests_and_skips_larger_re
     assert np.count_nonzero(capped <= 0) >= np.count_nonzero(uncapped <= 0)
     with pytest.raises(ValueError, match="max_region_fraction"):
         nfa.region_log_nfa_map(latent, max_region_fraction=0.0)
+
+
+def test_region_nfa_from_the_statistic_equals_the_one_from_latents() -> None:
+    latent = np.random.default_rng(4).standard_normal((6, 9, 9))
+    from_latent = nfa.region_log_nfa_map(latent, 2, 0.5)
+    from_statistic = nfa.region_log_nfa_from_statistic((latent ** 2).sum(axis=0), 6, 2, 0.5)
+    assert np.array_equal(from_latent, from_statistic)

@@ -32,6 +32,7 @@ ThreadsOption = typer.Option(None, "--threads", help="CPU threads for torch (def
 OverwriteOption = typer.Option(False, "--overwrite", help="Replace an existing output folder from an earlier defectscope run.")
 SkipOption = typer.Option(False, "--skip-unreadable", help="Skip unreadable images (listed in every output) instead of stopping.")
 ParamOption = typer.Option(None, "--param", "-p", help="Any method setting as KEY=VALUE (repeatable), e.g. upper=0.2, degrees=1,3, burnout_threshold=25; see the method's config class.")
+SchedulerOption = typer.Option(None, "--scheduler", help="Run MuSc's work on Dask: 'dask' (a local cluster) or a scheduler address tcp://HOST:PORT.")
 SmoothingOption = typer.Option(None, "--smoothing", help="Gaussian blur of the anomaly maps, sigma in input pixels (default 4; 0 = off).")
 FalseAlarmOption = typer.Option(0.05, "--false-alarm-rate", help="Share of normal images the verdict may flag as anomalous.")
 GoodOption = typer.Option(None, "--good", help="Folder of known-good images: the verdict is calibrated on them (MuSc/CoDeGraph also score against them).")
@@ -81,6 +82,11 @@ def _parse_params(params: Optional[list[str]]) -> dict[str, str]:
             raise typer.BadParameter(f"expected KEY=VALUE, got '{item}'", param_hint="--param")
         parsed[key.strip().replace("-", "_")] = value.strip()
     return parsed
+
+
+def _with_scheduler(params: Optional[list[str]], scheduler: Optional[str]) -> Optional[list[str]]:
+    """--scheduler is MuSc's ``scheduler`` setting."""
+    return [*(params or []), f"scheduler={scheduler}"] if scheduler else params
 
 
 def _options(method, backbone, weights, image_size, batch_size, threads, skip_unreadable, overwrite, smoothing, kshot=10, epochs=None, params=None, false_alarm_rate=0.05, good=None):
@@ -141,13 +147,14 @@ def score(
     skip_unreadable: bool = SkipOption,
     smoothing: Optional[float] = SmoothingOption,
     param: Optional[list[str]] = ParamOption,
+    scheduler: Optional[str] = SchedulerOption,
     false_alarm_rate: float = FalseAlarmOption,
     good: Optional[Path] = GoodOption,
 ) -> None:
     """Score an unlabeled batch of images zero-shot; the most anomalous come first."""
     from defectscope.pipeline import score_folder
 
-    options = _options(method, backbone, weights, image_size, batch_size, threads, skip_unreadable, overwrite, smoothing, params=param,
+    options = _options(method, backbone, weights, image_size, batch_size, threads, skip_unreadable, overwrite, smoothing, params=_with_scheduler(param, scheduler),
                        false_alarm_rate=false_alarm_rate, good=good)
     with _user_errors(), _progress() as progress:
         result = score_folder(folder, out, options, progress=progress)
@@ -177,6 +184,7 @@ def evaluate(
     kshot: int = typer.Option(10, "--kshot", help="PRN: labelled defects per defect type moved from test to training."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="U-Flow/PRN: training epochs (default: the method's)."),
     param: Optional[list[str]] = ParamOption,
+    scheduler: Optional[str] = SchedulerOption,
     false_alarm_rate: float = FalseAlarmOption,
     good: Optional[Path] = GoodOption,
 ) -> None:
@@ -186,7 +194,7 @@ def evaluate(
     takes --kshot labelled defects per type from the test set (seeded, never scored)."""
     from defectscope.pipeline import evaluate_dataset
 
-    options = _options(method, backbone, weights, image_size, batch_size, threads, skip_unreadable, overwrite, smoothing, kshot, epochs, params=param,
+    options = _options(method, backbone, weights, image_size, batch_size, threads, skip_unreadable, overwrite, smoothing, kshot, epochs, params=_with_scheduler(param, scheduler),
                        false_alarm_rate=false_alarm_rate, good=good)
     with _user_errors(), _progress() as progress:
         metrics = evaluate_dataset(root, out, options, categories=category, seed=seed, progress=progress)
@@ -297,6 +305,38 @@ def demo(
         metrics = run_demo(out, count=count, overwrite=overwrite, threads=threads, progress=progress)
     _print_metrics(metrics)
     console.print(f"open {out}/elpv/report.html to see the most anomalous cells first")
+
+
+@app.command()
+def watch(
+    in_dir: Path = typer.Argument(..., help="Folder where new images arrive (watched recursively)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder: verdicts.csv, maps/, report.html, skipped.csv; a restart resumes it."),
+    good: Optional[Path] = typer.Option(None, "--good", help="Score against this folder of good parts instead of the rolling bank."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Score with a trained U-Flow or PRN model folder."),
+    false_alarm_rate: float = typer.Option(0.05, "--false-alarm-rate", help="Zero-shot verdicts: conformal false-alarm rate on the bank's leave-one-out scores."),
+    bank_size: int = typer.Option(100, "--bank-size", help="Rolling bank: the last N images judged normal (or the size of the --good sample)."),
+    min_bank: int = typer.Option(20, "--min-bank", help="Rolling bank: images that wait and are scored together before the first verdict."),
+    settle: float = typer.Option(1.0, "--settle", help="Seconds a file's size must stay unchanged before it is read."),
+    give_up: float = typer.Option(10.0, "--give-up", help="Seconds an unchanged file may fail to decode before it is logged and skipped."),
+    poll: float = typer.Option(0.5, "--poll", help="Seconds between looks at the folder."),
+    exit_after_idle: Optional[float] = typer.Option(None, "--exit-after-idle", help="Stop after this many seconds without new images (default: run until Ctrl-C)."),
+    backbone: Optional[str] = BackboneOption,
+    weights: Optional[Path] = WeightsOption,
+    image_size: Optional[int] = ImageSizeOption,
+    threads: Optional[int] = ThreadsOption,
+    smoothing: Optional[float] = SmoothingOption,
+    param: Optional[list[str]] = ParamOption,
+) -> None:
+    """Inspect each new image of a folder as it arrives; one row per image in verdicts.csv."""
+    from defectscope.watch import watch_folder
+
+    options = _options("musc", backbone, weights, image_size, 8, threads, False, False, smoothing, params=param)
+    with _user_errors():
+        summary = watch_folder(
+            in_dir, out, options, alpha=false_alarm_rate, bank_size=bank_size, min_bank=min_bank, good=good, model=model,
+            settle=settle, give_up=give_up, poll=poll, exit_after_idle=exit_after_idle, log=lambda line: console.print(line, highlight=False),
+        )
+    console.print(f"wrote {summary.written} rows to {out}/verdicts.csv ({summary.skipped} files skipped)")
 
 
 @app.command()

@@ -336,6 +336,7 @@ class CoDeGraph(MuSc):
     other's defects and re-scores them without each other as references."""
 
     method = "codegraph"
+    reference_bank = False
 
     def __init__(self, config: CoDeGraphConfig | None = None, backbone=None) -> None:
         if config is not None and not isinstance(config, CoDeGraphConfig):

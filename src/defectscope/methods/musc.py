@@ -178,10 +178,10 @@ def interval_mean(distances: torch.Tensor, lower: float = 0.0, upper: float = 0.
     return _interval_reduce(distances, distances.shape[0] - 1, lower, upper)
 
 
-def _drop_one_interval_mean(distances: torch.Tensor, lower: float, upper: float) -> torch.Tensor:
-    """(N, M, L) distances to M references -> (N, L): the MSM interval mean over M - 1 references,
-    averaged over the M ways of leaving one reference out (closed form on the sorted values)."""
-    m = distances.shape[1]
+def _drop_one_interval_mean(distances: torch.Tensor, lower: float, upper: float, m: int) -> torch.Tensor:
+    """(N, R, L) smallest distances to M references (R >= the interval's end + 1) -> (N, L): the
+    MSM interval mean over M - 1 references, averaged over the M ways of leaving one reference out
+    (closed form on the sorted values)."""
     start, end = interval_bounds(m - 1, lower, upper)
     d = torch.topk(distances, end + 1, dim=1, largest=False, sorted=True).values
     kept = d[:, start:end].sum(dim=1)
@@ -196,7 +196,6 @@ def reference_scores(
     lower: float = 0.0,
     upper: float = 0.3,
     *,
-    chunk: int = 16,
     drop_one: bool = False,
 ) -> torch.Tensor:
     """Scoring against a reference set: (Nq, L, C) query vs (M, L, C) reference patch features
@@ -208,7 +207,8 @@ def reference_scores(
     over the M ways of leaving one out, so that the scores are comparable with the references'
     own leave-one-out scores (:func:`mutual_scores` of the reference set), which use M - 1
     references each; with all M the interval reaches a slightly higher rank and query scores come
-    out slightly higher. Working memory: one L x (``chunk`` L) similarity block at a time.
+    out slightly higher. The nearest similarities come from
+    :func:`defectscope.methods.bank.nearest_topk` (a running top-k, one block at a time).
     """
     if query.ndim != 3 or reference.ndim != 3 or query.shape[1:] != reference.shape[1:]:
         raise ConfigError(
@@ -219,16 +219,11 @@ def reference_scores(
     m, length, channels = reference.shape
     if m < (2 if drop_one else 1):
         raise ConfigError(f"reference scoring needs at least {2 if drop_one else 1} reference images, got {m}")
-    bank = reference.float().reshape(m * length, channels)
-    out = torch.empty(query.shape[0], length)
-    for i, zq in enumerate(query.float()):
-        nearest = torch.cat([
-            (zq @ bank[start * length:(start + chunk) * length].T).view(length, -1, length).amax(dim=2)
-            for start in range(0, m, chunk)
-        ], dim=1)
-        distances = similarities_to_distances(nearest.T).unsqueeze(0)
-        out[i] = (_drop_one_interval_mean(distances, lower, upper) if drop_one else _interval_reduce(distances, m, lower, upper))[0]
-    return out
+    from defectscope.methods.bank import nearest_topk
+
+    end = interval_bounds(m - 1 if drop_one else m, lower, upper)[1] + (1 if drop_one else 0)
+    distances = similarities_to_distances(nearest_topk(query, reference, min(end, m), workers=1))
+    return _drop_one_interval_mean(distances, lower, upper, m) if drop_one else _interval_reduce(distances, m, lower, upper)
 
 
 def mutual_scores(
@@ -305,6 +300,18 @@ class MuScConfig(MethodConfig):
         smoothing_sigma: Gaussian blur of the anomaly maps in input pixels (0 = none; default 4,
             chosen by the ablation in docs/BENCHMARKS.md, the authors use none).
         batch_size: images per backbone forward pass.
+        max_references: reference-bank size for large batches: once N - 1 > 2 max_references
+            (where the bank is cheaper than mutual scoring) every image is scored against a
+            seeded random sample of max_references images of the batch, with features kept
+            chunk by chunk and no N x N table (:mod:`defectscope.methods.bank`); None: always
+            exact. Default chosen by measurement (docs/BENCHMARKS.md, reference banks).
+        reference_seed: seed of that sample.
+        feature_store: bank mode only: "auto" memory-maps the feature sets to a temporary file
+            when they would exceed half of the available memory, None keeps them in memory,
+            a folder memory-maps them there.
+        scheduler: where the work runs: None (this process), "dask" (a Dask LocalCluster for
+            the run) or a Dask scheduler address "tcp://HOST:PORT" (:mod:`defectscope.distributed`).
+            MuSc only; CoDeGraph always builds the full table in this process.
         false_alarm_rate: share of normal images the verdict may flag (label-free rule on the
             batch, or conformal on the good images after :meth:`MuSc.calibrate`).
     """
@@ -320,6 +327,10 @@ class MuScConfig(MethodConfig):
     smoothing_sigma: float = 4.0
     native_grids: bool = True
     batch_size: int = 8
+    max_references: int | None = 200
+    reference_seed: int = 0
+    feature_store: str | None = "auto"
+    scheduler: str | None = None
     false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE
 
     def validate(self) -> None:
@@ -333,6 +344,8 @@ class MuScConfig(MethodConfig):
             raise ConfigError(f"smoothing sigma must be >= 0, got {self.smoothing_sigma}")
         if self.batch_size < 1:
             raise ConfigError(f"batch size must be >= 1, got {self.batch_size}")
+        if self.max_references is not None and self.max_references < 1:
+            raise ConfigError(f"max_references must be >= 1 (or None for exact scoring), got {self.max_references}")
 
 
 def to_finest_grid(patch_scores: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -376,6 +389,8 @@ class MuSc(Detector):
     """
 
     method = "musc"
+    reference_bank = True
+    """Large batches (see ``MuScConfig.max_references``) are scored against a sampled bank."""
     config: MuScConfig
 
     def __init__(self, config: MuScConfig | None = None, backbone=None) -> None:
@@ -422,6 +437,12 @@ class MuSc(Detector):
         """N x N x L tables alive at once: similarities, distances and their sorted part."""
         return 3
 
+    def _banked(self, count: int) -> bool:
+        """True when a batch of ``count`` images is scored against a sampled reference bank."""
+        from defectscope.methods.bank import use_bank
+
+        return self.reference_bank and use_bank(count, self.config.max_references)
+
     def memory_needed(self, count: int, image_size: int | None = None) -> int:
         backbone = self.backbone
         size = image_size or backbone.image_size
@@ -434,9 +455,9 @@ class MuSc(Detector):
             count=count,
             image_size=size,
             batch_size=self.config.batch_size,
-            feature_floats=sum(channels) * patches * (1 + degrees),
+            feature_floats=sum(channels) * patches * (degrees if self._banked(count) else 1 + degrees),
             patches=patches,
-            tables=self._tables_held(len(channels) * degrees),
+            tables=0 if self._banked(count) else self._tables_held(len(channels) * degrees),
         )
 
     def feature_sets(
@@ -457,6 +478,14 @@ class MuSc(Detector):
         """Features and MSM patch scores (N, L), averaged over layers and degrees."""
         n = len(images)
         check_batch_size(n)
+        if self.config.scheduler is not None:
+            from defectscope.distributed import dask_patch_scores
+
+            return dask_patch_scores(self, images, progress)
+        if self._banked(n):
+            from defectscope.methods.bank import sampled_patch_scores
+
+            return sampled_patch_scores(self, images, progress)
         sets, grid, embeddings = self.feature_sets(images, progress, native_grids=self.config.native_grids)
         pairs = n * (n - 1) // 2
         total = pairs * len(sets)

@@ -19,7 +19,7 @@ to 64 channels, lowered pixel AUROC.
 Model selection uses no test data: training runs a fixed number of epochs and keeps the last
 weights. Detections come from :func:`defectscope.methods.uflow.nfa.detect` on the latents; by
 default each detection is then given the outline of the anomaly map at a level measured on the
-held-out normal training images (``mask_extent``, :func:`.nfa.level_components_touching`).
+held-out normal training images (``mask_extent``, :mod:`.extent`).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from defectscope.errors import ConfigError, ModelFileError
 from defectscope.memory import estimate_bytes
 from defectscope.methods.base import Detector, MethodConfig, Result, default_paths
 from defectscope.methods.modelfile import load_model, read_model_config, save_model
-from defectscope.methods.uflow import nfa
+from defectscope.methods.uflow import extent, nfa
 from defectscope.methods.uflow.flow import UFlowNet, anomaly_map, flow_loss
 from defectscope.methods.verdict import Threshold, with_verdict
 from defectscope.progress import Progress as ProgressCallback
@@ -84,10 +84,17 @@ class UFlowConfig(MethodConfig):
             and do not depend on it.
         mask_extent: "calibrated" (default): the NFA decides WHICH regions are anomalous, and a
             mask is every connected region of {anomaly map >= map_threshold} that touches an NFA
-            detection, where map_threshold is the largest map value on the held-out normal
-            training images (no test data, no tuning); without held-out images it falls back to
-            "nfa". "nfa": the NFA regions themselves, upsampled from their latent grids (the
-            paper's masks; coarse grids make them blocky and wide).
+            detection, each cut at ``extent_cut`` of its height above map_threshold, where
+            map_threshold is the ``extent_quantile`` of the map values on the held-out normal
+            training images (:mod:`.extent`); without held-out images it falls back to "nfa".
+            "nfa": the NFA regions themselves, upsampled from their latent grids (the paper's
+            masks; coarse grids make them blocky and wide).
+        extent_quantile: quantile of the pooled held-out normal map values taken as
+            map_threshold (1: their maximum).
+        extent_cut: each masked region keeps the pixels where u >= u_t + extent_cut * (u_peak -
+            u_t), u = -log(1 - map) (the map's negative log likelihood, which unlike the map does
+            not saturate near 1), u_t that of map_threshold, u_peak the region's largest (0: the
+            whole level-set component).
         calibration_fraction: share of the training images (when there are at least 10; at least
             2 images) kept out of flow training; after training, each scale's latent spread
             sigma_s^2 = max(1, mean z^2 over those images) is measured and the NFA tests z / sigma_s,
@@ -119,6 +126,8 @@ class UFlowConfig(MethodConfig):
     calibration_fraction: float = 0.1
     smoothing_sigma: float = 4.0
     mask_extent: str = "calibrated"
+    extent_quantile: float = 1.0
+    extent_cut: float = 0.3
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", tuple(self.layers))
@@ -157,6 +166,10 @@ class UFlowConfig(MethodConfig):
             raise ConfigError(f"U-Flow max_region_fraction must be in (0, 1], got {self.max_region_fraction!r}")
         if self.mask_extent not in ("calibrated", "nfa"):
             raise ConfigError(f"U-Flow mask_extent must be 'calibrated' or 'nfa', got {self.mask_extent!r}")
+        if not 0 < self.extent_quantile <= 1:
+            raise ConfigError(f"U-Flow extent_quantile must be in (0, 1], got {self.extent_quantile!r}")
+        if not 0 <= self.extent_cut < 1:
+            raise ConfigError(f"U-Flow extent_cut must be in [0, 1), got {self.extent_cut!r}")
         if not self.smoothing_sigma >= 0:
             raise ConfigError(f"U-Flow smoothing_sigma must be >= 0, got {self.smoothing_sigma!r}")
         if not 0 < self.block_alpha < 1:
@@ -166,12 +179,14 @@ class UFlowConfig(MethodConfig):
     def from_json(cls, data: dict[str, Any]) -> "UFlowConfig":
         """Inverse of :meth:`to_json`; unknown keys are an error. Files written before map smoothing
         existed load with ``smoothing_sigma = 0``, ``mask_extent = "nfa"`` and
-        ``max_region_fraction = 1`` so they give the maps and masks they gave then."""
+        ``max_region_fraction = 1``, files from before the extent settings with
+        ``extent_quantile = 1`` and ``extent_cut = 0``, so they give the maps and masks they gave then."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ModelFileError(f"U-Flow config has unknown settings {unknown}")
-        return cls(**{"smoothing_sigma": 0.0, "mask_extent": "nfa", "max_region_fraction": 1.0, **data})
+        return cls(**{"smoothing_sigma": 0.0, "mask_extent": "nfa", "max_region_fraction": 1.0,
+                      "extent_quantile": 1.0, "extent_cut": 0.0, **data})
 
 
 def _build_backbones(config: UFlowConfig) -> list[Backbone]:
@@ -350,7 +365,7 @@ class UFlow(Detector):
             latents = self.latents_from_features(calibration)
             self.latent_scale = [z.pow(2).mean().clamp_min(1.0).sqrt() for z in latents]
             maps = anomaly_map(latents, config.image_size, config.smoothing_sigma)
-            self.map_threshold = float(maps.max())
+            self.map_threshold = extent.calibration_level(maps.numpy(), config.extent_quantile)
         return self
 
     def _held_out(self, count: int) -> torch.Tensor:
@@ -405,9 +420,10 @@ class UFlow(Detector):
                 for i in range(count)
             ])
             if self.config.mask_extent == "calibrated" and self.map_threshold is not None:
+                rule = extent.ExtentRule(self.config.extent_quantile, self.config.extent_cut, log=True)
                 masks = np.stack([
-                    nfa.level_components_touching(detected, amap, self.map_threshold)
-                    for detected, amap in zip(masks, maps)
+                    extent.extent_mask(rule, found, amap, self.map_threshold)
+                    for found, amap in zip(masks, maps)
                 ])
         return self._with_verdict(Result(
             paths=names,
@@ -432,7 +448,9 @@ class UFlow(Detector):
             )
             return result
         if self.map_threshold is not None:
-            return with_verdict(result, Threshold(self.map_threshold, "largest map value of the held-out normal training images"))
+            level = ("largest map value" if self.config.extent_quantile == 1.0
+                     else f"{self.config.extent_quantile:g} quantile of the map values")
+            return with_verdict(result, Threshold(self.map_threshold, f"{level} of the held-out normal training images"))
         return result
 
     def _scales(self, latents: Sequence[torch.Tensor]) -> list[torch.Tensor]:

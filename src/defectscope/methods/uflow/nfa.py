@@ -84,16 +84,22 @@ def region_log_nfa_map(latent: np.ndarray, n_scales: int = 1, max_region_fractio
     (larger max-tree nodes are not tested), and the number of tests counts only shapes up to that
     size: a smaller, still exact, family of tests, so smaller regions need less evidence.
     """
+    latent = np.asarray(latent, dtype=np.float64)
+    return region_log_nfa_from_statistic(chi2_statistic(latent), latent.shape[0], n_scales, max_region_fraction)
+
+
+def region_log_nfa_from_statistic(statistic: np.ndarray, channels: int, n_scales: int = 1,
+                                  max_region_fraction: float = 1.0) -> np.ndarray:
+    """:func:`region_log_nfa_map` from the (h, w) statistic sum_c z_c^2 of ``channels`` channels."""
     if not 0.0 < max_region_fraction <= 1.0:
         raise ValueError(f"max_region_fraction must be in (0, 1], got {max_region_fraction}")
-    latent = np.asarray(latent, dtype=np.float64)
-    channels, height, width = latent.shape
+    statistic = np.asarray(statistic, dtype=np.float64)
+    height, width = statistic.shape
     if min(height, width) < MIN_REGION_SIDE:
         raise ConfigError(
             f"the region NFA needs latent maps of at least {MIN_REGION_SIDE}x{MIN_REGION_SIDE} cells, "
             f"got {height}x{width}: use a larger image size"
         )
-    statistic = chi2_statistic(latent)
     parent, order = max_tree(statistic, connectivity=1)
     parent = parent.ravel()
     values = statistic.ravel()
@@ -162,30 +168,15 @@ def detect(latents: Sequence[np.ndarray], size: int, *, epsilon: float = 1.0, me
             log_nfa = region_log_nfa_map(latent, n_scales, max_region_fraction)
         else:
             log_nfa = block_log_nfa_map(latent, window, alpha, n_scales)
-        detected = torch.from_numpy((log_nfa <= math.log(epsilon)).astype(np.float32))
-        upsampled = F.interpolate(detected[None, None], size=(size, size), mode="bilinear",
-                                  align_corners=False)[0, 0]
-        mask |= upsampled.numpy() >= 0.5
+        mask |= upsample_detection(log_nfa <= math.log(epsilon), size)
     return mask
 
 
-def level_components_touching(detected: np.ndarray, anomaly_map: np.ndarray, level: float) -> np.ndarray:
-    """Mask extent from a level set: the connected components (4-connectivity) of
-    {anomaly_map >= level} that share at least one pixel with ``detected``.
-
-    The a contrario test decides which regions are anomalous; this gives them the outline of the
-    (finer, smoothed) anomaly map at a level fixed beforehand. A component that touches no
-    detection is never kept, so no new false detection can appear.
-    """
-    from scipy import ndimage
-
-    detected = np.asarray(detected, dtype=bool)
-    above = np.asarray(anomaly_map) >= level
-    if detected.shape != above.shape:
-        raise ValueError(f"detection {detected.shape} and map {above.shape} differ in shape")
-    labels, _ = ndimage.label(above)
-    touched = np.unique(labels[detected & above])
-    return np.isin(labels, touched[touched > 0])
+def upsample_detection(detected: np.ndarray, size: int) -> np.ndarray:
+    """(h, w) bool detections of one latent grid -> (size, size) bool: bilinear 0/1 map >= 0.5."""
+    values = torch.from_numpy(np.asarray(detected, dtype=np.float32))
+    upsampled = F.interpolate(values[None, None], size=(size, size), mode="bilinear", align_corners=False)[0, 0]
+    return upsampled.numpy() >= 0.5
 
 
 def count_regions(log_nfa: np.ndarray, epsilon: float = 1.0) -> int:

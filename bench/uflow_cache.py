@@ -1,0 +1,129 @@
+"""Train U-Flow once per category and cache what every mask rule needs (for bench_uflow_mask.py).
+
+Per category the default ``UFlowConfig`` is trained on ``train/good`` (for the magnetic tiles the
+normal training half of ``magnetic_tile(root, seed=0)``) and one ``.npz`` is written with, for
+three sets of images, the per-scale statistic ``s = sum_c z_c^2`` of the (unscaled) latents, from
+which the anomaly maps and the NFA detections of any mask rule follow:
+
+- ``val``: the held-out normal training images (the ones ``fit`` keeps out of flow training for
+  its calibration), never seen by the flow;
+- ``syn``: synthetic defects pasted on those held-out images with PRN's generator
+  (:func:`defectscope.methods.prn.generate.pseudo_defect`: a Perlin-shaped blob filled with a
+  procedural texture or a moved patch of another held-out image), with their exact masks and the
+  index of the held-out image each was made from;
+- ``test``: the test images, with their ground-truth masks and labels (used only for the final
+  table, never to choose a rule).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from defectscope.data.io import read_image, read_mask
+from defectscope.data.layouts import magnetic_tile, mvtec_category
+from defectscope.methods.prn.generate import pseudo_defect
+from defectscope.methods.uflow import UFlow, UFlowConfig
+
+SYNTHETIC_PER_CATEGORY = 48
+"""At least this many synthetic defects per category (several per held-out image when few)."""
+
+
+def load_category(root: Path):
+    """The shared category at ``root`` (the magnetic tiles with the documented seeded split)."""
+    return magnetic_tile(root, seed=0) if root.name == "magnetic_tile" else mvtec_category(root)
+
+
+def resize(image: np.ndarray, size: int, nearest: bool = False) -> np.ndarray:
+    """Image or mask -> (size, size), as the backbone's preprocessing does (PIL bilinear)."""
+    if image.dtype == bool:
+        pil = Image.fromarray(image.astype(np.uint8) * 255)
+        return np.asarray(pil.resize((size, size), Image.Resampling.NEAREST)) > 127
+    method = Image.Resampling.NEAREST if nearest else Image.Resampling.BILINEAR
+    return np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize((size, size), method))
+
+
+def statistics(model: UFlow, images: list[np.ndarray]) -> list[np.ndarray]:
+    """Images -> per scale (N, h, w) float32 statistic sum_c z_c^2 of the unscaled latents."""
+    chunks: list[list[np.ndarray]] = []
+    for start in range(0, len(images), 16):
+        latents = model.latents_from_features(model.extract_features(images[start:start + 16]))
+        chunks.append([z.pow(2).sum(dim=1).numpy().astype(np.float32) for z in latents])
+    return [np.concatenate([c[s] for c in chunks]) for s in range(len(chunks[0]))]
+
+
+def collect(root: Path, out: Path, config: UFlowConfig | None = None, seed: int = 0) -> Path:
+    """Train on ``root``'s training images and write ``out`` (.npz); returns ``out``."""
+    config = config or UFlowConfig()
+    category = load_category(root)
+    size = config.image_size
+    train_images = [read_image(s.path) for s in category.train]
+    model = UFlow(config)
+    start = time.perf_counter()
+    model.fit(train_images)
+    train_seconds = time.perf_counter() - start
+    held = model._held_out(len(train_images)).tolist()
+    normals = [resize(train_images[i], size) for i in held]
+    del train_images
+    rng = np.random.default_rng(seed)
+    per_image = math.ceil(SYNTHETIC_PER_CATEGORY / len(normals))
+    syn_images, syn_masks, syn_base = [], [], []
+    for index, normal in enumerate(normals):
+        others = [n for j, n in enumerate(normals) if j != index] or [normal]
+        for _ in range(per_image):
+            image, mask, _ = pseudo_defect(normal, rng, other_images=others)
+            syn_images.append(image)
+            syn_masks.append(mask)
+            syn_base.append(index)
+    arrays: dict[str, np.ndarray] = {}
+    for name, images in (("val", normals), ("syn", syn_images)):
+        for scale, stat in enumerate(statistics(model, images)):
+            arrays[f"{name}_s{scale}"] = stat
+    test_stats: list[list[np.ndarray]] = []
+    gts, labels = [], []
+    for start in range(0, len(category.test), 64):
+        samples = category.test[start:start + 64]
+        test_stats.append(statistics(model, [read_image(s.path) for s in samples]))
+        for s in samples:
+            gts.append(resize(read_mask(s.mask_path), size) if s.mask_path is not None
+                       else np.zeros((size, size), bool))
+            labels.append(s.label)
+    for scale in range(len(test_stats[0])):
+        arrays[f"test_s{scale}"] = np.concatenate([c[scale] for c in test_stats])
+    assert model.flow is not None
+    staged = out.with_name(out.name + ".part")
+    with open(staged, "wb") as handle:
+        np.savez_compressed(
+            handle, **arrays, syn_masks=np.stack(syn_masks), syn_base=np.array(syn_base),
+            test_gts=np.stack(gts), test_labels=np.array(labels),
+            channels=np.array(model.flow.latent_channels), latent_scale=np.array([float(v) for v in model.latent_scale]),
+            map_threshold=np.array(model.map_threshold if model.map_threshold is not None else np.nan),
+            train_seconds=np.array(train_seconds), train_images=np.array(len(category.train)),
+        )
+    os.replace(staged, out)
+    return out
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("categories", nargs="+", type=Path, help="category folders")
+    parser.add_argument("--cache", type=Path, default=Path("/tmp/uflowmask-cache"))
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    args.cache.mkdir(parents=True, exist_ok=True)
+    for folder in args.categories:
+        target = args.cache / f"{folder.name}.npz"
+        if target.exists():
+            continue
+        started = time.perf_counter()
+        collect(folder, target)
+        print(f"{folder.name}: cached in {time.perf_counter() - started:.0f} s", flush=True)

@@ -1,0 +1,230 @@
+"""Reference banks: score images against M reference images instead of all N - 1 others.
+
+Mutual scoring compares every image with every other one: N (N - 1) / 2 image pairs and an
+N x N x L nearest-distance table per feature set. With a bank of M references each query image
+is compared with the M references only: time O(N M) and memory O(N L) plus one block per
+worker. The bank can be a seeded random sample of the batch (:func:`reference_sample`), a folder
+of known-good parts, or the last images judged normal in a stream.
+
+The scoring rule is MuSc's: for each patch, the nearest-patch distance to each reference image,
+sorted, averaged over the ranks [floor(lower M'), floor(upper M')) where M' is the number of
+references the query is compared with (M, or M - 1 when the query is itself in the bank: an image
+never counts as its own reference). Only the smallest ``floor(upper M')`` distances are needed,
+so each query keeps a running top-k of its per-reference nearest similarities, reduced block by
+block; the N x M x L table is never built. With references = the batch and every image excluded
+from its own row, the result is exact mutual scoring.
+"""
+
+from __future__ import annotations
+
+import math
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from defectscope.errors import ConfigError
+from defectscope.methods.musc import interval_bounds, similarities_to_distances
+from defectscope.progress import Progress
+
+BLOCK_BYTES = 8 * 2**20
+"""Size of one similarity block (query patches x reference patches of a few references)."""
+BUFFER_ROWS = 256
+"""Per-reference similarity rows collected before the running top-k is reduced again."""
+
+
+def reference_sample(n: int, m: int, seed: int = 0) -> np.ndarray:
+    """Sorted indices of a seeded random sample of ``m`` of ``n`` images (all when m >= n)."""
+    if m < 1:
+        raise ConfigError(f"a reference bank needs at least 1 image, got max_references={m}")
+    if m >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=m, replace=False))
+
+
+def use_bank(n: int, max_references: int | None) -> bool:
+    """True when a sampled bank of ``max_references`` is cheaper than exact mutual scoring.
+
+    Exact scoring costs N (N - 1) / 2 block products, the bank N M: the bank takes over once
+    N - 1 > 2 M. ``None`` keeps exact mutual scoring for every batch size.
+    """
+    return max_references is not None and n - 1 > 2 * max_references
+
+
+def self_positions(queries: Sequence[int], references: Sequence[int]) -> torch.Tensor:
+    """For each query index, its position among the reference indices, or -1."""
+    where = {int(r): position for position, r in enumerate(references)}
+    return torch.tensor([where.get(int(q), -1) for q in queries], dtype=torch.long)
+
+
+def reference_counts(num_queries: int, num_references: int, self_index: torch.Tensor | None) -> torch.Tensor:
+    """Number of references each query is compared with (M, or M - 1 when it is in the bank)."""
+    counts = torch.full((num_queries,), num_references, dtype=torch.long)
+    if self_index is not None:
+        counts -= (self_index >= 0).long()
+    if num_queries and int(counts.min()) < 1:
+        raise ConfigError("a reference bank needs at least one reference other than the query itself")
+    return counts
+
+
+def _query_topk(query: torch.Tensor, references: torch.Tensor, k: int, skip: int) -> torch.Tensor:
+    """The k largest per-reference nearest similarities of each patch of one query image.
+
+    ``query`` (L, C), ``references`` (M, L', C); reference ``skip`` (or none if -1) is left out.
+    Returns (k, L), descending along dim 0 (rows beyond the available references are -inf).
+    """
+    m, length_r, channels = references.shape
+    length = query.shape[0]
+    step = max(1, BLOCK_BYTES // (4 * length * length_r))
+    buffer = torch.full((k + BUFFER_ROWS + step, length), -math.inf)
+    filled = k
+    for start in range(0, m, step):
+        block = references[start : start + step]
+        b = block.shape[0]
+        sims = (query @ block.reshape(b * length_r, channels).T).view(length, b, length_r).amax(dim=2).T
+        buffer[filled : filled + b] = sims
+        if start <= skip < start + b:
+            buffer[filled + skip - start] = -math.inf
+        filled += b
+        if filled >= k + BUFFER_ROWS:
+            buffer[:k] = torch.topk(buffer[:filled], k, dim=0, sorted=False).values
+            filled = k
+    return torch.topk(buffer[:filled], k, dim=0, sorted=True).values
+
+
+def nearest_topk(
+    queries: torch.Tensor,
+    references: torch.Tensor,
+    k: int,
+    *,
+    self_index: torch.Tensor | None = None,
+    workers: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """(Nq, L, C) queries vs (M, L', C) references -> (Nq, k, L) top-k nearest similarities.
+
+    For every query patch the nearest-patch similarity to each reference image is computed
+    block by block and only the k largest are kept (descending). ``self_index[i]`` is the
+    position of query i among the references (left out), or -1. Queries are spread over
+    ``workers`` threads (default: torch's thread count), each running single-threaded torch
+    ops; ``progress(queries_done)`` is called as they finish. Partial results over disjoint
+    reference chunks combine with :func:`merge_topk`.
+    """
+    if queries.ndim != 3 or references.ndim != 3 or queries.shape[2] != references.shape[2]:
+        raise ConfigError(
+            f"bank scoring needs (N, L, C) queries and (M, L, C) references with the same C, got "
+            f"{tuple(queries.shape)} and {tuple(references.shape)}"
+        )
+    n = queries.shape[0]
+    skips = self_index.tolist() if self_index is not None else [-1] * n
+    z = queries.float()
+    r = references.float().contiguous()
+    out = torch.empty(n, k, queries.shape[1])
+
+    def one(i: int) -> None:
+        out[i] = _query_topk(z[i], r, k, skips[i])
+
+    workers = workers or torch.get_num_threads()
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            for done, _ in enumerate(pool.map(one, range(n)), start=1):
+                if progress is not None:
+                    progress(done)
+    finally:
+        torch.set_num_threads(previous)
+    return out
+
+
+def merge_topk(first: torch.Tensor, second: torch.Tensor, k: int) -> torch.Tensor:
+    """Combine two (Nq, k_i, L) top-k similarity tensors over disjoint references into one."""
+    both = torch.cat([first, second], dim=1)
+    return torch.topk(both, min(k, both.shape[1]), dim=1, sorted=True).values
+
+
+def topk_to_scores(topk: torch.Tensor, counts: torch.Tensor, lower: float, upper: float) -> torch.Tensor:
+    """(Nq, k, L) descending top-k similarities -> (Nq, L) interval-mean distances.
+
+    Query i uses the ranks [floor(lower M_i), floor(upper M_i)) of its ascending distances,
+    M_i = ``counts[i]`` references (see :func:`defectscope.methods.musc.interval_bounds`).
+    """
+    distances = similarities_to_distances(topk)
+    scores = torch.empty(topk.shape[0], topk.shape[2])
+    for count in torch.unique(counts).tolist():
+        rows = counts == count
+        start, end = interval_bounds(int(count), lower, upper)
+        scores[rows] = distances[rows, start:end].mean(dim=1)
+    return scores
+
+
+def topk_size(num_references: int, lower: float, upper: float) -> int:
+    """How many nearest similarities per patch the interval of M references needs."""
+    return interval_bounds(num_references, lower, upper)[1]
+
+
+def bank_scores(
+    queries: torch.Tensor,
+    references: torch.Tensor,
+    lower: float = 0.0,
+    upper: float = 0.3,
+    *,
+    self_index: torch.Tensor | None = None,
+    workers: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """Score (Nq, L, C) query features against (M, L, C) reference features -> (Nq, L).
+
+    MuSc's interval mean over the references (see the module docstring); ``self_index``
+    marks queries that are themselves references (position in ``references``, else -1).
+    """
+    counts = reference_counts(queries.shape[0], references.shape[0], self_index)
+    k = topk_size(references.shape[0], lower, upper)
+    topk = nearest_topk(queries, references, k, self_index=self_index, workers=workers, progress=progress)
+    return topk_to_scores(topk, counts, lower, upper)
+
+
+COST_CHANNEL_OFFSET = 40
+"""Cost model of one query-reference product, in work units L L' (C + 40): the matrix product
+grows with C, the two reductions do not (measured: C = 112 costs 1.8x C = 40 at equal L,
+docs/BENCHMARKS.md, mutual-scoring speed)."""
+
+
+def set_cost(feature_set: torch.Tensor) -> int:
+    """Work units of comparing one image with one reference in this (N, L, C) feature set."""
+    _, length, channels = feature_set.shape
+    return length * length * (channels + COST_CHANNEL_OFFSET)
+
+
+def sampled_patch_scores(detector, images: Sequence[np.ndarray], progress: Progress | None = None):
+    """MuSc patch scores of a large batch against a seeded sample of its own images.
+
+    The hook :meth:`MuSc.patch_scores` takes when :func:`use_bank` says so: features are
+    computed chunk by chunk (:mod:`defectscope.methods.featurestore`), every image is scored
+    against ``max_references`` images drawn with ``reference_seed`` (a sampled image leaves
+    itself out), and the "scoring" progress counts equal work: one unit is one image compared
+    with one reference in the cheapest feature set, the others weighted by :func:`set_cost`.
+    """
+    from defectscope.methods.featurestore import chunked_feature_sets
+    from defectscope.methods.musc import MuScScores, to_finest_grid
+
+    cfg = detector.config
+    n = len(images)
+    features = chunked_feature_sets(
+        detector.backbone, images, cfg.degrees, cfg.batch_size, progress, native_grids=cfg.native_grids, store=cfg.feature_store
+    )
+    chosen = torch.from_numpy(reference_sample(n, cfg.max_references, cfg.reference_seed))
+    self_index = self_positions(range(n), chosen.tolist())
+    cheapest = min(set_cost(s) for s in features.sets)
+    costs = [max(1, round(set_cost(s) / cheapest)) * len(chosen) for s in features.sets]
+    total = sum(costs) * n
+    accumulated = torch.zeros(n, features.grid[0] * features.grid[1])
+    for index, feature_set in enumerate(features.sets):
+        report = None
+        if progress is not None:
+            base = sum(costs[:index]) * n
+            report = lambda done, base=base, cost=costs[index]: progress("scoring", base + done * cost, total)  # noqa: E731
+        scores = bank_scores(feature_set, feature_set[chosen], cfg.lower, cfg.upper, self_index=self_index, progress=report)
+        accumulated += to_finest_grid(scores, features.grid)
+    return MuScScores(accumulated / len(features.sets), features.grid, features.embeddings)

@@ -1,0 +1,78 @@
+"""Mask extent: the outline given to U-Flow's NFA detections, from the anomaly map.
+
+The a contrario test (:mod:`.nfa`) decides WHICH regions of an image are anomalous; a mask is then
+the connected regions of {anomaly map >= level} that touch a detection, where the level is
+measured beforehand on held-out normal training images. A region that touches no detection is
+never kept, so the extent rule cannot add a false detection: the share of normal images with a
+mask is the NFA's alone.
+
+Rule (:class:`ExtentRule`): ``quantile`` q of the pooled map values of the held-out normal images
+(q = 1: their maximum), optionally raised per region to ``level + fraction * (peak - level)``
+(``fraction`` 0: no raise), in map units or in u = -log(1 - map) units. U-Flow's default (max,
+fraction 0.3 in u units) was chosen on synthetic defects pasted on held-out normal training
+images, never on test masks (``bench/bench_uflow_mask.py``, docs/BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+
+@dataclass(frozen=True)
+class ExtentRule:
+    """Level = ``quantile`` of held-out normal map values; per region raised by ``fraction``
+    (of the height above the level, in map units, or with ``log`` in units of -log(1 - map),
+    the negative log of the map's likelihood, which does not saturate near 1)."""
+
+    quantile: float = 1.0
+    fraction: float = 0.0
+    log: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.quantile <= 1.0:
+            raise ValueError(f"extent quantile must be in (0, 1], got {self.quantile}")
+        if not 0.0 <= self.fraction < 1.0:
+            raise ValueError(f"extent fraction must be in [0, 1), got {self.fraction}")
+
+
+def calibration_level(normal_maps: np.ndarray, quantile: float) -> float:
+    """``quantile`` of the pooled values of the held-out normal maps (1: their maximum)."""
+    values = np.asarray(normal_maps, dtype=np.float64).ravel()
+    if values.size == 0:
+        raise ValueError("the extent level needs at least one normal map")
+    return float(values.max() if quantile >= 1.0 else np.quantile(values, quantile))
+
+
+def level_components_touching(detected: np.ndarray, anomaly_map: np.ndarray, level: float) -> np.ndarray:
+    """The connected components (4-connectivity) of {anomaly_map >= level} that share at least
+    one pixel with ``detected``."""
+    detected = np.asarray(detected, dtype=bool)
+    above = np.asarray(anomaly_map) >= level
+    if detected.shape != above.shape:
+        raise ValueError(f"detection {detected.shape} and map {above.shape} differ in shape")
+    return _touching(above, detected)
+
+
+def _touching(candidates: np.ndarray, detected: np.ndarray) -> np.ndarray:
+    labels, _ = ndimage.label(candidates)
+    touched = np.unique(labels[detected & candidates])
+    return np.isin(labels, touched[touched > 0])
+
+
+def extent_mask(rule: ExtentRule, detected: np.ndarray, anomaly_map: np.ndarray, level: float) -> np.ndarray:
+    """Mask of one image: the regions of {map >= level} touching ``detected``, each cut at
+    ``level + rule.fraction * (its peak - level)`` (every piece of a kept region stays)."""
+    mask = level_components_touching(detected, anomaly_map, level)
+    if rule.fraction == 0.0 or not mask.any():
+        return mask
+    amap = np.asarray(anomaly_map, dtype=np.float64)
+    if rule.log:
+        amap, level = -np.log(np.clip(1.0 - amap, 1e-12, None)), -math.log(max(1.0 - level, 1e-12))
+    labels, count = ndimage.label(mask)
+    peaks = ndimage.maximum(amap, labels, index=np.arange(1, count + 1))
+    cut = np.concatenate([[np.inf], level + rule.fraction * (np.asarray(peaks) - level)])
+    return amap >= cut[labels]

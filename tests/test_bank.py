@@ -1,0 +1,112 @@
+"""Reference banks: bank scoring against brute force, the exact special case, chunked features."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from defectscope.errors import ConfigError
+from defectscope.methods import bank
+from defectscope.methods.bank import bank_scores, merge_topk, nearest_topk, reference_sample, self_positions, use_bank
+from defectscope.methods.featurestore import chunked_feature_sets
+from defectscope.methods.musc import MuSc, MuScConfig, mutual_scores
+
+
+def brute_force(queries: torch.Tensor, references: torch.Tensor, skip: list[int], lower: float, upper: float) -> torch.Tensor:
+    """Explicit distances to every reference (float64), self left out, sorted, interval mean."""
+    scores = torch.empty(queries.shape[0], queries.shape[1], dtype=torch.float64)
+    for i, query in enumerate(queries.double()):
+        per_reference = [torch.cdist(query, ref.double()).min(dim=1).values for j, ref in enumerate(references) if j != skip[i]]
+        ordered = torch.stack(per_reference, dim=1).sort(dim=1).values
+        m = len(per_reference)
+        start = min(int(math.floor(lower * m)), m - 1)
+        end = max(min(int(math.floor(upper * m)), m), start + 1)
+        scores[i] = ordered[:, start:end].mean(dim=1)
+    return scores
+
+
+def unit(*shape: int, seed: int) -> torch.Tensor:
+    return F.normalize(torch.randn(*shape, generator=torch.Generator().manual_seed(seed)), dim=-1)
+
+
+@pytest.mark.parametrize("lower,upper", [(0.0, 0.3), (0.1, 0.5), (0.0, 1.0)])
+def test_bank_scores_match_brute_force_with_self_exclusion(lower, upper):
+    batch = unit(14, 12, 6, seed=1)
+    chosen = [1, 4, 5, 9, 13]
+    skip = self_positions(range(14), chosen)
+    fast = bank_scores(batch, batch[chosen], lower, upper, self_index=skip)
+    slow = brute_force(batch, batch[chosen], skip.tolist(), lower, upper)
+    assert torch.allclose(fast.double(), slow, atol=1e-5)
+
+
+def test_external_bank_uses_every_reference():
+    queries, references = unit(3, 10, 4, seed=2), unit(7, 15, 4, seed=3)
+    fast = bank_scores(queries, references)
+    assert torch.allclose(fast.double(), brute_force(queries, references, [-1] * 3, 0.0, 0.3), atol=1e-5)
+
+
+def test_bank_of_the_whole_batch_is_exact_mutual_scoring():
+    batch = unit(20, 16, 8, seed=4)
+    exact = mutual_scores(batch)
+    assert torch.allclose(bank_scores(batch, batch, self_index=torch.arange(20)), exact, atol=1e-6)
+
+
+def test_running_topk_reduction_and_merge(monkeypatch):
+    monkeypatch.setattr(bank, "BUFFER_ROWS", 3)
+    monkeypatch.setattr(bank, "BLOCK_BYTES", 1)
+    queries, references = unit(4, 9, 5, seed=5), unit(23, 9, 5, seed=6)
+    k = 7
+    whole = nearest_topk(queries, references, k, workers=2)
+    sims = torch.stack([(q @ references.reshape(-1, 5).T).view(9, 23, 9).amax(2).T for q in queries])
+    assert torch.allclose(whole, sims.topk(k, dim=1).values, atol=1e-6)
+    merged = merge_topk(nearest_topk(queries, references[:10], k), nearest_topk(queries, references[10:], k), k)
+    assert torch.allclose(merged, whole, atol=1e-6)
+
+
+def test_reference_sample_and_bank_rule():
+    first = reference_sample(1000, 50, seed=3)
+    assert len(first) == 50 and len(set(first.tolist())) == 50 and (np.diff(first) > 0).all()
+    assert np.array_equal(first, reference_sample(1000, 50, seed=3))
+    assert not np.array_equal(first, reference_sample(1000, 50, seed=4))
+    assert reference_sample(10, 50).tolist() == list(range(10))
+    assert not use_bank(401, 200) and use_bank(402, 200) and not use_bank(10**6, None)
+    with pytest.raises(ConfigError, match="max_references"):
+        MuScConfig(max_references=0).validate()
+
+
+def test_chunked_feature_sets_equal_musc_features_in_memory_and_on_disk(tmp_path):
+    from defectscope.data.synthetic import synthetic_images
+
+    images, _ = synthetic_images(7, kind="texture", size=64, seed=2)
+    musc = MuSc(MuScConfig(image_size=64, batch_size=3))
+    sets, grid, embeddings = musc.feature_sets(images, native_grids=True)
+    for store in (None, tmp_path):
+        chunked = chunked_feature_sets(musc.backbone, images, (1, 3, 5), 3, native_grids=True, store=store)
+        assert chunked.on_disk == (store is not None) and chunked.grid == grid
+        assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(chunked.sets, sets))
+        assert torch.allclose(chunked.embeddings, embeddings)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.filterwarnings("ignore:mutual scoring of only")
+def test_musc_switches_to_the_bank_above_the_size_and_matches_its_parts():
+    from defectscope.data.synthetic import synthetic_images
+
+    images, _ = synthetic_images(12, kind="texture", size=64, defective=(5,), seed=7, defect="spot")
+    config = MuScConfig(image_size=64, max_references=4, reference_seed=1)
+    musc = MuSc(config)
+    scores = musc.patch_scores(images)
+    sets, grid, _ = musc.feature_sets(images, native_grids=True)
+    chosen = reference_sample(12, 4, seed=1).tolist()
+    skip = self_positions(range(12), chosen)
+    from defectscope.methods.musc import to_finest_grid
+
+    expected = torch.stack([to_finest_grid(bank_scores(s, s[chosen], self_index=skip), grid) for s in sets]).mean(0)
+    assert torch.allclose(scores.patch_scores, expected, atol=1e-5)
+    exact = MuSc(MuScConfig(image_size=64, max_references=None)).patch_scores(images).patch_scores
+    assert not torch.allclose(scores.patch_scores, exact, atol=1e-5)
+    assert int(scores.patch_scores.amax(1).argmax()) == 5

@@ -1,0 +1,42 @@
+"""--scheduler: MuSc on a Dask LocalCluster of 2 workers gives the single-process scores."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from defectscope.data.synthetic import synthetic_images
+from defectscope.errors import ConfigError
+from defectscope.methods.musc import MuSc, MuScConfig
+
+distributed = pytest.importorskip("distributed")
+pytestmark = pytest.mark.filterwarnings("ignore:mutual scoring of only")
+
+
+@pytest.fixture(scope="module")
+def cluster_address():
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        yield cluster.scheduler_address
+
+
+@pytest.mark.parametrize("max_references", [None, 4])
+def test_dask_scores_equal_the_local_run(cluster_address, max_references, monkeypatch):
+    from defectscope import distributed as dist
+
+    monkeypatch.setattr(dist, "CHUNK", 5)
+    images, _ = synthetic_images(13, kind="texture", size=64, defective=(3,), seed=5, defect="spot")
+    local = MuScConfig(image_size=64, max_references=max_references, batch_size=4)
+    expected = MuSc(local).predict(images)
+    stages: list[str] = []
+    got = MuSc(dataclasses.replace(local, scheduler=cluster_address)).predict(images, progress=lambda stage, done, total: stages.append(stage))
+    assert torch.allclose(torch.from_numpy(got.anomaly_maps), torch.from_numpy(expected.anomaly_maps), atol=1e-5)
+    assert abs(got.image_scores - expected.image_scores).max() < 1e-5
+    assert {"features", "scoring"} <= set(stages)
+
+
+def test_bad_scheduler_is_refused_in_one_sentence():
+    images, _ = synthetic_images(3, kind="texture", size=64, seed=1)
+    with pytest.raises(ConfigError, match="scheduler 'nowhere'"):
+        MuSc(MuScConfig(image_size=64, scheduler="nowhere")).predict(images)

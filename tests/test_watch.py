@@ -1,0 +1,170 @@
+"""`defectscope watch`: rolling bank, conformal verdicts, stable-file reading, crash safety."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from defectscope.data.synthetic import synthetic_images
+from defectscope.methods.bank import bank_scores
+from defectscope.methods.rolling import RollingBank
+from defectscope.options import RunOptions
+from defectscope.watch import Journal, stream_threshold, watch_folder
+
+pytestmark = pytest.mark.filterwarnings("ignore:mutual scoring of only")
+FAST = dict(settle=0.2, give_up=1.0, poll=0.1)
+ONE_THREAD = RunOptions(image_size=64, threads=1)
+
+
+@pytest.fixture(autouse=True)
+def restore_threads():
+    """watch_folder sets torch's thread count (one image at a time runs best on one thread)."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def write_images(folder: Path, count: int, seed: int = 0, defective=()) -> list[Path]:
+    images, _ = synthetic_images(count, kind="texture", size=64, seed=seed, defective=defective, defect="spot")
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index, image in enumerate(images):
+        path = folder / f"part{seed:02d}_{index:03d}.png"
+        Image.fromarray(image).save(path)
+        paths.append(path)
+    return paths
+
+
+def rows(out: Path, name: str = "verdicts.csv") -> list[dict[str, str]]:
+    with open(out / name, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_stream_threshold():
+    calibration = np.arange(1.0, 20.0)
+    assert stream_threshold(calibration, 0.05) == 19.0
+    assert stream_threshold(calibration, 0.1) == 18.0
+    assert stream_threshold(calibration[:5], 0.05) == float("inf")
+
+
+def test_journal_drops_a_torn_last_line(tmp_path):
+    path = tmp_path / "j.csv"
+    journal = Journal(path, ["path", "score"])
+    journal.append(["a.png", "1.0"])
+    with open(path, "a") as handle:
+        handle.write("b.png,0.")
+    assert [row["path"] for row in Journal(path, ["path", "score"]).rows()] == ["a.png"]
+
+
+def test_rolling_bank_tables_match_bank_scoring_after_evictions():
+    features = F.normalize(torch.randn(7, 10, 6, generator=torch.Generator().manual_seed(0)), dim=-1)
+    bank = RollingBank(4)
+    for index in range(6):
+        comparison = bank.compare([features[index]])
+        if len(bank):
+            members = torch.stack([features[int(k)] for k in bank.members()])
+            expected = bank_scores(features[index : index + 1], members)[0]
+            assert torch.allclose(bank.query_scores(comparison)[0], expected, atol=1e-6)
+        bank.add(str(index), [features[index]], comparison)
+    assert bank.members() == ["2", "3", "4", "5"]
+    members = features[2:6]
+    assert torch.allclose(bank.leave_one_out()[0], bank_scores(members, members, self_index=torch.arange(4)), atol=1e-6)
+    bank.remove("3")
+    assert bank.members() == ["2", "4", "5"]
+
+
+def test_watch_scores_each_image_once_and_skips_a_corrupt_file(tmp_path):
+    inbox = tmp_path / "in"
+    paths = write_images(inbox, 16, defective=(11,))
+    (inbox / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 20)
+    lines: list[str] = []
+    summary = watch_folder(inbox, tmp_path / "out", ONE_THREAD, alpha=0.2, bank_size=12, min_bank=8, exit_after_idle=0.5, log=lines.append, **FAST)
+    got = rows(tmp_path / "out")
+    assert sorted(row["path"] for row in got) == sorted(str(p) for p in paths)
+    assert all(float(row["score"]) > 0 for row in got)
+    verdicts = {row["path"]: row["verdict"] for row in got}
+    assert verdicts.pop(str(paths[11])) == "anomalous"
+    assert list(verdicts.values()).count("normal") >= 10
+    assert [row["path"] for row in rows(tmp_path / "out", "skipped.csv")] == [str(inbox / "broken.png")]
+    assert any("skipped" in line and "broken.png" in line for line in lines)
+    assert summary.written == 16 and summary.skipped == 1
+    assert len(list((tmp_path / "out" / "maps").iterdir())) == 16
+    assert "defectscope watch" in (tmp_path / "out" / "report.html").read_text()
+
+
+def test_a_file_written_slowly_in_two_halves_is_read_once_complete(tmp_path):
+    good = tmp_path / "good"
+    write_images(good, 6, seed=1)
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    source = write_images(tmp_path / "src", 1, seed=2, defective=(0,))[0]
+    data = source.read_bytes()
+    (inbox / "whole.png").write_bytes(data)
+    options = dict(bank_size=6, good=good, exit_after_idle=1.0, settle=0.3, give_up=5.0, poll=0.1, log=lambda line: None)
+    thread = threading.Thread(target=watch_folder, args=(inbox, tmp_path / "out", ONE_THREAD), kwargs=options)
+    thread.start()
+    with open(inbox / "slow.png", "wb") as handle:
+        handle.write(data[: len(data) // 2])
+        handle.flush()
+        time.sleep(1.2)
+        handle.write(data[len(data) // 2 :])
+    thread.join(timeout=60)
+    got = {Path(row["path"]).name: row for row in rows(tmp_path / "out")}
+    assert sorted(got) == ["slow.png", "whole.png"]
+    assert got["slow.png"]["score"] == got["whole.png"]["score"]
+    assert rows(tmp_path / "out", "skipped.csv") == []
+
+
+def _watch_command(inbox: Path, out: Path) -> list[str]:
+    return [
+        sys.executable, "-c", "from defectscope.cli import main; main()", "watch", str(inbox), "--out", str(out),
+        "--image-size", "64", "--bank-size", "6", "--min-bank", "4", "--settle", "0.1", "--poll", "0.05",
+        "--exit-after-idle", "1.5", "--threads", "1",
+    ]
+
+
+def test_kill_9_then_restart_gives_each_image_exactly_once(tmp_path):
+    inbox, out = tmp_path / "in", tmp_path / "out"
+    paths = write_images(inbox, 16, defective=(9,))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    first = subprocess.Popen(_watch_command(inbox, out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and first.poll() is None:
+        if (out / "verdicts.csv").exists() and len(rows(out)) >= 6:
+            break
+        time.sleep(0.02)
+    assert first.poll() is None, "the first run ended before it could be killed"
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
+    killed_at = len(rows(out))
+    assert 6 <= killed_at < 16
+    second = subprocess.run(_watch_command(inbox, out), env=env, capture_output=True, text=True, timeout=180)
+    assert second.returncode == 0, second.stderr
+    got = [row["path"] for row in rows(out)]
+    assert sorted(got) == sorted(str(p) for p in paths)
+
+
+@pytest.mark.slow
+def test_watch_with_a_trained_uflow_model(tmp_path):
+    from defectscope.data.synthetic import write_mvtec_category
+    from defectscope.training import fit_model
+
+    category = write_mvtec_category(tmp_path / "widget", kind="texture", n_train=6, n_test_good=2, n_test_defect=2, size=64, seed=2)
+    options = RunOptions(image_size=64, threads=1, method_options={"epochs": 1, "min_epoch_samples": 4, "batch_size": 4})
+    model = fit_model("uflow", category, tmp_path / "model", options)
+    summary = watch_folder(category / "test", tmp_path / "out", ONE_THREAD, model=model, exit_after_idle=0.3, log=lambda line: None, **FAST)
+    got = rows(tmp_path / "out")
+    assert summary.written == 4 and len(got) == 4
+    assert all(row["verdict"] in ("normal", "anomalous") and row["score"] for row in got)
