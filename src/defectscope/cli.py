@@ -264,6 +264,34 @@ def export(
 
 
 @app.command()
+def review(
+    out: Path = typer.Argument(..., help="Output folder of a score, evaluate, predict or watch run."),
+    export_dir: Optional[Path] = typer.Option(None, "--export", help="Write the decisions as training data to this folder (an MVTec-style category: train/good, test/defective + masks) instead of serving."),
+    category: Optional[str] = typer.Option(None, "--category", "-c", help="Evaluate output with several categories: the one to review."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (default: this machine only)."),
+    port: int = typer.Option(0, "--port", help="Port to listen on (default: a free one)."),
+    no_browser: bool = typer.Option(False, "--no-browser", help="Print the URL without opening a browser."),
+    overwrite: bool = OverwriteOption,
+) -> None:
+    """Confirm or correct the verdicts in the browser (decisions go to OUT/review.csv), or --export them."""
+    from defectscope.review import export_review, load_run
+
+    with _user_errors():
+        run = load_run(out, category)
+        if export_dir is not None:
+            report = export_review(run, export_dir, overwrite=overwrite)
+            written = report["written"]
+            console.print(f"wrote {export_dir}: {written['good']} good, {written['defective']} defective with masks, {written['defective-without-mask']} defective without masks; see {export_dir}/summary.md")
+            return
+        from defectscope.review.server import serve
+
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            warnings.warn(f"--host {host}: anyone who can reach this address and has the URL can see the images and record decisions")
+        serve(run, host=host, port=port, open_browser=not no_browser, announce=lambda url: console.print(f"reviewing {len(run.parts)} parts of {run.folder}; open {url}  (Ctrl-C to stop)", highlight=False, soft_wrap=True))
+        console.print(f"stopped; the decisions are in {run.folder / 'review.csv'}", highlight=False)
+
+
+@app.command()
 def demo(
     out: Path = typer.Option(Path("defectscope-demo"), "--out", "-o", help="Output folder."),
     count: int = typer.Option(60, "--count", help="How many solar-cell images to inspect."),

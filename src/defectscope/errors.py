@@ -33,3 +33,7 @@ class NotFittedError(DefectscopeError):
 
 class MemoryLimitError(DefectscopeError):
     """A run would need more memory than the machine has; refused before any heavy work."""
+
+
+class ReviewError(DefectscopeError):
+    """An output folder cannot be reviewed: no scores table, malformed review.csv, bad export."""
