@@ -159,7 +159,7 @@ def test_no_file_outside_the_run_can_be_read(tmp_path: Path) -> None:
     with open(out / "scores.csv", "a", newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         for index, overlay in enumerate(["../secret.png", "maps/../../secret.png", str(secret), "maps/evil.png", "maps/00099_linked.png", "maps/%2e%2e%2f..%2fsecret.png"]):
-            writer.writerow([f"tampered{index}.png", 0.01 * (index + 1), 99, "normal", overlay, "scored"])
+            writer.writerow([f"tampered{index}.png", 0.01 * (index + 1), 99, "normal", 0.01 * (index + 1), overlay, "scored"])
     run = load_run(out)
     asgi_app = create_app(run, TOKEN)
     tampered = [p for p in run.parts if p.path.startswith("tampered")]
@@ -239,7 +239,7 @@ def test_bad_decisions_are_refused(run_dir: Path, body, status: int) -> None:
 
 def test_decision_for_a_file_the_run_skipped_is_refused(run_dir: Path) -> None:
     with open(run_dir / "scores.csv", "a") as handle:
-        handle.write("/data/broken.png,,,,,skipped: not an image\n/data/late.png,,,,,\n")
+        handle.write("/data/broken.png,,,,,,skipped: not an image\n/data/late.png,,,,,,\n")
     run = load_run(run_dir)
     assert run.skipped == [("/data/broken.png", "not an image"), ("/data/late.png", "not scored")]
     assert client_for(run_dir).post("/api/decision", json={"path": "/data/broken.png", "decision": "good"}).status_code == 404
