@@ -57,8 +57,47 @@ def test_run_is_read_most_suspicious_first_with_verdicts_and_pictures(run_dir: P
     assert [Path(p.path).name for p in run.parts] == ["001.png", "005.png", "004.png", "003.png", "002.png", "000.png"]
     assert [p.verdict for p in run.parts] == ["anomalous", "anomalous", "normal", "normal", "normal", "normal"]
     assert run.threshold == 0.5 and run.threshold_rule == "test rule"
+    assert all(p.verdict_score == p.score for p in run.parts)
     assert all(p.map_file is not None and p.map_file.parent.name == "maps" for p in run.parts)
     assert all(p.mask_file is not None and p.mask_file.parent.name == "masks" for p in run.parts)
+
+
+RAW = np.array([1.00, 1.20, 1.50, 0.90, 1.30, 1.10])  # decided on, like MuSc's map maxima
+RAW_THRESHOLD = 1.25
+
+
+def test_histogram_data_and_threshold_are_in_the_same_units(tmp_path: Path) -> None:
+    out, paths = make_run(tmp_path, verdict_scores=RAW, threshold=RAW_THRESHOLD)
+    client = client_for(out)
+    info = client.get("/api/run").json()
+    assert info["threshold"] == RAW_THRESHOLD
+    parts = info["parts"]
+    assert {p["path"] for p in parts if p["verdict"] == "anomalous"} == {paths[2], paths[4]}
+    assert all((p["verdict"] == "anomalous") == (p["verdict_score"] > info["threshold"]) for p in parts)
+    assert all(p["verdict_score"] == RAW[paths.index(p["path"])] != p["score"] for p in parts)
+    # The top score (image 1) is judged normal: the score column alone does not give the verdict.
+    assert parts[0]["path"] == paths[1] and parts[0]["verdict"] == "normal"
+    client.post("/api/decision", json={"path": paths[1], "decision": "good"})
+    client.post("/api/decision", json={"path": paths[2], "decision": "defective"})
+    suggested = client.get("/api/state").json()["summary"]["suggested"]
+    assert suggested["threshold"] == pytest.approx((RAW[1] + RAW[2]) / 2) and suggested["wrong"] == 0
+
+
+def test_older_folders_decide_on_score_and_an_nfa_level_is_no_cut(tmp_path: Path) -> None:
+    out, _ = make_run(tmp_path)
+    table = out / "scores.csv"
+    with open(table, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    with open(table, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, [c for c in rows[0] if c != "verdict_score"], extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    settings = json.loads((out / "settings.json").read_text())
+    (out / "settings.json").write_text(json.dumps({k: v for k, v in settings.items() if k != "threshold_applies_to"}))
+    run = load_run(out)
+    assert run.threshold == 0.5 and all(p.verdict_score is None and p.decision_score == p.score for p in run.parts)
+    (out / "settings.json").write_text(json.dumps({**settings, "threshold": 1.0, "threshold_applies_to": "nfa"}))
+    assert load_run(out).threshold is None
 
 
 def test_run_without_verdicts_masks_or_settings(tmp_path: Path) -> None:
