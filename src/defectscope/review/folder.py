@@ -165,6 +165,7 @@ def _read_rows(table: Path) -> list[dict[str, str]]:
 
 
 def _number(table: Path, line: int, row: dict[str, str], column: str) -> float | None:
+    """The finite number in ``row[column]``, None when the cell is empty or missing."""
     text = (row.get(column) or "").strip()
     if not text:
         return None
