@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import json
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +9,7 @@ from PIL import Image
 
 from defectscope.data.synthetic import synthetic_images
 from defectscope.methods.base import Result
+from defectscope.methods.verdict import Threshold, with_verdict
 from defectscope.report.batch import write_batch_outputs
 
 DEFECTIVE = (1, 4)
@@ -18,12 +17,22 @@ N_IMAGES = 6
 THRESHOLD = 0.5
 
 
-def make_run(root: Path, *, verdicts: bool = True, masks: bool = True, size: int = 48) -> tuple[Path, list[str]]:
+def make_run(
+    root: Path,
+    *,
+    verdicts: bool = True,
+    masks: bool = True,
+    size: int = 48,
+    verdict_scores: np.ndarray | None = None,
+    threshold: float = THRESHOLD,
+) -> tuple[Path, list[str]]:
     """Write input images under ``root/inputs`` and a run's outputs to ``root/out``.
 
     Images 1 and 4 are defective. Scores: defective images high, image 5 (good) is the highest of
     the good ones and above the threshold, so its verdict is a false alarm; image 4's score is
-    below the threshold, so it is a miss. Returns the output folder and the input paths.
+    below the threshold, so it is a miss. With ``verdict_scores`` the verdict is ``threshold``
+    applied to them instead of the scores (as MuSc decides on its map maxima). Returns the output
+    folder and the input paths.
     """
     images, truth = synthetic_images(N_IMAGES, size=size, defective=DEFECTIVE, seed=3)
     inputs = root / "inputs"
@@ -36,25 +45,10 @@ def make_run(root: Path, *, verdicts: bool = True, masks: bool = True, size: int
         paths.append(str(path))
     scores = np.array([0.10, 0.90, 0.20, 0.30, 0.45, 0.60])
     maps = np.stack([m.astype(np.float32) * s + 0.05 * i for i, (m, s) in enumerate(zip(truth, scores))])
-    result = Result(paths=paths, image_scores=scores, anomaly_maps=maps, masks=np.stack(truth) if masks else None, settings={"method": "test"})
+    result = Result(paths=paths, image_scores=scores, anomaly_maps=maps, masks=np.stack(truth) if masks else None,
+                    settings={"method": "test", "false_alarm_rate": 0.05})
+    if verdicts:
+        with_verdict(result, Threshold(threshold, "test rule"), verdict_scores)
     out = root / "out"
     write_batch_outputs(out, result, images, title="test run", workers=1)
-    if verdicts:
-        add_verdicts(out, THRESHOLD)
     return out, paths
-
-
-def add_verdicts(out: Path, threshold: float) -> None:
-    """Add the verdict column and settings.json as the verdict-aware runs write them."""
-    table = out / "scores.csv"
-    with open(table, newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    columns = ["path", "score", "rank", "verdict", "map", "status"]
-    with open(table, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, columns, lineterminator="\n")
-        writer.writeheader()
-        for row in rows:
-            row["verdict"] = "anomalous" if float(row["score"]) > threshold else "normal"
-            writer.writerow(row)
-    settings = {"threshold": threshold, "threshold_rule": "test rule", "false_alarm_rate": 0.05}
-    (out / "settings.json").write_text(json.dumps(settings))

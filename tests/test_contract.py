@@ -85,6 +85,10 @@ def test_detector_contract(name: str, data, tmp_path) -> None:
     assert {f.name for f in fields(config)} <= set(result.settings)
     assert result.is_anomalous is not None and result.is_anomalous.dtype == bool and result.is_anomalous.shape == (6,)
     assert isinstance(result.threshold, float) and np.isfinite(result.threshold)
+    statistic = result.decision_scores()
+    assert statistic.shape == (6,) and statistic.dtype == np.float64
+    if np.isfinite(statistic).all():
+        assert np.array_equal(result.is_anomalous, statistic > result.threshold)
     assert isinstance(result.threshold_rule, str) and result.threshold_rule.strip()
     named = detector.predict(images[:3], [f"part{i}.png" for i in range(3)])
     assert named.paths == ["part0.png", "part1.png", "part2.png"]
@@ -183,8 +187,8 @@ def test_calibrate_on_good_images_sets_a_conformal_verdict(name: str, data) -> N
     assert detector.calibrate(images[:4], 0.25) is detector
     result = detector.predict(images)
     assert result.threshold_rule.startswith("conformal on 4 good images")
-    statistic = result.image_scores
-    assert np.array_equal(result.is_anomalous, statistic > result.threshold)
+    assert np.array_equal(result.decision_scores(), result.image_scores)
+    assert np.array_equal(result.is_anomalous, result.image_scores > result.threshold)
 
 
 def test_cli_verdict_options_reach_the_run_and_bad_values_are_refused(tmp_path) -> None:

@@ -71,7 +71,7 @@ def test_score_folder_writes_outputs_and_leaves_inputs_alone(tmp_path):
     assert "part_05.png" in html and "musc" in html
     assert result.settings["method"] == "musc"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
-    assert list(rows[0]) == ["path", "score", "rank", "verdict", "map", "status"]
+    assert list(rows[0]) == ["path", "score", "rank", "verdict", "verdict_score", "map", "status"]
     verdicts = {r["path"]: r["verdict"] for r in rows}
     assert set(verdicts.values()) <= {"anomalous", "normal"}
     assert [verdicts[p] == "anomalous" for p in result.paths] == result.is_anomalous.tolist()
@@ -126,7 +126,7 @@ def test_evaluate_writes_metrics_json_and_table(tmp_path):
     assert 0.0 <= values["verdict_false_alarm_rate"] <= 1.0 and 0.0 <= values["verdict_recall"] <= 1.0
     assert "verdict_false_alarm_rate" in table and "verdict_recall" in table
     rows = list(csv.DictReader((tmp_path / "eval" / "widget" / "scores.csv").open()))
-    assert list(rows[0])[:5] == ["path", "score", "rank", "verdict", "label"]
+    assert list(rows[0])[:6] == ["path", "score", "rank", "verdict", "verdict_score", "label"]
     flagged_good = [r["verdict"] == "anomalous" for r in rows if r["label"] == "good"]
     assert values["verdict_false_alarm_rate"] == pytest.approx(sum(flagged_good) / len(flagged_good))
     assert (tmp_path / "eval" / "widget" / "report.html").is_file()
@@ -180,4 +180,8 @@ def test_evaluate_with_good_images_scores_against_them(tmp_path):
     settings = json.loads((tmp_path / "eval" / "widget" / "settings.json").read_text())
     assert settings["reference_images"] == 4 and settings["good"] == str(root) and settings["false_alarm_rate"] == 0.25
     assert settings["threshold_rule"].startswith("conformal on 4 good images")
+    assert settings["threshold_applies_to"] == "verdict_score"
+    rows = list(csv.DictReader((tmp_path / "eval" / "widget" / "scores.csv").open()))
+    assert all(r["verdict_score"] == r["score"] for r in rows)
+    assert all(r["verdict"] == ("anomalous" if float(r["verdict_score"]) > settings["threshold"] else "normal") for r in rows)
     assert metrics["verdict_recall"] is not None and metrics["verdict_false_alarm_rate"] is not None

@@ -323,9 +323,9 @@ def test_report_leads_with_verdict_count_and_badges(tmp_path: Path) -> None:
     assert "parts anomalous" not in plain
 
 
-def test_scores_csv_verdict_column_comes_before_label(tmp_path: Path) -> None:
+def test_scores_csv_verdict_columns_come_before_label(tmp_path: Path) -> None:
     out = write_scores_csv(tmp_path / "s.csv", ["a", "b"], np.array([0.1, 0.9]), labels=["good", "bad"],
-                           verdicts=["normal", "anomalous"], extra_columns={"map": ["ma", "mb"]})
+                           verdicts=["normal", "anomalous"], verdict_scores=[1.5, float("nan")], extra_columns={"map": ["ma", "mb"]})
     rows = _read_csv(out)
-    assert list(rows[0]) == ["path", "score", "rank", "verdict", "label", "map"]
-    assert [(r["path"], r["verdict"]) for r in rows] == [("b", "anomalous"), ("a", "normal")]
+    assert list(rows[0]) == ["path", "score", "rank", "verdict", "verdict_score", "label", "map"]
+    assert [(r["path"], r["verdict"], r["verdict_score"]) for r in rows] == [("b", "anomalous", ""), ("a", "normal", "1.5")]

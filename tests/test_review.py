@@ -57,8 +57,47 @@ def test_run_is_read_most_suspicious_first_with_verdicts_and_pictures(run_dir: P
     assert [Path(p.path).name for p in run.parts] == ["001.png", "005.png", "004.png", "003.png", "002.png", "000.png"]
     assert [p.verdict for p in run.parts] == ["anomalous", "anomalous", "normal", "normal", "normal", "normal"]
     assert run.threshold == 0.5 and run.threshold_rule == "test rule"
+    assert all(p.verdict_score == p.score for p in run.parts)
     assert all(p.map_file is not None and p.map_file.parent.name == "maps" for p in run.parts)
     assert all(p.mask_file is not None and p.mask_file.parent.name == "masks" for p in run.parts)
+
+
+RAW = np.array([1.00, 1.20, 1.50, 0.90, 1.30, 1.10])  # decided on, like MuSc's map maxima
+RAW_THRESHOLD = 1.25
+
+
+def test_histogram_data_and_threshold_are_in_the_same_units(tmp_path: Path) -> None:
+    out, paths = make_run(tmp_path, verdict_scores=RAW, threshold=RAW_THRESHOLD)
+    client = client_for(out)
+    info = client.get("/api/run").json()
+    assert info["threshold"] == RAW_THRESHOLD
+    parts = info["parts"]
+    assert {p["path"] for p in parts if p["verdict"] == "anomalous"} == {paths[2], paths[4]}
+    assert all((p["verdict"] == "anomalous") == (p["verdict_score"] > info["threshold"]) for p in parts)
+    assert all(p["verdict_score"] == RAW[paths.index(p["path"])] != p["score"] for p in parts)
+    # The top score (image 1) is judged normal: the score column alone does not give the verdict.
+    assert parts[0]["path"] == paths[1] and parts[0]["verdict"] == "normal"
+    client.post("/api/decision", json={"path": paths[1], "decision": "good"})
+    client.post("/api/decision", json={"path": paths[2], "decision": "defective"})
+    suggested = client.get("/api/state").json()["summary"]["suggested"]
+    assert suggested["threshold"] == pytest.approx((RAW[1] + RAW[2]) / 2) and suggested["wrong"] == 0
+
+
+def test_older_folders_decide_on_score_and_an_nfa_level_is_no_cut(tmp_path: Path) -> None:
+    out, _ = make_run(tmp_path)
+    table = out / "scores.csv"
+    with open(table, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    with open(table, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, [c for c in rows[0] if c != "verdict_score"], extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    settings = json.loads((out / "settings.json").read_text())
+    (out / "settings.json").write_text(json.dumps({k: v for k, v in settings.items() if k != "threshold_applies_to"}))
+    run = load_run(out)
+    assert run.threshold == 0.5 and all(p.verdict_score is None and p.decision_score == p.score for p in run.parts)
+    (out / "settings.json").write_text(json.dumps({**settings, "threshold": 1.0, "threshold_applies_to": "nfa"}))
+    assert load_run(out).threshold is None
 
 
 def test_run_without_verdicts_masks_or_settings(tmp_path: Path) -> None:
@@ -159,7 +198,7 @@ def test_no_file_outside_the_run_can_be_read(tmp_path: Path) -> None:
     with open(out / "scores.csv", "a", newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         for index, overlay in enumerate(["../secret.png", "maps/../../secret.png", str(secret), "maps/evil.png", "maps/00099_linked.png", "maps/%2e%2e%2f..%2fsecret.png"]):
-            writer.writerow([f"tampered{index}.png", 0.01 * (index + 1), 99, "normal", overlay, "scored"])
+            writer.writerow([f"tampered{index}.png", 0.01 * (index + 1), 99, "normal", 0.01 * (index + 1), overlay, "scored"])
     run = load_run(out)
     asgi_app = create_app(run, TOKEN)
     tampered = [p for p in run.parts if p.path.startswith("tampered")]
@@ -239,7 +278,7 @@ def test_bad_decisions_are_refused(run_dir: Path, body, status: int) -> None:
 
 def test_decision_for_a_file_the_run_skipped_is_refused(run_dir: Path) -> None:
     with open(run_dir / "scores.csv", "a") as handle:
-        handle.write("/data/broken.png,,,,,skipped: not an image\n/data/late.png,,,,,\n")
+        handle.write("/data/broken.png,,,,,,skipped: not an image\n/data/late.png,,,,,,\n")
     run = load_run(run_dir)
     assert run.skipped == [("/data/broken.png", "not an image"), ("/data/late.png", "not scored")]
     assert client_for(run_dir).post("/api/decision", json={"path": "/data/broken.png", "decision": "good"}).status_code == 404

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import pytest
 
 from defectscope.review import load_run
@@ -137,3 +138,19 @@ def test_page_without_token_is_forbidden_and_loads_no_outside_resources(browser,
         assert page.locator("#histogram line.threshold").count() == 0
         assert outside == []
         context.close()
+
+
+def test_histogram_and_large_view_use_the_verdict_score(browser, tmp_path: Path) -> None:
+    out, paths = make_run(tmp_path, verdict_scores=np.array([1.00, 1.20, 1.50, 0.90, 1.30, 1.10]), threshold=1.25)
+    expect = sync_api.expect
+    with serving(out) as url:
+        page = browser.new_context().new_page()
+        page.goto(f"{url}/?token={TOKEN}")
+        expect(page.locator("#view")).to_have_attribute("data-current-path", paths[1])
+        expect(page.locator("#meta-figures")).to_contain_text("verdict score 1.2")
+        expect(page.locator("#histogram")).to_contain_text("verdict score (grey")
+        # The axis runs from the lowest to the highest verdict score (0.9 to 1.5), the threshold inside it.
+        expect(page.locator("#histogram")).to_contain_text("threshold 1.25")
+        line = page.locator("#histogram line.threshold")
+        x = float(line.get_attribute("x1"))
+        assert 40 + (1.25 - 0.9) / 0.6 * 590 == pytest.approx(x, abs=0.5)

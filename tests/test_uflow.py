@@ -281,6 +281,7 @@ def test_verdict_is_a_detected_region_unless_calibrated_on_good_images(trained: 
     result = trained.predict(images)
     assert result.is_anomalous.dtype == bool and result.is_anomalous.shape == (4,)
     assert result.threshold == trained.config.epsilon and "a contrario" in result.threshold_rule
+    assert np.isnan(result.decision_scores()).all()  # the NFA level is no cut on a per-image statistic
     assert np.array_equal(result.is_anomalous, result.masks.reshape(4, -1).any(axis=1))
     good = _images(12, seed=3)
     with pytest.raises(ConfigError, match="needs at least 19 good images"):
@@ -290,4 +291,5 @@ def test_verdict_is_a_detected_region_unless_calibrated_on_good_images(trained: 
     calibrated = model.predict(images)
     assert calibrated.threshold == pytest.approx(model.predict(good).image_scores.max())
     assert np.array_equal(calibrated.is_anomalous, calibrated.image_scores > calibrated.threshold)
+    assert np.array_equal(calibrated.decision_scores(), calibrated.image_scores)
     assert calibrated.is_anomalous[2] and calibrated.threshold_rule.startswith("conformal on 12 good images")

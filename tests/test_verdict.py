@@ -110,3 +110,40 @@ def test_decide_and_masks_are_strict() -> None:
     assert decide(np.array([0.5, 1.0, 1.5]), threshold).tolist() == [False, False, True]
     maps = np.array([[[0.2, 1.2], [1.0, 0.0]]])
     assert pixel_masks(maps, threshold).tolist() == [[[False, True], [False, False]]]
+
+
+def _rows_agree_with_threshold(out, threshold: float) -> list[dict[str, str]]:
+    """scores.csv rows, after checking that each verdict is ``verdict_score > threshold``."""
+    import csv
+
+    rows = list(csv.DictReader((out / "scores.csv").open()))
+    assert list(rows[0])[:5] == ["path", "score", "rank", "verdict", "verdict_score"]
+    assert all(r["verdict"] == ("anomalous" if float(r["verdict_score"]) > threshold else "normal") for r in rows)
+    return rows
+
+
+def test_musc_run_decides_on_its_verdict_scores_end_to_end(tmp_path) -> None:
+    import json
+
+    from PIL import Image
+
+    from defectscope.data.synthetic import synthetic_images
+    from defectscope.pipeline import RunOptions, score_folder
+
+    images, _ = synthetic_images(12, kind="texture", size=96, defective=(3, 8), seed=4, defect="blotch")
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    for index, image in enumerate(images):
+        Image.fromarray(image).save(folder / f"part_{index:02d}.png")
+    out = tmp_path / "out"
+    result = score_folder(folder, out, RunOptions(image_size=64))
+    assert result.verdict_scores is not None and result.is_anomalous.any()
+    assert np.array_equal(result.decision_scores(), np.asarray(result.extras["raw_image_scores"]))
+    assert np.array_equal(result.is_anomalous, result.decision_scores() > result.threshold)
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["threshold_applies_to"] == "verdict_score" and settings["threshold"] == result.threshold
+    rows = _rows_agree_with_threshold(out, settings["threshold"])
+    by_path = dict(zip(result.paths, result.verdict_scores))
+    assert all(float(r["verdict_score"]) == by_path[r["path"]] for r in rows)
+    # The score column (RsCIN, rescaled per batch) is not in the threshold's units.
+    assert not np.array_equal(result.is_anomalous, result.image_scores > result.threshold)

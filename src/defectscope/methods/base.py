@@ -38,10 +38,12 @@ class Result:
         settings: everything that produced the result (see :meth:`Detector.settings`).
         extras: method-specific diagnostics (e.g. CoDeGraph communities), JSON-serialisable.
         is_anomalous: (N,) bool verdict per image, or None when the method gave none.
-        threshold: the cut that produced the verdict, in the units of the statistic named by
-            ``threshold_rule`` (``image_scores``, or for MuSc/CoDeGraph without ``--good`` the map
-            maximum ``extras["raw_image_scores"]``; for U-Flow the NFA level epsilon).
+        threshold: the cut that produced the verdict, in the units of :meth:`decision_scores`
+            (for U-Flow's a contrario test, the NFA level epsilon: no per-image statistic).
         threshold_rule: short human description of how the threshold was set.
+        verdict_scores: (N,) float64, the per-image statistic ``threshold`` applies to when it is
+            not ``image_scores`` (MuSc/CoDeGraph without ``--good``: the map maxima before RsCIN);
+            NaN where the verdict is no cut on a per-image statistic (U-Flow's a contrario test).
     """
 
     paths: list[str]
@@ -53,6 +55,12 @@ class Result:
     is_anomalous: np.ndarray | None = None
     threshold: float | None = None
     threshold_rule: str | None = None
+    verdict_scores: np.ndarray | None = None
+
+    def decision_scores(self) -> np.ndarray:
+        """(N,) the statistic the verdict compares with ``threshold``: ``verdict_scores`` when
+        set, else ``image_scores``; an image is anomalous when it is strictly above."""
+        return self.image_scores if self.verdict_scores is None else self.verdict_scores
 
 
 _TRUE = ("true", "yes", "on", "1")

@@ -747,5 +747,6 @@ class MuSc(Detector):
             is_anomalous=decide(raw.numpy(), threshold),
             threshold=threshold.value,
             threshold_rule=threshold.rule,
+            verdict_scores=raw.numpy().astype(np.float64),
         )
 

@@ -208,9 +208,11 @@ def pixel_masks(maps: np.ndarray, threshold: Threshold) -> np.ndarray:
 
 
 def with_verdict(result: "Result", threshold: Threshold, statistic: np.ndarray | None = None) -> "Result":
-    """Set ``result``'s verdict fields from ``threshold`` applied to ``statistic`` (default: its
-    image scores); returns ``result``."""
-    result.is_anomalous = decide(result.image_scores if statistic is None else statistic, threshold)
+    """Set ``result``'s verdict fields from ``threshold`` applied to ``statistic`` (kept as its
+    ``verdict_scores``; default: its image scores); returns ``result``."""
+    if statistic is not None:
+        result.verdict_scores = np.asarray(statistic, dtype=np.float64).reshape(-1)
+    result.is_anomalous = decide(result.decision_scores(), threshold)
     result.threshold = threshold.value
     result.threshold_rule = threshold.rule
     return result

@@ -35,13 +35,22 @@ def _shrink(image: np.ndarray, max_side: int) -> np.ndarray:
 
 
 def _append_skipped(csv_path: Path, skipped: Sequence[tuple[Any, str]], *, with_label: bool) -> None:
-    """Add skipped files to scores.csv: empty score, rank and verdict, status "skipped: <reason>"."""
+    """Add skipped files to scores.csv: empty score, rank, verdict and verdict score, status "skipped: <reason>"."""
     buffer = io.StringIO(csv_path.read_text())
     buffer.seek(0, io.SEEK_END)
     writer = csv.writer(buffer, lineterminator="\n")
     for path, reason in skipped:
-        writer.writerow([str(path), "", "", "", *([""] if with_label else []), "", f"skipped: {reason}"])
+        writer.writerow([str(path), "", "", "", "", *([""] if with_label else []), "", f"skipped: {reason}"])
     atomic_write_text(csv_path, buffer.getvalue())
+
+
+def threshold_applies_to(result: Result) -> str | None:
+    """What settings.json's threshold is a cut on: ``"verdict_score"`` (the scores.csv column),
+    ``"nfa"`` for a verdict that is no cut on a per-image statistic (U-Flow's a contrario test:
+    the threshold is the NFA level), None without a threshold."""
+    if result.threshold is None:
+        return None
+    return "verdict_score" if np.all(np.isfinite(result.decision_scores())) else "nfa"
 
 
 def write_batch_outputs(
@@ -59,7 +68,8 @@ def write_batch_outputs(
 ) -> None:
     """Write ``scores.csv``, ``settings.json``, ``maps/<n>_<name>.png`` overlays (and ``masks/``
     when the method produced masks) and a self-contained ``report.html`` for one batch into
-    ``folder``. ``settings.json`` holds the run settings plus ``threshold`` and ``threshold_rule``.
+    ``folder``. ``settings.json`` holds the run settings plus ``threshold``, ``threshold_rule`` and
+    ``threshold_applies_to`` (:func:`threshold_applies_to`).
 
     Overlays share one colour scale over the batch (1st to 99th percentile of all map values),
     so a hot spot means the same in every picture. Images are rendered in ``workers`` threads.
@@ -104,8 +114,14 @@ def write_batch_outputs(
         labels=labels,
         extra_columns={"map": map_files, "status": ["scored"] * len(map_files)},
         verdicts=[None] * len(map_files) if verdicts is None else [VERDICT_WORDS[v] for v in verdicts],
+        verdict_scores=[None] * len(map_files) if verdicts is None else [float(v) for v in result.decision_scores()],
     )
-    settings = {**result.settings, "threshold": result.threshold, "threshold_rule": result.threshold_rule}
+    settings = {
+        **result.settings,
+        "threshold": result.threshold,
+        "threshold_rule": result.threshold_rule,
+        "threshold_applies_to": threshold_applies_to(result),
+    }
     atomic_write_text(folder / "settings.json", json.dumps(settings, indent=2, default=str) + "\n")
     if skipped:
         _append_skipped(folder / "scores.csv", skipped, with_label=labels is not None)

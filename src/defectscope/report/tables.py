@@ -53,19 +53,23 @@ def write_scores_csv(
     labels: Sequence[str | None] | None = None,
     extra_columns: Mapping[str, Sequence[Any]] | None = None,
     verdicts: Sequence[str | None] | None = None,
+    verdict_scores: Sequence[float | None] | None = None,
 ) -> Path:
     """Write a CSV of image scores, most anomalous first, atomically.
 
     Columns: ``path, score, rank`` (rank 1 = most anomalous; ties in score are ordered by path
-    and still get distinct ranks), then ``verdict`` when ``verdicts`` is given, ``label`` when
+    and still get distinct ranks), then ``verdict`` when ``verdicts`` is given, ``verdict_score``
+    (the statistic the threshold applies to) when ``verdict_scores`` is given, ``label`` when
     ``labels`` is given, then the ``extra_columns`` in their given order. Scores are written
-    with full float precision.
+    with full float precision; None and NaN as empty cells.
     """
     order = score_order(paths, scores)
     score_array = np.asarray(scores, dtype=np.float64).reshape(-1)
     columns: dict[str, Sequence[Any]] = {}
     if verdicts is not None:
         columns["verdict"] = verdicts
+    if verdict_scores is not None:
+        columns["verdict_score"] = [None if v is None or math.isnan(v) else repr(float(v)) for v in verdict_scores]
     if labels is not None:
         columns["label"] = labels
     for name, values in (extra_columns or {}).items():

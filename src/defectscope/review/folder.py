@@ -3,8 +3,11 @@
 Recognised folders (``OUT``):
 
 * ``score`` / ``predict`` / one ``evaluate`` category: ``scores.csv`` (``path, score, rank,
-  [verdict], [label], map, status``), ``maps/``, ``masks/`` (when the method makes masks) and
-  optionally ``settings.json`` (``threshold``, ``threshold_rule``).
+  [verdict, verdict_score], [label], map, status``), ``maps/``, ``masks/`` (when the method makes
+  masks) and optionally ``settings.json`` (``threshold``, ``threshold_rule``,
+  ``threshold_applies_to``). The threshold is a cut on ``verdict_score`` (on ``score`` in folders
+  written before that column existed); a threshold that applies to no column (U-Flow's NFA level)
+  is not shown as a cut.
 * ``watch``: ``verdicts.csv`` (``path, score, verdict, seconds``) and ``maps/``, where each
   image's overlay is named after its path below the watched folder (``good__000.png``). The
   review reads the rows present when it starts.
@@ -47,6 +50,12 @@ class Part:
     label: str | None
     map_file: Path | None
     mask_file: Path | None
+    verdict_score: float | None = None
+
+    @property
+    def decision_score(self) -> float:
+        """The statistic the run's threshold applies to: ``verdict_score``, else ``score``."""
+        return self.score if self.verdict_score is None else self.verdict_score
 
 
 @dataclass
@@ -120,6 +129,8 @@ def _settings(folder: Path) -> tuple[float | None, str | None]:
     if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold)):
         raise ReviewError(f"'{path}' has threshold {threshold!r}, which is not a finite number")
     rule = settings.get("threshold_rule")
+    if settings.get("threshold_applies_to", "verdict_score") != "verdict_score":
+        threshold = None
     return (None if threshold is None else float(threshold)), (None if rule is None else str(rule))
 
 
@@ -153,17 +164,28 @@ def _read_rows(table: Path) -> list[dict[str, str]]:
     return rows
 
 
-def _part_fields(table: Path, line: int, row: dict[str, str]) -> tuple[float, str | None]:
+def _number(table: Path, line: int, row: dict[str, str], column: str) -> float | None:
+    """The finite number in ``row[column]``, None when the cell is empty or missing."""
+    text = (row.get(column) or "").strip()
+    if not text:
+        return None
     try:
-        score = float(row["score"])
-    except (TypeError, ValueError):
-        raise ReviewError(f"'{table}' line {line}: score {row['score']!r} is not a number") from None
-    if not math.isfinite(score):
-        raise ReviewError(f"'{table}' line {line}: score {row['score']!r} is not finite")
+        value = float(text)
+    except ValueError:
+        raise ReviewError(f"'{table}' line {line}: {column} {text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise ReviewError(f"'{table}' line {line}: {column} {text!r} is not finite")
+    return value
+
+
+def _part_fields(table: Path, line: int, row: dict[str, str]) -> tuple[float, str | None, float | None]:
+    score = _number(table, line, row, "score")
+    if score is None:
+        raise ReviewError(f"'{table}' line {line} has no score")
     verdict = (row.get("verdict") or "").strip() or None
     if verdict is not None and verdict not in VERDICTS:
         raise ReviewError(f"'{table}' line {line}: verdict {verdict!r} is neither 'anomalous' nor 'normal'")
-    return score, verdict
+    return score, verdict, _number(table, line, row, "verdict_score")
 
 
 def load_run(out: str | Path, category: str | None = None) -> ReviewRun:
@@ -175,7 +197,7 @@ def load_run(out: str | Path, category: str | None = None) -> ReviewRun:
     watched = not (folder / SCORES_FILE).is_file()
     table = folder / (WATCH_FILE if watched else SCORES_FILE)
     maps, masks = folder / "maps", folder / "masks"
-    scored: list[tuple[float, str, str | None, str | None, Path | None]] = []
+    scored: list[tuple[float, str, str | None, str | None, Path | None, float | None]] = []
     skipped: list[tuple[str, str]] = []
     seen: set[str] = set()
     for line, row in enumerate(_read_rows(table), start=2):
@@ -189,18 +211,18 @@ def load_run(out: str | Path, category: str | None = None) -> ReviewRun:
         if status.startswith("skipped") or not (row.get("score") or "").strip():
             skipped.append((path, status.partition(":")[2].strip() or status or "not scored"))
             continue
-        score, verdict = _part_fields(table, line, row)
+        score, verdict, verdict_score = _part_fields(table, line, row)
         if watched:
             overlay = _watch_map(maps, path) if maps.is_dir() else None
         else:
             overlay = folder / row["map"] if row.get("map") else None
-        scored.append((score, path, verdict, (row.get("label") or None), overlay))
+        scored.append((score, path, verdict, (row.get("label") or None), overlay, verdict_score))
     scored.sort(key=lambda item: (-item[0], item[1]))
     parts = []
-    for index, (score, path, verdict, label, overlay) in enumerate(scored):
+    for index, (score, path, verdict, label, overlay, verdict_score) in enumerate(scored):
         map_file = inside(maps, overlay) if overlay is not None else None
         mask_file = inside(masks, masks / overlay.name) if overlay is not None else None
-        parts.append(Part(index, path, score, index + 1, verdict, label, map_file, mask_file))
+        parts.append(Part(index, path, score, index + 1, verdict, label, map_file, mask_file, verdict_score))
     threshold, rule = _settings(folder)
     title = folder.name if folder == out else f"{out.name} / {folder.name}"
     return ReviewRun(folder=folder, title=title, parts=parts, threshold=threshold, threshold_rule=rule, skipped=skipped)

@@ -97,6 +97,7 @@ def _part_json(part: Part) -> dict[str, Any]:
         "id": part.index,
         "path": part.path,
         "score": part.score,
+        "verdict_score": part.decision_score,
         "rank": part.rank,
         "verdict": part.verdict,
         "label": part.label,

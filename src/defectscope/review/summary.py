@@ -2,8 +2,9 @@
 
 * A **false alarm** is a part the run called ``anomalous`` that the reviewer confirmed good; a
   **miss** is one the run called ``normal`` that the reviewer confirmed defective.
-* The **suggested threshold** is the score cut that puts the fewest confirmed parts on the wrong
-  side (confirmed defective at or below it, confirmed good above it). Cuts are taken midway
+* The **suggested threshold** is the cut on the run's verdict statistic (``verdict_score``, or
+  ``score`` for folders without that column; the units of the run's threshold) that puts the
+  fewest confirmed parts on the wrong side (confirmed defective at or below it, confirmed good above it). Cuts are taken midway
   between neighbouring confirmed scores; among equally good cuts the lowest wins, so that defects
   are caught first. It needs at least one confirmed good and one confirmed defective part.
 """
@@ -53,10 +54,10 @@ def review_summary(run: ReviewRun, decisions: Mapping[str, Decision]) -> dict[st
             continue
         counts[entry.decision] += 1
         if entry.decision == "good":
-            good.append(part.score)
+            good.append(part.decision_score)
             false_alarms += part.verdict == "anomalous"
         elif entry.decision in DEFECTIVE:
-            defective.append(part.score)
+            defective.append(part.decision_score)
             misses += part.verdict == "normal"
     return {
         "total": len(run.parts),

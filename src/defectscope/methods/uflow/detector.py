@@ -441,6 +441,7 @@ class UFlow(Detector):
             return with_verdict(result, self.calibration)
         if detected is not None:
             result.is_anomalous = detected.reshape(len(result.paths), -1).any(axis=1)
+            result.verdict_scores = np.full(len(result.paths), np.nan)
             result.threshold = float(self.config.epsilon)
             result.threshold_rule = (
                 f"a contrario: anomalous when a region is detected with NFA <= {self.config.epsilon:g} "
@@ -475,6 +476,7 @@ class UFlow(Detector):
                 progress("predict", min(start + step, len(images)), len(images))
         masks = None if results[0].masks is None else np.concatenate([r.masks for r in results])
         verdicts = None if results[0].is_anomalous is None else np.concatenate([r.is_anomalous for r in results])
+        statistic = None if results[0].verdict_scores is None else np.concatenate([r.verdict_scores for r in results])
         return Result(
             paths=names,
             image_scores=np.concatenate([r.image_scores for r in results]),
@@ -484,6 +486,7 @@ class UFlow(Detector):
             is_anomalous=verdicts,
             threshold=results[0].threshold,
             threshold_rule=results[0].threshold_rule,
+            verdict_scores=statistic,
         )
 
     def _tensors(self) -> dict[str, torch.Tensor]:

@@ -135,6 +135,7 @@ function renderView() {
   const figures = $("meta-figures");
   figures.replaceChildren(
     element("span", "", `score ${fmt(part.score)}`),
+    ...(part.verdict_score !== part.score ? [element("span", "", `verdict score ${fmt(part.verdict_score)}`)] : []),
     element("span", "", `threshold ${fmt(page.run.threshold)}`),
     element("span", `badge ${part.verdict || "none"}`, part.verdict || "no verdict"),
     element("span", `badge ${decision}`, decision || "not reviewed"),
@@ -160,7 +161,8 @@ function svg(tag, attributes, text) {
 
 function renderHistogram() {
   const chart = $("histogram");
-  const scores = page.parts.map((part) => part.score);
+  // The threshold is a cut on the verdict score, so the histogram is drawn in its units.
+  const scores = page.parts.map((part) => part.verdict_score);
   if (!scores.length) { chart.replaceChildren(); return; }
   const marks = [page.run.threshold, page.summary && page.summary.suggested ? page.summary.suggested.threshold : null];
   const known = scores.concat(marks.filter((value) => value !== null));
@@ -172,7 +174,7 @@ function renderHistogram() {
   const kinds = ["good", "defective", "skip", "open"];
   const counts = Array.from({ length: BINS }, () => ({ good: 0, defective: 0, skip: 0, open: 0 }));
   for (const part of page.parts) {
-    const bin = Math.min(BINS - 1, Math.floor(((part.score - low) / (high - low)) * BINS));
+    const bin = Math.min(BINS - 1, Math.floor(((part.verdict_score - low) / (high - low)) * BINS));
     const decision = decisionOf(part);
     counts[bin][decision === "" ? "open" : decision.startsWith("defective") ? "defective" : decision] += 1;
   }
@@ -189,7 +191,7 @@ function renderHistogram() {
     }
   });
   nodes.push(svg("text", { x: left, y: bottom + 14 }, fmt(low)), svg("text", { x: right, y: bottom + 14, "text-anchor": "end" }, fmt(high)));
-  nodes.push(svg("text", { x: 4, y: top + 4 }, String(tallest)), svg("text", { x: (left + right) / 2, y: bottom + 28, "text-anchor": "middle" }, "score (grey: not reviewed, green: good, red: defective, amber: skipped)"));
+  nodes.push(svg("text", { x: 4, y: top + 4 }, String(tallest)), svg("text", { x: (left + right) / 2, y: bottom + 28, "text-anchor": "middle" }, `${page.parts.some((p) => p.verdict_score !== p.score) ? "verdict score" : "score"} (grey: not reviewed, green: good, red: defective, amber: skipped)`));
   if (page.run.threshold !== null) {
     const at = x(page.run.threshold);
     nodes.push(svg("line", { x1: at, x2: at, y1: top - 6, y2: bottom, class: "threshold" }), svg("text", { x: at + 3, y: top - 2 }, `threshold ${fmt(page.run.threshold)}`));
@@ -199,7 +201,7 @@ function renderHistogram() {
     nodes.push(svg("line", { x1: at, x2: at, y1: top + 8, y2: bottom, class: "suggested" }), svg("text", { x: at - 3, y: top + 14, "text-anchor": "end" }, `suggested ${fmt(marks[1])}`));
   }
   if (page.current) {
-    const at = x(page.current.score);
+    const at = x(page.current.verdict_score);
     nodes.push(svg("path", { d: `M${at - 5},${bottom + 7} L${at + 5},${bottom + 7} L${at},${bottom + 1} Z`, class: "cursor" }));
   }
   chart.replaceChildren(...nodes);
