@@ -44,7 +44,7 @@ def dask_client(scheduler: str, workers: int | None = None) -> Iterator:
     try:
         from distributed import Client, LocalCluster
     except ImportError:
-        raise ConfigError("--scheduler needs the `dask` and `distributed` packages: pip install defectscope[dask]") from None
+        raise ConfigError("--scheduler needs the `dask` and `distributed` packages: pip install \"defectscope[dask]\"") from None
     if scheduler == "dask":
         cluster = LocalCluster(n_workers=workers or torch.get_num_threads(), threads_per_worker=1, processes=True, dashboard_address=None)
         try:
