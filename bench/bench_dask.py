@@ -15,9 +15,7 @@ import dataclasses
 import json
 import time
 from collections import defaultdict
-from pathlib import Path
 
-import numpy as np
 import torch
 
 from defectscope import distributed as dist
