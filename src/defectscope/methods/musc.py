@@ -524,12 +524,10 @@ class MuSc(Detector):
         scores itself)."""
         self.config = replace(self.config, false_alarm_rate=check_false_alarm_rate(false_alarm_rate))
         require_good_images(len(images), self.config.false_alarm_rate)
-        sets, grid, _ = self.feature_sets(images, progress, native_grids=self.config.native_grids)
         if self.config.tiles != 1:
             raise ConfigError("reference mode scores whole images only: use tiles=1 with good images")
-        scores = calibrate_border(torch.stack([
-            to_finest_grid(mutual_scores(s, self.config.lower, self.config.upper), grid) for s in sets
-        ]).mean(dim=0), grid, self.config.border_depth)
+        sets, grid, _ = self.feature_sets(images, progress, native_grids=self.config.native_grids)
+        scores = self._combine([mutual_scores(s, self.config.lower, self.config.upper) for s in sets], grid)
         maxima = self.maps_from_patch_scores(scores, grid).flatten(1).amax(dim=1).numpy()
         self.calibration = conformal_threshold(maxima, self.config.false_alarm_rate, source="good images (leave-one-out)")
         self.reference = ReferenceBank(sets, grid)
@@ -621,6 +619,11 @@ class MuSc(Detector):
         patch_scores = calibrate_border(accumulated / len(sets), grid, self.config.border_depth)
         return MuScScores(patch_scores, grid, embeddings, sets)
 
+    def _combine(self, per_set: Sequence[torch.Tensor], grid: tuple[int, int]) -> torch.Tensor:
+        """Patch scores of each feature set -> their mean on the finest ``grid``, border-calibrated."""
+        mean = torch.stack([to_finest_grid(scores, grid) for scores in per_set]).mean(dim=0)
+        return calibrate_border(mean, grid, self.config.border_depth)
+
     def maps_from_patch_scores(self, patch_scores: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """(N, L) patch scores on ``grid`` -> (N, H, W) anomaly maps at the input resolution
         (the grid times the finest layer's stride)."""
@@ -692,10 +695,10 @@ class MuSc(Detector):
         sets, grid, _ = self.feature_sets(images, progress, native_grids=self.config.native_grids)
         if grid != bank.grid or len(sets) != len(bank.feature_sets):
             raise ConfigError(f"images give a {grid} feature grid but the good images gave {bank.grid}")
-        scores = calibrate_border(torch.stack([
-            to_finest_grid(reference_scores(s, r, self.config.lower, self.config.upper, drop_one=True), grid)
-            for s, r in zip(sets, bank.feature_sets)
-        ]).mean(dim=0), grid, self.config.border_depth)
+        scores = self._combine(
+            [reference_scores(s, r, self.config.lower, self.config.upper, drop_one=True) for s, r in zip(sets, bank.feature_sets)],
+            grid,
+        )
         maps = self.maps_from_patch_scores(scores, grid).numpy().astype(np.float32)
         image_scores = maps.reshape(len(names), -1).max(axis=1).astype(np.float64)
         return Result(
