@@ -5,7 +5,7 @@ Categories (test images only; each batch scores itself, labels only for the metr
 - ``hazelnut_toy``: its test set (23);
 - ``magnetic_tile``: the seeded 100-tile batch of bench/ablation_musc.py (80 defect-free tiles
   from the test half of the seed-0 split, 4 of each defect class, numpy seed 0);
-- ``pa_*``: the six paper types of paper_impurities, test sets (96 each).
+- ``pa_*``: the six paper types of paper_impurities, test sets (72 each: 24 normal, 48 with impurities).
 
 Every category runs through the library's evaluate path (:func:`defectscope.pipeline.
 evaluate_category`: reading, detector, metrics), without writing the per-image outputs.

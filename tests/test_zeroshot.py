@@ -10,7 +10,17 @@ from PIL import Image
 from defectscope.backbones import get_backbone
 from defectscope.backbones._common import input_shape, reflect_pad
 from defectscope.errors import BackboneError, ConfigError
-from defectscope.methods.musc import MuSc, MuScConfig, border_classes, calibrate_border, crop_tile, tile_boxes
+from defectscope.methods.musc import (
+    MuSc,
+    MuScConfig,
+    _match_interior,
+    border_classes,
+    calibrate_border,
+    crop_tile,
+    side_classes,
+    tile_boxes,
+)
+from defectscope.methods.smoothing import edge_gain, equalise_edges, gaussian_blur, upsample
 from defectscope.metrics import pixel_metrics
 from defectscope.pipeline import _mask_at
 from defectscope.report.overlay import resize_map
@@ -145,6 +155,45 @@ def test_border_calibration_moves_the_peaks_of_normal_textures_off_the_border() 
     interior = border_classes(grid, 2) == 8
     assert torch.equal(calibrated[:, interior], raw.patch_scores[:, interior])
     assert torch.equal(calibrate_border(raw.patch_scores, grid, 0), raw.patch_scores)
+
+
+def test_side_classes_split_each_ring_by_its_nearest_edge() -> None:
+    classes = side_classes((6, 8), 2).view(6, 8)
+    assert classes[0, 3] == 0 and classes[5, 3] == 1 and classes[3, 0] == 2 and classes[3, 7] == 3
+    assert classes[1, 3] == 4 and classes[2, 1] == 6 and classes[2, 3] == 8
+    assert int((classes == 8).sum()) == 2 * 4
+
+
+def test_border_calibration_evens_out_one_raised_side() -> None:
+    # Noise maps whose top row runs high (a scan edge on one side only): pooled over the four
+    # sides the ring is barely above the interior, so only the per-side pass brings the peaks back.
+    generator = torch.Generator().manual_seed(1)
+    grid = (20, 20)
+    scores = torch.randn(400, 400, generator=generator)
+    top = side_classes(grid, 1) == 0
+    scores[:, top] = 2.0 + 1.5 * scores[:, top]
+
+    def top_share(values: torch.Tensor) -> float:
+        return float(top[values.argmax(dim=1)].float().mean())
+
+    area = float(top.float().mean())
+    pooled_only = _match_interior(scores, border_classes(grid, 2), 8)
+    assert top_share(pooled_only) > 5 * area
+    assert top_share(calibrate_border(scores, grid, 2)) < 0.4 * top_share(pooled_only)
+
+
+def test_equalised_edges_make_blurred_noise_vary_alike_everywhere() -> None:
+    generator = torch.Generator().manual_seed(3)
+    grid, size, sigma = (14, 14), (112, 112), 4.0
+    noise = torch.randn(600, 14 * 14, generator=generator)
+    maps = gaussian_blur(upsample(noise, grid, size), sigma)
+    spread = maps.std(dim=0)
+    assert float(spread[0, 0] / spread[56, 56]) > 1.12  # the blur keeps more swing in a corner
+    evened = equalise_edges(maps, grid, sigma).std(dim=0)
+    assert abs(float(evened[0, 0] / evened[56, 56]) - 1) < 0.08
+    assert abs(float(evened[0, 56] / evened[56, 56]) - 1) < 0.08
+    gain = edge_gain(grid, size, sigma)
+    assert gain.shape == size and float(gain[0, 0]) > float(gain[0, 56]) > 1.0 > float(gain.min())
 
 
 def test_border_calibration_keeps_a_border_defect_on_top() -> None:

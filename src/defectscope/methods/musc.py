@@ -34,7 +34,7 @@ from defectscope.backbones._common import BORDERS
 from defectscope.errors import ConfigError
 from defectscope.memory import estimate_bytes
 from defectscope.methods.base import Detector, MethodConfig, Result, default_paths
-from defectscope.methods.smoothing import gaussian_blur
+from defectscope.methods.smoothing import equalise_edges, gaussian_blur, upsample
 from defectscope.methods.verdict import (
     DEFAULT_FALSE_ALARM_RATE,
     check_false_alarm_rate,
@@ -400,7 +400,8 @@ def to_finest_grid(patch_scores: torch.Tensor, grid: tuple[int, int]) -> torch.T
 def border_classes(grid: tuple[int, int], depth: int) -> torch.Tensor:
     """(h*w,) int class of every patch by its distance to the grid's edge: the pair (nearer,
     farther) of its row and column distances, each capped at ``depth``; ``depth * (depth + 1) +
-    depth`` is the interior (both at least ``depth``)."""
+    depth`` is the interior (both at least ``depth``). The classes below the interior gather the
+    patches near the four corners."""
     rows, cols = torch.arange(grid[0]), torch.arange(grid[1])
     row_depth = torch.minimum(rows, grid[0] - 1 - rows).clamp(max=depth)[:, None]
     col_depth = torch.minimum(cols, grid[1] - 1 - cols).clamp(max=depth)[None, :]
@@ -408,31 +409,29 @@ def border_classes(grid: tuple[int, int], depth: int) -> torch.Tensor:
     return (near * (depth + 1) + far).flatten()
 
 
-def calibrate_border(patch_scores: torch.Tensor, grid: tuple[int, int], depth: int = 2) -> torch.Tensor:
-    """Bring each image's border patches to the level of its own interior.
+def side_classes(grid: tuple[int, int], depth: int) -> torch.Tensor:
+    """(h*w,) int class of every patch: ``4 * ring + side`` for the outer ``depth`` rings (ring 0
+    outermost; side 0 top, 1 bottom, 2 left, 3 right, the nearest edge, rows first on a tie) and
+    ``4 * depth`` for the interior."""
+    rows = torch.arange(grid[0])[:, None].expand(*grid)
+    cols = torch.arange(grid[1])[None, :].expand(*grid)
+    distances = torch.stack([rows, grid[0] - 1 - rows, cols, grid[1] - 1 - cols])
+    ring, side = distances.min(dim=0)
+    return torch.where(ring < depth, 4 * ring + side, torch.full_like(ring, 4 * depth)).flatten()
 
-    Patches near the edge have fewer look-alikes in the other images (their context includes
-    the padding), so their mutual scores run high and the maximum of a normal image tends to sit
-    on its border. Per image and per :func:`border_classes` class whose median exceeds the
-    interior's, the class's scores are mapped affinely so that their median equals the interior
-    median and their spread (median absolute deviation) shrinks to at most the interior's. A
-    defect on the border stays far above its class and so above the interior. Classes that score
-    lower than the interior (e.g. plain background round an object) are left alone. ``depth``
-    0, or a grid whose interior is less than half of its patches (too small to be the reference),
-    returns the scores unchanged.
-    """
-    if depth < 1 or 2 * (grid[0] - 2 * depth) * (grid[1] - 2 * depth) < grid[0] * grid[1]:
-        return patch_scores
-    classes = border_classes(grid, depth)
-    interior = classes == depth * (depth + 1) + depth
-    inner = patch_scores[:, interior]
+
+def _match_interior(patch_scores: torch.Tensor, classes: torch.Tensor, interior: int) -> torch.Tensor:
+    """Per image and per class above the interior: map the class's scores affinely so that their
+    median is the interior's and their spread (median absolute deviation) at most the interior's."""
+    inside = classes == interior
+    inner = patch_scores[:, inside]
     inner_median = inner.median(dim=1, keepdim=True).values
     inner_spread = (inner - inner_median).abs().median(dim=1, keepdim=True).values
     out = patch_scores.clone()
     for label in classes.unique().tolist():
-        chosen = classes == label
-        if chosen.equal(interior):
+        if label == interior:
             continue
+        chosen = classes == label
         values = patch_scores[:, chosen]
         median = values.median(dim=1, keepdim=True).values
         spread = (values - median).abs().median(dim=1, keepdim=True).values
@@ -440,6 +439,29 @@ def calibrate_border(patch_scores: torch.Tensor, grid: tuple[int, int], depth: i
         mapped = inner_median + (values - median) * factor
         out[:, chosen] = torch.where(median > inner_median, mapped, values)
     return out
+
+
+def calibrate_border(patch_scores: torch.Tensor, grid: tuple[int, int], depth: int = 2) -> torch.Tensor:
+    """Bring each image's border patches to the level of its own interior.
+
+    Patches near the edge have fewer look-alikes in the other images (their context includes
+    the padding), so their mutual scores run high and the maximum of a normal image tends to sit
+    on its border. Two passes, each per image: first the outermost ring of each side on its own
+    (:func:`side_classes` with depth 1: a side's context can differ from the others', e.g. a scan
+    edge or a lighting gradient; two rings per side flattened more of the defects that run along
+    an edge), then the ``depth`` rings by distance to the edge, the patches near the corners apart
+    (:func:`border_classes`, pooled over the four sides). In each pass, a class whose median exceeds the interior's is
+    mapped affinely so that its median equals the interior median and its spread (median absolute
+    deviation) shrinks to at most the interior's. A defect on the border stays far above its class
+    and so above the interior. Classes that score lower than the interior (e.g. plain background
+    round an object) are left alone. ``depth`` 0, or a grid whose interior is less than half of
+    its patches (too small to be the reference), returns the scores unchanged. Chosen on the
+    shared categories (docs/BENCHMARKS.md).
+    """
+    if depth < 1 or 2 * (grid[0] - 2 * depth) * (grid[1] - 2 * depth) < grid[0] * grid[1]:
+        return patch_scores
+    by_side = _match_interior(patch_scores, side_classes(grid, 1), 4)
+    return _match_interior(by_side, border_classes(grid, depth), depth * (depth + 1) + depth)
 
 
 def tile_fractions(tiles: int, overlap: float) -> tuple[float, float]:
@@ -626,13 +648,16 @@ class MuSc(Detector):
 
     def maps_from_patch_scores(self, patch_scores: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """(N, L) patch scores on ``grid`` -> (N, H, W) anomaly maps at the input resolution
-        (the grid times the finest layer's stride)."""
+        (the grid times the finest layer's stride), blurred; with the border rule on
+        (``border_depth`` > 0) the blur's larger swing at the edges is evened out
+        (:func:`defectscope.methods.smoothing.equalise_edges`)."""
         backbone = self.backbone
         stride = backbone.image_size / backbone.grid[0]
         size = (int(round(grid[0] * stride)), int(round(grid[1] * stride)))
-        maps = patch_scores.view(-1, 1, *grid)
-        maps = F.interpolate(maps, size=size, mode="bilinear", align_corners=True).squeeze(1)
-        return gaussian_blur(maps, self.config.smoothing_sigma)
+        maps = gaussian_blur(upsample(patch_scores, grid, size), self.config.smoothing_sigma)
+        if self.config.border_depth > 0:
+            maps = equalise_edges(maps, grid, self.config.smoothing_sigma)
+        return maps
 
     def predict(
         self,
