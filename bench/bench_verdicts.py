@@ -2,6 +2,7 @@
 
     python bench/bench_verdicts.py                          # musc and codegraph, label-free rule
     python bench/bench_verdicts.py --methods musc --good    # reference mode: train/good as --good
+    python bench/bench_verdicts.py --rescore bench/results/verdicts.json   # today's label-free rule on stored scores
 
 Batches: mvtec_bottle test (83), hazelnut_toy test (23), the seeded 100-tile magnetic-tile batch
 of bench/ablation_musc.py (80 % defect-free) and the six paper_impurities test sets (72 each, two
@@ -9,7 +10,8 @@ thirds defective). Each batch scores itself (zero-shot) and gets the method's ow
 default false-alarm budget; with ``--good`` the category's normal training images are the good
 folder instead (magnetic tiles: the normal tiles of the documented split's training half;
 ``--max-good N`` draws a seeded subset).
-Prints a markdown table (false-alarm rate, recall, oracle image F1) and writes JSON.
+Prints a markdown table (false-alarm rate, recall, oracle image F1) and writes JSON (with each
+image's label and verdict statistic, so that another rule can be tried on the same scores).
 """
 
 from __future__ import annotations
@@ -64,7 +66,11 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", help="category names (default: all)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("bench/results/verdicts.json"))
+    parser.add_argument("--rescore", type=Path, help="apply the current label-free rule to the scores stored in this JSON (no scoring)")
     args = parser.parse_args()
+    if args.rescore is not None:
+        print_table([rescored(row, args.false_alarm_rate) for row in json.loads(args.rescore.read_text())])
+        return
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", message=".*more reliable.*")
     rows = []
@@ -87,11 +93,25 @@ def main() -> None:
                    **verdict_metrics(result.is_anomalous, labels),
                    "image_f1_max": image_metrics(result.image_scores, labels)["image_f1_max"],
                    "threshold": result.threshold, "rule": result.threshold_rule,
-                   "seconds": round(time.perf_counter() - started, 1)}
+                   "seconds": round(time.perf_counter() - started, 1),
+                   "labels": labels.tolist(), "verdict_scores": np.asarray(result.verdict_scores).tolist()}
             rows.append(row)
             print(json.dumps(row), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rows, indent=1))
+    print_table(rows)
+
+
+def rescored(row: dict, false_alarm_rate: float) -> dict:
+    """A stored label-free row with its verdict recomputed by today's rule from its stored scores."""
+    from defectscope.methods.verdict import decide, label_free_threshold
+
+    scores, labels = np.asarray(row["verdict_scores"]), np.asarray(row["labels"])
+    threshold = label_free_threshold(scores, false_alarm_rate, statistic="map maxima")
+    return {**row, **verdict_metrics(decide(scores, threshold), labels), "threshold": threshold.value, "rule": threshold.rule}
+
+
+def print_table(rows: list[dict]) -> None:
     print("\n| category | method | N (normal) | verdict FAR | verdict recall | image_f1_max |")
     print("|---|---|---|---|---|---|")
     for row in rows:

@@ -4,17 +4,20 @@ Two rules, both pure functions of score arrays:
 
 - :func:`label_free_threshold` (zero-shot batches, no labels). The batch is a mixture of normal
   images and defective ones in unknown shares (a production batch is mostly normal, a test set
-  can be two-thirds defective), and defective images score higher. On the log scores a one- and
-  a two-component Gaussian mixture are fitted (EM); when BIC prefers two components the lower one
-  is the null (the normal images), else the whole batch is. The threshold is an upper confidence
-  bound (``confidence``, default 90 %) of the null's ``1 - alpha`` quantile: the one-sided normal
-  tolerance factor for the null's effective sample size. So, if the normal images' log scores
-  are Gaussian and the mixture finds them, with probability about ``confidence`` the share of
-  normal images flagged is at most ``alpha``; small batches get a wider margin. A lower component holding less than ``MIN_NULL_SHARE`` of the batch is taken for
-  a handful of unusually clean images and the upper one is the null. Log scores make the rule
-  invariant to a rescaling of the scores (a different backbone or distance scale). The choices
-  (map maxima as the statistic, 90 %, 10 %) were made on the shared categories; see
-  docs/BENCHMARKS.md, "Verdicts".
+  can be two-thirds defective), and defective images score higher. The statistic is the maximum
+  of each image's map, so the normal images' values follow an extreme-value (Gumbel) law, whose
+  right tail is longer than a Gaussian's. On the log scores a single Gumbel and a Gumbel +
+  Gaussian mixture (EM) are fitted; when BIC prefers the mixture, its Gumbel component is the
+  null (the normal images), else the whole batch is. The threshold is an upper confidence bound
+  (``confidence``, default 90 %) of the null's ``1 - alpha`` quantile, from the asymptotic
+  standard error of the maximum-likelihood quantile at the null's effective sample size. So, if
+  the mixture finds the normal images, with probability about ``confidence`` the share of them
+  flagged is at most ``alpha``; small batches get a wider margin. A Gumbel component holding
+  less than ``MIN_NULL_SHARE`` of the batch is taken for a handful of unusually clean images and
+  a single Gumbel of the whole batch is the null. Log scores make the rule invariant to a
+  rescaling of the scores (a different backbone or distance scale). The choices (map maxima as
+  the statistic, the Gumbel null instead of a Gaussian one, 90 %, 10 %) were made on the shared
+  categories; see docs/BENCHMARKS.md, "Verdicts".
 - :func:`conformal_threshold` (known-good images): split-conformal calibration. With n good
   scores, the threshold is the ``ceil((n + 1)(1 - alpha))``-th smallest; a new normal image
   (exchangeable with the good ones) scores above it with probability at most ``alpha``.
@@ -29,7 +32,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy import stats
+from scipy import optimize, stats
 
 from defectscope.errors import ConfigError
 
@@ -42,6 +45,7 @@ MIN_NULL_SHARE = 0.1
 _EM_STARTS = (0.25, 0.5, 0.75)
 _EM_ITERATIONS = 300
 _MIN_MIXTURE_SIZE = 6
+EULER = 0.5772156649015329
 
 
 @dataclass(frozen=True)
@@ -54,12 +58,21 @@ class Threshold:
 
 @dataclass(frozen=True)
 class NullFit:
-    """The Gaussian fitted to the normal images' (log) scores and its effective sample size."""
+    """The Gumbel law fitted to the normal images' (log) scores: ``location`` (mode), ``scale``,
+    the effective sample size ``count`` and the number of mixture components of the fit."""
 
-    mean: float
-    sd: float
+    location: float
+    scale: float
     count: float
     components: int
+
+    def quantile_bound(self, alpha: float, confidence: float = CONFIDENCE) -> float:
+        """Upper ``confidence`` bound of the null's ``1 - alpha`` quantile: the fitted quantile
+        plus the one-sided normal quantile times its asymptotic standard error (maximum
+        likelihood, Gumbel: scale^2 / n (1.1087 + 0.5140 y + 0.6079 y^2), y the reduced variate)."""
+        y = -math.log(-math.log(1.0 - alpha))
+        spread = math.sqrt((1.10866 + 0.51404 * y + 0.60793 * y * y) / max(self.count, 2.0))
+        return self.location + self.scale * (y + float(stats.norm.ppf(confidence)) * spread)
 
 
 def check_false_alarm_rate(alpha: float) -> float:
@@ -78,70 +91,96 @@ def _scores(scores: np.ndarray, what: str) -> np.ndarray:
     return values
 
 
-def tolerance_factor(count: float, alpha: float, confidence: float = CONFIDENCE) -> float:
-    """k such that mean + k sd of ``count`` Gaussian draws exceeds the true ``1 - alpha``
-    quantile with probability ``confidence`` (one-sided normal tolerance bound, noncentral t)."""
-    n = max(float(count), 2.0)
-    return float(stats.nct.ppf(confidence, n - 1.0, stats.norm.ppf(1.0 - alpha) * math.sqrt(n)) / math.sqrt(n))
-
-
 def _gaussian_log_density(x: np.ndarray, mean: float, variance: float) -> np.ndarray:
     return -0.5 * (np.log(2 * np.pi * variance) + (x - mean) ** 2 / variance)
 
 
-def two_gaussians(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """Maximum-likelihood two-component 1-D Gaussian mixture by EM (best of a few starts that
-    split the data at its quartiles and median). Returns (weights, means, sds, log-likelihood),
-    components ordered by mean. Variances are floored at (1e-2 sd(x))^2 so that a component
-    cannot collapse onto one point."""
+def _gumbel_log_density(x: np.ndarray, location: float, scale: float) -> np.ndarray:
+    z = (x - location) / scale
+    return -math.log(scale) - z - np.exp(-z)
+
+
+def weighted_gumbel(x: np.ndarray, weights: np.ndarray) -> tuple[float, float]:
+    """Maximum-likelihood Gumbel (location, scale) of ``x`` with non-negative ``weights``.
+
+    The scale solves scale = mean_w(x) - sum_w(x e^(-x/scale)) / sum_w(e^(-x/scale)) (a
+    one-dimensional root, bracketed); the location follows in closed form."""
+    w = np.asarray(weights, dtype=np.float64)
+    total = w.sum()
+    mean = float((w * x).sum() / total)
+    spread = math.sqrt(max(float((w * (x - mean) ** 2).sum() / total), 1e-24))
+
+    def exp_weights(scale: float) -> np.ndarray:
+        return w * np.exp(-(x - x.min()) / scale)
+
+    def equation(scale: float) -> float:
+        e = exp_weights(scale)
+        return scale - mean + float((e * x).sum() / e.sum())
+
+    low, high = 1e-3 * spread, 2.0 * spread
+    while equation(high) < 0 and high < 1e3 * spread:
+        high *= 2.0
+    while equation(low) > 0 and low > 1e-9 * spread:
+        low /= 2.0
+    scale = float(optimize.brentq(equation, low, high, xtol=1e-12 * spread)) if equation(low) * equation(high) < 0 else 0.78 * spread
+    location = float(x.min() - scale * math.log(exp_weights(scale).sum() / total))
+    return location, scale
+
+
+def gumbel_and_gaussian(x: np.ndarray) -> tuple[float, float, float, float, float, float]:
+    """Maximum-likelihood mixture of a Gumbel (the lower, normal images) and a Gaussian (the
+    defective ones) by EM, best of a few starts that split the data at its quartiles and median.
+    Returns (Gumbel weight, location, scale, Gaussian mean, sd, log-likelihood). The Gaussian's
+    variance is floored at (1e-2 sd(x))^2 so that it cannot collapse onto one point."""
     x = np.asarray(x, dtype=np.float64)
     floor = max((1e-2 * x.std()) ** 2, 1e-12)
-    best: tuple[np.ndarray, np.ndarray, np.ndarray, float] | None = None
+    best: tuple[float, float, float, float, float, float] | None = None
     for start in _EM_STARTS:
-        upper = (x > np.quantile(x, start)).astype(np.float64)
-        if not 0 < upper.sum() < x.size:
+        lower = (x <= np.quantile(x, start)).astype(np.float64)
+        if not 0 < lower.sum() < x.size:
             continue
-        resp = np.stack([1.0 - upper, upper])
         previous = -np.inf
         for _ in range(_EM_ITERATIONS):
-            mass = resp.sum(axis=1) + 1e-12
-            weights = mass / x.size
-            means = resp @ x / mass
-            variances = np.maximum((resp * (x - means[:, None]) ** 2).sum(axis=1) / mass, floor)
-            joint = np.log(weights + 1e-300)[:, None] + np.stack(
-                [_gaussian_log_density(x, m, v) for m, v in zip(means, variances)]
-            )
-            total = np.logaddexp(joint[0], joint[1])
-            resp = np.exp(joint - total)
+            upper = 1.0 - lower
+            weight = float(np.clip(lower.sum() / x.size, 1e-9, 1 - 1e-9))
+            location, scale = weighted_gumbel(x, lower + 1e-12)
+            mean = float((upper * x).sum() / (upper.sum() + 1e-12))
+            variance = max(float((upper * (x - mean) ** 2).sum() / (upper.sum() + 1e-12)), floor)
+            a = math.log(weight) + _gumbel_log_density(x, location, scale)
+            b = math.log(1 - weight) + _gaussian_log_density(x, mean, variance)
+            total = np.logaddexp(a, b)
+            lower = np.exp(a - total)
             likelihood = float(total.sum())
             if likelihood - previous < 1e-7:
                 break
             previous = likelihood
-        if best is None or likelihood > best[3]:
-            order = np.argsort(means)
-            best = (weights[order], means[order], np.sqrt(variances[order]), likelihood)
+        if best is None or likelihood > best[5]:
+            best = (weight, location, scale, mean, math.sqrt(variance), likelihood)
     if best is None:
         raise ConfigError("a two-component fit needs at least two distinct scores")
     return best
 
 
 def fit_null(x: np.ndarray) -> NullFit:
-    """The null (normal-image) Gaussian of the values ``x``: the lower of two mixture components
-    when BIC prefers two (and it holds at least MIN_NULL_SHARE of the batch, else the upper one),
-    otherwise a single Gaussian of all values."""
+    """The null (normal-image) Gumbel law of the values ``x``: the Gumbel component of a Gumbel +
+    Gaussian mixture when BIC prefers it to a single Gumbel, the Gaussian lies above it and the
+    Gumbel holds at least MIN_NULL_SHARE of the batch; otherwise a single Gumbel of all values.
+    A Gumbel because each value is the maximum of an image's map: the largest of many patch
+    scores follows an extreme-value law, with a longer right tail than a Gaussian."""
     x = np.asarray(x, dtype=np.float64)
     n = x.size
-    single = NullFit(float(x.mean()), float(x.std(ddof=1)) if n > 1 else 0.0, float(n), 1)
-    if n < _MIN_MIXTURE_SIZE or np.ptp(x) == 0:
+    if np.ptp(x) == 0:
+        return NullFit(float(x[0]), 0.0, float(n), 1)
+    location, scale = weighted_gumbel(x, np.ones(n))
+    single = NullFit(location, scale, float(n), 1)
+    if n < _MIN_MIXTURE_SIZE:
         return single
-    variance = max(float(x.var()), 1e-12)
-    bic_one = -2.0 * float(_gaussian_log_density(x, float(x.mean()), variance).sum()) + 2.0 * math.log(n)
-    weights, means, sds, likelihood = two_gaussians(x)
+    bic_one = -2.0 * float(_gumbel_log_density(x, location, scale).sum()) + 2.0 * math.log(n)
+    weight, location, scale, mean, _, likelihood = gumbel_and_gaussian(x)
     bic_two = -2.0 * likelihood + 5.0 * math.log(n)
-    if bic_two >= bic_one:
+    if bic_two >= bic_one or weight < MIN_NULL_SHARE or mean <= location + EULER * scale:
         return single
-    j = 0 if weights[0] >= MIN_NULL_SHARE else 1
-    return NullFit(float(means[j]), float(sds[j]), float(weights[j] * n), 2)
+    return NullFit(location, scale, weight * n, 2)
 
 
 def label_free_threshold(
@@ -154,11 +193,14 @@ def label_free_threshold(
     if np.any(values <= 0):
         raise ConfigError("the label-free verdict needs positive scores (it compares them on a log scale)")
     null = fit_null(np.log(values))
-    value = math.exp(null.mean + tolerance_factor(null.count, alpha, confidence) * null.sd)
+    value = math.exp(null.quantile_bound(alpha, confidence))
     if null.components == 2:
-        fitted = f"the lower of two Gaussian components of the batch's log {statistic} ({null.count / values.size:.0%} of the batch)"
+        fitted = (
+            f"the Gumbel component (normal images, {null.count / values.size:.0%} of the batch) of a Gumbel + "
+            f"Gaussian mixture of the batch's log {statistic}"
+        )
     else:
-        fitted = f"one Gaussian of the batch's log {statistic}"
+        fitted = f"one Gumbel law of the batch's log {statistic}"
     rule = (
         f"label-free, false-alarm budget {alpha:g}: {confidence:.0%} upper bound of the {1 - alpha:.0%} quantile of {fitted}"
     )
