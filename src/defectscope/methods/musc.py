@@ -450,13 +450,13 @@ def calibrate_border(patch_scores: torch.Tensor, grid: tuple[int, int], depth: i
     (:func:`side_classes` with depth 1: a side's context can differ from the others', e.g. a scan
     edge or a lighting gradient; two rings per side flattened more of the defects that run along
     an edge), then the ``depth`` rings by distance to the edge, the patches near the corners apart
-    (:func:`border_classes`, pooled over the four sides). In each pass, a class whose median exceeds the interior's is
-    mapped affinely so that its median equals the interior median and its spread (median absolute
-    deviation) shrinks to at most the interior's. A defect on the border stays far above its class
-    and so above the interior. Classes that score lower than the interior (e.g. plain background
-    round an object) are left alone. ``depth`` 0, or a grid whose interior is less than half of
-    its patches (too small to be the reference), returns the scores unchanged. Chosen on the
-    shared categories (docs/BENCHMARKS.md).
+    (:func:`border_classes`, pooled over the four sides). In each pass, a class whose median
+    exceeds the interior's is mapped affinely so that its median equals the interior median and
+    its spread (median absolute deviation) shrinks to at most the interior's. A defect on the
+    border stays far above its class and so above the interior. Classes that score lower than the
+    interior (e.g. plain background round an object) are left alone. ``depth`` 0, or a grid whose
+    interior is less than half of its patches (too small to be the reference), returns the
+    scores unchanged. Chosen on the shared categories (docs/BENCHMARKS.md).
     """
     if depth < 1 or 2 * (grid[0] - 2 * depth) * (grid[1] - 2 * depth) < grid[0] * grid[1]:
         return patch_scores

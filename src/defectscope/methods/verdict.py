@@ -122,7 +122,10 @@ def weighted_gumbel(x: np.ndarray, weights: np.ndarray) -> tuple[float, float]:
         high *= 2.0
     while equation(low) > 0 and low > 1e-9 * spread:
         low /= 2.0
-    scale = float(optimize.brentq(equation, low, high, xtol=1e-12 * spread)) if equation(low) * equation(high) < 0 else 0.78 * spread
+    if equation(low) * equation(high) < 0:
+        scale = float(optimize.brentq(equation, low, high, xtol=1e-12 * spread))
+    else:
+        scale = 0.78 * spread  # the moment estimate, sd sqrt(6) / pi
     location = float(x.min() - scale * math.log(exp_weights(scale).sum() / total))
     return location, scale
 
