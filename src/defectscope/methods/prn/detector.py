@@ -22,9 +22,10 @@ samples per epoch, so the training cost stays that of one model). The detector i
 the fold models' maps, and each normal image's calibration score is its score under the one fold
 model that never saw it: every normal image calibrates, none is lost to training. The cut is the
 split-conformal threshold of those scores (their largest when they are still too few for the
-rate). Exact for one fold model (a new normal image and the fold's images are exchangeable for
-it); the average of the fold models varies less on a normal image than one of them, so the cut
-errs on the side of fewer false alarms. Masks apply the same cut per pixel. Models saved before
+rate). For one fold model its fold's images and a new normal image are exchangeable (split
+conformal); pooling the folds is cross-conformal calibration (valid in practice, at most twice
+the rate in the worst case), and the average of the fold models varies less on a normal image
+than one of them, which puts the cut on the side of fewer false alarms. Masks apply the same cut per pixel. Models saved before
 this existed (or trained on fewer than 10 normal images) have no calibration scores: they fall
 back to a probability of 0.5, and the rule says so.
 """
@@ -286,8 +287,9 @@ class PRN(Detector):
         for start in range(0, len(resized), config.batch_size):
             cached.append([m.to(torch.float16) for m in self._features(resized[start : start + config.batch_size])])
             report("features", min(start + config.batch_size, len(resized)), len(resized))
-        features = dict(zip(trained, zip(*[torch.cat([chunk[s] for chunk in cached]).unbind(0) for s in range(len(cached[0]))])))
-        del cached
+        per_scale = [torch.cat([chunk[s] for chunk in cached]) for s in range(len(cached[0]))]
+        features = {index: [scale[position] for scale in per_scale] for position, index in enumerate(trained)}
+        del cached, per_scale
 
         samples = max(1, (config.samples_per_epoch or len(trained)) // len(left_out))
         steps = math.ceil(samples / config.batch_size) * config.epochs
