@@ -495,8 +495,8 @@ class PRN(Detector):
         if scores is None or scores.size == 0:
             return Threshold(
                 FALLBACK_PROBABILITY,
-                f"uncalibrated fallback: probability {FALLBACK_PROBABILITY} (no held-back normal images: a model saved "
-                f"before verdicts existed, or fewer than {MIN_CALIBRATION_POOL} normal training images)",
+                f"uncalibrated fallback: probability {FALLBACK_PROBABILITY} (no calibration scores: a model saved before "
+                f"verdicts existed, fewer than {MIN_CALIBRATION_POOL} normal training images, or calibration turned off)",
             )
         if self.model_info.get("calibration") == CROSS_FIT:
             source = f"cross-fitted normal training images (each scored by the one of {len(self.heads)} fold models that never saw it)"

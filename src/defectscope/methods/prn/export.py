@@ -1,8 +1,8 @@
 """ONNX export of a trained PRN: normalised image batch -> anomaly maps and image scores.
 
 The exported graph holds the frozen backbone's feature stages, the prototypes, the head (the
-average of the fold models' maps for a cross-fitted model) and the top-k image score. Its input ``image`` is the output of ``backbone.preprocess`` (N, 3, S, S)
-float32; outputs are ``anomaly_map`` (N, S, S) probabilities and ``image_score`` (N,). With
+average of the fold models' maps for a cross-fitted model) and the top-k image score. Its input
+``image`` is the output of ``backbone.preprocess`` (N, 3, S, S) float32; outputs are ``anomaly_map`` (N, S, S) probabilities and ``image_score`` (N,). With
 ``include_backbone=False`` the inputs are the multi-scale feature maps instead (``feature_0`` ...,
 finest first), for backbones that cannot be traced.
 """
