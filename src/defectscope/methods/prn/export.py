@@ -2,9 +2,10 @@
 
 The exported graph holds the frozen backbone's feature stages, the prototypes, the head (the
 average of the fold models' maps for a cross-fitted model) and the top-k image score. Its input
-``image`` is the output of ``backbone.preprocess`` (N, 3, S, S) float32; outputs are ``anomaly_map`` (N, S, S) probabilities and ``image_score`` (N,). With
-``include_backbone=False`` the inputs are the multi-scale feature maps instead (``feature_0`` ...,
-finest first), for backbones that cannot be traced.
+``image`` is the output of ``backbone.preprocess`` (N, 3, S, S) float32; outputs are
+``anomaly_map`` (N, S, S) probabilities and ``image_score`` (N,). With ``include_backbone=False``
+the inputs are the multi-scale feature maps instead (``feature_0`` ..., finest first), for
+backbones that cannot be traced.
 """
 
 from __future__ import annotations
