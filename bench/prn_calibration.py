@@ -15,6 +15,10 @@ with the k-shot protocol of ``evaluate --method prn`` (``kshot_split(test, k=10,
   Prints each fold model's scores of its left-out fold (the calibration scores), the average
   of the fold models on the test images, and the verdict of a cut at the largest calibration
   score, with image AUROC.
+* ``--mode statistic``: the library's default PRN (cross-fitted when the category has fewer than
+  190 normal images). Prints its calibration scores and compares two verdict statistics at the
+  same cut (the largest calibration score): the top-k mean of the fold models' averaged map (the
+  detector's image score) and the mean of the fold models' own top-k means.
 
 Run: python bench/prn_calibration.py --mode seen  (about 7 CPU minutes at 1 thread; crossfit the same)
 """
@@ -74,7 +78,7 @@ def _verdict(name: str, cut: float, test: np.ndarray, labels: np.ndarray) -> Non
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", default=str(ROOT.parent / "shared" / "datasets" / "paper_impurities" / "pa_bdp01_tl"))
-    parser.add_argument("--mode", choices=["seen", "crossfit"], default="seen")
+    parser.add_argument("--mode", choices=["seen", "crossfit", "statistic"], default="seen")
     parser.add_argument("--folds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
@@ -96,6 +100,16 @@ def main() -> None:
         print("seen, leave-one-out prototypes:", np.sort(loo))
         _verdict("cut at the largest seen score", float(seen.max()), test_scores, labels)
         _verdict("cut at the largest leave-one-out score", float(loo.max()), test_scores, labels)
+    elif args.mode == "statistic":
+        detector = PRN(PRNConfig()).fit(normals, pairs)
+        cut = float(detector.held_out_scores.max())
+        print(f"calibration ({detector.model_info['calibration']}, {len(detector.heads)} models):", np.sort(detector.held_out_scores))
+        per_model = [top_k_mean(detector._maps_of([head], test_images), detector.config.top_k).numpy() for head in detector.heads]
+        _verdict("mean of the fold models' own scores", cut, np.mean(per_model, axis=0), labels)
+        for number, scores in enumerate(per_model):
+            _verdict(f"fold model {number} alone", cut, scores, labels)
+        test_scores = _scores(detector, test_images)
+        _verdict("top-k mean of the averaged map (the detector's score)", cut, test_scores, labels)
     else:
         order = np.random.default_rng([0, 7]).permutation(len(normals))
         folds = [sorted(int(i) for i in order[k :: args.folds]) for k in range(args.folds)]
