@@ -9,7 +9,8 @@ on the identical test images):
     rest in test.
 Metrics (defectscope.metrics) on the test images: pixel AUROC / AP / AUPRO (FPR <= 0.3) with
 maps resized (bilinear) to each image's own size, image AUROC, and the verdict's false-alarm rate
-and recall (PRN's probability cut, calibrated on its held-back normal training tiles).
+and recall (PRN's probability cut, calibrated on its held-back normal training tiles; cross-fitted
+when ``--max-normal`` is below 190, see PRN's module docstring).
 
 Run: python bench/bench_prn.py --k 10
 """

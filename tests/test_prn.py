@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -102,9 +103,10 @@ def task():
 
 @pytest.fixture(scope="module")
 def trained(task):
+    """Cross-fitted (12 normal images): 3 fold models of 42 samples per epoch each."""
     normals, anomalies, _ = task
     torch.manual_seed(0)
-    return PRN(tiny_config(), backbone=FakeBackbone()).fit(normals, anomalies)
+    return PRN(tiny_config(samples_per_epoch=128), backbone=FakeBackbone()).fit(normals, anomalies)
 
 
 def test_kmeans_is_seeded_and_finds_clusters():
@@ -184,9 +186,10 @@ def test_resume_continues_like_an_uninterrupted_run(task, tmp_path):
     PRN(tiny_config(epochs=1, samples_per_epoch=8), backbone=FakeBackbone()).fit(
         normals, anomalies, checkpoint_dir=tmp_path / "ckpt"
     )
-    header = json.loads((tmp_path / "ckpt" / "config.json").read_text())
-    header["config"]["prn"]["epochs"] = 2
-    (tmp_path / "ckpt" / "config.json").write_text(json.dumps(header))
+    for model in sorted((tmp_path / "ckpt").glob("model*/config.json")):
+        header = json.loads(model.read_text())
+        header["config"]["prn"]["epochs"] = 2
+        model.write_text(json.dumps(header))
     with pytest.raises(ModelFileError, match="other PRN settings"):
         PRN(tiny_config(epochs=2, samples_per_epoch=16), backbone=FakeBackbone()).fit(
             normals, anomalies, checkpoint_dir=tmp_path / "ckpt", resume=True
@@ -196,7 +199,7 @@ def test_resume_continues_like_an_uninterrupted_run(task, tmp_path):
         normals, anomalies, checkpoint_dir=tmp_path / "ckpt", resume=True, progress=lambda *event: events.append(event)
     )
     steps = [(done, total) for stage, done, total in events if stage == "train"]
-    assert steps and all(done > total // 2 for done, total in steps)
+    assert len(resumed.heads) == 3 and steps and len(steps) == steps[-1][1] // 2 == steps[-1][0] // 2
     assert resumed.losses == pytest.approx(full.losses, rel=1e-5)
     assert np.allclose(resumed.predict(images).anomaly_maps, full.predict(images).anomaly_maps, atol=1e-5)
 
@@ -256,22 +259,23 @@ def test_kshot_split_is_seeded_and_never_leaks(tmp_path):
     assert [s.defect_type for s in few_test].count("Fray") == 1
 
 
-def test_verdict_cut_is_calibrated_on_held_back_normals(trained, task, tmp_path):
+def test_verdict_cut_is_calibrated_on_held_back_normals(task, tmp_path):
     from defectscope.methods.modelfile import load_model
     from defectscope.methods.prn.detector import held_out_indices
 
-    normals, _, tests = task
+    normals, anomalies, tests = task
     held = held_out_indices(len(normals), 0.1, 0)
     assert len(held) == 2 and held == held_out_indices(len(normals), 0.1, 0)
-    assert trained.model_info["normal_images"] == len(normals) - 2
-    assert trained.held_out_scores.shape == (2,)
-    result = trained.predict([image for image, _ in tests])
-    assert result.threshold == pytest.approx(trained.held_out_scores.max())
+    detector = PRN(tiny_config(cross_fit_folds=0), backbone=FakeBackbone()).fit(normals, anomalies)
+    assert detector.model_info["normal_images"] == len(normals) - 2 and len(detector.heads) == 1
+    assert detector.held_out_scores.shape == (2,)
+    result = detector.predict([image for image, _ in tests])
+    assert result.threshold == pytest.approx(detector.held_out_scores.max())
     assert "held-back" in result.threshold_rule and result.is_anomalous.all()
     assert np.array_equal(result.masks, result.anomaly_maps > result.threshold)
-    trained.save(tmp_path / "model")
+    detector.save(tmp_path / "model")
     loaded = PRN.load(tmp_path / "model", backbone=FakeBackbone())
-    assert np.array_equal(loaded.held_out_scores, trained.held_out_scores)
+    assert np.array_equal(loaded.held_out_scores, detector.held_out_scores)
     tensors, header = load_model(tmp_path / "model", "prn")
     del tensors["held_out_scores"]
     save_model(tmp_path / "old", "prn", tensors, header["config"])
@@ -279,12 +283,46 @@ def test_verdict_cut_is_calibrated_on_held_back_normals(trained, task, tmp_path)
     assert old.threshold == 0.5 and "uncalibrated fallback" in old.threshold_rule
 
 
+def test_small_normal_sets_are_cross_fitted(trained, task, tmp_path):
+    from defectscope.methods.prn.detector import calibration_folds
+
+    normals, _, tests = task
+    folds = calibration_folds(len(normals), trained.config)
+    assert len(folds) == 3 and sorted(i for fold in folds for i in fold) == list(range(len(normals)))
+    assert calibration_folds(400, trained.config) == [calibration_folds(400, trained.config)[0]]
+    assert len(trained.heads) == 3 and trained.held_out_scores.shape == (len(normals),)
+    fold_scores = [trained._maps_of([head], [normals[i] for i in fold]) for head, fold in zip(trained.heads, folds)]
+    assert np.allclose(np.sort(torch.cat([top_k_mean(m, 20) for m in fold_scores]).numpy()), np.sort(trained.held_out_scores))
+    result = trained.predict([image for image, _ in tests])
+    assert result.threshold == pytest.approx(trained.held_out_scores.max())
+    assert "cross-fitted" in result.threshold_rule and "too few" in result.threshold_rule
+    trained.save(tmp_path / "model")
+    assert PRN.load(tmp_path / "model", backbone=FakeBackbone()).predict([image for image, _ in tests]).threshold_rule == result.threshold_rule
+
+
+def test_cross_fitting_controls_false_alarms_where_two_held_back_images_do_not():
+    """24 normal images (a paper type's count): holding back 10 % leaves 2 calibration images
+    and their larger score as the cut (expected false-alarm rate 1/3); cross-fitting calibrates
+    on all 24 (the largest of 24: at most 1/25 on average, less with the fold models averaged)."""
+    rng = np.random.default_rng(5)
+    normals = [texture(rng) for _ in range(24)]
+    anomalies = [planted(rng) for _ in range(3)]
+    fresh = [texture(rng) for _ in range(150)]
+    defective = [planted(rng)[0] for _ in range(30)]
+    config = tiny_config(epochs=4, samples_per_epoch=96)
+    cross_fitted = PRN(config, backbone=FakeBackbone()).fit(normals, anomalies)
+    held_back = PRN(replace(config, cross_fit_folds=0), backbone=FakeBackbone()).fit(normals, anomalies)
+    assert cross_fitted.held_out_scores.size == 24 and held_back.held_out_scores.size == 2
+    assert cross_fitted.predict(fresh).is_anomalous.mean() <= 0.1 < held_back.predict(fresh).is_anomalous.mean()
+    assert cross_fitted.predict(defective).is_anomalous.mean() >= 0.3
+
+
 def test_calibrate_on_good_images_uses_conformal_cut(trained, task):
     normals, _, tests = task
     with pytest.raises(ConfigError, match="needs at least 19 good images"):
         trained.calibrate(normals, 0.05)
     calibrated = PRN(trained.config, backbone=FakeBackbone())
-    calibrated.head, calibrated.model_info = trained.head, trained.model_info
+    calibrated.heads, calibrated.model_info = trained.heads, trained.model_info
     calibrated.calibrate(normals, 0.1)
     result = calibrated.predict([image for image, _ in tests])
     assert result.threshold_rule.startswith("conformal on 12 good images")

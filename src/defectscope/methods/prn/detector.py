@@ -11,13 +11,23 @@ The image score is the mean of the ``top_k`` highest pixel scores (default 100 p
 0.15 % of a 256 x 256 map: large enough to ignore a single hot pixel, small enough for tiny
 defects).
 
-Verdict: a probability cut calibrated on held-back normal images. A seeded share
-``calibration_fraction`` of the normal training images (when there are at least 10) is kept out
-of training; their image scores are saved with the model, and the cut is their split-conformal
-threshold at ``false_alarm_rate`` (their largest score when they are too few for that rate).
-Masks apply the same cut per pixel. Models saved before this existed (or trained on fewer than
-10 normal images) have no held-back scores: they fall back to a probability of 0.5, and the rule
-says so.
+Verdict: a probability cut calibrated on normal images the scoring model never saw. When a
+seeded share ``calibration_fraction`` of the normal training images (when there are at least 10)
+holds enough images for a split-conformal cut at ``false_alarm_rate`` (at least
+``1 / false_alarm_rate - 1``: 19 at 0.05, so at least 190 normal images by default), those are
+kept out of training and the cut is their split-conformal threshold. A smaller normal set is
+cross-fitted instead: its images are split into ``cross_fit_folds`` seeded folds, and one fold
+model is trained per fold on all the other folds (each with ``1 / cross_fit_folds`` of the
+samples per epoch, so the training cost stays that of one model). The detector is the average of
+the fold models' maps, and each normal image's calibration score is its score under the one fold
+model that never saw it: every normal image calibrates, none is lost to training. The cut is the
+split-conformal threshold of those scores (their largest when they are still too few for the
+rate). For one fold model its fold's images and a new normal image are exchangeable (split
+conformal); pooling the folds is cross-conformal calibration (valid in practice, at most twice
+the rate in the worst case), and the average of the fold models varies less on a normal image
+than one of them, which puts the cut on the side of fewer false alarms. Masks apply the same cut per pixel. Models saved before
+this existed (or trained on fewer than 10 normal images) have no calibration scores: they fall
+back to a probability of 0.5, and the rule says so.
 """
 
 from __future__ import annotations
@@ -54,6 +64,9 @@ CHECKPOINT_METHOD = "prn-checkpoint"
 FALLBACK_PROBABILITY = 0.5
 MIN_CALIBRATION_POOL = 10
 HELD_OUT_KEY = "held_out_scores"
+HELD_BACK = "held-back"
+CROSS_FIT = "cross-fit"
+FOLD_STREAM = 1000
 
 
 @dataclass(frozen=True)
@@ -81,6 +94,8 @@ class PRNConfig(MethodConfig):
         seed: seed for prototypes, initialisation, sampling and generation.
         calibration_fraction: share of the normal images held back from training to calibrate
             the verdict (none when there are fewer than 10 normal images).
+        cross_fit_folds: fold models trained instead when that share is too small for a
+            conformal cut at ``false_alarm_rate`` (see the module docstring; below 2: never).
         false_alarm_rate: share of normal images the verdict may flag.
     """
 
@@ -103,6 +118,7 @@ class PRNConfig(MethodConfig):
     shares: tuple[float, float, float] = (0.5, 0.25, 0.25)
     seed: int = 0
     calibration_fraction: float = 0.1
+    cross_fit_folds: int = 3
     false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE
 
     def __post_init__(self) -> None:
@@ -180,6 +196,19 @@ def held_out_indices(count: int, fraction: float, seed: int) -> list[int]:
     return sorted(int(i) for i in order[:size])
 
 
+def calibration_folds(count: int, config: PRNConfig) -> list[list[int]]:
+    """The normal-image indices each model is trained without (see the module docstring): one
+    held-back set, ``cross_fit_folds`` seeded folds when that set is too small for a conformal
+    cut at ``false_alarm_rate``, or none (fewer than MIN_CALIBRATION_POOL images, or neither
+    holding back nor cross-fitting asked for)."""
+    held = held_out_indices(count, config.calibration_fraction, config.seed)
+    folds = config.cross_fit_folds
+    if folds < 2 or count < MIN_CALIBRATION_POOL or len(held) >= conformal_count(config.false_alarm_rate):
+        return [held] if held else []
+    order = np.random.default_rng([config.seed, 7]).permutation(count)
+    return [sorted(int(i) for i in order[fold::folds]) for fold in range(folds)]
+
+
 def _default_backbone(config: PRNConfig) -> Any:
     from defectscope.backbones import get_backbone
 
@@ -202,7 +231,7 @@ class PRN(Detector):
     def __init__(self, config: PRNConfig | None = None, *, backbone: Any | None = None) -> None:
         super().__init__(config or PRNConfig())
         self._backbone = backbone
-        self.head: PRNHead | None = None
+        self.heads: list[PRNHead] = []
         self.model_info: dict[str, Any] = {}
         self.losses: list[float] = []
         self.held_out_scores: np.ndarray | None = None
@@ -239,9 +268,11 @@ class PRN(Detector):
     ) -> "PRN":
         """Train on normal images and real (image, mask) anomalies; checkpoints every epoch.
 
-        With ``resume=True`` and a checkpoint in ``checkpoint_dir``, training continues after the
-        last finished epoch (the checkpoint must come from the same settings). ``progress`` stages:
-        "features", "prototypes", "train" (optimisation steps over all epochs).
+        One model, or one fold model per cross-fitting fold (see the module docstring), trained
+        one after the other. With ``resume=True`` and a checkpoint in ``checkpoint_dir`` (one
+        sub-folder per fold model when cross-fitting), training continues after the last
+        finished epoch (the checkpoint must come from the same settings). ``progress`` stages:
+        "features", "prototypes", "train" (optimisation steps over all epochs and models).
         """
         config = self.config
         if len(normal_images) == 0:
@@ -249,20 +280,60 @@ class PRN(Detector):
         if resume and checkpoint_dir is None:
             raise ConfigError("PRN resume=True needs a checkpoint_dir.")
         report = progress or (lambda stage, done, total: None)
-        held_out = held_out_indices(len(normal_images), config.calibration_fraction, config.seed)
-        skip = set(held_out)
-        kept = [image for i, image in enumerate(normal_images) if i not in skip]
-        generator = AnomalyGenerator(kept, anomalies, image_size=config.image_size)
-        count = len(generator.normals)
-
+        left_out = calibration_folds(len(normal_images), config) or [[]]
+        trained = sorted(set(range(len(normal_images))) - set(left_out[0])) if len(left_out) == 1 else list(range(len(normal_images)))
+        resized = AnomalyGenerator([normal_images[i] for i in trained], image_size=config.image_size).normals
         cached: list[list[torch.Tensor]] = []
-        for start in range(0, count, config.batch_size):
-            chunk = generator.normals[start : start + config.batch_size]
-            cached.append([m.to(torch.float16) for m in self._features(chunk)])
-            report("features", min(start + config.batch_size, count), count)
-        scales = [torch.cat([chunk[s] for chunk in cached]) for s in range(len(cached[0]))]
-        del cached
+        for start in range(0, len(resized), config.batch_size):
+            cached.append([m.to(torch.float16) for m in self._features(resized[start : start + config.batch_size])])
+            report("features", min(start + config.batch_size, len(resized)), len(resized))
+        per_scale = [torch.cat([chunk[s] for chunk in cached]) for s in range(len(cached[0]))]
+        features = {index: [scale[position] for scale in per_scale] for position, index in enumerate(trained)}
+        del cached, per_scale
 
+        samples = max(1, (config.samples_per_epoch or len(trained)) // len(left_out))
+        steps = math.ceil(samples / config.batch_size) * config.epochs
+        total = steps * len(left_out)
+        checkpoint = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        heads, losses, scores = [], [], []
+        for number, excluded in enumerate(left_out):
+            kept = [i for i in trained if i not in set(excluded)]
+            folder = checkpoint if checkpoint is None or len(left_out) == 1 else checkpoint / f"model{number}"
+            head, head_losses, info = self._train_head(
+                [normal_images[i] for i in kept], [features[i] for i in kept], anomalies, samples,
+                number if len(left_out) > 1 else None, (report, number * steps, total), folder, resume,
+            )
+            heads.append(head)
+            losses.extend(head_losses)
+            if excluded:
+                maps = self._maps_of([head], [normal_images[i] for i in excluded])
+                scores.append(top_k_mean(maps, config.top_k).numpy().astype(np.float64))
+        self.heads = heads
+        self.losses = losses
+        self.model_info = {**info, "normal_images": len(trained), "models": len(heads),
+                           "calibration": CROSS_FIT if len(heads) > 1 else (HELD_BACK if scores else None)}
+        self.held_out_scores = np.concatenate(scores) if scores else None
+        return self
+
+    def _train_head(
+        self,
+        normal_images: Sequence[np.ndarray],
+        normal_features: Sequence[Sequence[torch.Tensor]],
+        anomalies: Sequence[tuple[np.ndarray, np.ndarray]],
+        samples: int,
+        fold: int | None,
+        progress: tuple[Progress, int, int],
+        checkpoint: Path | None,
+        resume: bool,
+    ) -> tuple[PRNHead, list[float], dict[str, Any]]:
+        """Train one head on ``normal_images`` (their cached features given) for ``samples``
+        samples per epoch; ``fold`` (None for a single model) varies the random streams;
+        ``progress`` is (callback, train steps done before this head, train steps in all)."""
+        config = self.config
+        report, steps_before, steps_in_all = progress
+        generator = AnomalyGenerator(normal_images, anomalies, image_size=config.image_size)
+        count = len(generator.normals)
+        scales = [torch.stack([f[s] for f in normal_features]) for s in range(len(normal_features[0]))]
         info = {
             "in_channels": [int(m.shape[1]) for m in scales],
             "grid_sizes": [int(m.shape[-1]) for m in scales],
@@ -276,24 +347,23 @@ class PRN(Detector):
             if side != 2 * next_side:
                 raise ConfigError(f"PRN layers must halve in resolution scale to scale; got grids {info['grid_sizes']}.")
 
-        torch.manual_seed(config.seed)
+        stream = [config.seed] if fold is None else [config.seed, FOLD_STREAM + fold]
+        torch.manual_seed(config.seed if fold is None else int(np.random.default_rng(stream).integers(2**31)))
         head = self._build_head(info)
         optimizer = torch.optim.AdamW(head.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-        samples = config.samples_per_epoch or count
         steps_per_epoch = math.ceil(samples / config.batch_size)
         total_steps = steps_per_epoch * config.epochs
         start_epoch = 0
         losses: list[float] = []
-        checkpoint = Path(checkpoint_dir) if checkpoint_dir is not None else None
         if resume and checkpoint is not None and (checkpoint / "config.json").is_file():
             start_epoch, losses = self._restore_checkpoint(checkpoint, head, optimizer, info)
         else:
             report("prototypes", 0, 1)
-            head.set_prototypes(build_prototypes([m.to(torch.float32) for m in scales], info["prototype_count"], seed=config.seed))
+            head.set_prototypes(build_prototypes([m.to(torch.float32) for m in scales], info["prototype_count"], seed=config.seed + (fold or 0)))
             report("prototypes", 1, 1)
 
         for epoch in range(start_epoch, config.epochs):
-            rng = np.random.default_rng([config.seed, epoch])
+            rng = np.random.default_rng(stream[:1] + [epoch] + stream[1:])
             plan = epoch_plan(samples, count, bool(generator.anomalies), config.shares, rng)
             head.train()
             epoch_losses = []
@@ -326,19 +396,12 @@ class PRN(Detector):
                 loss.backward()
                 optimizer.step()
                 epoch_losses.append(float(loss.detach()))
-                report("train", epoch * steps_per_epoch + step + 1, total_steps)
+                report("train", steps_before + global_step + 1, steps_in_all)
             losses.append(float(np.mean(epoch_losses)))
             if checkpoint is not None:
                 self._save_checkpoint(checkpoint, head, optimizer, info, epoch + 1, losses)
         head.eval()
-        self.head = head
-        self.model_info = info
-        self.losses = losses
-        self.held_out_scores = None
-        if held_out:
-            maps = self.anomaly_maps([normal_images[i] for i in held_out])
-            self.held_out_scores = top_k_mean(maps, config.top_k).numpy().astype(np.float64)
-        return self
+        return head, losses, info
 
     def _save_checkpoint(
         self,
@@ -390,12 +453,12 @@ class PRN(Detector):
 
     @property
     def is_fitted(self) -> bool:
-        return self.head is not None
+        return bool(self.heads)
 
-    def _require_head(self) -> PRNHead:
+    def require_heads(self) -> list[PRNHead]:
+        """The trained heads (one, or one per fold model); not fitted fails clearly."""
         self.require_fitted()
-        assert self.head is not None
-        return self.head
+        return self.heads
 
     def memory_needed(self, count: int, image_size: int | None = None) -> int:
         """Training caches every normal image's multi-scale features (float16, so half a float each)."""
@@ -408,14 +471,17 @@ class PRN(Detector):
                               feature_floats=channels * side * side // 2)
 
     def anomaly_maps(self, images: Sequence[np.ndarray], progress: Progress | None = None) -> torch.Tensor:
-        """Pixel anomaly probabilities (N, S, S) for RGB uint8 images."""
-        head = self._require_head().eval()
+        """Pixel anomaly probabilities (N, S, S) for RGB uint8 images (averaged over the fold
+        models when cross-fitted)."""
+        return self._maps_of(self.require_heads(), images, progress)
+
+    def _maps_of(self, heads: Sequence[PRNHead], images: Sequence[np.ndarray], progress: Progress | None = None) -> torch.Tensor:
         maps = []
         step = self.config.batch_size
         with torch.no_grad():
             for start in range(0, len(images), step):
                 features = self._features(images[start : start + step])
-                maps.append(torch.sigmoid(head(*features))[:, 0])
+                maps.append(torch.stack([torch.sigmoid(head.eval()(*features))[:, 0] for head in heads]).mean(dim=0))
                 if progress is not None:
                     progress("predict", min(start + step, len(images)), len(images))
         return torch.cat(maps)
@@ -429,15 +495,16 @@ class PRN(Detector):
         if scores is None or scores.size == 0:
             return Threshold(
                 FALLBACK_PROBABILITY,
-                f"uncalibrated fallback: probability {FALLBACK_PROBABILITY} (no held-back normal images: a model saved "
-                f"before verdicts existed, or fewer than {MIN_CALIBRATION_POOL} normal training images)",
+                f"uncalibrated fallback: probability {FALLBACK_PROBABILITY} (no calibration scores: a model saved before "
+                f"verdicts existed, fewer than {MIN_CALIBRATION_POOL} normal training images, or calibration turned off)",
             )
+        if self.model_info.get("calibration") == CROSS_FIT:
+            source = f"cross-fitted normal training images (each scored by the one of {len(self.heads)} fold models that never saw it)"
+        else:
+            source = "held-back normal training images"
         if scores.size < conformal_count(alpha):
-            return Threshold(
-                float(scores.max()),
-                f"largest score of {scores.size} held-back normal training images (too few for a false-alarm rate of {alpha:g})",
-            )
-        return conformal_threshold(scores, alpha, source="held-back normal training images")
+            return Threshold(float(scores.max()), f"largest score of {scores.size} {source} (too few for a false-alarm rate of {alpha:g})")
+        return conformal_threshold(scores, alpha, source=source)
 
     def predict(
         self, images: Sequence[np.ndarray], paths: Sequence[str] | None = None, progress: Progress | None = None
@@ -460,10 +527,14 @@ class PRN(Detector):
         ), threshold)
 
     def save(self, folder: str | Path, *, overwrite: bool = False) -> Path:
-        """Write the trained model (safetensors + JSON) to ``folder``."""
-        head = self._require_head()
+        """Write the trained model (safetensors + JSON) to ``folder``; fold models' weights are
+        prefixed ``model<i>.``."""
+        heads = self.require_heads()
         header = {"prn": self.config.to_json(), "model": self.model_info, "losses": self.losses}
-        tensors = dict(head.state_dict())
+        if len(heads) == 1:
+            tensors = dict(heads[0].state_dict())
+        else:
+            tensors = {f"model{i}.{name}": value for i, head in enumerate(heads) for name, value in head.state_dict().items()}
         if self.held_out_scores is not None:
             tensors[HELD_OUT_KEY] = torch.from_numpy(self.held_out_scores)
         return save_model(folder, METHOD, tensors, header, overwrite=overwrite)
@@ -481,14 +552,17 @@ class PRN(Detector):
         detector = cls(config, backbone=backbone)
         held_out = tensors.pop(HELD_OUT_KEY, None)
         detector.held_out_scores = None if held_out is None else held_out.numpy().astype(np.float64)
-        head = detector._build_head(info)
-        try:
-            head.set_prototypes([tensors[f"prototypes_{s}"] for s in range(head.scales)])
-            head.load_state_dict(tensors)
-        except (KeyError, RuntimeError) as exc:
-            raise ModelFileError(f"model '{folder}' weights do not match its PRN config: {exc}") from None
-        head.eval()
-        detector.head = head
+        models = int(info.get("models", 1))
+        for number in range(models):
+            prefix = f"model{number}." if models > 1 else ""
+            state = {name[len(prefix):]: value for name, value in tensors.items() if name.startswith(prefix)}
+            head = detector._build_head(info)
+            try:
+                head.set_prototypes([state[f"prototypes_{s}"] for s in range(head.scales)])
+                head.load_state_dict(state)
+            except (KeyError, RuntimeError) as exc:
+                raise ModelFileError(f"model '{folder}' weights do not match its PRN config: {exc}") from None
+            detector.heads.append(head.eval())
         detector.model_info = info
         detector.losses = list(saved.get("losses", []))
         return detector

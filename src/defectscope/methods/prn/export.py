@@ -1,10 +1,11 @@
 """ONNX export of a trained PRN: normalised image batch -> anomaly maps and image scores.
 
-The exported graph holds the frozen backbone's feature stages, the prototypes, the head and the
-top-k image score. Its input ``image`` is the output of ``backbone.preprocess`` (N, 3, S, S)
-float32; outputs are ``anomaly_map`` (N, S, S) probabilities and ``image_score`` (N,). With
-``include_backbone=False`` the inputs are the multi-scale feature maps instead (``feature_0`` ...,
-finest first), for backbones that cannot be traced.
+The exported graph holds the frozen backbone's feature stages, the prototypes, the head (the
+average of the fold models' maps for a cross-fitted model) and the top-k image score. Its input
+``image`` is the output of ``backbone.preprocess`` (N, 3, S, S) float32; outputs are
+``anomaly_map`` (N, S, S) probabilities and ``image_score`` (N,). With ``include_backbone=False``
+the inputs are the multi-scale feature maps instead (``feature_0`` ..., finest first), for
+backbones that cannot be traced.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from defectscope.methods.prn.model import PRNHead, top_k_mean
 
 
 class _MapsAndScores(nn.Module):
-    def __init__(self, head: PRNHead, top_k: int, backbone: Any | None) -> None:
+    def __init__(self, heads: list[PRNHead], top_k: int, backbone: Any | None) -> None:
         super().__init__()
-        self.head = head
+        self.heads = nn.ModuleList(heads)
         self.top_k = top_k
         self.backbone = backbone
 
@@ -31,7 +32,7 @@ class _MapsAndScores(nn.Module):
             from defectscope.methods.prn.detector import multiscale_features
 
             inputs = tuple(multiscale_features(self.backbone, inputs[0]))
-        maps = torch.sigmoid(self.head(*inputs))[:, 0]
+        maps = torch.stack([torch.sigmoid(head(*inputs))[:, 0] for head in self.heads]).mean(dim=0)
         return maps, top_k_mean(maps, self.top_k)
 
 
@@ -42,7 +43,7 @@ def export_onnx(
 
     The batch dimension is dynamic; ``batch_size`` only sets the tracing example.
     """
-    head = detector._require_head().eval()
+    heads = [head.eval() for head in detector.require_heads()]
     size = detector.config.image_size
     image = torch.zeros(batch_size, 3, size, size)
     backbone = detector.backbone if include_backbone else None
@@ -54,7 +55,7 @@ def export_onnx(
 
         example = tuple(multiscale_features(detector.backbone, image))
         names = [f"feature_{i}" for i in range(len(example))]
-    wrapper = _MapsAndScores(head, detector.config.top_k, backbone).eval()
+    wrapper = _MapsAndScores(heads, detector.config.top_k, backbone).eval()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp")
