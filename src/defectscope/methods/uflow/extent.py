@@ -15,7 +15,6 @@ images, never on test masks (``bench/bench_uflow_mask.py``, docs/BENCHMARKS.md).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,12 +30,20 @@ class ExtentRule:
     quantile: float = 1.0
     fraction: float = 0.0
     log: bool = False
+    base_quantile: float | None = None
+    """None: the height is measured from the level. Else from the base, this quantile of the
+    held-out normal map values (their typical value): each region is cut at
+    ``max(level, base + fraction * (peak - base))``, so a faint region, whose peak is barely
+    above the level, keeps its whole level-set component and a strong one is cut at a share of
+    its peak."""
 
     def __post_init__(self) -> None:
         if not 0.0 < self.quantile <= 1.0:
             raise ValueError(f"extent quantile must be in (0, 1], got {self.quantile}")
         if not 0.0 <= self.fraction < 1.0:
             raise ValueError(f"extent fraction must be in [0, 1), got {self.fraction}")
+        if self.base_quantile is not None and not 0.0 < self.base_quantile < self.quantile:
+            raise ValueError(f"extent base quantile must be in (0, quantile), got {self.base_quantile}")
 
 
 def calibration_level(normal_maps: np.ndarray, quantile: float) -> float:
@@ -63,16 +70,27 @@ def _touching(candidates: np.ndarray, detected: np.ndarray) -> np.ndarray:
     return np.isin(labels, touched[touched > 0])
 
 
-def extent_mask(rule: ExtentRule, detected: np.ndarray, anomaly_map: np.ndarray, level: float) -> np.ndarray:
+def _log_units(values: np.ndarray | float) -> np.ndarray:
+    """u = -log(1 - map), the map's negative log likelihood."""
+    return -np.log(np.clip(1.0 - np.asarray(values, dtype=np.float64), 1e-12, None))
+
+
+def extent_mask(rule: ExtentRule, detected: np.ndarray, anomaly_map: np.ndarray, level: float,
+                base: float | None = None) -> np.ndarray:
     """Mask of one image: the regions of {map >= level} touching ``detected``, each cut at
-    ``level + rule.fraction * (its peak - level)`` (every piece of a kept region stays)."""
+    ``max(level, origin + rule.fraction * (its peak - origin))`` with origin = ``level``, or
+    ``base`` (the normal maps' ``rule.base_quantile``) for a rule with a base quantile; every
+    piece of a kept region stays."""
     mask = level_components_touching(detected, anomaly_map, level)
     if rule.fraction == 0.0 or not mask.any():
         return mask
+    if rule.base_quantile is not None and base is None:
+        raise ValueError("this extent rule measures heights from a base level; pass base")
+    origin = level if rule.base_quantile is None else float(base)
     amap = np.asarray(anomaly_map, dtype=np.float64)
     if rule.log:
-        amap, level = -np.log(np.clip(1.0 - amap, 1e-12, None)), -math.log(max(1.0 - level, 1e-12))
+        amap, level, origin = _log_units(amap), float(_log_units(level)), float(_log_units(origin))
     labels, count = ndimage.label(mask)
-    peaks = ndimage.maximum(amap, labels, index=np.arange(1, count + 1))
-    cut = np.concatenate([[np.inf], level + rule.fraction * (np.asarray(peaks) - level)])
+    peaks = np.asarray(ndimage.maximum(amap, labels, index=np.arange(1, count + 1)))
+    cut = np.concatenate([[np.inf], np.maximum(level, origin + rule.fraction * (peaks - origin))])
     return amap >= cut[labels]
