@@ -117,6 +117,8 @@ RULES: dict[str, extent.ExtentRule] = {
        for q in (0.99, 0.999, 1.0) for f in (0.1, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6)},
     **{f"max, {'log ' if log else ''}cut {f} from the normal median": extent.ExtentRule(1.0, f, log, 0.5)
        for log, fractions in ((True, (0.3, 0.4, 0.5, 0.6)), (False, (0.7, 0.8, 0.9))) for f in fractions},
+    **{f"{'max' if q == 1.0 else f'quantile {q}'}, {'log ' if log else ''}Otsu cut": extent.ExtentRule(q, log=log, otsu=True)
+       for q in (0.999, 1.0) for log in (True, False)},
 }
 
 

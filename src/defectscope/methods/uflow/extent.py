@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
+from skimage.filters import threshold_otsu
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,10 @@ class ExtentRule:
     ``max(level, base + fraction * (peak - base))``, so a faint region, whose peak is barely
     above the level, keeps its whole level-set component and a strong one is cut at a share of
     its peak."""
+    otsu: bool = False
+    """Each region is cut at Otsu's threshold of its own values (the split of its value
+    histogram into two classes of least within-class variance), in map or, with ``log``, in u
+    units; ``fraction`` must then be 0 and ``base_quantile`` None."""
 
     def __post_init__(self) -> None:
         if not 0.0 < self.quantile <= 1.0:
@@ -44,6 +49,8 @@ class ExtentRule:
             raise ValueError(f"extent fraction must be in [0, 1), got {self.fraction}")
         if self.base_quantile is not None and not 0.0 < self.base_quantile < self.quantile:
             raise ValueError(f"extent base quantile must be in (0, quantile), got {self.base_quantile}")
+        if self.otsu and (self.fraction or self.base_quantile is not None):
+            raise ValueError("an Otsu extent rule takes no fraction and no base quantile")
 
 
 def calibration_level(normal_maps: np.ndarray, quantile: float) -> float:
@@ -82,7 +89,7 @@ def extent_mask(rule: ExtentRule, detected: np.ndarray, anomaly_map: np.ndarray,
     ``base`` (the normal maps' ``rule.base_quantile``) for a rule with a base quantile; every
     piece of a kept region stays."""
     mask = level_components_touching(detected, anomaly_map, level)
-    if rule.fraction == 0.0 or not mask.any():
+    if (rule.fraction == 0.0 and not rule.otsu) or not mask.any():
         return mask
     if rule.base_quantile is not None and base is None:
         raise ValueError("this extent rule measures heights from a base level; pass base")
@@ -91,6 +98,14 @@ def extent_mask(rule: ExtentRule, detected: np.ndarray, anomaly_map: np.ndarray,
     if rule.log:
         amap, level, origin = _log_units(amap), float(_log_units(level)), float(_log_units(origin))
     labels, count = ndimage.label(mask)
-    peaks = np.asarray(ndimage.maximum(amap, labels, index=np.arange(1, count + 1)))
-    cut = np.concatenate([[np.inf], np.maximum(level, origin + rule.fraction * (peaks - origin))])
-    return amap >= cut[labels]
+    if rule.otsu:
+        cuts = np.array([_otsu(amap[labels == index]) for index in range(1, count + 1)])
+    else:
+        peaks = np.asarray(ndimage.maximum(amap, labels, index=np.arange(1, count + 1)))
+        cuts = np.maximum(level, origin + rule.fraction * (peaks - origin))
+    return amap >= np.concatenate([[np.inf], cuts])[labels]
+
+
+def _otsu(values: np.ndarray) -> float:
+    """Otsu's threshold of ``values`` (their minimum when they are all equal)."""
+    return float(values.min()) if values.max() <= values.min() else float(threshold_otsu(values))
