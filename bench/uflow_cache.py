@@ -13,6 +13,10 @@ which the anomaly maps and the NFA detections of any mask rule follow:
   index of the held-out image each was made from;
 - ``test``: the test images, with their ground-truth masks and labels (used only for the final
   table, never to choose a rule).
+
+The trained model is saved next to the file (``<category>-model``), so :func:`add_varied` can add
+the varied synthetic set (``<category>.varied.npz``, :mod:`defectscope.methods.uflow.synthetic`)
+without retraining.
 """
 
 from __future__ import annotations
