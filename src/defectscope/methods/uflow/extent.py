@@ -7,10 +7,11 @@ never kept, so the extent rule cannot add a false detection: the share of normal
 mask is the NFA's alone.
 
 Rule (:class:`ExtentRule`): ``quantile`` q of the pooled map values of the held-out normal images
-(q = 1: their maximum), optionally raised per region to ``level + fraction * (peak - level)``
-(``fraction`` 0: no raise), in map units or in u = -log(1 - map) units. U-Flow's default (max,
-fraction 0.3 in u units) was chosen on synthetic defects pasted on held-out normal training
-images, never on test masks (``bench/bench_uflow_mask.py``, docs/BENCHMARKS.md).
+(q = 1: their maximum), then each region optionally cut, in map units or in u = -log(1 - map)
+units: at ``level + fraction * (peak - level)``, at a share of its height above the normal maps'
+typical value (``base_quantile``), or at Otsu's threshold of its own values (``otsu``). U-Flow's
+default is chosen on synthetic defects pasted on held-out normal training images, never on test
+masks (``bench/bench_uflow_mask.py``, docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -84,10 +85,10 @@ def _log_units(values: np.ndarray | float) -> np.ndarray:
 
 def extent_mask(rule: ExtentRule, detected: np.ndarray, anomaly_map: np.ndarray, level: float,
                 base: float | None = None) -> np.ndarray:
-    """Mask of one image: the regions of {map >= level} touching ``detected``, each cut at
-    ``max(level, origin + rule.fraction * (its peak - origin))`` with origin = ``level``, or
-    ``base`` (the normal maps' ``rule.base_quantile``) for a rule with a base quantile; every
-    piece of a kept region stays."""
+    """Mask of one image: the regions of {map >= level} touching ``detected``, each cut at Otsu's
+    threshold of its values (``rule.otsu``) or at ``max(level, origin + rule.fraction * (its peak -
+    origin))`` with origin = ``level``, or ``base`` (the normal maps' ``rule.base_quantile``) for
+    a rule with a base quantile; every piece of a kept region stays."""
     mask = level_components_touching(detected, anomaly_map, level)
     if (rule.fraction == 0.0 and not rule.otsu) or not mask.any():
         return mask
