@@ -138,6 +138,8 @@ def mask_of(rule: extent.ExtentRule, detected: np.ndarray, amap: np.ndarray, cal
     """:func:`extent.extent_mask` with the rule's level and base from ``calibration`` (:func:`levels`)."""
     return extent.extent_mask(rule, detected, amap, calibration[rule.quantile],
                               None if rule.base_quantile is None else calibration[rule.base_quantile])
+
+
 PREVIOUS_RULES = {"before issue 14": "max (old)", "first issue-14 rule": "max, log cut 0.3"}
 """The rules compared with the chosen one on the test sets: whole components, and main's cut."""
 NFA_VARIANTS = {"eps 1, cap 1/2 (default)": (1.0, 0.5), "eps 0.1, cap 1/2": (0.1, 0.5), "eps 1, cap 1/4": (1.0, 0.25)}

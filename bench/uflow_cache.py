@@ -136,6 +136,8 @@ def varied_path(out: Path) -> Path:
 def add_varied(root: Path, out: Path, seed: int = 0) -> Path:
     """Synthetic defects of varied size, shape and strength (:func:`varied_defect`) on the held-out
     images of the model that :func:`collect` saved for ``out``; writes :func:`varied_path`."""
+    if not model_folder(out).is_dir():
+        raise SystemExit(f"{out} was cached without its model; delete it to retrain (deterministic) with the model saved")
     model = UFlow.load(model_folder(out))
     category = load_category(root)
     held = model._held_out(len(category.train)).tolist()
