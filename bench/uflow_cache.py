@@ -13,6 +13,10 @@ which the anomaly maps and the NFA detections of any mask rule follow:
   index of the held-out image each was made from;
 - ``test``: the test images, with their ground-truth masks and labels (used only for the final
   table, never to choose a rule).
+
+The trained model is saved next to the file (``<category>-model``), so :func:`add_varied` can add
+the varied synthetic set (``<category>.varied.npz``, :mod:`defectscope.methods.uflow.synthetic`)
+without retraining.
 """
 
 from __future__ import annotations
@@ -30,9 +34,12 @@ from defectscope.data.io import read_image, read_mask
 from defectscope.data.layouts import magnetic_tile, mvtec_category
 from defectscope.methods.prn.generate import pseudo_defect
 from defectscope.methods.uflow import UFlow, UFlowConfig
+from defectscope.methods.uflow.synthetic import varied_defect
 
 SYNTHETIC_PER_CATEGORY = 48
 """At least this many synthetic defects per category (several per held-out image when few)."""
+VARIED_PER_CATEGORY = 96
+"""At least this many varied synthetic defects (:func:`add_varied`) per category."""
 
 
 def load_category(root: Path):
@@ -58,6 +65,16 @@ def statistics(model: UFlow, images: list[np.ndarray]) -> list[np.ndarray]:
     return [np.concatenate([c[s] for c in chunks]) for s in range(len(chunks[0]))]
 
 
+def _report(stage: str, done: int, total: int) -> None:
+    """Training progress on stdout (features every batch, then every epoch)."""
+    print(f"  {time.strftime('%H:%M:%S')} {stage} {done}/{total}", flush=True)
+
+
+def model_folder(out: Path) -> Path:
+    """Where :func:`collect` saves the trained model next to the cache file ``out``."""
+    return out.with_name(out.stem + "-model")
+
+
 def collect(root: Path, out: Path, config: UFlowConfig | None = None, seed: int = 0) -> Path:
     """Train on ``root``'s training images and write ``out`` (.npz); returns ``out``."""
     config = config or UFlowConfig()
@@ -66,8 +83,9 @@ def collect(root: Path, out: Path, config: UFlowConfig | None = None, seed: int 
     train_images = [read_image(s.path) for s in category.train]
     model = UFlow(config)
     start = time.perf_counter()
-    model.fit(train_images)
+    model.fit(train_images, progress=_report)
     train_seconds = time.perf_counter() - start
+    model.save(model_folder(out), overwrite=True)
     held = model._held_out(len(train_images)).tolist()
     normals = [resize(train_images[i], size) for i in held]
     del train_images
@@ -110,6 +128,41 @@ def collect(root: Path, out: Path, config: UFlowConfig | None = None, seed: int 
     return out
 
 
+def varied_path(out: Path) -> Path:
+    """The sidecar of cache file ``out`` holding the :func:`add_varied` synthetic set."""
+    return out.with_name(out.stem + ".varied.npz")
+
+
+def add_varied(root: Path, out: Path, seed: int = 0) -> Path:
+    """Synthetic defects of varied size, shape and strength (:func:`varied_defect`) on the held-out
+    images of the model that :func:`collect` saved for ``out``; writes :func:`varied_path`."""
+    if not model_folder(out).is_dir():
+        raise SystemExit(f"{out} was cached without its model; delete it to retrain (deterministic) with the model saved")
+    model = UFlow.load(model_folder(out))
+    category = load_category(root)
+    held = model._held_out(len(category.train)).tolist()
+    normals = [resize(read_image(category.train[i].path), model.config.image_size) for i in held]
+    rng = np.random.default_rng(seed)
+    per_image = math.ceil(VARIED_PER_CATEGORY / len(normals))
+    images, masks, base, kinds = [], [], [], []
+    for index, normal in enumerate(normals):
+        others = [n for j, n in enumerate(normals) if j != index]
+        for _ in range(per_image):
+            image, mask, kind = varied_defect(normal, rng, other_images=others)
+            images.append(image)
+            masks.append(mask)
+            base.append(index)
+            kinds.append(kind)
+    arrays = {f"syn_s{scale}": stat for scale, stat in enumerate(statistics(model, images))}
+    target = varied_path(out)
+    staged = target.with_name(target.name + ".part")
+    with open(staged, "wb") as handle:
+        np.savez_compressed(handle, **arrays, syn_masks=np.stack(masks), syn_base=np.array(base),
+                            syn_kinds=np.array(kinds))
+    os.replace(staged, target)
+    return target
+
+
 if __name__ == "__main__":
     import argparse
 
@@ -117,13 +170,17 @@ if __name__ == "__main__":
     parser.add_argument("categories", nargs="+", type=Path, help="category folders")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/uflowmask-cache"))
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--varied", action="store_true",
+                        help="also add the varied synthetic set (needs the saved model; no retraining when cached)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     args.cache.mkdir(parents=True, exist_ok=True)
     for folder in args.categories:
         target = args.cache / f"{folder.name}.npz"
-        if target.exists():
-            continue
         started = time.perf_counter()
-        collect(folder, target)
-        print(f"{folder.name}: cached in {time.perf_counter() - started:.0f} s", flush=True)
+        if not target.exists():
+            collect(folder, target)
+            print(f"{folder.name}: cached in {time.perf_counter() - started:.0f} s", flush=True)
+        if args.varied and not varied_path(target).exists():
+            add_varied(folder, target)
+            print(f"{folder.name}: varied set added in {time.perf_counter() - started:.0f} s", flush=True)

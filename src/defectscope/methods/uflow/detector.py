@@ -84,17 +84,19 @@ class UFlowConfig(MethodConfig):
             and do not depend on it.
         mask_extent: "calibrated" (default): the NFA decides WHICH regions are anomalous, and a
             mask is every connected region of {anomaly map >= map_threshold} that touches an NFA
-            detection, each cut at ``extent_cut`` of its height above map_threshold, where
-            map_threshold is the ``extent_quantile`` of the map values on the held-out normal
-            training images (:mod:`.extent`); without held-out images it falls back to "nfa".
+            detection, each then cut as ``extent_cut_rule`` says, where map_threshold is the
+            ``extent_quantile`` of the map values on the held-out normal training images
+            (:mod:`.extent`); without held-out images it falls back to "nfa".
             "nfa": the NFA regions themselves, upsampled from their latent grids (the paper's
             masks; coarse grids make them blocky and wide).
         extent_quantile: quantile of the pooled held-out normal map values taken as
             map_threshold (1: their maximum).
-        extent_cut: each masked region keeps the pixels where u >= u_t + extent_cut * (u_peak -
-            u_t), u = -log(1 - map) (the map's negative log likelihood, which unlike the map does
-            not saturate near 1), u_t that of map_threshold, u_peak the region's largest (0: the
-            whole level-set component).
+        extent_cut_rule: how each masked region is cut, in u = -log(1 - map) units (the map's
+            negative log likelihood, which unlike the map does not saturate near 1). "otsu"
+            (default): at Otsu's threshold of the region's own u values (no setting to tune; it
+            adapts to faint, strong, small and large regions). "height": at u_t + extent_cut *
+            (u_peak - u_t), u_t that of map_threshold, u_peak the region's largest.
+        extent_cut: the height fraction of the "height" rule (0: the whole level-set component).
         calibration_fraction: share of the training images (when there are at least 10; at least
             2 images) kept out of flow training; after training, each scale's latent spread
             sigma_s^2 = max(1, mean z^2 over those images) is measured and the NFA tests z / sigma_s,
@@ -127,6 +129,7 @@ class UFlowConfig(MethodConfig):
     smoothing_sigma: float = 4.0
     mask_extent: str = "calibrated"
     extent_quantile: float = 1.0
+    extent_cut_rule: str = "otsu"
     extent_cut: float = 0.3
 
     def __post_init__(self) -> None:
@@ -168,6 +171,8 @@ class UFlowConfig(MethodConfig):
             raise ConfigError(f"U-Flow mask_extent must be 'calibrated' or 'nfa', got {self.mask_extent!r}")
         if not 0 < self.extent_quantile <= 1:
             raise ConfigError(f"U-Flow extent_quantile must be in (0, 1], got {self.extent_quantile!r}")
+        if self.extent_cut_rule not in ("otsu", "height"):
+            raise ConfigError(f"U-Flow extent_cut_rule must be 'otsu' or 'height', got {self.extent_cut_rule!r}")
         if not 0 <= self.extent_cut < 1:
             raise ConfigError(f"U-Flow extent_cut must be in [0, 1), got {self.extent_cut!r}")
         if not self.smoothing_sigma >= 0:
@@ -175,18 +180,25 @@ class UFlowConfig(MethodConfig):
         if not 0 < self.block_alpha < 1:
             raise ConfigError(f"U-Flow block_alpha must be in (0, 1), got {self.block_alpha!r}")
 
+    def extent_rule(self) -> extent.ExtentRule:
+        """The :class:`.extent.ExtentRule` of these settings (u units)."""
+        if self.extent_cut_rule == "otsu":
+            return extent.ExtentRule(self.extent_quantile, log=True, otsu=True)
+        return extent.ExtentRule(self.extent_quantile, self.extent_cut, log=True)
+
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "UFlowConfig":
         """Inverse of :meth:`to_json`; unknown keys are an error. Files written before map smoothing
         existed load with ``smoothing_sigma = 0``, ``mask_extent = "nfa"`` and
         ``max_region_fraction = 1``, files from before the extent settings with
-        ``extent_quantile = 1`` and ``extent_cut = 0``, so they give the maps and masks they gave then."""
+        ``extent_quantile = 1`` and ``extent_cut = 0``, files from before the Otsu cut with
+        ``extent_cut_rule = "height"``, so they give the maps and masks they gave then."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ModelFileError(f"U-Flow config has unknown settings {unknown}")
         return cls(**{"smoothing_sigma": 0.0, "mask_extent": "nfa", "max_region_fraction": 1.0,
-                      "extent_quantile": 1.0, "extent_cut": 0.0, **data})
+                      "extent_quantile": 1.0, "extent_cut": 0.0, "extent_cut_rule": "height", **data})
 
 
 def _build_backbones(config: UFlowConfig) -> list[Backbone]:
@@ -420,7 +432,7 @@ class UFlow(Detector):
                 for i in range(count)
             ])
             if self.config.mask_extent == "calibrated" and self.map_threshold is not None:
-                rule = extent.ExtentRule(self.config.extent_quantile, self.config.extent_cut, log=True)
+                rule = self.config.extent_rule()
                 masks = np.stack([
                     extent.extent_mask(rule, found, amap, self.map_threshold)
                     for found, amap in zip(masks, maps)
