@@ -14,6 +14,7 @@ from defectscope.errors import ConfigError, NotFittedError
 from defectscope.methods.base import Detector, MethodConfig, Result, to_text
 from defectscope.methods.registry import METHODS, get_method, method_names
 from defectscope.options import RunOptions
+from image_helpers import save_images
 
 SIZE = 64
 TINY = {
@@ -125,12 +126,8 @@ def test_bad_values_are_refused_in_one_sentence(key: str, value: str, expected: 
 
 
 def _folder(tmp_path):
-    from PIL import Image
-
     folder = tmp_path / "parts"
-    folder.mkdir()
-    for index, image in enumerate(synthetic_images(4, size=SIZE, seed=5)[0]):
-        Image.fromarray(image).save(folder / f"p{index}.png")
+    save_images(folder, synthetic_images(4, size=SIZE, seed=5)[0], "p{}.png")
     return folder
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from PIL import Image
 from typer.testing import CliRunner
 
 from defectscope.cli import app
@@ -12,6 +11,7 @@ from defectscope.errors import ConfigError, MemoryLimitError
 from defectscope.memory import INPUT_COPIES, MAX_IMAGE_SIZE, available_memory, check_image_size, check_memory, decoded_bytes, estimate_bytes, guard_run
 from defectscope.methods.registry import get_method
 from defectscope.options import RunOptions
+from image_helpers import save_images
 
 runner = CliRunner()
 
@@ -19,9 +19,7 @@ runner = CliRunner()
 @pytest.fixture()
 def folder(tmp_path):
     folder = tmp_path / "parts"
-    folder.mkdir()
-    for index, image in enumerate(synthetic_images(4, size=64, seed=1)[0]):
-        Image.fromarray(image).save(folder / f"p{index}.png")
+    save_images(folder, synthetic_images(4, size=64, seed=1)[0], "p{}.png")
     return folder
 
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 from typer.testing import CliRunner
 
 from defectscope.cli import app
@@ -17,19 +16,14 @@ from defectscope.data.synthetic import synthetic_images, write_mvtec_category
 from defectscope.errors import ConfigError, DefectscopeError
 from defectscope.methods.musc import MuSc, MuScConfig
 from defectscope.pipeline import RunOptions, evaluate_dataset, score_folder
+from image_helpers import save_images
 
 FAST = {"image_size": 64}
 
 
 def _write_folder(folder: Path, count: int = 12, defective: tuple[int, ...] = (5,), seed: int = 3) -> list[Path]:
     images, _ = synthetic_images(count, kind="texture", size=96, defective=defective, seed=seed, defect="spot")
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for index, image in enumerate(images):
-        path = folder / f"part_{index:02d}.png"
-        Image.fromarray(image).save(path)
-        paths.append(path)
-    return paths
+    return save_images(folder, images)
 
 
 def _digest(folder: Path) -> dict[str, str]:

@@ -25,6 +25,7 @@ from defectscope.errors import ReviewError
 from defectscope.review import DecisionStore, export_review, load_run, suggest_threshold
 from defectscope.review import server as server_module
 from defectscope.review.server import TOKEN_HEADER, cookie_name, create_app
+from image_helpers import save_images
 from review_helpers import make_run
 
 TOKEN = "test-token-123"
@@ -464,9 +465,7 @@ def test_a_real_score_run_can_be_reviewed_and_exported(tmp_path: Path) -> None:
 
     images, _ = synthetic_images(6, size=64, defective=(2,), seed=5, defect="spot")
     folder = tmp_path / "parts"
-    folder.mkdir()
-    for index, image in enumerate(images):
-        Image.fromarray(image).save(folder / f"part_{index}.png")
+    save_images(folder, images, "part_{}.png")
     out = tmp_path / "out"
     score_folder(folder, out, RunOptions(image_size=64))
     run = load_run(out)

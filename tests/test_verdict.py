@@ -20,6 +20,7 @@ from defectscope.methods.verdict import (
     pixel_masks,
     weighted_gumbel,
 )
+from image_helpers import save_images
 
 
 def _batch(
@@ -158,16 +159,12 @@ def _rows_agree_with_threshold(out, threshold: float) -> list[dict[str, str]]:
 def test_musc_run_decides_on_its_verdict_scores_end_to_end(tmp_path) -> None:
     import json
 
-    from PIL import Image
-
     from defectscope.data.synthetic import synthetic_images
     from defectscope.pipeline import RunOptions, score_folder
 
     images, _ = synthetic_images(12, kind="texture", size=96, defective=(3, 8), seed=4, defect="blotch")
     folder = tmp_path / "parts"
-    folder.mkdir()
-    for index, image in enumerate(images):
-        Image.fromarray(image).save(folder / f"part_{index:02d}.png")
+    save_images(folder, images)
     out = tmp_path / "out"
     result = score_folder(folder, out, RunOptions(image_size=64))
     assert result.verdict_scores is not None and result.is_anomalous.any()

@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from defectscope.data.synthetic import synthetic_images
 from defectscope.methods.bank import bank_scores
 from defectscope.methods.rolling import RollingBank
 from defectscope.options import RunOptions
 from defectscope.watch import Journal, stream_threshold, watch_folder
+from image_helpers import save_images
 
 pytestmark = pytest.mark.filterwarnings("ignore:mutual scoring of only")
 FAST = dict(settle=0.2, give_up=1.0, poll=0.1)
@@ -38,13 +38,7 @@ def restore_threads():
 
 def write_images(folder: Path, count: int, seed: int = 0, defective=()) -> list[Path]:
     images, _ = synthetic_images(count, kind="texture", size=64, seed=seed, defective=defective, defect="spot")
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for index, image in enumerate(images):
-        path = folder / f"part{seed:02d}_{index:03d}.png"
-        Image.fromarray(image).save(path)
-        paths.append(path)
-    return paths
+    return save_images(folder, images, f"part{seed:02d}_{{:03d}}.png")
 
 
 def rows(out: Path, name: str = "verdicts.csv") -> list[dict[str, str]]:
