@@ -33,7 +33,7 @@ from ablation_musc import SHARED, batches  # noqa: E402
 
 from defectscope.data import mvtec_category, read_image  # noqa: E402
 from defectscope.methods.bank import bank_scores, reference_sample, self_positions  # noqa: E402
-from defectscope.methods.musc import MuSc, MuScConfig, mutual_scores, to_finest_grid  # noqa: E402
+from defectscope.methods.musc import MuSc, MuScConfig, mutual_scores  # noqa: E402
 from defectscope.metrics import image_metrics, pixel_metrics  # noqa: E402
 from defectscope.pipeline import _mask_at, load_ground_truth  # noqa: E402
 
@@ -68,6 +68,7 @@ def main() -> None:
         return
     torch.set_num_threads(args.threads)
     musc = MuSc(MuScConfig(max_references=None))
+    cfg = musc.config  # the default interval and border rule, as a MuSc run uses them
     rows = []
     for name, samples in all_batches(SHARED).items():
         if args.only and name not in args.only:
@@ -78,9 +79,9 @@ def main() -> None:
         sets, grid, embeddings = musc.feature_sets(images, native_grids=True)
         n = len(images)
         started = time.perf_counter()
-        exact_sets = [mutual_scores(s) for s in sets]
+        exact_sets = [mutual_scores(s, cfg.lower, cfg.upper) for s in sets]
         exact_seconds = time.perf_counter() - started
-        exact_patch = torch.stack([to_finest_grid(s, grid) for s in exact_sets]).mean(0)
+        exact_patch = musc._combine(exact_sets, grid)
         exact_metrics, exact_images = metrics_of(musc, exact_patch, grid, embeddings, labels, masks)
         rows.append({"batch": name, "n": n, "m": "exact", "seconds": exact_seconds, **exact_metrics})
         print(json.dumps(rows[-1]), flush=True)
@@ -90,7 +91,7 @@ def main() -> None:
                 chosen = reference_sample(n, m, seed).tolist()
                 skip = self_positions(range(n), chosen)
                 started = time.perf_counter()
-                patch = torch.stack([to_finest_grid(bank_scores(s, s[chosen], self_index=skip), grid) for s in sets]).mean(0)
+                patch = musc._combine([bank_scores(s, s[chosen], cfg.lower, cfg.upper, self_index=skip) for s in sets], grid)
                 seconds = time.perf_counter() - started
                 values, image_scores = metrics_of(musc, patch, grid, embeddings, labels, masks)
                 values["spearman"] = float(spearmanr(image_scores, exact_images).statistic)
