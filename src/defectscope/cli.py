@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 from typing import Iterator, Optional
@@ -22,6 +24,22 @@ app = typer.Typer(
     help="Industrial visual inspection: which parts are defective, and where.",
 )
 console = Console(stderr=True)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C, so that a stopped run cleans up after
+    itself (staging folders removed, a watch's report written) instead of dying mid-write."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
+@app.callback()
+def _setup() -> None:
+    """Industrial visual inspection: which parts are defective, and where."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
 
 MethodOption = typer.Option("musc", "--method", "-m", help="musc (zero-shot, default), codegraph (zero-shot, recurring defects); evaluate also takes uflow and prn (trained).")
 BackboneOption = typer.Option(None, "--backbone", "-b", help="Feature extractor (see `defectscope backbones`); default: the embedded EfficientNet-Lite.")
@@ -59,8 +77,9 @@ def _fail(error: Exception) -> None:
 
 
 @contextlib.contextmanager
-def _user_errors() -> Iterator[None]:
-    """Turn library errors into one printed sentence and exit code 2 (no traceback)."""
+def _user_errors(interrupted: str = "interrupted: no output was written") -> Iterator[None]:
+    """Turn library errors into one printed sentence and exit code 2 (no traceback); Ctrl-C
+    or SIGTERM print ``interrupted`` and exit 130 / 143."""
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         warnings.showwarning = lambda message, *args, **kwargs: console.print(f"[yellow]warning:[/] {message}", highlight=False)
@@ -68,9 +87,9 @@ def _user_errors() -> Iterator[None]:
             yield
         except DefectscopeError as error:
             _fail(error)
-        except KeyboardInterrupt:
-            console.print("interrupted: no output was written")
-            raise typer.Exit(code=130)
+        except KeyboardInterrupt as stop:
+            console.print(interrupted, highlight=False)
+            raise typer.Exit(code=143 if isinstance(stop, Terminated) else 130)
 
 
 def _parse_params(params: Optional[list[str]]) -> dict[str, str]:

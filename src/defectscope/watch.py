@@ -246,6 +246,9 @@ class WatchSummary:
     written: int = 0
     skipped: int = 0
     seconds: list[float] = field(default_factory=list)
+    interrupted: bool = False
+    """Stopped by Ctrl-C or SIGTERM: images still waiting for the first bank were not scored
+    (they have no row, so the next start over the same ``OUT`` scores them)."""
 
 
 def _is_candidate(path: Path) -> bool:
@@ -392,16 +395,22 @@ class Watcher:
         return active
 
     def run(self, exit_after_idle: float | None = None) -> WatchSummary:
-        """Poll until interrupted, or until nothing new arrived for ``exit_after_idle`` seconds."""
+        """Poll until nothing new arrived for ``exit_after_idle`` seconds (then the images still
+        waiting are scored together), or until Ctrl-C / SIGTERM (``KeyboardInterrupt``: the rows
+        written so far stay, the report is refreshed and the summary says ``interrupted``)."""
         self.restore_bank()
         idle_since = time.monotonic()
-        while True:
-            if self.step() or self.seen:
-                idle_since = time.monotonic()
-            elif exit_after_idle is not None and time.monotonic() - idle_since >= exit_after_idle:
-                break
-            time.sleep(self.poll)
-        self._write(self.scorer.flush())
+        try:
+            while True:
+                if self.step() or self.seen:
+                    idle_since = time.monotonic()
+                elif exit_after_idle is not None and time.monotonic() - idle_since >= exit_after_idle:
+                    break
+                time.sleep(self.poll)
+            self._write(self.scorer.flush())
+        except KeyboardInterrupt:
+            self.summary.interrupted = True
+            self.log("stopped: the rows written so far are kept; images not scored yet are scored on the next start")
         self.write_report()
         return self.summary
 
