@@ -134,14 +134,17 @@ def _options(method, backbone, weights, image_size, batch_size, threads, skip_un
 
 
 def _print_metrics(metrics: dict) -> None:
-    from defectscope.report.tables import format_metric, metric_columns
+    from rich import box
+
+    from defectscope.report.tables import format_metric, metric_columns, short_name
 
     columns = metric_columns(metrics)
-    table = Table(title="metrics (%)")
-    table.add_column("category")
+    table = Table(title="metrics (%)", box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False)
+    table.add_column("category", min_width=min(16, max(len(str(name)) for name in metrics)), overflow="fold")
     for column in columns:
-        short = column.replace("image_", "I-").replace("pixel_", "P-").replace("_max", "").upper()
-        table.add_column(short, justify="right")
+        header = short_name(column)
+        longest = max(len(word) for word in header.split())
+        table.add_column(header, justify="right", min_width=longest, max_width=max(longest, 5))
     for name, values in metrics.items():
         table.add_row(name, *(format_metric(values.get(c)) for c in columns))
     Console().print(table)

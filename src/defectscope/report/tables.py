@@ -30,6 +30,19 @@ METRIC_ORDER: tuple[str, ...] = (
     "pixel_f1_max",
     "pixel_aupro",
 )
+SHORT_NAMES: dict[str, str] = {
+    "image_auroc": "I-AUROC",
+    "image_ap": "I-AP",
+    "image_f1_max": "I-F1",
+    "verdict_false_alarm_rate": "false alarms",
+    "verdict_recall": "recall",
+    "pixel_auroc": "P-AUROC",
+    "pixel_ap": "P-AP",
+    "pixel_f1_max": "P-F1",
+    "pixel_aupro": "AUPRO",
+}
+"""Column headers for a terminal: the verdict's false-alarm rate (normal images flagged) and
+recall (defective images flagged) next to the ranking metrics (I- image, P- pixel)."""
 NOT_AVAILABLE = "n/a"
 MEAN_LABEL = "mean"
 
@@ -97,6 +110,11 @@ def format_metric(value: float | None) -> str:
     if not _defined(value):
         return NOT_AVAILABLE
     return f"{100.0 * float(value):.1f}"
+
+
+def short_name(metric: str) -> str:
+    """The terminal header of ``metric`` (:data:`SHORT_NAMES`, else the name itself)."""
+    return SHORT_NAMES.get(metric, metric)
 
 
 def metric_columns(metrics: Mapping[str, Mapping[str, float | None]]) -> list[str]:
