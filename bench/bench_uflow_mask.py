@@ -2,13 +2,14 @@
 
     PYTHONPATH=src python bench/bench_uflow_mask.py --threads 1 [--cache /tmp/uflowmask-cache]
         [--categories mvtec_bottle hazelnut_toy magnetic_tile pa_bdp01_tl ...] [--synthetic varied|prn]
-        [--cached-only] [--json FILE]
+        [--varied-count 384] [--cached-only] [--json FILE]
 
 Step 1 (bench/uflow_cache.py, skipped for categories already cached): train the default U-Flow
 once per category, save it, and cache the latent statistics of the held-out normal training
 images, of synthetic defects pasted on them, and of the test images. The synthetic set the rule is
 chosen on is by default the varied one (``uflow.synthetic.varied_defect``: blobs, large regions,
-elongated and thin defects, faint to opaque; added from the saved model, no retraining), or with
+elongated and thin defects, faint to opaque; at least ``--varied-count`` per category, default
+``uflow_cache.VARIED_PER_CATEGORY`` = 384; added from the saved model, no retraining), or with
 ``--synthetic prn`` PRN's Perlin blobs. Training is deterministic (seeded, one thread), so a
 retrained category gives the same cache.
 
@@ -20,7 +21,7 @@ latent spread sigma_s and the rule's level are measured on the other held-out im
 held-out normal images with a detection staying <= 10 %; the NFA settings themselves (the
 false-detection guarantee) change only for a gain above 0.01. Test masks play no part.
 
-Step 3: the rule before issue 14, the first issue-14 rule and the chosen one on the test sets of
+Step 3: the rule before issue 14, the first two issue-14 rules and the chosen one on the test sets of
 every category (sigma_s and level from all held-out images, as ``fit`` stores them): pixel AUROC,
 AUPRO, mIoU auto / oracle, their ratio, the share of normal test images with a detection (U-Flow's
 verdict false-alarm rate), training time.
@@ -88,16 +89,17 @@ def detection(log_nfas: list[np.ndarray], size: int, epsilon: float) -> np.ndarr
     return mask
 
 
-def load(path: Path, config: UFlowConfig, synthetic: str) -> dict[str, object] | None:
+def load(path: Path, config: UFlowConfig, synthetic: str, count: int | None = None) -> dict[str, object] | None:
     """A cache file -> its image sets and settings; ``synthetic`` "varied" takes the synthetic set
     from the :func:`uflow_cache.add_varied` sidecar (None when the category has none)."""
-    from uflow_cache import varied_path
+    from uflow_cache import VARIED_PER_CATEGORY, varied_path
 
     data = np.load(path)
     if synthetic == "varied":
-        if not varied_path(path).exists():
+        sidecar = varied_path(path, count or VARIED_PER_CATEGORY)
+        if not sidecar.exists():
             return None
-        varied = np.load(varied_path(path))
+        varied = np.load(sidecar)
         data = {**{k: data[k] for k in data.files if not k.startswith("syn_")},
                 **{k: varied[k] for k in varied.files}}
     channels = data["channels"]
@@ -140,8 +142,10 @@ def mask_of(rule: extent.ExtentRule, detected: np.ndarray, amap: np.ndarray, cal
                               None if rule.base_quantile is None else calibration[rule.base_quantile])
 
 
-PREVIOUS_RULES = {"before issue 14": "max (old)", "first issue-14 rule": "max, log cut 0.3"}
-"""The rules compared with the chosen one on the test sets: whole components, and main's cut."""
+PREVIOUS_RULES = {"before issue 14": "max (old)", "first issue-14 rule": "max, log cut 0.3",
+                  "second issue-14 rule": "max, log Otsu cut"}
+"""The rules compared with the chosen one on the test sets: whole components, and the cuts of
+the first two rounds."""
 NFA_VARIANTS = {"eps 1, cap 1/2 (default)": (1.0, 0.5), "eps 0.1, cap 1/2": (0.1, 0.5), "eps 1, cap 1/4": (1.0, 0.25)}
 DEFAULT_NFA = next(iter(NFA_VARIANTS))
 NFA_CHANGE_MARGIN = 0.01
@@ -215,11 +219,15 @@ def main() -> None:
     parser.add_argument("--synthetic", choices=("varied", "prn"), default="varied",
                         help="synthetic defects the rule is chosen on: uflow.synthetic.varied_defect (default) "
                              "or PRN's pseudo_defect")
+    parser.add_argument("--varied-count", type=int, default=None,
+                        help="size of the varied synthetic set per category (default uflow_cache.VARIED_PER_CATEGORY)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--cached-only", action="store_true", help="skip categories not cached yet")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    from uflow_cache import add_varied, collect, varied_path
+    from uflow_cache import VARIED_PER_CATEGORY, add_varied, collect, varied_path
+
+    count = args.varied_count or VARIED_PER_CATEGORY
 
     config = UFlowConfig()
     size = config.image_size
@@ -232,10 +240,10 @@ def main() -> None:
             if args.cached_only:
                 continue
             collect(DATASETS / name, path, config)
-        if args.synthetic == "varied" and not varied_path(path).exists() and not args.cached_only:
-            add_varied(DATASETS / name, path)
+        if args.synthetic == "varied" and not varied_path(path, count).exists() and not args.cached_only:
+            add_varied(DATASETS / name, path, count=count)
         cats[Path(name).name] = load(path, config, "prn")
-        selection = load(path, config, args.synthetic)
+        selection = load(path, config, args.synthetic, count)
         if selection is not None:
             chosen_on[Path(name).name] = selection
     if not chosen_on:

@@ -38,8 +38,9 @@ from defectscope.methods.uflow.synthetic import varied_defect
 
 SYNTHETIC_PER_CATEGORY = 48
 """At least this many synthetic defects per category (several per held-out image when few)."""
-VARIED_PER_CATEGORY = 96
-"""At least this many varied synthetic defects (:func:`add_varied`) per category."""
+VARIED_PER_CATEGORY = 384
+"""At least this many varied synthetic defects (:func:`add_varied`) per category by default (96
+in the first round of issue 14; the top rules were then 0.001 apart, inside selection noise)."""
 
 
 def load_category(root: Path):
@@ -128,14 +129,16 @@ def collect(root: Path, out: Path, config: UFlowConfig | None = None, seed: int 
     return out
 
 
-def varied_path(out: Path) -> Path:
-    """The sidecar of cache file ``out`` holding the :func:`add_varied` synthetic set."""
-    return out.with_name(out.stem + ".varied.npz")
+def varied_path(out: Path, count: int = VARIED_PER_CATEGORY) -> Path:
+    """The sidecar of cache file ``out`` holding the :func:`add_varied` synthetic set of ``count``
+    defects (``<category>.varied.npz`` for the first round's 96, else ``.varied<count>.npz``)."""
+    return out.with_name(out.stem + (".varied.npz" if count == 96 else f".varied{count}.npz"))
 
 
-def add_varied(root: Path, out: Path, seed: int = 0) -> Path:
-    """Synthetic defects of varied size, shape and strength (:func:`varied_defect`) on the held-out
-    images of the model that :func:`collect` saved for ``out``; writes :func:`varied_path`."""
+def add_varied(root: Path, out: Path, seed: int = 0, count: int = VARIED_PER_CATEGORY) -> Path:
+    """At least ``count`` synthetic defects of varied size, shape and strength
+    (:func:`varied_defect`) on the held-out images of the model that :func:`collect` saved for
+    ``out``; writes :func:`varied_path`."""
     if not model_folder(out).is_dir():
         raise SystemExit(f"{out} was cached without its model; delete it to retrain (deterministic) with the model saved")
     model = UFlow.load(model_folder(out))
@@ -143,7 +146,7 @@ def add_varied(root: Path, out: Path, seed: int = 0) -> Path:
     held = model._held_out(len(category.train)).tolist()
     normals = [resize(read_image(category.train[i].path), model.config.image_size) for i in held]
     rng = np.random.default_rng(seed)
-    per_image = math.ceil(VARIED_PER_CATEGORY / len(normals))
+    per_image = math.ceil(count / len(normals))
     images, masks, base, kinds = [], [], [], []
     for index, normal in enumerate(normals):
         others = [n for j, n in enumerate(normals) if j != index]
@@ -154,7 +157,7 @@ def add_varied(root: Path, out: Path, seed: int = 0) -> Path:
             base.append(index)
             kinds.append(kind)
     arrays = {f"syn_s{scale}": stat for scale, stat in enumerate(statistics(model, images))}
-    target = varied_path(out)
+    target = varied_path(out, count)
     staged = target.with_name(target.name + ".part")
     with open(staged, "wb") as handle:
         np.savez_compressed(handle, **arrays, syn_masks=np.stack(masks), syn_base=np.array(base),
@@ -170,6 +173,8 @@ if __name__ == "__main__":
     parser.add_argument("categories", nargs="+", type=Path, help="category folders")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/uflowmask-cache"))
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--varied-count", type=int, default=VARIED_PER_CATEGORY,
+                        help="at least this many varied synthetic defects per category")
     parser.add_argument("--varied", action="store_true",
                         help="also add the varied synthetic set (needs the saved model; no retraining when cached)")
     args = parser.parse_args()
@@ -181,6 +186,6 @@ if __name__ == "__main__":
         if not target.exists():
             collect(folder, target)
             print(f"{folder.name}: cached in {time.perf_counter() - started:.0f} s", flush=True)
-        if args.varied and not varied_path(target).exists():
-            add_varied(folder, target)
+        if args.varied and not varied_path(target, args.varied_count).exists():
+            add_varied(folder, target, count=args.varied_count)
             print(f"{folder.name}: varied set added in {time.perf_counter() - started:.0f} s", flush=True)

@@ -90,7 +90,8 @@ class UFlowConfig(MethodConfig):
             "nfa": the NFA regions themselves, upsampled from their latent grids (the paper's
             masks; coarse grids make them blocky and wide).
         extent_quantile: quantile of the pooled held-out normal map values taken as
-            map_threshold (1: their maximum).
+            map_threshold (default 0.999; 1: their maximum, the default before issue 14's third
+            round). Chosen with the cut rule on synthetic defects (docs/BENCHMARKS.md).
         extent_cut_rule: how each masked region is cut, in u = -log(1 - map) units (the map's
             negative log likelihood, which unlike the map does not saturate near 1). "otsu"
             (default): at Otsu's threshold of the region's own u values (no setting to tune; it
@@ -128,7 +129,7 @@ class UFlowConfig(MethodConfig):
     calibration_fraction: float = 0.1
     smoothing_sigma: float = 4.0
     mask_extent: str = "calibrated"
-    extent_quantile: float = 1.0
+    extent_quantile: float = 0.999
     extent_cut_rule: str = "otsu"
     extent_cut: float = 0.3
 
