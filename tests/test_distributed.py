@@ -26,9 +26,11 @@ def test_dask_scores_equal_the_local_run(cluster_address, max_references, monkey
     from defectscope import distributed as dist
 
     monkeypatch.setattr(dist, "CHUNK", 5)
-    images, _ = synthetic_images(13, kind="texture", size=64, defective=(3,), seed=5, defect="spot")
-    local = MuScConfig(image_size=64, max_references=max_references, batch_size=4)
+    images, _ = synthetic_images(13, kind="texture", size=128, defective=(3,), seed=5, defect="spot")
+    local = MuScConfig(image_size=128, max_references=max_references, batch_size=4)
     expected = MuSc(local).predict(images)
+    raw = MuSc(dataclasses.replace(local, border_depth=0)).predict(images)
+    assert abs(raw.image_scores - expected.image_scores).max() > 1e-3, "the border rule must be active at this size"
     stages: list[str] = []
     got = MuSc(dataclasses.replace(local, scheduler=cluster_address)).predict(images, progress=lambda stage, done, total: stages.append(stage))
     assert torch.allclose(torch.from_numpy(got.anomaly_maps), torch.from_numpy(expected.anomaly_maps), atol=1e-5)
