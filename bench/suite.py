@@ -11,8 +11,9 @@ Every category runs through the library's evaluate path (:func:`defectscope.pipe
 evaluate_category`: reading, detector, metrics), without writing the per-image outputs.
 Columns: I-AUROC, P-AUROC, P-AP, AUPRO, ``border``: the share of normal images whose image
 score (maximum of the anomaly map) lies in the outer ring of patches (a band one patch of the
-finest feature grid wide), next to ``ring``, that band's share of the map area (what an
-unbiased detector would give), and seconds per image (predict only; wall time, an upper bound
+finest feature grid wide), next to ``ring``, that band's share of the map area (what a
+detector without border bias gives for independent patch scores; for MuSc's spatially correlated
+scores about 17 to 21 %, see bench/border_null.py), and seconds per image (predict only; wall time, an upper bound
 on a loaded machine). Rows: every category, the mean over all, the mean over the paper types.
 
     python bench/suite.py --method musc --threads 2 --json bench/results/suite_default.json
