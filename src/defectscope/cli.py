@@ -77,9 +77,9 @@ def _fail(error: Exception) -> None:
 
 
 @contextlib.contextmanager
-def _user_errors(interrupted: str = "interrupted: no output was written") -> Iterator[None]:
+def _user_errors() -> Iterator[None]:
     """Turn library errors into one printed sentence and exit code 2 (no traceback); Ctrl-C
-    or SIGTERM print ``interrupted`` and exit 130 / 143."""
+    and SIGTERM (the staged output already removed) exit 130 and 143."""
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         warnings.showwarning = lambda message, *args, **kwargs: console.print(f"[yellow]warning:[/] {message}", highlight=False)
@@ -88,7 +88,7 @@ def _user_errors(interrupted: str = "interrupted: no output was written") -> Ite
         except DefectscopeError as error:
             _fail(error)
         except KeyboardInterrupt as stop:
-            console.print(interrupted, highlight=False)
+            console.print("interrupted: no output was written")
             raise typer.Exit(code=143 if isinstance(stop, Terminated) else 130)
 
 
