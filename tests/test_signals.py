@@ -72,3 +72,21 @@ def test_sigterm_stops_a_watch_keeping_its_rows_and_report(tmp_path):
     assert 6 <= kept <= len(paths)
     assert "defectscope watch" in (out / "report.html").read_text()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_sigterm_during_fit_keeps_the_checkpoint_and_says_how_to_resume(tmp_path):
+    images, _ = synthetic_images(24, kind="texture", size=64, seed=2, defect="spot")
+    good = tmp_path / "good"
+    save_images(good, images, "good_{:03d}.png")
+    model = tmp_path / "model"
+    env = {**os.environ, "PYTHONPATH": SRC}
+    run = subprocess.Popen(_cli("fit", str(good), "--out", str(model), "--method", "uflow", "--image-size", "64",
+                                "--epochs", "200", "--threads", "1"),
+                           env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    checkpoint = tmp_path / ".model.checkpoint"
+    _wait_for(lambda: checkpoint.is_dir() and any(checkpoint.iterdir()), run)
+    run.send_signal(signal.SIGTERM)
+    _, stderr = run.communicate(timeout=60)
+    assert run.returncode == 143, stderr
+    assert "--resume" in stderr
+    assert not model.exists() and checkpoint.is_dir()

@@ -77,9 +77,9 @@ def _fail(error: Exception) -> None:
 
 
 @contextlib.contextmanager
-def _user_errors() -> Iterator[None]:
+def _user_errors(interrupted: str = "interrupted: no output was written") -> Iterator[None]:
     """Turn library errors into one printed sentence and exit code 2 (no traceback); Ctrl-C
-    and SIGTERM (the staged output already removed) exit 130 and 143."""
+    and SIGTERM (the staged output already removed) print ``interrupted`` and exit 130 / 143."""
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         warnings.showwarning = lambda message, *args, **kwargs: console.print(f"[yellow]warning:[/] {message}", highlight=False)
@@ -88,7 +88,7 @@ def _user_errors() -> Iterator[None]:
         except DefectscopeError as error:
             _fail(error)
         except KeyboardInterrupt as stop:
-            console.print("interrupted: no output was written")
+            console.print(interrupted, highlight=False)
             raise typer.Exit(code=143 if isinstance(stop, Terminated) else 130)
 
 
@@ -244,7 +244,8 @@ def fit(
     from defectscope.training import fit_model
 
     options = _options(method, backbone, weights, image_size, batch_size, threads, False, overwrite, None, epochs=epochs, params=param)
-    with _user_errors(), _progress() as progress:
+    stopped = "interrupted: no model was written; add --resume to the same command to continue from the last finished epoch"
+    with _user_errors(stopped), _progress() as progress:
         fit_model(method, train_dir, out, options, anomalies_dir=anomalies, resume=resume, progress=progress)
     console.print(f"saved {method} model to {out}")
 
