@@ -19,8 +19,17 @@ pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX signals")
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
-def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-c", "from defectscope.cli import main; main()", *args]
+def _start(*args: str) -> subprocess.Popen:
+    """`defectscope ARGS` in a child process (this checkout's sources)."""
+    command = [sys.executable, "-c", "from defectscope.cli import main; main()", *args]
+    return subprocess.Popen(command, env={**os.environ, "PYTHONPATH": SRC}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _terminate(run: subprocess.Popen) -> str:
+    """Send SIGTERM, wait for the child to end; its stderr."""
+    run.send_signal(signal.SIGTERM)
+    return run.communicate(timeout=60)[1]
 
 
 def _wait_for(condition, process: subprocess.Popen, seconds: float = 120.0) -> None:
@@ -36,13 +45,10 @@ def test_sigterm_during_a_batch_run_leaves_no_output_and_no_staging_folder(tmp_p
     inbox = tmp_path / "in"
     save_images(inbox, images, "part_{:03d}.png")
     out = tmp_path / "out"
-    env = {**os.environ, "PYTHONPATH": SRC}
-    run = subprocess.Popen(_cli("score", str(inbox), "--out", str(out), "--threads", "1", "--image-size", "96"),
-                           env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run = _start("score", str(inbox), "--out", str(out), "--threads", "1", "--image-size", "96")
     _wait_for(lambda: any(p.name.startswith(".out.partial-") for p in tmp_path.iterdir()), run)
     time.sleep(0.2)
-    run.send_signal(signal.SIGTERM)
-    _, stderr = run.communicate(timeout=60)
+    stderr = _terminate(run)
     assert run.returncode == 143, stderr
     assert "interrupted" in stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
@@ -52,9 +58,6 @@ def test_sigterm_stops_a_watch_keeping_its_rows_and_report(tmp_path):
     images, _ = synthetic_images(40, kind="texture", size=64, seed=1, defect="spot")
     inbox, out = tmp_path / "in", tmp_path / "out"
     paths = save_images(inbox, images, "part_{:03d}.png")
-    env = {**os.environ, "PYTHONPATH": SRC}
-    command = _cli("watch", str(inbox), "--out", str(out), "--image-size", "64", "--bank-size", "6",
-                   "--min-bank", "4", "--settle", "0.1", "--poll", "0.05", "--threads", "1")
 
     def scored() -> int:
         if not (out / "verdicts.csv").exists():
@@ -62,10 +65,10 @@ def test_sigterm_stops_a_watch_keeping_its_rows_and_report(tmp_path):
         with open(out / "verdicts.csv", newline="") as handle:
             return len(list(csv.DictReader(handle)))
 
-    run = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run = _start("watch", str(inbox), "--out", str(out), "--image-size", "64", "--bank-size", "6",
+                 "--min-bank", "4", "--settle", "0.1", "--poll", "0.05", "--threads", "1")
     _wait_for(lambda: scored() >= 6, run)
-    run.send_signal(signal.SIGTERM)
-    _, stderr = run.communicate(timeout=60)
+    stderr = _terminate(run)
     assert run.returncode == 0, stderr
     assert "stopped" in stderr and "rows" in stderr
     kept = scored()
@@ -79,14 +82,11 @@ def test_sigterm_during_fit_keeps_the_checkpoint_and_says_how_to_resume(tmp_path
     good = tmp_path / "good"
     save_images(good, images, "good_{:03d}.png")
     model = tmp_path / "model"
-    env = {**os.environ, "PYTHONPATH": SRC}
-    run = subprocess.Popen(_cli("fit", str(good), "--out", str(model), "--method", "uflow", "--image-size", "64",
-                                "--epochs", "200", "--threads", "1"),
-                           env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run = _start("fit", str(good), "--out", str(model), "--method", "uflow", "--image-size", "64",
+                 "--epochs", "200", "--threads", "1")
     checkpoint = tmp_path / ".model.checkpoint"
     _wait_for(lambda: checkpoint.is_dir() and any(checkpoint.iterdir()), run)
-    run.send_signal(signal.SIGTERM)
-    _, stderr = run.communicate(timeout=60)
+    stderr = _terminate(run)
     assert run.returncode == 143, stderr
     assert "--resume" in stderr
     assert not model.exists() and checkpoint.is_dir()
