@@ -40,7 +40,7 @@ SYNTHETIC_PER_CATEGORY = 48
 """At least this many synthetic defects per category (several per held-out image when few)."""
 VARIED_PER_CATEGORY = 384
 """At least this many varied synthetic defects (:func:`add_varied`) per category by default (96
-in the first round of issue 14; the top rules were then 0.001 apart, inside selection noise)."""
+in issue 14's second round, whose top rules were 0.001 apart, inside selection noise)."""
 
 
 def load_category(root: Path):
@@ -131,7 +131,7 @@ def collect(root: Path, out: Path, config: UFlowConfig | None = None, seed: int 
 
 def varied_path(out: Path, count: int = VARIED_PER_CATEGORY) -> Path:
     """The sidecar of cache file ``out`` holding the :func:`add_varied` synthetic set of ``count``
-    defects (``<category>.varied.npz`` for the first round's 96, else ``.varied<count>.npz``)."""
+    defects (``<category>.varied.npz`` for the second round's 96, else ``.varied<count>.npz``)."""
     return out.with_name(out.stem + (".varied.npz" if count == 96 else f".varied{count}.npz"))
 
 
