@@ -194,3 +194,23 @@ def test_metrics_table_fits_an_80_column_terminal_with_every_header_whole(monkey
     for name in METRIC_ORDER:
         assert all(word in words for word in short_name(name).split()), name
     assert "pa_fvn01_tl" in words and "mvtec_bottle" in words
+
+
+def test_evaluate_several_categories_with_good_root_uses_each_ones_train_good(tmp_path):
+    root = tmp_path / "data"
+    write_mvtec_category(root / "widget", kind="texture", n_train=4, n_test_good=4, n_test_defect=2, size=96, seed=6)
+    write_mvtec_category(root / "gadget", kind="texture", n_train=5, n_test_good=4, n_test_defect=2, size=96, seed=7)
+    options = RunOptions(image_size=64, good=root, false_alarm_rate=0.25)
+    evaluate_dataset(root, tmp_path / "eval", options)
+    for name, train in (("widget", 4), ("gadget", 5)):
+        settings = json.loads((tmp_path / "eval" / name / "settings.json").read_text())
+        assert settings["good"] == str(root / name) and settings["reference_images"] == train
+
+
+def test_evaluate_several_categories_refuses_one_good_folder_for_all(tmp_path):
+    root = tmp_path / "data"
+    write_mvtec_category(root / "widget", kind="texture", n_train=4, n_test_good=4, n_test_defect=2, size=96, seed=6)
+    write_mvtec_category(root / "gadget", kind="texture", n_train=4, n_test_good=4, n_test_defect=2, size=96, seed=7)
+    with pytest.raises(ConfigError, match="has 2 categories .*--category NAME"):
+        evaluate_dataset(root, tmp_path / "eval", RunOptions(image_size=64, good=root / "widget"))
+    assert not (tmp_path / "eval").exists()

@@ -53,7 +53,7 @@ ParamOption = typer.Option(None, "--param", "-p", help="Any method setting as KE
 SchedulerOption = typer.Option(None, "--scheduler", help="Run MuSc's work on Dask: 'dask' (a local cluster) or a scheduler address tcp://HOST:PORT.")
 SmoothingOption = typer.Option(None, "--smoothing", help="Gaussian blur of the anomaly maps, sigma in input pixels (default 4; 0 = off).")
 FalseAlarmOption = typer.Option(0.05, "--false-alarm-rate", help="Share of normal images the verdict may flag as anomalous.")
-GoodOption = typer.Option(None, "--good", help="Folder of known-good images: the verdict is calibrated on them (MuSc/CoDeGraph also score against them).")
+GoodOption = typer.Option(None, "--good", help="Folder of known-good images (an MVTec category: its train/good): the verdict is calibrated on them (MuSc/CoDeGraph also score against them). evaluate over a root of categories: pass the root itself to use each category's own train/good.")
 
 
 @contextlib.contextmanager

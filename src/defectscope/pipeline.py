@@ -8,6 +8,7 @@ half-written outputs, and an existing output folder is replaced only with ``over
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -162,7 +163,11 @@ def evaluate_dataset(
 ) -> dict[str, dict[str, float | None]]:
     """Evaluate every category under ``root``; writes ``out/metrics.json`` ({category: {metric:
     value}}, fractions, null = undefined), ``out/metrics.md`` (table with a mean row) and the
-    per-image outputs of each category under ``out/<category>/``."""
+    per-image outputs of each category under ``out/<category>/``.
+
+    ``options.good`` holds the good images of one product, so with several categories it is
+    refused, except ``good == root`` for a zero-shot method: then each category is calibrated
+    on (and scored against) its own ``train/good``."""
     found = discover(root, seed=seed)
     if categories:
         wanted = set(categories)
@@ -170,7 +175,17 @@ def evaluate_dataset(
         if unknown:
             raise ConfigError(f"no category named {', '.join(sorted(unknown))} under '{root}'; found {', '.join(c.name for c in found)}")
         found = [c for c in found if c.name in wanted]
-    return evaluate_categories(found, out, options, progress=progress, on_category=on_category, seed=seed)
+    own_good = False
+    if options.good is not None and len(found) > 1:
+        same_root = Path(options.good).resolve() == Path(root).resolve()
+        if not same_root or get_method(options.method).needs_training:
+            hint = "" if get_method(options.method).needs_training else f", or pass --good '{root}' to use each category's own train/good"
+            raise ConfigError(
+                f"--good '{options.good}' holds the good images of one product but '{root}' has {len(found)} categories "
+                f"({', '.join(c.name for c in found)}): evaluate one with --category NAME{hint}"
+            )
+        own_good = True
+    return evaluate_categories(found, out, options, progress=progress, on_category=on_category, seed=seed, own_good=own_good)
 
 
 def evaluate_categories(
@@ -181,14 +196,17 @@ def evaluate_categories(
     progress: ProgressCallback | None = None,
     on_category: Callable[[str, dict[str, float | None]], None] | None = None,
     seed: int = 0,
+    own_good: bool = False,
 ) -> dict[str, dict[str, float | None]]:
-    """Evaluate the given categories into ``out`` (see :func:`evaluate_dataset`)."""
+    """Evaluate the given categories into ``out`` (see :func:`evaluate_dataset`); ``own_good``:
+    each category's verdict is calibrated on its own folder's ``train/good``."""
     apply_threads(options.threads)
     results: dict[str, dict[str, float | None]] = {}
     with staged_output(out, options.overwrite) as staging:
         for category in found:
             report = prefixed(progress, category.name)
-            result, images, samples, skipped, metrics = evaluate_category(category, options, report, seed=seed)
+            category_options = dataclasses.replace(options, good=category.root) if own_good else options
+            result, images, samples, skipped, metrics = evaluate_category(category, category_options, report, seed=seed)
             results[category.name] = metrics
             write_batch_outputs(
                 staging / category.name,
