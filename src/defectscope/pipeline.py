@@ -175,16 +175,15 @@ def evaluate_dataset(
         if unknown:
             raise ConfigError(f"no category named {', '.join(sorted(unknown))} under '{root}'; found {', '.join(c.name for c in found)}")
         found = [c for c in found if c.name in wanted]
-    own_good = False
-    if options.good is not None and len(found) > 1:
-        same_root = Path(options.good).resolve() == Path(root).resolve()
-        if not same_root or get_method(options.method).needs_training:
-            hint = "" if get_method(options.method).needs_training else f", or pass --good '{root}' to use each category's own train/good"
+    own_good = options.good is not None and len(found) > 1
+    if own_good:
+        trained = get_method(options.method).needs_training
+        if trained or Path(options.good).resolve() != Path(root).resolve():
+            hint = "" if trained else f", or pass --good '{root}' to use each category's own train/good"
             raise ConfigError(
                 f"--good '{options.good}' holds the good images of one product but '{root}' has {len(found)} categories "
                 f"({', '.join(c.name for c in found)}): evaluate one with --category NAME{hint}"
             )
-        own_good = True
     return evaluate_categories(found, out, options, progress=progress, on_category=on_category, seed=seed, own_good=own_good)
 
 
