@@ -16,7 +16,7 @@ from defectscope.data.synthetic import synthetic_images, write_mvtec_category
 from defectscope.errors import ConfigError, DefectscopeError
 from defectscope.methods.musc import MuSc, MuScConfig
 from defectscope.pipeline import RunOptions, evaluate_dataset, score_folder
-from image_helpers import save_images
+from image_helpers import save_images, write_large_png
 
 FAST = {"image_size": 64}
 
@@ -149,6 +149,28 @@ def test_cli_score_and_clear_error(tmp_path):
     bad = runner.invoke(app, ["score", str(empty), "--out", str(tmp_path / "o2")])
     assert bad.exit_code == 2
     assert "no images found" in bad.output and "Traceback" not in bad.output
+
+
+def test_cli_refuses_or_skips_oversized_images_in_one_sentence(tmp_path):
+    # Before the header check a 20000 x 20000 PNG ended `score` with a Pillow traceback, with or
+    # without --skip-unreadable, and a 12000 x 12000 one was decoded.
+    folder = tmp_path / "parts"
+    _write_folder(folder, count=6)
+    write_large_png(folder / "huge.png", 20000, 20000, header_only=True)
+    write_large_png(folder / "large.png", 12000, 12000)
+    bad = runner.invoke(app, ["score", str(folder), "--out", str(tmp_path / "o"), "--image-size", "64"])
+    assert bad.exit_code == 2, bad.output
+    assert "Traceback" not in bad.output and "DOS" not in bad.output
+    said = " ".join(bad.output.split())
+    assert said.startswith("error: cannot read image") and said.count("error") == 1
+    assert "huge.png" in said.replace(" ", "") and "400,000,000 pixels" in said
+    ok = runner.invoke(app, ["score", str(folder), "--out", str(tmp_path / "o"), "--image-size", "64", "--skip-unreadable"])
+    assert ok.exit_code == 0, ok.output
+    assert "Traceback" not in ok.output and "exceeds limit" not in ok.output
+    skipped = (tmp_path / "o" / "skipped.csv").read_text()
+    assert "huge.png" in skipped and "large.png" in skipped and "12000 x 12000 pixels" in skipped
+    rows = list(csv.DictReader((tmp_path / "o" / "scores.csv").open()))
+    assert sum(r["status"].startswith("skipped") for r in rows) == 2 and len(rows) == 8
 
 
 def test_cli_param_reaches_the_method_and_unknown_keys_are_refused(tmp_path):
