@@ -20,7 +20,7 @@ from defectscope.data.synthetic import synthetic_images
 from defectscope.methods.bank import bank_scores
 from defectscope.methods.rolling import RollingBank
 from defectscope.options import RunOptions
-from defectscope.watch import Journal, stream_threshold, watch_folder
+from defectscope.watch import Journal, build_scorer, stream_threshold, watch_folder
 from image_helpers import save_images
 
 pytestmark = pytest.mark.filterwarnings("ignore:mutual scoring of only")
@@ -96,6 +96,21 @@ def test_watch_scores_each_image_once_and_skips_a_corrupt_file(tmp_path):
     assert summary.written == 16 and summary.skipped == 1
     assert len(list((tmp_path / "out" / "maps").iterdir())) == 16
     assert "defectscope watch" in (tmp_path / "out" / "report.html").read_text()
+
+
+def test_good_mvtec_category_means_its_train_good(tmp_path):
+    # `watch --good CATEGORY` used the plain-folder reader: test/ images (defects included) and
+    # the ground-truth mask PNGs went into the good bank.
+    from defectscope.data.synthetic import write_mvtec_category
+
+    root = write_mvtec_category(tmp_path / "widget", kind="texture", n_train=3, n_test_good=2, n_test_defect=2, size=64, seed=3)
+    train = sorted(str(p) for p in (root / "train" / "good").iterdir())
+    scorer = build_scorer(ONE_THREAD, alpha=0.2, bank_size=50, min_bank=2, good=root, model=None, log=lambda line: None)
+    assert sorted(scorer.bank.members()) == train
+    plain = tmp_path / "plain"
+    write_images(plain, 3, seed=4)
+    scorer = build_scorer(ONE_THREAD, alpha=0.2, bank_size=50, min_bank=2, good=plain, model=None, log=lambda line: None)
+    assert sorted(scorer.bank.members()) == sorted(str(p) for p in plain.iterdir())
 
 
 def test_a_file_written_slowly_in_two_halves_is_read_once_complete(tmp_path):

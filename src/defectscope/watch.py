@@ -473,11 +473,11 @@ def build_scorer(options, *, alpha: float, bank_size: int, min_bank: int, good: 
     musc = build_detector(options)
     scorer = ZeroShotScorer(musc, alpha, bank_size, min(min_bank, bank_size))
     if good is not None:
-        from defectscope.data.layouts import plain_folder
+        from defectscope.data.layouts import training_images
         from defectscope.data.batch import read_batch
         from defectscope.methods.bank import reference_sample
 
-        samples = plain_folder(good)
+        samples = training_images(good)  # an MVTec category means its train/good, as for score
         chosen = reference_sample(len(samples), bank_size)
         images, paths, skipped = read_batch([samples[i].path for i in chosen], skip_unreadable=True)
         for path, reason in skipped:
