@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -36,7 +37,18 @@ def test_uflow_fit_predict_export(category, tmp_path):
     assert len(rows) == 7
     assert len(list((tmp_path / "pred" / "masks").glob("*.png"))) == 7
     onnx_file = export_model(model, tmp_path / "uflow.onnx")
-    assert onnx_file.stat().st_size > 0
+    # the exported file (embedded backbone included) gives the saved model's maps
+    onnxruntime = pytest.importorskip("onnxruntime")
+    from defectscope.data import read_image
+    from defectscope.training import load_detector
+
+    detector = load_detector(model)
+    images = [read_image(p) for p in sorted((category / "test" / "good").glob("*.png"))[:2]]
+    session = onnxruntime.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    onnx_maps = session.run(["anomaly_map"], {"image": detector.backbones[0].preprocess(images).numpy()})[0]
+    torch_maps = detector.predict(images).anomaly_maps
+    assert onnx_maps.shape == torch_maps.shape == (2, 96, 96)
+    assert np.max(np.abs(onnx_maps - torch_maps)) <= 1e-4
 
 
 def test_prn_needs_anomalies_and_trains_with_them(category, tmp_path):
