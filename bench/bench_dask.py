@@ -18,7 +18,7 @@ from collections import defaultdict
 
 import torch
 
-from defectscope import distributed as dist
+from defectscope.methods import distributed as dist
 from defectscope.data import read_image
 from defectscope.methods.musc import MuSc, MuScConfig, calibrate_border
 from defectscope.sample import elpv_root

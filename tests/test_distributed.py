@@ -23,7 +23,7 @@ def cluster_address():
 
 @pytest.mark.parametrize("max_references", [None, 4])
 def test_dask_scores_equal_the_local_run(cluster_address, max_references, monkeypatch):
-    from defectscope import distributed as dist
+    from defectscope.methods import distributed as dist
 
     monkeypatch.setattr(dist, "CHUNK", 5)
     images, _ = synthetic_images(13, kind="texture", size=128, defective=(3,), seed=5, defect="spot")

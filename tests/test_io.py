@@ -11,7 +11,9 @@ import pytest
 from PIL import Image, ImageFile
 
 from defectscope.data import IMAGE_EXTENSIONS, check_images, read_image, read_mask
-from defectscope.errors import DatasetError, ImageReadError
+from defectscope.data.batch import read_batch
+from defectscope.errors import ConfigError, DatasetError, ImageReadError
+from image_helpers import write_large_png
 
 
 def _snapshot(path: Path) -> tuple[bytes, int]:
@@ -120,6 +122,49 @@ def test_png_missing_only_its_end_chunk_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "no_iend.png"
     path.write_bytes(data[:-12])
     _expect_read_error(path, "truncated")
+
+
+def test_image_beyond_pillows_bomb_limit_is_refused_in_one_sentence(tmp_path: Path) -> None:
+    # 20000 x 20000 = 400 M pixels: Pillow's Image.open itself raises DecompressionBombError,
+    # which used to escape the reader as a traceback.
+    path = write_large_png(tmp_path / "huge.png", 20000, 20000, header_only=True)
+    message = _expect_read_error(path, "400,000,000 pixels", f"{8192 * 8192:,} pixels defectscope decodes")
+    assert "DOS" not in message
+
+
+def test_large_image_is_refused_from_its_header_before_decoding(tmp_path: Path, monkeypatch) -> None:
+    # 12000 x 12000 = 144 M pixels: under Pillow's error limit, so it used to be decoded.
+    path = write_large_png(tmp_path / "large.png", 12000, 12000)
+    decoded = []
+    original = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: decoded.append(self.size) or original(self))
+    _expect_read_error(path, "12000 x 12000 pixels", "DEFECTSCOPE_MAX_IMAGE_PIXELS")
+    assert decoded == []
+
+
+def test_pixel_cap_can_be_changed_by_environment(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "small.png"
+    path.write_bytes(_encoded(_rgb(24, 32), "PNG"))
+    assert read_image(path).shape == (24, 32, 3)
+    monkeypatch.setenv("DEFECTSCOPE_MAX_IMAGE_PIXELS", str(24 * 32 - 1))
+    _expect_read_error(path, "32 x 24 pixels", "767 pixels")
+    _expect_read_error(path, "32 x 24 pixels", reader=read_mask)
+    monkeypatch.setenv("DEFECTSCOPE_MAX_IMAGE_PIXELS", "lots")
+    with pytest.raises(ConfigError, match="DEFECTSCOPE_MAX_IMAGE_PIXELS='lots'"):
+        read_image(path)
+
+
+def test_oversized_images_are_skipped_and_listed_by_read_batch(tmp_path: Path) -> None:
+    good = tmp_path / "good.png"
+    good.write_bytes(_encoded(_rgb(), "PNG"))
+    huge = write_large_png(tmp_path / "huge.png", 20000, 20000, header_only=True)
+    large = write_large_png(tmp_path / "large.png", 12000, 12000, header_only=True)
+    images, kept, skipped = read_batch([huge, good, large], skip_unreadable=True)
+    assert kept == [good] and len(images) == 1
+    assert [p for p, _ in skipped] == [huge, large]
+    assert all(str(p) in reason and "pixels defectscope decodes" in reason for p, reason in skipped)
+    with pytest.raises(ImageReadError, match="huge.png"):
+        read_batch([good, huge], skip_unreadable=False)
 
 
 def test_unreadable_mask_says_mask(tmp_path: Path) -> None:

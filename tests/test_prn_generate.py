@@ -67,14 +67,21 @@ def test_uniform_texture_counts_as_whole_foreground():
     assert estimate_foreground(_texture(5)).all()
 
 
-def test_pseudo_defect_blends_only_inside_mask():
-    normal = _texture(2)
+def test_pseudo_defect_blends_only_inside_mask_with_the_alpha_it_returns():
+    normal, second = _texture(2), _texture(7)
     others = [_texture(3), _texture(4)]
+    everywhere = np.ones(normal.shape[:2], dtype=bool)
     for seed in range(10):
-        out, mask, alpha = pseudo_defect(normal, np.random.default_rng(seed), other_images=others)
-        assert mask.any() and 0.5 <= alpha <= 1.0
+        out, mask, alpha = pseudo_defect(normal, np.random.default_rng(seed), other_images=others, foreground=everywhere)
+        assert mask.any()
         assert np.array_equal(out[~mask], normal[~mask])
         assert (out[mask] != normal[mask]).any()
+        # the same draw on another normal image: inside the mask out = round((1 - alpha) normal +
+        # alpha texture), so the two outputs differ by (1 - alpha) times the two normals' difference
+        out2, mask2, alpha2 = pseudo_defect(second, np.random.default_rng(seed), other_images=others, foreground=everywhere)
+        assert np.array_equal(mask, mask2) and alpha == alpha2
+        expected = (1 - alpha) * (normal[mask].astype(np.float64) - second[mask])
+        assert np.abs(out[mask].astype(np.float64) - out2[mask] - expected).max() <= 1.0
 
 
 def test_pseudo_defect_is_seeded():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -36,7 +37,18 @@ def test_uflow_fit_predict_export(category, tmp_path):
     assert len(rows) == 7
     assert len(list((tmp_path / "pred" / "masks").glob("*.png"))) == 7
     onnx_file = export_model(model, tmp_path / "uflow.onnx")
-    assert onnx_file.stat().st_size > 0
+    # the exported file (embedded backbone included) gives the saved model's maps
+    onnxruntime = pytest.importorskip("onnxruntime")
+    from defectscope.data import read_image
+    from defectscope.training import load_detector
+
+    detector = load_detector(model)
+    images = [read_image(p) for p in sorted((category / "test" / "good").glob("*.png"))[:2]]
+    session = onnxruntime.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    onnx_maps = session.run(["anomaly_map"], {"image": detector.backbones[0].preprocess(images).numpy()})[0]
+    torch_maps = detector.predict(images).anomaly_maps
+    assert onnx_maps.shape == torch_maps.shape == (2, 96, 96)
+    assert np.max(np.abs(onnx_maps - torch_maps)) <= 1e-4
 
 
 def test_prn_needs_anomalies_and_trains_with_them(category, tmp_path):
@@ -68,3 +80,31 @@ def test_cli_fit_refuses_unknown_method_and_predict_other_file(category, tmp_pat
     (tmp_path / "fake" / "config.json").write_text("{}")
     with pytest.raises(DefectscopeError, match="not a defectscope model"):
         predict_folder(tmp_path / "fake", category / "test", tmp_path / "p", RunOptions())
+
+
+def test_trained_evaluate_skips_unreadable_test_images_and_checks_memory_for_them(tmp_path, monkeypatch):
+    # Trained `evaluate` read the test set without --skip-unreadable, checked memory for the
+    # training set only and reported no skipped files.
+    import dataclasses
+    import shutil
+
+    import defectscope.training as training
+
+    root = write_mvtec_category(tmp_path / "widget", kind="texture", n_train=6, n_test_good=3, n_test_defect=2, size=64, seed=2)
+    broken = root / "test" / "good" / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 20)
+    options = RunOptions(method="uflow", image_size=64, threads=1, method_options=UFLOW_FAST)
+    with pytest.raises(DefectscopeError, match="broken.png"):
+        evaluate_dataset(root, tmp_path / "stop", options)
+    checked: list[list[str]] = []
+    real_guard = training.guard_run
+    monkeypatch.setattr(training, "guard_run", lambda detector, paths, **kw: checked.append(sorted(map(str, paths))) or real_guard(detector, paths, **kw))
+    metrics = evaluate_dataset(root, tmp_path / "ev", dataclasses.replace(options, skip_unreadable=True))
+    assert metrics["widget"]["image_auroc"] is not None
+    test_paths = sorted(str(s.path) for s in mvtec_category(root).test)
+    assert test_paths in checked
+    skipped = list(csv.DictReader((tmp_path / "ev" / "widget" / "skipped.csv").open()))
+    assert [row["path"] for row in skipped] == [str(broken)]
+    rows = list(csv.DictReader((tmp_path / "ev" / "widget" / "scores.csv").open()))
+    assert len(rows) == 6 and sum(r["status"].startswith("skipped") for r in rows) == 1
+    shutil.rmtree(tmp_path / "ev")

@@ -20,7 +20,7 @@ from defectscope.data.synthetic import synthetic_images
 from defectscope.methods.bank import bank_scores
 from defectscope.methods.rolling import RollingBank
 from defectscope.options import RunOptions
-from defectscope.watch import Journal, stream_threshold, watch_folder
+from defectscope.watch import Journal, build_scorer, stream_threshold, watch_folder
 from image_helpers import save_images
 
 pytestmark = pytest.mark.filterwarnings("ignore:mutual scoring of only")
@@ -96,6 +96,57 @@ def test_watch_scores_each_image_once_and_skips_a_corrupt_file(tmp_path):
     assert summary.written == 16 and summary.skipped == 1
     assert len(list((tmp_path / "out" / "maps").iterdir())) == 16
     assert "defectscope watch" in (tmp_path / "out" / "report.html").read_text()
+
+
+def test_good_mvtec_category_means_its_train_good(tmp_path):
+    # `watch --good CATEGORY` used the plain-folder reader: test/ images (defects included) and
+    # the ground-truth mask PNGs went into the good bank.
+    from defectscope.data.synthetic import write_mvtec_category
+
+    root = write_mvtec_category(tmp_path / "widget", kind="texture", n_train=3, n_test_good=2, n_test_defect=2, size=64, seed=3)
+    train = sorted(str(p) for p in (root / "train" / "good").iterdir())
+    scorer = build_scorer(ONE_THREAD, alpha=0.2, bank_size=50, min_bank=2, good=root, model=None, log=lambda line: None)
+    assert sorted(scorer.bank.members()) == train
+    plain = tmp_path / "plain"
+    write_images(plain, 3, seed=4)
+    scorer = build_scorer(ONE_THREAD, alpha=0.2, bank_size=50, min_bank=2, good=plain, model=None, log=lambda line: None)
+    assert sorted(scorer.bank.members()) == sorted(str(p) for p in plain.iterdir())
+
+
+def test_watch_colour_scale_follows_the_maps_shown_and_the_report_shows_the_input(tmp_path, monkeypatch):
+    # The overlays' colour scale came from the bank's leave-one-out maps (on mvtec_bottle
+    # 0.05-0.41 while the maps shown reached 0.84 at their 99th percentile: every defect saturated)
+    # and the report's image slot repeated the overlay.
+    import defectscope.report.html as html
+    import defectscope.report.overlay as overlay
+    from defectscope.data.io import read_image
+    from defectscope.report.overlay import batch_color_range, make_thumbnail
+
+    drawn: list[tuple[np.ndarray, float, float]] = []
+    real_overlay = overlay.heatmap_overlay
+    monkeypatch.setattr(overlay, "heatmap_overlay", lambda image, amap, **kw: drawn.append((image, amap, kw["vmin"], kw["vmax"])) or real_overlay(image, amap, **kw))
+    written: list[tuple[np.ndarray, float, float]] = []  # the maps/ overlays: the last drawn before each save
+    real_save = overlay.save_png
+    monkeypatch.setattr(overlay, "save_png", lambda path, array: written.append(drawn[-1][1:]) or real_save(path, array))
+    reports: list[dict] = []
+    real_report = html.write_report
+    monkeypatch.setattr(html, "write_report", lambda path, **kw: reports.append(kw) or real_report(path, **kw))
+    inbox = tmp_path / "in"
+    paths = write_images(inbox, 14, defective=(9, 11, 12, 13))
+    watch_folder(inbox, tmp_path / "out", ONE_THREAD, alpha=0.2, bank_size=10, min_bank=8, exit_after_idle=0.5, log=lambda line: None, **FAST)
+    assert len(written) == 14
+    maps = np.stack([amap for amap, _, _ in written])
+    final = batch_color_range(maps)
+    # the first batch (8 images scored together) shares the rule of score's report over them
+    first = batch_color_range(maps[:8])
+    assert all(np.allclose((vmin, vmax), first, rtol=1e-5) for _, vmin, vmax in written[:8])
+    report = reports[-1]
+    assert np.allclose(report["color_range"], final, rtol=1e-5)
+    assert report["color_range"][1] >= np.percentile(maps, 99) - 1e-6
+    inputs = {str(p): make_thumbnail(read_image(p), width=160) for p in paths}
+    for entry in report["entries"]:
+        assert np.array_equal(entry.thumbnail, inputs[entry.path])
+        assert not np.array_equal(entry.thumbnail, entry.overlay)
 
 
 def test_a_file_written_slowly_in_two_halves_is_read_once_complete(tmp_path):

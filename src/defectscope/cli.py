@@ -82,6 +82,9 @@ def _user_errors(interrupted: str = "interrupted: no output was written") -> Ite
     and SIGTERM (the staged output already removed) print ``interrupted`` and exit 130 / 143."""
     with warnings.catch_warnings():
         warnings.simplefilter("always")
+        # Pillow warns of a possible decompression bomb above 89 M pixels; the image reader refuses
+        # anything above its own lower cap in one sentence, so the warning only repeats it.
+        warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit")
         warnings.showwarning = lambda message, *args, **kwargs: console.print(f"[yellow]warning:[/] {message}", highlight=False)
         try:
             yield

@@ -16,6 +16,7 @@ from typing import Any, Callable, Sequence
 
 from PIL import Image
 
+from defectscope.data.io import max_image_pixels
 from defectscope.errors import ConfigError, MemoryLimitError
 
 MAX_IMAGE_SIZE = 2048
@@ -86,7 +87,9 @@ def available_memory() -> int | None:
 
 
 def decoded_bytes(paths: Sequence[Path]) -> int:
-    """Bytes of the decoded RGB images, from their headers only (unreadable files count 0)."""
+    """Bytes of the decoded RGB images, from their headers only (unreadable files, and files above
+    the reader's pixel cap, which are refused or skipped before decoding, count 0)."""
+    cap = max_image_pixels()
     total = 0
     for path in paths:
         try:
@@ -94,7 +97,8 @@ def decoded_bytes(paths: Sequence[Path]) -> int:
                 width, height = image.size
         except (OSError, ValueError, Image.DecompressionBombError):
             continue
-        total += width * height * 3
+        if width * height <= cap:
+            total += width * height * 3
     return total
 
 

@@ -133,9 +133,9 @@ def evaluate_category(
         from defectscope.training import evaluate_trained_category
 
         started = time.perf_counter()
-        result, images, samples, protocol = evaluate_trained_category(category, options, kshot=options.kshot, seed=seed, progress=progress)
+        result, images, samples, protocol, skipped = evaluate_trained_category(category, options, kshot=options.kshot, seed=seed, progress=progress)
         _settings_with_inputs(result, category=category.name, input=category.root, seconds=round(time.perf_counter() - started, 2), protocol=protocol, **verdict_settings(options))
-        return result, images, samples, [], category_metrics(result, samples, images, category.has_masks)
+        return result, images, samples, skipped, category_metrics(result, samples, images, category.has_masks)
     detector = build_detector(options)
     guard_run(detector, [s.path for s in category.test])
     if options.good is not None:

@@ -53,14 +53,15 @@ def train_detector(
     checkpoint_dir: Path | None = None,
     resume: bool = False,
     progress: ProgressCallback | None = None,
+    detector: Detector | None = None,
 ):
     """Build and train a trained method's detector on normal samples (and labelled defects for
-    methods that take them, e.g. PRN)."""
+    methods that take them, e.g. PRN). ``detector``: one already built from ``options``."""
     entry = _trained_method(method)
     if anomalies and not entry.takes_anomalies:
         takers = [name for name in method_names(trained=True) if get_method(name).takes_anomalies]
         raise ConfigError(f"{entry.label} trains on normal images only; --anomalies is for --method {', '.join(takers)}")
-    detector = entry.build(options)
+    detector = entry.build(options) if detector is None else detector
     guard_run(detector, [s.path for s in normal])
     images, _, _ = read_batch([s.path for s in normal])
     kwargs: dict[str, Any] = {"progress": progress, "checkpoint_dir": checkpoint_dir, "resume": resume}
@@ -139,11 +140,13 @@ def export_model(model: str | Path, out: str | Path, fmt: str = "onnx") -> Path:
 
 def evaluate_trained_category(
     category: Category, options: RunOptions, *, kshot: int = DEFAULT_KSHOT, seed: int = 0, progress: ProgressCallback | None = None
-) -> tuple[Result, list[np.ndarray], list[Sample], dict[str, Any]]:
+) -> tuple[Result, list[np.ndarray], list[Sample], dict[str, Any], list[tuple[Path, str]]]:
     """Train on the category's normal training images (PRN: plus k labelled defects per type
     taken from the test set by the seeded protocol), then predict the remaining test images.
 
-    Returns (result, test images, test samples scored, protocol description)."""
+    The test set is read with ``options.skip_unreadable`` and checked against the memory guard
+    before training starts. Returns (result, test images, test samples scored, protocol
+    description, skipped test files as (path, reason))."""
     method = options.method
     entry = _trained_method(method)
     test = list(category.test)
@@ -156,11 +159,13 @@ def evaluate_trained_category(
             raise ConfigError(f"category '{category.name}' has no defective images with masks to train {entry.label} on")
     if not category.train:
         raise ConfigError(f"category '{category.name}' has no normal training images for {method}")
-    detector = train_detector(method, category.train, anomalies, options, progress=progress)
+    detector = entry.build(options)
+    guard_run(detector, [s.path for s in test])  # the test set too, before any training
+    detector = train_detector(method, category.train, anomalies, options, progress=progress, detector=detector)
     if options.good is not None:
         calibrate_on_good(detector, options.good, options.false_alarm_rate, progress)
-    images, kept, _ = read_batch([s.path for s in test])
+    images, kept, skipped = read_batch([s.path for s in test], options.skip_unreadable)
     by_path = {s.path: s for s in test}
-    result = detector.predict(images, [str(p) for p in kept])
+    result = detector.predict(images, [str(p) for p in kept], progress=progress)
     protocol = {"train_normal": len(category.train), "train_defective": len(anomalies), "test": len(kept), "kshot": kshot if entry.takes_anomalies else None, "seed": seed}
-    return result, images, [by_path[p] for p in kept], protocol
+    return result, images, [by_path[p] for p in kept], protocol, skipped

@@ -16,6 +16,10 @@ scores; in the first batch, the other images' scores) are at least its score, i.
 conformal p-value is <= alpha = ``false_alarm_rate``. A trained model's verdict is its own
 (U-Flow: a region was detected).
 
+Overlays share the colour rule of ``score``'s report (1st to 99th percentile of the map values)
+over the maps shown so far; images decided together (the first batch) share one scale, and the
+report redraws its thumbnails on the scale of the moment it is written.
+
 Files: an image is read only when its size and modification time have not changed for
 ``settle`` seconds and it decodes; one that stays undecodable for ``give_up`` seconds is logged
 and listed in ``OUT/skipped.csv``. Both CSV files are journals: a row is appended, flushed and
@@ -47,6 +51,10 @@ VERDICTS = "verdicts.csv"
 SKIPPED = "skipped.csv"
 REPORT_ENTRIES = 100
 REPORT_THUMBNAIL = 160
+COLOR_SAMPLE_PER_MAP = 4096
+"""Values of each shown map kept for the colour scale (fixed stride)."""
+COLOR_SAMPLE_MAPS = 200
+"""Shown maps the colour scale comes from: the latest ones."""
 
 
 def stream_threshold(calibration: Sequence[float], alpha: float) -> float:
@@ -119,7 +127,6 @@ class ZeroShotScorer:
         self.started = False
         self.pending: list[tuple[str, np.ndarray, list[torch.Tensor], float]] = []
         self.grid: tuple[int, int] = (0, 0)
-        self.color_range: tuple[float, float] | None = None
         self._calibration: np.ndarray | None = None
 
     def features(self, image: np.ndarray) -> list[torch.Tensor]:
@@ -136,12 +143,8 @@ class ZeroShotScorer:
     def calibration(self) -> np.ndarray:
         """Leave-one-out image scores of the bank members (cached until the bank changes)."""
         if self._calibration is None:
-            from defectscope.report.overlay import batch_color_range
-
             maps = self._maps(self.bank.leave_one_out())
             self._calibration = maps.reshape(len(maps), -1).max(axis=1)
-            if self.color_range is None:
-                self.color_range = batch_color_range(maps)
         return self._calibration
 
     def use_good(self, keyed_images: Sequence[tuple[str, np.ndarray]]) -> None:
@@ -212,7 +215,6 @@ class ModelScorer:
     """A trained U-Flow or PRN model, one image at a time."""
 
     rolling = False
-    color_range: tuple[float, float] | None = None
 
     def __init__(self, detector) -> None:
         self.detector = detector
@@ -230,6 +232,17 @@ class ModelScorer:
 
     def flush(self) -> list[Scored]:
         return []
+
+
+@dataclass
+class _Top:
+    """A report entry kept while the image is among the highest scores (thumbnail size)."""
+
+    score: float
+    verdict: str
+    thumbnail: np.ndarray
+    small_map: np.ndarray | None
+    overlay: np.ndarray
 
 
 @dataclass
@@ -296,7 +309,9 @@ class Watcher:
         self.counts = Counter(row["verdict"] for row in done)
         self.taken = {row["path"] for row in done} | {row["path"] for row in self.skips.rows()}
         self._last_report = 0.0
-        self.top: dict[str, tuple[float, str, np.ndarray]] = {}
+        self.top: dict[str, _Top] = {}
+        self._shown: list[np.ndarray] = []
+        self._color_range: tuple[float, float] | None = None
         self._load_top()
 
     def _prepare_out(self) -> None:
@@ -344,21 +359,44 @@ class Watcher:
         stable = [p for p, s in self.seen.items() if now - s.since >= self.settle]
         return sorted(stable, key=lambda p: (self.seen[p].mtime_ns, str(p)))
 
+    def _note_map(self, anomaly_map: np.ndarray) -> None:
+        """Add a fixed-stride sample of a shown map to the values the colour scale comes from."""
+        values = np.asarray(anomaly_map, dtype=np.float32).reshape(-1)
+        self._shown.append(values[:: max(1, -(-values.size // COLOR_SAMPLE_PER_MAP))].copy())
+        if len(self._shown) > COLOR_SAMPLE_MAPS:
+            self._shown.pop(0)
+        self._color_range = None
+
+    def color_range(self) -> tuple[float, float] | None:
+        """The overlays' colour scale: the rule of ``score``'s report (1st to 99th percentile of
+        the map values, :func:`batch_color_range`) over the maps shown so far (the latest
+        ``COLOR_SAMPLE_MAPS``, each sampled); None before any map was shown."""
+        from defectscope.report.overlay import batch_color_range
+
+        if self._color_range is None and self._shown:
+            self._color_range = batch_color_range(np.concatenate(self._shown))
+        return self._color_range
+
     def _write(self, rows: Sequence[Scored]) -> None:
         from defectscope.report.batch import OVERLAY_MAX_SIDE
-        from defectscope.report.overlay import batch_color_range, heatmap_overlay, make_thumbnail, save_png
+        from defectscope.report.overlay import heatmap_overlay, make_thumbnail, save_png
 
-        for row in rows:
+        for row in rows:  # rows decided together (a first batch) share one scale, as in score
             if row.anomaly_map is not None:
-                vmin, vmax = self.scorer.color_range or batch_color_range(row.anomaly_map[None])
+                self._note_map(row.anomaly_map)
+        for row in rows:
+            small_map = None
+            if row.anomaly_map is not None:
+                vmin, vmax = self.color_range()
                 shown = row.image
                 if max(shown.shape[:2]) > OVERLAY_MAX_SIDE:
                     shown = make_thumbnail(shown, width=max(1, round(shown.shape[1] * OVERLAY_MAX_SIDE / max(shown.shape[:2]))))
                 overlay = heatmap_overlay(shown, row.anomaly_map, vmin=vmin, vmax=vmax)
                 save_png(self.out / "maps" / _overlay_name(row.key, self.in_dir), overlay)
+                small_map = row.anomaly_map
             verdict = "" if row.anomalous is None else ("anomalous" if row.anomalous else "normal")
             if row.score is not None:
-                self._remember(row.key, row.score, verdict, overlay)
+                self._remember(row.key, row.score, verdict, row.image, small_map, overlay)
             seconds = round(time.monotonic() - row.ready_at, 3)
             self.verdicts.append([row.key, "" if row.score is None else f"{row.score:.6g}", verdict, f"{seconds:.3f}"])
             self.counts[verdict] += 1
@@ -414,32 +452,51 @@ class Watcher:
         self.write_report()
         return self.summary
 
-    def _remember(self, key: str, score: float, verdict: str, overlay: np.ndarray) -> None:
-        """Keep a small copy of the overlay while the image is among the highest scores."""
-        from defectscope.report.overlay import make_thumbnail
+    def _remember(
+        self, key: str, score: float, verdict: str, image: np.ndarray, anomaly_map: np.ndarray | None, overlay: np.ndarray
+    ) -> None:
+        """Keep small copies of the image, its map and overlay while it is among the highest
+        scores; the report redraws the overlay from the map on the colour scale of that moment
+        (an entry restored after a restart has no map and keeps its saved overlay)."""
+        from defectscope.report.overlay import make_thumbnail, resize_map
 
-        self.top[key] = (score, verdict, make_thumbnail(overlay, width=REPORT_THUMBNAIL))
+        thumbnail = make_thumbnail(image, width=REPORT_THUMBNAIL)
+        small_map = None if anomaly_map is None else resize_map(anomaly_map, thumbnail.shape[:2])
+        self.top[key] = _Top(score, verdict, thumbnail, small_map, make_thumbnail(overlay, width=REPORT_THUMBNAIL))
         if len(self.top) > REPORT_ENTRIES:
-            del self.top[min(self.top, key=lambda k: self.top[k][0])]
+            del self.top[min(self.top, key=lambda k: self.top[k].score)]
 
     def _load_top(self) -> None:
-        """After a restart: the highest-scoring rows so far, their overlays read from maps/."""
+        """After a restart: the highest-scoring rows so far, their overlays read from maps/ and
+        their images from the input folder (the overlay stands in for an image since removed)."""
         scored = [row for row in self.verdicts.rows() if row["score"]]
         for row in sorted(scored, key=lambda r: -float(r["score"]))[:REPORT_ENTRIES]:
             try:
                 overlay = read_image(self.out / "maps" / _overlay_name(row["path"], self.in_dir))
             except ImageReadError:
                 continue
-            self._remember(row["path"], float(row["score"]), row["verdict"], overlay)
+            try:
+                image = read_image(row["path"])
+            except ImageReadError:
+                image = overlay
+            self._remember(row["path"], float(row["score"]), row["verdict"], image, None, overlay)
 
     def write_report(self) -> None:
         """Refresh report.html: counts and the (up to 100) highest-scoring images so far."""
         from defectscope.report.html import ReportEntry, write_report
+        from defectscope.report.overlay import heatmap_overlay
 
-        ordered = sorted(self.top.items(), key=lambda item: -item[1][0])
+        ordered = sorted(self.top.items(), key=lambda item: -item[1].score)
+        color_range = self.color_range()
+
+        def overlay_of(top: _Top) -> np.ndarray:
+            if top.small_map is None or color_range is None:
+                return top.overlay
+            return heatmap_overlay(top.thumbnail, top.small_map, vmin=color_range[0], vmax=color_range[1])
+
         entries = [
-            ReportEntry(path=key, score=score, rank=rank, thumbnail=small, overlay=small, label=verdict or None)
-            for rank, (key, (score, verdict, small)) in enumerate(ordered, start=1)
+            ReportEntry(path=key, score=top.score, rank=rank, thumbnail=top.thumbnail, overlay=overlay_of(top), label=top.verdict or None)
+            for rank, (key, top) in enumerate(ordered, start=1)
         ]
         summary = {
             "images": sum(self.counts.values()),
@@ -454,7 +511,7 @@ class Watcher:
             settings=self.settings,
             skipped=[(row["path"], row["reason"]) for row in self.skips.rows()],
             summary=summary,
-            color_range=self.scorer.color_range,
+            color_range=color_range,
             thumbnail_width=REPORT_THUMBNAIL,
         )
         self._last_report = time.monotonic()
@@ -473,11 +530,11 @@ def build_scorer(options, *, alpha: float, bank_size: int, min_bank: int, good: 
     musc = build_detector(options)
     scorer = ZeroShotScorer(musc, alpha, bank_size, min(min_bank, bank_size))
     if good is not None:
-        from defectscope.data.layouts import plain_folder
+        from defectscope.data.layouts import training_images
         from defectscope.data.batch import read_batch
         from defectscope.methods.bank import reference_sample
 
-        samples = plain_folder(good)
+        samples = training_images(good)  # an MVTec category means its train/good, as for score
         chosen = reference_sample(len(samples), bank_size)
         images, paths, skipped = read_batch([samples[i].path for i in chosen], skip_unreadable=True)
         for path, reason in skipped:

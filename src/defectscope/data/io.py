@@ -25,6 +25,10 @@ Conversion rules (all images become ``(H, W, 3)`` uint8 RGB):
 * ``F`` (32-bit float): values in 0..1 are scaled by 255; any other range by the image's own
   minimum..maximum. NaN becomes 0.
 
+Size: the pixel count is read from the header before anything is decoded, and an image above
+:data:`MAX_IMAGE_PIXELS` (``DEFECTSCOPE_MAX_IMAGE_PIXELS`` overrides it) is refused in one sentence
+that names the file, so an oversized or hostile file never reaches the decoder.
+
 Per-image contrast stretching is only a last resort (the two cases above): it would make scores
 incomparable between images, which is why bit-depth scaling comes first.
 """
@@ -33,6 +37,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO
@@ -40,12 +45,20 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
-from defectscope.errors import DatasetError, ImageReadError
+from defectscope.errors import ConfigError, DatasetError, ImageReadError
 
-__all__ = ["IMAGE_EXTENSIONS", "check_images", "read_image", "read_mask"]
+__all__ = ["IMAGE_EXTENSIONS", "MAX_IMAGE_PIXELS", "check_images", "max_image_pixels", "read_image", "read_mask"]
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 """Lower-case suffixes recognised as images; compare with ``path.suffix.lower()``."""
+
+MAX_IMAGE_PIXELS = 8192 * 8192
+"""Largest image decoded, in pixels (width x height), checked from the header before decoding.
+
+8192 x 8192 decodes to 192 MiB of RGB; every method resizes its input to at most 2048 px per
+side, so a larger file only costs memory. Set ``DEFECTSCOPE_MAX_IMAGE_PIXELS`` to change it."""
+
+MAX_PIXELS_VARIABLE = "DEFECTSCOPE_MAX_IMAGE_PIXELS"
 
 _SIGNATURES: tuple[bytes, ...] = (
     b"\x89PNG\r\n\x1a\n",
@@ -57,7 +70,32 @@ _SIGNATURES: tuple[bytes, ...] = (
 _PNG_END = b"IEND\xaeB`\x82"
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I;16S"})
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
-_PROBLEM_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError)
+_PROBLEM_ERRORS = (
+    OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError, Image.DecompressionBombError
+)
+
+
+def max_image_pixels() -> int:
+    """The pixel cap in force: ``DEFECTSCOPE_MAX_IMAGE_PIXELS`` when set, else :data:`MAX_IMAGE_PIXELS`."""
+    override = os.environ.get(MAX_PIXELS_VARIABLE)
+    if not override:
+        return MAX_IMAGE_PIXELS
+    try:
+        value = int(float(override))
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise ConfigError(f"{MAX_PIXELS_VARIABLE}={override!r} is not a positive number of pixels")
+    return value
+
+
+def _too_large(pixels: int, size: str = "") -> str:
+    """The problem half of the sentence for an image of ``pixels`` pixels over the cap."""
+    cap = max_image_pixels()
+    return (
+        f"the image is {size or f'{pixels:,} pixels'}, more than the {cap:,} pixels defectscope decodes "
+        f"(set {MAX_PIXELS_VARIABLE} to raise the limit)"
+    )
 
 
 def _describe(path: Path, exc: BaseException, what: str) -> str:
@@ -69,7 +107,9 @@ def _describe(path: Path, exc: BaseException, what: str) -> str:
     elif isinstance(exc, PermissionError):
         problem = "permission denied"
     elif isinstance(exc, Image.DecompressionBombError):
-        problem = f"the image is too large to decode safely ({exc})"
+        # Pillow refuses these in Image.open already; its message states the pixel count.
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        problem = _too_large(int(found.group(1))) if found else f"the image is too large to decode safely ({exc})"
     elif isinstance(exc, UnidentifiedImageError):
         if _has_image_signature(path):
             problem = "the file is damaged or truncated (its header cannot be parsed)"
@@ -115,6 +155,9 @@ def _open_decoded(path: Path, what: str) -> tuple[Image.Image, tuple[float, floa
             raise ImageReadError(f"cannot read {what} '{path}': the file is empty (0 bytes)")
         with open(path, "rb") as handle:
             with Image.open(handle) as opened:
+                width, height = opened.size
+                if width * height > max_image_pixels():
+                    raise ImageReadError(f"cannot read {what} '{path}': {_too_large(width * height, f'{width} x {height} pixels')}")
                 opened.load()
                 if opened.format == "PNG" and not _png_has_end_chunk(handle):
                     raise ImageReadError(f"cannot read {what} '{path}': the file is truncated")

@@ -25,7 +25,15 @@ import numpy as np
 import torch
 
 from defectscope.errors import ConfigError
-from defectscope.methods.musc import interval_bounds, similarities_to_distances
+from defectscope.methods.mutual import (
+    MuScScores,
+    _check_interval,
+    _drop_one_interval_mean,
+    _interval_reduce,
+    interval_bounds,
+    similarities_to_distances,
+    to_finest_grid,
+)
 from defectscope.progress import Progress
 
 BLOCK_BYTES = 8 * 2**20
@@ -148,7 +156,7 @@ def topk_to_scores(topk: torch.Tensor, counts: torch.Tensor, lower: float, upper
     """(Nq, k, L) descending top-k similarities -> (Nq, L) interval-mean distances.
 
     Query i uses the ranks [floor(lower M_i), floor(upper M_i)) of its ascending distances,
-    M_i = ``counts[i]`` references (see :func:`defectscope.methods.musc.interval_bounds`).
+    M_i = ``counts[i]`` references (see :func:`defectscope.methods.mutual.interval_bounds`).
     """
     distances = similarities_to_distances(topk)
     scores = torch.empty(topk.shape[0], topk.shape[2])
@@ -185,6 +193,40 @@ def bank_scores(
     return topk_to_scores(topk, counts, lower, upper)
 
 
+def reference_scores(
+    query: torch.Tensor,
+    reference: torch.Tensor,
+    lower: float = 0.0,
+    upper: float = 0.3,
+    *,
+    drop_one: bool = False,
+) -> torch.Tensor:
+    """Scoring against a reference set: (Nq, L, C) query vs (M, L, C) reference patch features
+    (both L2-normalised, same grid) -> (Nq, L) scores.
+
+    Patch p of query image i gets, for each reference image m, the distance to its nearest patch
+    of m; the M values are reduced by the MSM interval rule (ranks [floor(lower M), floor(upper
+    M)), at least one). With ``drop_one`` the rule is applied to M - 1 references and averaged
+    over the M ways of leaving one out, so that the scores are comparable with the references'
+    own leave-one-out scores (:func:`mutual_scores` of the reference set), which use M - 1
+    references each; with all M the interval reaches a slightly higher rank and query scores come
+    out slightly higher. The nearest similarities come from
+    :func:`defectscope.methods.bank.nearest_topk` (a running top-k, one block at a time).
+    """
+    if query.ndim != 3 or reference.ndim != 3 or query.shape[1:] != reference.shape[1:]:
+        raise ConfigError(
+            f"reference scoring needs (Nq, L, C) and (M, L, C) features of the same grid, got shapes "
+            f"{tuple(query.shape)} and {tuple(reference.shape)}"
+        )
+    _check_interval(lower, upper)
+    m, length, channels = reference.shape
+    if m < (2 if drop_one else 1):
+        raise ConfigError(f"reference scoring needs at least {2 if drop_one else 1} reference images, got {m}")
+    end = interval_bounds(m - 1 if drop_one else m, lower, upper)[1] + (1 if drop_one else 0)
+    distances = similarities_to_distances(nearest_topk(query, reference, min(end, m), workers=1))
+    return _drop_one_interval_mean(distances, lower, upper, m) if drop_one else _interval_reduce(distances, m, lower, upper)
+
+
 COST_CHANNEL_OFFSET = 40
 """Cost model of one query-reference product, in work units L L' (C + 40): the matrix product
 grows with C, the two reductions do not (measured: C = 112 costs 1.8x C = 40 at equal L,
@@ -207,7 +249,6 @@ def sampled_patch_scores(detector, images: Sequence[np.ndarray], progress: Progr
     with one reference in the cheapest feature set, the others weighted by :func:`set_cost`.
     """
     from defectscope.methods.featurestore import chunked_feature_sets
-    from defectscope.methods.musc import MuScScores, to_finest_grid
 
     cfg = detector.config
     n = len(images)

@@ -76,7 +76,7 @@ def chunked_feature_sets(
     available memory, ``None`` always in memory, a folder memory-maps them to a file there.
     Values equal :meth:`MuSc.feature_sets` (LNAMD is computed per image).
     """
-    from defectscope.methods.musc import lnamd
+    from defectscope.methods.mutual import lnamd
 
     n = len(images)
     arrays: list[np.ndarray] = []

@@ -1,7 +1,8 @@
 """MuSc: zero-shot anomaly classification and segmentation by mutual scoring.
 
 The unlabeled batch scores itself: a normal patch finds close patches in many other images of
-the batch, a defective patch in few. Three pure tensor steps, each usable on its own:
+the batch, a defective patch in few. Three pure tensor steps (in :mod:`defectscope.methods.mutual`,
+importable from here too), each usable on its own:
 
 - :func:`lnamd` — local neighbourhood aggregation with multiple degrees (per layer, per r);
 - :func:`mutual_scores` — the mutual scoring mechanism (MSM) on one (N, L, C) feature set;
@@ -20,11 +21,9 @@ MSM (and CoDeGraph) needs holds N x N x L float32 values.
 
 from __future__ import annotations
 
-import math
 import warnings
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -33,6 +32,25 @@ import torch.nn.functional as F
 from defectscope.backbones._common import BORDERS
 from defectscope.errors import ConfigError
 from defectscope.memory import estimate_bytes
+from defectscope.methods.bank import reference_scores  # noqa: F401  (moved; kept importable from here)
+from defectscope.methods.mutual import (  # noqa: F401  (moved to mutual.py; kept importable from here)
+    _check_interval,
+    _drop_one_interval_mean,
+    _interval_reduce,
+    _match_interior,
+    border_classes,
+    calibrate_border,
+    interval_bounds,
+    interval_mean,
+    lnamd,
+    MuScScores,
+    mutual_scores,
+    nearest_similarities,
+    rscin,
+    side_classes,
+    similarities_to_distances,
+    to_finest_grid,
+)
 from defectscope.methods.base import Detector, MethodConfig, Result, default_paths
 from defectscope.methods.smoothing import equalise_edges, gaussian_blur, upsample
 from defectscope.methods.verdict import (
@@ -49,27 +67,6 @@ from defectscope.progress import Progress as ProgressCallback
 SMALL_BATCH_WARNING = 20
 
 
-def _check_interval(lower: float, upper: float) -> None:
-    if not (0.0 <= lower < upper <= 1.0):
-        raise ConfigError(
-            f"scoring interval [{lower}, {upper}) is invalid: need 0 <= lower < upper <= 1"
-        )
-
-
-def interval_bounds(num_references: int, lower: float, upper: float) -> tuple[int, int]:
-    """Rank range [start, end) of the sorted per-image distances that MSM averages.
-
-    ``start = floor(lower * M)``, ``end = floor(upper * M)`` for M = N - 1 reference images,
-    widened so that at least one value is used (small batches) and clipped to M.
-    """
-    _check_interval(lower, upper)
-    if num_references < 1:
-        raise ConfigError("mutual scoring needs at least 2 images (1 reference per image)")
-    start = min(int(math.floor(lower * num_references)), num_references - 1)
-    end = min(int(math.floor(upper * num_references)), num_references)
-    return start, max(end, start + 1)
-
-
 def check_batch_size(n: int, what: str = "mutual scoring", minimum: int = 2) -> None:
     """Refuse batches below ``minimum`` images; warn below about SMALL_BATCH_WARNING."""
     if n < minimum:
@@ -80,206 +77,6 @@ def check_batch_size(n: int, what: str = "mutual scoring", minimum: int = 2) -> 
             f"{SMALL_BATCH_WARNING} or more images of the same product",
             stacklevel=3,
         )
-
-
-def lnamd(
-    feature_map: torch.Tensor, degrees: Sequence[int] = (1, 3, 5)
-) -> list[torch.Tensor]:
-    """Local neighbourhood aggregation with multiple degrees.
-
-    ``feature_map`` is (N, C, h, w). Each image's map is standardised over (C, h, w) (a
-    LayerNorm without affine parameters); for each degree r it is averaged over r x r
-    neighbourhoods (stride 1, same grid; at borders only the cells inside the grid count), then
-    every patch vector is L2-normalised. (Zero padding would give the same result: it only
-    rescales border sums, which the L2 normalisation removes.) Returns one (N, h*w, C)
-    tensor per degree.
-    """
-    if feature_map.ndim != 4:
-        raise ConfigError(f"lnamd expects an (N, C, h, w) tensor, got shape {tuple(feature_map.shape)}")
-    x = F.layer_norm(feature_map.float(), feature_map.shape[1:])
-    out = []
-    for r in degrees:
-        if r < 1 or r % 2 == 0:
-            raise ConfigError(f"aggregation degree {r} is invalid: degrees must be odd and >= 1")
-        y = x if r == 1 else F.avg_pool2d(x, r, stride=1, padding=r // 2, count_include_pad=False)
-        y = y.flatten(2).transpose(1, 2)
-        out.append(F.normalize(y, dim=-1).contiguous())
-    return out
-
-
-def nearest_similarities(
-    features: torch.Tensor,
-    *,
-    workers: int | None = None,
-    progress: Callable[[int], None] | None = None,
-) -> torch.Tensor:
-    """For each ordered pair (i, j), i != j, and patch p of image i: max_q <z_i(p), z_j(q)>.
-
-    ``features``: (N, L, C) L2-normalised. Returns (N, N, L) with the diagonal set to -inf.
-    One L x L product per unordered pair; its row maxima give i -> j and its column maxima
-    give j -> i. The rows of pairs are spread over ``workers`` threads (default: torch's thread
-    count), each running single-threaded torch ops: many small ops parallelise better this way
-    than through torch's intra-op pool, and stay fast when other programs load the machine.
-    ``progress(pairs_done)`` is called as rows finish.
-    """
-    n, length, _ = features.shape
-    table = torch.empty(n, n, length, dtype=torch.float32, device=features.device)
-    table[torch.arange(n), torch.arange(n)] = -math.inf
-    z = features.float().contiguous()
-
-    def row(i: int) -> int:
-        zi = z[i]
-        for j in range(i + 1, n):
-            block = zi @ z[j].T
-            table[i, j] = block.amax(dim=1)
-            table[j, i] = block.amax(dim=0)
-        return n - 1 - i
-
-    workers = workers or torch.get_num_threads()
-    if workers <= 1 or z.device.type != "cpu":
-        done = 0
-        for i in range(n - 1):
-            done += row(i)
-            if progress is not None:
-                progress(done)
-        return table
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with ThreadPoolExecutor(workers) as pool:
-            done = 0
-            for finished in pool.map(row, range(n - 1)):
-                done += finished
-                if progress is not None:
-                    progress(done)
-    finally:
-        torch.set_num_threads(previous)
-    return table
-
-
-def similarities_to_distances(similarities: torch.Tensor) -> torch.Tensor:
-    """Euclidean distance of unit vectors from their cosine: sqrt(max(2 - 2 s, 0)); -inf -> inf."""
-    return torch.sqrt(torch.clamp(2.0 - 2.0 * similarities, min=0.0))
-
-
-def _interval_reduce(distances: torch.Tensor, references: int, lower: float, upper: float) -> torch.Tensor:
-    """(N, R, L) distances -> (N, L): the mean of each patch's sorted distances whose rank lies in
-    the MSM interval for ``references`` images (excluded images carry inf and sort last)."""
-    start, end = interval_bounds(references, lower, upper)
-    smallest = torch.topk(distances, end, dim=1, largest=False, sorted=True).values
-    return smallest[:, start:end].mean(dim=1)
-
-
-def interval_mean(distances: torch.Tensor, lower: float = 0.0, upper: float = 0.3) -> torch.Tensor:
-    """MSM reduction: (N, N, L) per-image nearest distances (diagonal inf) -> (N, L) scores.
-
-    For each patch the N - 1 distances to the other images are sorted ascending and the values
-    whose rank lies in [floor(lower (N-1)), floor(upper (N-1))) are averaged (at least one).
-    """
-    return _interval_reduce(distances, distances.shape[0] - 1, lower, upper)
-
-
-def _drop_one_interval_mean(distances: torch.Tensor, lower: float, upper: float, m: int) -> torch.Tensor:
-    """(N, R, L) smallest distances to M references (R >= the interval's end + 1) -> (N, L): the
-    MSM interval mean over M - 1 references, averaged over the M ways of leaving one reference out
-    (closed form on the sorted values)."""
-    start, end = interval_bounds(m - 1, lower, upper)
-    d = torch.topk(distances, end + 1, dim=1, largest=False, sorted=True).values
-    kept = d[:, start:end].sum(dim=1)
-    shifted = d[:, start + 1:end + 1].sum(dim=1)
-    wide = d[:, start:end + 1].sum(dim=1)
-    return ((m - end) * kept + start * shifted + (end - start) * wide - kept) / (m * (end - start))
-
-
-def reference_scores(
-    query: torch.Tensor,
-    reference: torch.Tensor,
-    lower: float = 0.0,
-    upper: float = 0.3,
-    *,
-    drop_one: bool = False,
-) -> torch.Tensor:
-    """Scoring against a reference set: (Nq, L, C) query vs (M, L, C) reference patch features
-    (both L2-normalised, same grid) -> (Nq, L) scores.
-
-    Patch p of query image i gets, for each reference image m, the distance to its nearest patch
-    of m; the M values are reduced by the MSM interval rule (ranks [floor(lower M), floor(upper
-    M)), at least one). With ``drop_one`` the rule is applied to M - 1 references and averaged
-    over the M ways of leaving one out, so that the scores are comparable with the references'
-    own leave-one-out scores (:func:`mutual_scores` of the reference set), which use M - 1
-    references each; with all M the interval reaches a slightly higher rank and query scores come
-    out slightly higher. The nearest similarities come from
-    :func:`defectscope.methods.bank.nearest_topk` (a running top-k, one block at a time).
-    """
-    if query.ndim != 3 or reference.ndim != 3 or query.shape[1:] != reference.shape[1:]:
-        raise ConfigError(
-            f"reference scoring needs (Nq, L, C) and (M, L, C) features of the same grid, got shapes "
-            f"{tuple(query.shape)} and {tuple(reference.shape)}"
-        )
-    _check_interval(lower, upper)
-    m, length, channels = reference.shape
-    if m < (2 if drop_one else 1):
-        raise ConfigError(f"reference scoring needs at least {2 if drop_one else 1} reference images, got {m}")
-    from defectscope.methods.bank import nearest_topk
-
-    end = interval_bounds(m - 1 if drop_one else m, lower, upper)[1] + (1 if drop_one else 0)
-    distances = similarities_to_distances(nearest_topk(query, reference, min(end, m), workers=1))
-    return _drop_one_interval_mean(distances, lower, upper, m) if drop_one else _interval_reduce(distances, m, lower, upper)
-
-
-def mutual_scores(
-    features: torch.Tensor,
-    lower: float = 0.0,
-    upper: float = 0.3,
-    *,
-    progress: Callable[[int], None] | None = None,
-) -> torch.Tensor:
-    """Mutual scoring of a batch: (N, L, C) L2-normalised patch features -> (N, L) patch scores.
-
-    Patch p of image i gets, for every other image j, the distance to its nearest patch of j;
-    these N - 1 values are sorted and the mean of those whose rank lies in the interval
-    [floor(lower (N-1)), floor(upper (N-1))) is the score (at least one value is used).
-    """
-    if features.ndim != 3:
-        raise ConfigError(f"mutual_scores expects an (N, L, C) tensor, got shape {tuple(features.shape)}")
-    if features.shape[0] < 2:
-        raise ConfigError(f"mutual scoring needs at least 2 images, got {features.shape[0]}")
-    _check_interval(lower, upper)
-    distances = similarities_to_distances(nearest_similarities(features, progress=progress))
-    return interval_mean(distances, lower, upper)
-
-
-def rscin(scores: torch.Tensor | np.ndarray, embeddings: torch.Tensor | np.ndarray, ks: Sequence[int] = (1, 2, 3)) -> np.ndarray:
-    """Re-scoring with a constrained image-level neighbourhood.
-
-    ``scores`` (N,) are min-max normalised to s; W = E E^T from the (N, D) L2-normalised
-    embeddings. For each k, every row of W keeps its k largest entries (the image itself
-    included), the rest are zeroed, rows are normalised to sum 1 and P_k s is computed; the
-    result is the mean over k of P_k s. k = 1 is the identity; k is capped at N.
-    """
-    s = torch.as_tensor(np.asarray(scores, dtype=np.float64))
-    e = F.normalize(torch.as_tensor(np.asarray(embeddings, dtype=np.float64)), dim=1)
-    n = s.shape[0]
-    if e.shape[0] != n:
-        raise ConfigError(f"rscin got {n} scores but {e.shape[0]} embeddings")
-    if not ks:
-        raise ConfigError("rscin needs at least one k")
-    span = s.max() - s.min() if n else torch.tensor(0.0)
-    s = (s - s.min()) / span if n and span > 0 else torch.zeros_like(s)
-    similarity = e @ e.T
-    similarity.fill_diagonal_(math.inf)
-    result = torch.zeros_like(s)
-    for k in ks:
-        if k < 1:
-            raise ConfigError(f"rscin k must be >= 1, got {k}")
-        k = min(k, n)
-        top = torch.topk(similarity, k, dim=1)
-        weights = top.values.clone()
-        weights[:, 0] = 1.0
-        weights = torch.clamp(weights, min=0.0)
-        weights = weights / weights.sum(dim=1, keepdim=True)
-        result += (weights * s[top.indices]).sum(dim=1)
-    return (result / len(ks)).numpy()
 
 
 @dataclass(frozen=True)
@@ -330,7 +127,7 @@ class MuScConfig(MethodConfig):
             when they would exceed half of the available memory, None keeps them in memory,
             a folder memory-maps them there.
         scheduler: where the work runs: None (this process), "dask" (a Dask LocalCluster for
-            the run) or a Dask scheduler address "tcp://HOST:PORT" (:mod:`defectscope.distributed`).
+            the run) or a Dask scheduler address "tcp://HOST:PORT" (:mod:`defectscope.methods.distributed`).
             MuSc only; CoDeGraph always builds the full table in this process.
         false_alarm_rate: share of normal images the verdict may flag (label-free rule on the
             batch, or conformal on the good images after :meth:`MuSc.calibrate`).
@@ -382,88 +179,6 @@ class MuScConfig(MethodConfig):
             raise ConfigError(f"max_references must be >= 1 (or None for exact scoring), got {self.max_references}")
 
 
-def to_finest_grid(patch_scores: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """(N, h*w) scores of a coarser layer grid -> (N, H*W) on ``grid`` (bilinear,
-    align_corners=True); unchanged when already there. The layer grid is taken to have the
-    aspect ratio of ``grid`` (as for layers of one input)."""
-    n, length = patch_scores.shape
-    if length == grid[0] * grid[1]:
-        return patch_scores
-    rows = max(1, int(round(math.sqrt(length * grid[0] / grid[1]))))
-    cols = length // rows
-    if rows * cols != length:
-        raise ConfigError(f"cannot place {length} patch scores on a coarser grid of {grid[0]}x{grid[1]}")
-    maps = patch_scores.view(n, 1, rows, cols)
-    return F.interpolate(maps, size=grid, mode="bilinear", align_corners=True).view(n, -1)
-
-
-def border_classes(grid: tuple[int, int], depth: int) -> torch.Tensor:
-    """(h*w,) int class of every patch by its distance to the grid's edge: the pair (nearer,
-    farther) of its row and column distances, each capped at ``depth``; ``depth * (depth + 1) +
-    depth`` is the interior (both at least ``depth``). The classes below the interior gather the
-    patches near the four corners."""
-    rows, cols = torch.arange(grid[0]), torch.arange(grid[1])
-    row_depth = torch.minimum(rows, grid[0] - 1 - rows).clamp(max=depth)[:, None]
-    col_depth = torch.minimum(cols, grid[1] - 1 - cols).clamp(max=depth)[None, :]
-    near, far = torch.minimum(row_depth, col_depth), torch.maximum(row_depth, col_depth)
-    return (near * (depth + 1) + far).flatten()
-
-
-def side_classes(grid: tuple[int, int], depth: int) -> torch.Tensor:
-    """(h*w,) int class of every patch: ``4 * ring + side`` for the outer ``depth`` rings (ring 0
-    outermost; side 0 top, 1 bottom, 2 left, 3 right, the nearest edge, rows first on a tie) and
-    ``4 * depth`` for the interior."""
-    rows = torch.arange(grid[0])[:, None].expand(*grid)
-    cols = torch.arange(grid[1])[None, :].expand(*grid)
-    distances = torch.stack([rows, grid[0] - 1 - rows, cols, grid[1] - 1 - cols])
-    ring, side = distances.min(dim=0)
-    return torch.where(ring < depth, 4 * ring + side, torch.full_like(ring, 4 * depth)).flatten()
-
-
-def _match_interior(patch_scores: torch.Tensor, classes: torch.Tensor, interior: int) -> torch.Tensor:
-    """Per image and per class above the interior: map the class's scores affinely so that their
-    median is the interior's and their spread (median absolute deviation) at most the interior's."""
-    inside = classes == interior
-    inner = patch_scores[:, inside]
-    inner_median = inner.median(dim=1, keepdim=True).values
-    inner_spread = (inner - inner_median).abs().median(dim=1, keepdim=True).values
-    out = patch_scores.clone()
-    for label in classes.unique().tolist():
-        if label == interior:
-            continue
-        chosen = classes == label
-        values = patch_scores[:, chosen]
-        median = values.median(dim=1, keepdim=True).values
-        spread = (values - median).abs().median(dim=1, keepdim=True).values
-        factor = torch.where(spread > 0, inner_spread / spread.clamp_min(1e-12), torch.ones_like(spread)).clamp(max=1.0)
-        mapped = inner_median + (values - median) * factor
-        out[:, chosen] = torch.where(median > inner_median, mapped, values)
-    return out
-
-
-def calibrate_border(patch_scores: torch.Tensor, grid: tuple[int, int], depth: int = 2) -> torch.Tensor:
-    """Bring each image's border patches to the level of its own interior.
-
-    Patches near the edge have fewer look-alikes in the other images (their context includes
-    the padding), so their mutual scores run high and the maximum of a normal image tends to sit
-    on its border. Two passes, each per image: first the outermost ring of each side on its own
-    (:func:`side_classes` with depth 1: a side's context can differ from the others', e.g. a scan
-    edge or a lighting gradient; two rings per side flattened more of the defects that run along
-    an edge), then the ``depth`` rings by distance to the edge, the patches near the corners apart
-    (:func:`border_classes`, pooled over the four sides). In each pass, a class whose median
-    exceeds the interior's is mapped affinely so that its median equals the interior median and
-    its spread (median absolute deviation) shrinks to at most the interior's. A defect on the
-    border stays far above its class and so above the interior. Classes that score lower than the
-    interior (e.g. plain background round an object) are left alone. ``depth`` 0, or a grid whose
-    interior is less than half of its patches (too small to be the reference), returns the
-    scores unchanged. Chosen on the shared categories (docs/BENCHMARKS.md).
-    """
-    if depth < 1 or 2 * (grid[0] - 2 * depth) * (grid[1] - 2 * depth) < grid[0] * grid[1]:
-        return patch_scores
-    by_side = _match_interior(patch_scores, side_classes(grid, 1), 4)
-    return _match_interior(by_side, border_classes(grid, depth), depth * (depth + 1) + depth)
-
-
 def tile_fractions(tiles: int, overlap: float) -> tuple[float, float]:
     """(tile side, step between tiles) as fractions of the image side for ``tiles`` per side."""
     side = 1.0 / (tiles - (tiles - 1) * overlap)
@@ -486,16 +201,6 @@ def tile_boxes(tile_shape: tuple[int, int], tiles: int, overlap: float) -> list[
     rows = [int(round(k * (1.0 - overlap) * height)) for k in range(tiles)]
     cols = [int(round(k * (1.0 - overlap) * width)) for k in range(tiles)]
     return [(top, top + height, left, left + width) for top in rows for left in cols]
-
-
-@dataclass
-class MuScScores:
-    """Intermediate MuSc output, kept for methods that build on it (CoDeGraph)."""
-
-    patch_scores: torch.Tensor
-    grid: tuple[int, int]
-    embeddings: torch.Tensor
-    feature_sets: list[torch.Tensor] = field(default_factory=list)
 
 
 @dataclass
@@ -622,7 +327,7 @@ class MuSc(Detector):
         check_batch_size(n)
         if self.config.scheduler is not None or self._banked(n):
             if self.config.scheduler is not None:
-                from defectscope.distributed import dask_patch_scores as elsewhere
+                from defectscope.methods.distributed import dask_patch_scores as elsewhere
             else:
                 from defectscope.methods.bank import sampled_patch_scores as elsewhere
             scores = elsewhere(self, images, progress)

@@ -13,12 +13,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from importlib import import_module
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from defectscope.errors import ConfigError
 from defectscope.memory import check_image_size
 from defectscope.methods.base import Detector, MethodConfig
-from defectscope.options import RunOptions
+
+if TYPE_CHECKING:  # options.py sits above the methods (it uses methods.verdict); annotations only
+    from defectscope.options import RunOptions
 
 _SHARED = {"backbone": "backbone", "weights": "weights", "image_size": "image_size"}
 

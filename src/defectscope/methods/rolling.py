@@ -20,7 +20,7 @@ import torch
 
 from defectscope.errors import ConfigError
 from defectscope.methods.bank import BLOCK_BYTES, topk_size, topk_to_scores
-from defectscope.methods.musc import interval_mean, similarities_to_distances
+from defectscope.methods.mutual import interval_mean, similarities_to_distances
 
 
 @dataclass

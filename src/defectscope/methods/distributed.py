@@ -63,21 +63,21 @@ def dask_client(scheduler: str, workers: int | None = None) -> Iterator:
         yield client
 
 
-def _worker_model(config):
-    """The MuSc detector (with its backbone) of this worker process, built once per config."""
-    from defectscope.methods.musc import MuSc
-
+def _worker_model(detector_class, config):
+    """The detector (``detector_class(config)``, with its backbone) of this worker process, built
+    once per config. The class travels with the task (pickled by reference), so this module never
+    imports the detector that calls it."""
     if config not in _WORKER_MODELS:
         _WORKER_MODELS.clear()
-        _WORKER_MODELS[config] = MuSc(config)
+        _WORKER_MODELS[config] = detector_class(config)
     return _WORKER_MODELS[config]
 
 
-def extract_chunk(config, images: Sequence[np.ndarray]) -> tuple[list[torch.Tensor], torch.Tensor, tuple[int, int]]:
+def extract_chunk(detector_class, config, images: Sequence[np.ndarray]) -> tuple[list[torch.Tensor], torch.Tensor, tuple[int, int]]:
     """Task: LNAMD feature sets (one (n, L, C) per set), embeddings and grid of a chunk."""
     from defectscope.methods.featurestore import chunked_feature_sets
 
-    musc = _worker_model(config)
+    musc = _worker_model(detector_class, config)
     features = chunked_feature_sets(musc.backbone, images, config.degrees, config.batch_size, native_grids=config.native_grids, store=None)
     return features.sets, features.embeddings, features.grid
 
@@ -109,7 +109,7 @@ def merge(first: list[torch.Tensor], second: list[torch.Tensor], k: int) -> list
 def finish(topk: list[torch.Tensor], counts: torch.Tensor, lower: float, upper: float, grid: tuple[int, int]) -> torch.Tensor:
     """Task: top-k similarities per set -> (n, L) patch scores averaged over the sets."""
     from defectscope.methods.bank import topk_to_scores
-    from defectscope.methods.musc import to_finest_grid
+    from defectscope.methods.mutual import to_finest_grid
 
     return torch.stack([to_finest_grid(topk_to_scores(t, counts, lower, upper), grid) for t in topk]).mean(dim=0)
 
@@ -142,7 +142,7 @@ def dask_patch_scores(
     from distributed import as_completed
 
     from defectscope.methods.bank import reference_counts, reference_sample, self_positions, topk_size, use_bank
-    from defectscope.methods.musc import MuScScores
+    from defectscope.methods.mutual import MuScScores
 
     cfg = detector.config
     chunk = chunk or CHUNK
@@ -152,7 +152,7 @@ def dask_patch_scores(
     bounds = [(s, min(s + chunk, n)) for s in starts]
     with dask_client(cfg.scheduler) as client:
         started = time.perf_counter()
-        feature_futures = [client.submit(extract_chunk, task_config, list(images[a:b]), pure=False) for a, b in bounds]
+        feature_futures = [client.submit(extract_chunk, type(detector), task_config, list(images[a:b]), pure=False) for a, b in bounds]
         sizes = {future.key: b - a for future, (a, b) in zip(feature_futures, bounds)}
         extracted = 0
         for future in as_completed(feature_futures):
