@@ -178,3 +178,20 @@ def test_musc_run_decides_on_its_verdict_scores_end_to_end(tmp_path) -> None:
     # The score column (RsCIN, rescaled per batch) is not in the threshold's units.
     assert not np.allclose(result.image_scores, result.verdict_scores)
     assert float(np.min(result.verdict_scores)) < result.threshold < float(np.max(result.verdict_scores))
+
+
+def test_review_band_three_outcomes_and_budget_cap():
+    from defectscope.methods.verdict import Threshold, cap_review, decide, in_review, verdict_words
+
+    scores = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0])
+    threshold = Threshold(0.75, "rule", review_from=0.25)
+    anomalous, review = decide(scores, threshold), in_review(scores, threshold)
+    assert verdict_words(anomalous, review) == ["normal"] * 2 + ["review"] * 5 + ["anomalous"] * 3
+    capped = cap_review(scores, threshold, 0.2)  # at most 2 of 10 to review: the two highest of the band
+    assert capped.value == threshold.value and "capped" in capped.rule
+    assert verdict_words(decide(scores, capped), in_review(scores, capped)) == ["normal"] * 5 + ["review"] * 2 + ["anomalous"] * 3
+    none = cap_review(scores, threshold, 0.0)
+    assert not in_review(scores, none).any() and decide(scores, none).sum() == 3
+    assert cap_review(scores, threshold, 0.5) == threshold
+    with pytest.raises(ConfigError, match="--review-budget"):
+        cap_review(scores, threshold, 1.5)

@@ -38,6 +38,7 @@ from defectscope.methods.smoothing import equalise_edges, gaussian_blur, upsampl
 from defectscope.methods.verdict import (
     DEFAULT_FALSE_ALARM_RATE,
     check_false_alarm_rate,
+    in_review,
     conformal_threshold,
     decide,
     label_free_threshold,
@@ -735,6 +736,8 @@ class MuSc(Detector):
             is_anomalous=decide(image_scores, threshold),
             threshold=threshold.value,
             threshold_rule=threshold.rule,
+            needs_review=in_review(image_scores, threshold),
+            review_threshold=threshold.review_from,
         )
 
     def result_from_patch_scores(
@@ -776,5 +779,7 @@ class MuSc(Detector):
             threshold=threshold.value,
             threshold_rule=threshold.rule,
             verdict_scores=raw.numpy().astype(np.float64),
+            needs_review=in_review(raw.numpy(), threshold),
+            review_threshold=threshold.review_from,
         )
 

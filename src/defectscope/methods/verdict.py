@@ -48,12 +48,22 @@ _MIN_MIXTURE_SIZE = 6
 EULER = 0.5772156649015329
 
 
+NORMAL, REVIEW, ANOMALOUS = "normal", "review", "anomalous"
+VERDICT_WORDS = (NORMAL, REVIEW, ANOMALOUS)
+DEFAULT_REVIEW_BUDGET = 0.2
+
+
 @dataclass(frozen=True)
 class Threshold:
-    """A cut on a score statistic: ``value`` in the statistic's units, ``rule`` says how it was set."""
+    """A cut on a score statistic: ``value`` in the statistic's units, ``rule`` says how it was set.
+
+    ``review_from`` (optional, at most ``value``) opens a review band: a statistic above
+    ``value`` is anomalous, one in ``(review_from, value]`` goes to review (the data cannot tell),
+    one at or below ``review_from`` is normal. The false-alarm budget bounds only ``anomalous``."""
 
     value: float
     rule: str
+    review_from: float | None = None
 
 
 @dataclass(frozen=True)
@@ -246,6 +256,45 @@ def decide(scores: np.ndarray, threshold: Threshold) -> np.ndarray:
     return np.asarray(scores, dtype=np.float64).reshape(-1) > threshold.value
 
 
+def in_review(scores: np.ndarray, threshold: Threshold) -> np.ndarray:
+    """(N,) bool: True where the statistic lies in the threshold's review band."""
+    values = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if threshold.review_from is None:
+        return np.zeros(values.shape, dtype=bool)
+    return (values > threshold.review_from) & (values <= threshold.value)
+
+
+def check_review_budget(budget: float) -> float:
+    """Refuse a review budget outside [0, 1] in one sentence."""
+    if not (isinstance(budget, (int, float)) and 0.0 <= float(budget) <= 1.0):
+        raise ConfigError(f"--review-budget must be a share between 0 and 1, got {budget}")
+    return float(budget)
+
+
+def cap_review(scores: np.ndarray, threshold: Threshold, budget: float) -> Threshold:
+    """``threshold`` with its review band narrowed from below so that at most ``budget`` of the
+    images go to review (the highest statistics of the band stay; the others become normal).
+    The anomalous cut, and so the false-alarm budget, is unchanged."""
+    budget = check_review_budget(budget)
+    values = np.asarray(scores, dtype=np.float64).reshape(-1)
+    band = np.sort(values[in_review(values, threshold)])
+    allowed = int(math.floor(budget * values.size + 1e-9))
+    if band.size <= allowed:
+        return threshold
+    review_from = threshold.value if allowed == 0 else float(band[band.size - allowed - 1])
+    note = f"; review capped at {budget:.0%} of the batch"
+    return Threshold(threshold.value, threshold.rule + note, review_from)
+
+
+def verdict_words(anomalous: np.ndarray | None, review: np.ndarray | None = None) -> list[str] | None:
+    """Per image ``normal``, ``review`` or ``anomalous`` (None without a verdict)."""
+    if anomalous is None:
+        return None
+    flags = np.asarray(anomalous, dtype=bool).reshape(-1)
+    doubt = np.zeros_like(flags) if review is None else np.asarray(review, dtype=bool).reshape(-1)
+    return [ANOMALOUS if a else (REVIEW if r else NORMAL) for a, r in zip(flags, doubt)]
+
+
 def pixel_masks(maps: np.ndarray, threshold: Threshold) -> np.ndarray:
     """The same cut per pixel: (N, H, W) bool masks of ``maps > threshold`` (the image statistic
     must be the map maximum for masks and image verdicts to agree)."""
@@ -258,6 +307,16 @@ def with_verdict(result: "Result", threshold: Threshold, statistic: np.ndarray |
     if statistic is not None:
         result.verdict_scores = np.asarray(statistic, dtype=np.float64).reshape(-1)
     result.is_anomalous = decide(result.decision_scores(), threshold)
+    result.needs_review = in_review(result.decision_scores(), threshold)
     result.threshold = threshold.value
+    result.review_threshold = threshold.review_from
     result.threshold_rule = threshold.rule
     return result
+
+
+def limit_review(result: "Result", budget: float) -> "Result":
+    """Cap ``result``'s review share at ``budget`` (:func:`cap_review`); returns ``result``."""
+    if result.review_threshold is None or result.threshold is None or result.is_anomalous is None:
+        return result
+    threshold = Threshold(result.threshold, result.threshold_rule or "", result.review_threshold)
+    return with_verdict(result, cap_review(result.decision_scores(), threshold, budget))
