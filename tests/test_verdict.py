@@ -118,22 +118,34 @@ def test_label_free_refuses_bad_input() -> None:
         label_free_threshold(np.array([1.0, 2.0]), 1.5)
 
 
-@pytest.mark.parametrize("n,alpha", [(19, 0.05), (50, 0.05), (40, 0.1)])
-def test_conformal_guarantee_by_simulation(n: int, alpha: float) -> None:
+@pytest.mark.parametrize("n,alpha", [(19, 0.05), (50, 0.05), (200, 0.05), (40, 0.1)])
+def test_conformal_guarantee_per_good_set_by_simulation(n: int, alpha: float) -> None:
+    """The anomalous cut keeps the budget in 90 % of good sets (or the stated per-set budget when
+    n is too small); the review band's lower edge is the split-conformal cut (average guarantee)."""
+    from scipy import stats
+
+    from defectscope.methods.verdict import set_budget, set_rank
+
     rng = np.random.default_rng(5)
-    rates = []
+    true_rates, edge_rates = [], []
     for _ in range(2000):
         threshold = conformal_threshold(rng.standard_normal(n), alpha)
-        rates.append(float(np.mean(decide(rng.standard_normal(200), threshold))))
-    expected = 1 - math.ceil((n + 1) * (1 - alpha)) / (n + 1)
-    assert np.mean(rates) <= alpha + 0.003
-    assert np.mean(rates) == pytest.approx(expected, abs=0.004)
+        true_rates.append(float(stats.norm.sf(threshold.value)))  # the exact share of normal scores above the cut
+        edge = threshold.value if threshold.review_from is None else threshold.review_from
+        edge_rates.append(float(stats.norm.sf(edge)))
+    budget = alpha if set_rank(n, alpha) is not None else set_budget(n)
+    assert np.mean(np.array(true_rates) > budget) <= 0.1 + 0.02
+    assert np.mean(edge_rates) <= alpha + 0.003  # the split-conformal edge: alpha on average
+    assert np.mean(edge_rates) == pytest.approx(1 - math.ceil((n + 1) * (1 - alpha)) / (n + 1), abs=0.004)
 
 
-def test_conformal_picks_the_order_statistic_and_refuses_too_few() -> None:
-    scores = np.arange(1.0, 20.0)  # 19 values
-    assert conformal_threshold(scores, 0.05).value == 19.0
-    assert conformal_threshold(np.arange(1.0, 40.0), 0.05).value == 38.0
+def test_conformal_picks_order_statistics_states_the_budget_and_refuses_too_few() -> None:
+    small = conformal_threshold(np.arange(1.0, 25.0), 0.05)  # 24 values: only the largest can hold per set
+    assert small.value == 24.0 and small.review_from is None
+    assert "at most 9.1% in 90% of good sets" in small.rule and "45 good images" in small.rule
+    large = conformal_threshold(np.arange(1.0, 201.0), 0.05)
+    assert large.value == 195.0 and large.review_from == 191.0  # ranks 195 (per set) and 191 (on average)
+    assert "review down to the 191-th" in large.rule
     assert conformal_count(0.05) == 19 and conformal_count(0.1) == 9
     with pytest.raises(ConfigError, match="at least 19 good images, got 18"):
         conformal_threshold(np.arange(18.0), 0.05)

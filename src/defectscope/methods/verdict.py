@@ -18,9 +18,11 @@ Two rules, both pure functions of score arrays:
   rescaling of the scores (a different backbone or distance scale). The choices (map maxima as
   the statistic, the Gumbel null instead of a Gaussian one, 90 %, 10 %) were made on the shared
   categories; see docs/BENCHMARKS.md, "Verdicts".
-- :func:`conformal_threshold` (known-good images): split-conformal calibration. With n good
-  scores, the threshold is the ``ceil((n + 1)(1 - alpha))``-th smallest; a new normal image
-  (exchangeable with the good ones) scores above it with probability at most ``alpha``.
+- :func:`conformal_threshold` (known-good images): conformal calibration that holds per good
+  set. With n good scores the anomalous cut is the smallest order statistic that keeps at most
+  ``alpha`` of normal images above it for 90 % of good sets (or the largest score, with the
+  budget it does keep stated); the split-conformal ``ceil((n + 1)(1 - alpha))``-th smallest
+  (at most ``alpha`` on average) opens a review band below it.
 
 An image is anomalous when its statistic is strictly above the threshold (:func:`decide`).
 """
@@ -236,9 +238,39 @@ def require_good_images(count: int, alpha: float) -> None:
         raise ConfigError(f"--good holds {count} image(s); a false-alarm rate of {alpha:g} needs at least {needed} good images")
 
 
-def conformal_threshold(good_scores: np.ndarray, alpha: float = DEFAULT_FALSE_ALARM_RATE, *, source: str = "good images") -> Threshold:
-    """Split-conformal threshold: the ceil((n + 1)(1 - alpha))-th smallest of n good scores;
-    refuses when n < 1/alpha - 1 (no order statistic gives the guarantee)."""
+GOOD_SET_CONFIDENCE = 0.9
+"""Known-good mode: the share of good sets for which the false-alarm budget must hold."""
+
+
+def set_rank(n: int, alpha: float, confidence: float = GOOD_SET_CONFIDENCE) -> int | None:
+    """The smallest rank k <= n such that, for exchangeable scores, the k-th smallest of n good
+    scores leaves at most ``alpha`` of normal images above it for at least ``confidence`` of all
+    good sets (the true coverage of the k-th order statistic is Beta(k, n + 1 - k) distributed);
+    None when even the largest good score cannot promise that."""
+    for k in range(1, n + 1):
+        if float(stats.beta.cdf(1.0 - alpha, k, n + 1 - k)) <= 1.0 - confidence + 1e-12:
+            return k
+    return None
+
+
+def set_budget(n: int, confidence: float = GOOD_SET_CONFIDENCE) -> float:
+    """The false-alarm rate the largest of n good scores keeps for ``confidence`` of good sets:
+    1 - (1 - confidence)^(1/n)."""
+    return 1.0 - (1.0 - confidence) ** (1.0 / n)
+
+
+def conformal_threshold(
+    good_scores: np.ndarray, alpha: float = DEFAULT_FALSE_ALARM_RATE, *, source: str = "good images",
+    confidence: float = GOOD_SET_CONFIDENCE,
+) -> Threshold:
+    """Conformal calibration on n good scores, holding per good set, not only on average.
+
+    The anomalous cut is the :func:`set_rank`-th smallest good score: for ``confidence`` (90 %)
+    of good sets at most ``alpha`` of normal images score above it; where n is too small for
+    that, the largest good score, whose per-set budget :func:`set_budget` the rule states. The
+    split-conformal cut (the ceil((n + 1)(1 - alpha))-th smallest: at most ``alpha`` on
+    average over good sets) opens the review band below it. Refuses when n < 1/alpha - 1 (no
+    order statistic gives even the average guarantee)."""
     alpha = check_false_alarm_rate(alpha)
     values = np.sort(_scores(good_scores, "conformal calibration"))
     n = values.size
@@ -247,8 +279,25 @@ def conformal_threshold(good_scores: np.ndarray, alpha: float = DEFAULT_FALSE_AL
         raise ConfigError(
             f"calibrating a false-alarm rate of {alpha:g} needs at least {conformal_count(alpha)} {source}, got {n}"
         )
-    rule = f"conformal on {n} {source}: the {rank}-th smallest score, false-alarm rate at most {alpha:g}"
-    return Threshold(float(values[rank - 1]), rule)
+    strict = set_rank(n, alpha, confidence)
+    top = n if strict is None else strict
+    where = "the largest score" if top == n else f"the {top}-th smallest score"
+    if strict is None:
+        promise = (
+            f"false alarms at most {set_budget(n, confidence):.1%} in {confidence:.0%} of good sets "
+            f"; {goods_for(alpha, confidence)} good images would keep {alpha:g}"
+        )
+    else:
+        promise = f"false alarms at most {alpha:g} in {confidence:.0%} of good sets"
+    review_from = float(values[rank - 1]) if rank < top else None
+    band = f"; review down to the {rank}-th smallest (at most {alpha:g} on average)" if review_from is not None else ""
+    rule = f"conformal on {n} {source}: anomalous above {where} ({promise}){band}"
+    return Threshold(float(values[top - 1]), rule, review_from)
+
+
+def goods_for(alpha: float, confidence: float = GOOD_SET_CONFIDENCE) -> int:
+    """The fewest good images whose largest score keeps ``alpha`` for ``confidence`` of good sets."""
+    return math.ceil(math.log(1.0 - confidence) / math.log(1.0 - alpha))
 
 
 def decide(scores: np.ndarray, threshold: Threshold) -> np.ndarray:
