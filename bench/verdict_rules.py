@@ -17,11 +17,34 @@ from pathlib import Path
 
 import numpy as np
 
-from defectscope.methods.verdict import Threshold, decide, in_review, label_free_threshold
+from defectscope.methods.labelfree import label_free_threshold
+from defectscope.methods.verdict import Threshold, cap_review, decide, gumbel_threshold, in_review
 
 
-def current(maxima: np.ndarray, alpha: float) -> Threshold:
-    return label_free_threshold(maxima, alpha)
+def gumbel(maxima: np.ndarray, alpha: float) -> Threshold:
+    """The rule before the review band: the Gumbel cut alone."""
+    return gumbel_threshold(maxima, alpha)
+
+
+def consensus(maxima: np.ndarray, alpha: float) -> Threshold:
+    """Today's rule: the three-cut agreement, review capped at the default 20 %."""
+    return cap_review(maxima, label_free_threshold(maxima, alpha), 0.2)
+
+
+def normal_only(batches: dict[str, dict]) -> dict[str, dict]:
+    """Proxies of batches without defects: each batch's normal images' statistics alone, and
+    three draws of 6 of bottle's normal images (a small batch of good parts)."""
+    out = {}
+    for name, batch in batches.items():
+        keep = batch["labels"] == 0
+        if keep.sum() >= 8:
+            out[f"{name} (normals only)"] = {"labels": batch["labels"][keep], "maxima": batch["maxima"][keep]}
+    if "bottle" in batches:
+        normal = batches["bottle"]["maxima"][batches["bottle"]["labels"] == 0]
+        rng = np.random.default_rng(0)
+        for draw in range(3):
+            out[f"6 good bottles, draw {draw}"] = {"labels": np.zeros(6, dtype=int), "maxima": rng.choice(normal, 6, replace=False)}
+    return out
 
 
 def load(folder: Path, method: str) -> dict[str, dict]:
@@ -49,7 +72,7 @@ def evaluate(rule, batches: dict[str, dict], alpha: float = 0.05) -> dict[str, d
 
 def summary(rows: dict[str, dict]) -> dict[str, float]:
     fars = [r["far"] for r in rows.values() if r["far"] is not None]
-    recalls = [r["recall"] for r in rows.values() if r["recall"] is not None]
+    recalls = [r["recall"] for r in rows.values() if r["recall"] is not None] or [float("nan")]
     return {"max_far": max(fars), "over_budget": sum(f > 0.05 for f in fars), "mean_recall": float(np.mean(recalls)),
             "max_review": max(r["review"] for r in rows.values()), "mean_review": float(np.mean([r["review"] for r in rows.values()]))}
 
@@ -70,4 +93,8 @@ if __name__ == "__main__":
     parser.add_argument("--method", default="musc")
     args = parser.parse_args()
     batches = load(args.folder, args.method)
-    print(table("current", evaluate(current, batches)))
+    proxies = normal_only(batches)
+    for name, rule in (("Gumbel cut alone (the rule before)", gumbel), ("three-cut agreement, review capped at 20 % (default)", consensus)):
+        print(table(f"{args.method}: {name}", evaluate(rule, batches)))
+        print(table(f"{args.method}: {name}, batches without defects (proxies)", evaluate(rule, proxies)))
+        print()

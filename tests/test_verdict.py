@@ -16,7 +16,7 @@ from defectscope.methods.verdict import (
     NullFit,
     fit_null,
     gumbel_and_gaussian,
-    label_free_threshold,
+    gumbel_threshold as label_free_threshold,
     pixel_masks,
     weighted_gumbel,
 )

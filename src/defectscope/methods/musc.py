@@ -35,13 +35,13 @@ from defectscope.errors import ConfigError
 from defectscope.memory import estimate_bytes
 from defectscope.methods.base import Detector, MethodConfig, Result, default_paths
 from defectscope.methods.smoothing import equalise_edges, gaussian_blur, upsample
+from defectscope.methods.labelfree import label_free_threshold
 from defectscope.methods.verdict import (
     DEFAULT_FALSE_ALARM_RATE,
     check_false_alarm_rate,
-    in_review,
     conformal_threshold,
     decide,
-    label_free_threshold,
+    in_review,
     pixel_masks,
     require_good_images,
 )

@@ -2,7 +2,8 @@
 
 Two rules, both pure functions of score arrays:
 
-- :func:`label_free_threshold` (zero-shot batches, no labels). The batch is a mixture of normal
+- :func:`gumbel_threshold` (zero-shot batches, no labels; since the review band, one of the three
+  cuts of :func:`defectscope.methods.labelfree.label_free_threshold`). The batch is a mixture of normal
   images and defective ones in unknown shares (a production batch is mostly normal, a test set
   can be two-thirds defective), and defective images score higher. The statistic is the maximum
   of each image's map, so the normal images' values follow an extreme-value (Gumbel) law, whose
@@ -198,10 +199,11 @@ def fit_null(x: np.ndarray) -> NullFit:
     return NullFit(location, scale, weight * n, 2)
 
 
-def label_free_threshold(
+def gumbel_threshold(
     scores: np.ndarray, alpha: float = DEFAULT_FALSE_ALARM_RATE, *, confidence: float = CONFIDENCE, statistic: str = "scores"
 ) -> Threshold:
-    """Threshold for an unlabeled batch (see the module docstring). ``scores`` must be positive
+    """The Gumbel-null cut for an unlabeled batch (see the module docstring; one of the three cuts
+    of :func:`defectscope.methods.labelfree.label_free_threshold`). ``scores`` must be positive
     (they are compared on a log scale); ``statistic`` names them in the rule text."""
     alpha = check_false_alarm_rate(alpha)
     values = _scores(scores, "the label-free verdict")
