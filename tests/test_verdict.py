@@ -207,3 +207,16 @@ def test_review_band_three_outcomes_and_budget_cap():
     assert cap_review(scores, threshold, 0.5) == threshold
     with pytest.raises(ConfigError, match="--review-budget"):
         cap_review(scores, threshold, 1.5)
+
+
+def test_a_part_with_a_mask_is_never_called_normal():
+    from defectscope.methods.base import Result
+    from defectscope.methods.verdict import limit_review, with_verdict
+
+    masks = np.zeros((4, 8, 8), dtype=bool)
+    masks[1, 2:4, 2:4] = True  # outlined, but its statistic is below the cut (U-Flow: NFA mask vs good-image cut)
+    result = Result(paths=list("abcd"), image_scores=np.array([0.1, 0.2, 0.3, 0.9]), anomaly_maps=np.zeros((4, 8, 8), np.float32), masks=masks)
+    with_verdict(result, Threshold(0.5, "cut"))
+    assert result.verdicts() == ["normal", "review", "normal", "anomalous"]
+    limit_review(with_verdict(result, Threshold(0.5, "cut", review_from=0.0)), 0.0)  # no review budget at all
+    assert result.verdicts()[1] == "review"

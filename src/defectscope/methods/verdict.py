@@ -354,11 +354,16 @@ def pixel_masks(maps: np.ndarray, threshold: Threshold) -> np.ndarray:
 
 def with_verdict(result: "Result", threshold: Threshold, statistic: np.ndarray | None = None) -> "Result":
     """Set ``result``'s verdict fields from ``threshold`` applied to ``statistic`` (kept as its
-    ``verdict_scores``; default: its image scores); returns ``result``."""
+    ``verdict_scores``; default: its image scores); returns ``result``. A part whose mask is not
+    empty but whose statistic is at or below the cut goes to review, never to normal (the mask
+    and the verdict come from different rules for U-Flow with good images)."""
     if statistic is not None:
         result.verdict_scores = np.asarray(statistic, dtype=np.float64).reshape(-1)
     result.is_anomalous = decide(result.decision_scores(), threshold)
     result.needs_review = in_review(result.decision_scores(), threshold)
+    if result.masks is not None:  # a part the method outlined a defect on is never called normal
+        outlined = np.asarray(result.masks).reshape(len(result.is_anomalous), -1).any(axis=1)
+        result.needs_review = result.needs_review | (outlined & ~result.is_anomalous)
     result.threshold = threshold.value
     result.review_threshold = threshold.review_from
     result.threshold_rule = threshold.rule
