@@ -90,7 +90,7 @@ def main() -> None:
             result = model.predict(images)
             row = {"category": name, "method": method, "n": len(images), "normal": int((labels == 0).sum()),
                    "good": None if good_images is None else len(good_images),
-                   **verdict_metrics(result.is_anomalous, labels),
+                   **verdict_metrics(result.is_anomalous, labels, result.needs_review),
                    "image_f1_max": image_metrics(result.image_scores, labels)["image_f1_max"],
                    "threshold": result.threshold, "rule": result.threshold_rule,
                    "seconds": round(time.perf_counter() - started, 1),
@@ -104,18 +104,21 @@ def main() -> None:
 
 def rescored(row: dict, false_alarm_rate: float) -> dict:
     """A stored label-free row with its verdict recomputed by today's rule from its stored scores."""
-    from defectscope.methods.verdict import decide, label_free_threshold
+    from defectscope.methods.labelfree import label_free_threshold
+    from defectscope.methods.verdict import cap_review, decide, in_review
 
     scores, labels = np.asarray(row["verdict_scores"]), np.asarray(row["labels"])
-    threshold = label_free_threshold(scores, false_alarm_rate, statistic="map maxima")
-    return {**row, **verdict_metrics(decide(scores, threshold), labels), "threshold": threshold.value, "rule": threshold.rule}
+    threshold = cap_review(scores, label_free_threshold(scores, false_alarm_rate, statistic="map maxima"), 0.2)
+    return {**row, **verdict_metrics(decide(scores, threshold), labels, in_review(scores, threshold)),
+            "threshold": threshold.value, "rule": threshold.rule}
 
 
 def print_table(rows: list[dict]) -> None:
-    print("\n| category | method | N (normal) | verdict FAR | verdict recall | image_f1_max |")
-    print("|---|---|---|---|---|---|")
+    print("\n| category | method | N (normal) | verdict FAR | verdict recall | review share | image_f1_max |")
+    print("|---|---|---|---|---|---|---|")
     for row in rows:
-        cells = [f"{100 * row[k]:.1f}" if row[k] is not None else "n/a" for k in ("verdict_false_alarm_rate", "verdict_recall", "image_f1_max")]
+        keys = ("verdict_false_alarm_rate", "verdict_recall", "verdict_review_share", "image_f1_max")
+        cells = [f"{100 * row[k]:.1f}" if row.get(k) is not None else "n/a" for k in keys]
         print(f"| {row['category']} | {row['method']} | {row['n']} ({row['normal']}) | " + " | ".join(cells) + " |")
 
 

@@ -233,8 +233,16 @@ def test_verdict_metrics_rates_and_undefined_cases():
 
     labels = np.array([0, 0, 0, 0, 1, 1])
     flagged = np.array([True, False, False, False, True, False])
-    assert verdict_metrics(flagged, labels) == {"verdict_false_alarm_rate": 0.25, "verdict_recall": 0.5}
-    assert verdict_metrics(flagged[:4], labels[:4]) == {"verdict_false_alarm_rate": 0.25, "verdict_recall": None}
-    assert verdict_metrics(None, labels) == {"verdict_false_alarm_rate": None, "verdict_recall": None}
+    assert verdict_metrics(flagged, labels) == {
+        "verdict_false_alarm_rate": 0.25, "verdict_recall": 0.5, "verdict_review_share": 0.0, "verdict_missed": 0.5}
+    assert verdict_metrics(flagged[:4], labels[:4])["verdict_recall"] is None
+    assert verdict_metrics(flagged[:4], labels[:4])["verdict_false_alarm_rate"] == 0.25
+    assert set(verdict_metrics(None, labels).values()) == {None}
     with pytest.raises(ValueError, match="5 verdicts for 6 labels"):
         verdict_metrics(flagged[:5], labels)
+    # three outcomes: review is neither a false alarm nor a detection, and not a miss either
+    review = np.array([False, True, False, False, False, True])
+    assert verdict_metrics(flagged, labels, review) == {
+        "verdict_false_alarm_rate": 0.25, "verdict_recall": 0.5, "verdict_review_share": 2 / 6, "verdict_missed": 0.0}
+    with pytest.raises(ValueError, match="both anomalous and sent to review"):
+        verdict_metrics(flagged, labels, flagged)

@@ -312,11 +312,15 @@ def test_html_report_empty_skipped_shows_none(tmp_path: Path) -> None:
 
 def test_report_leads_with_verdict_count_and_badges(tmp_path: Path) -> None:
     entries = _entries()
-    for entry, verdict in zip(entries, (True, False, True)):
+    for entry, verdict in zip(entries, ("anomalous", "normal", "anomalous")):
         entry.verdict = verdict
     text = write_report(tmp_path / "r.html", title="t", entries=entries, settings={"threshold_rule": "rule <x>"},
                         skipped=[]).read_text()
     assert "2 of 3 parts anomalous" in text and "rule &lt;x&gt;" in text
+    assert "to review" not in text
+    entries[1].verdict = "review"
+    three = write_report(tmp_path / "t.html", title="t", entries=entries, settings={"review_threshold": 0.5}, skipped=[]).read_text()
+    assert "2 of 3 parts anomalous, 1 to review" in three and three.count('class="verdict review"') == 1
     assert text.index("parts anomalous") < text.index('id="settings"')
     assert text.count('class="verdict anomalous"') == 2 and text.count('class="verdict normal"') == 1
     plain = write_report(tmp_path / "p.html", title="t", entries=_entries(), settings={}, skipped=[]).read_text()

@@ -16,7 +16,7 @@ from defectscope.methods.verdict import (
     NullFit,
     fit_null,
     gumbel_and_gaussian,
-    label_free_threshold,
+    gumbel_threshold as label_free_threshold,
     pixel_masks,
     weighted_gumbel,
 )
@@ -118,22 +118,34 @@ def test_label_free_refuses_bad_input() -> None:
         label_free_threshold(np.array([1.0, 2.0]), 1.5)
 
 
-@pytest.mark.parametrize("n,alpha", [(19, 0.05), (50, 0.05), (40, 0.1)])
-def test_conformal_guarantee_by_simulation(n: int, alpha: float) -> None:
+@pytest.mark.parametrize("n,alpha", [(19, 0.05), (50, 0.05), (200, 0.05), (40, 0.1)])
+def test_conformal_guarantee_per_good_set_by_simulation(n: int, alpha: float) -> None:
+    """The anomalous cut keeps the budget in 90 % of good sets (or the stated per-set budget when
+    n is too small); the review band's lower edge is the split-conformal cut (average guarantee)."""
+    from scipy import stats
+
+    from defectscope.methods.verdict import set_budget, set_rank
+
     rng = np.random.default_rng(5)
-    rates = []
+    true_rates, edge_rates = [], []
     for _ in range(2000):
         threshold = conformal_threshold(rng.standard_normal(n), alpha)
-        rates.append(float(np.mean(decide(rng.standard_normal(200), threshold))))
-    expected = 1 - math.ceil((n + 1) * (1 - alpha)) / (n + 1)
-    assert np.mean(rates) <= alpha + 0.003
-    assert np.mean(rates) == pytest.approx(expected, abs=0.004)
+        true_rates.append(float(stats.norm.sf(threshold.value)))  # the exact share of normal scores above the cut
+        edge = threshold.value if threshold.review_from is None else threshold.review_from
+        edge_rates.append(float(stats.norm.sf(edge)))
+    budget = alpha if set_rank(n, alpha) is not None else set_budget(n)
+    assert np.mean(np.array(true_rates) > budget) <= 0.1 + 0.02
+    assert np.mean(edge_rates) <= alpha + 0.003  # the split-conformal edge: alpha on average
+    assert np.mean(edge_rates) == pytest.approx(1 - math.ceil((n + 1) * (1 - alpha)) / (n + 1), abs=0.004)
 
 
-def test_conformal_picks_the_order_statistic_and_refuses_too_few() -> None:
-    scores = np.arange(1.0, 20.0)  # 19 values
-    assert conformal_threshold(scores, 0.05).value == 19.0
-    assert conformal_threshold(np.arange(1.0, 40.0), 0.05).value == 38.0
+def test_conformal_picks_order_statistics_states_the_budget_and_refuses_too_few() -> None:
+    small = conformal_threshold(np.arange(1.0, 25.0), 0.05)  # 24 values: only the largest can hold per set
+    assert small.value == 24.0 and small.review_from is None
+    assert "at most 9.1% in 90% of good sets" in small.rule and "45 good images" in small.rule
+    large = conformal_threshold(np.arange(1.0, 201.0), 0.05)
+    assert large.value == 195.0 and large.review_from == 191.0  # ranks 195 (per set) and 191 (on average)
+    assert "review down to the 191-th" in large.rule
     assert conformal_count(0.05) == 19 and conformal_count(0.1) == 9
     with pytest.raises(ConfigError, match="at least 19 good images, got 18"):
         conformal_threshold(np.arange(18.0), 0.05)
@@ -178,3 +190,33 @@ def test_musc_run_decides_on_its_verdict_scores_end_to_end(tmp_path) -> None:
     # The score column (RsCIN, rescaled per batch) is not in the threshold's units.
     assert not np.allclose(result.image_scores, result.verdict_scores)
     assert float(np.min(result.verdict_scores)) < result.threshold < float(np.max(result.verdict_scores))
+
+
+def test_review_band_three_outcomes_and_budget_cap():
+    from defectscope.methods.verdict import Threshold, cap_review, decide, in_review, verdict_words
+
+    scores = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0])
+    threshold = Threshold(0.75, "rule", review_from=0.25)
+    anomalous, review = decide(scores, threshold), in_review(scores, threshold)
+    assert verdict_words(anomalous, review) == ["normal"] * 2 + ["review"] * 5 + ["anomalous"] * 3
+    capped = cap_review(scores, threshold, 0.2)  # at most 2 of 10 to review: the two highest of the band
+    assert capped.value == threshold.value and "capped" in capped.rule
+    assert verdict_words(decide(scores, capped), in_review(scores, capped)) == ["normal"] * 5 + ["review"] * 2 + ["anomalous"] * 3
+    none = cap_review(scores, threshold, 0.0)
+    assert not in_review(scores, none).any() and decide(scores, none).sum() == 3
+    assert cap_review(scores, threshold, 0.5) == threshold
+    with pytest.raises(ConfigError, match="--review-budget"):
+        cap_review(scores, threshold, 1.5)
+
+
+def test_a_part_with_a_mask_is_never_called_normal():
+    from defectscope.methods.base import Result
+    from defectscope.methods.verdict import limit_review, with_verdict
+
+    masks = np.zeros((4, 8, 8), dtype=bool)
+    masks[1, 2:4, 2:4] = True  # outlined, but its statistic is below the cut (U-Flow: NFA mask vs good-image cut)
+    result = Result(paths=list("abcd"), image_scores=np.array([0.1, 0.2, 0.3, 0.9]), anomaly_maps=np.zeros((4, 8, 8), np.float32), masks=masks)
+    with_verdict(result, Threshold(0.5, "cut"))
+    assert result.verdicts() == ["normal", "review", "normal", "anomalous"]
+    limit_review(with_verdict(result, Threshold(0.5, "cut", review_from=0.0)), 0.0)  # no review budget at all
+    assert result.verdicts()[1] == "review"

@@ -12,8 +12,8 @@ from typing import Any
 from defectscope.data.batch import read_batch
 from defectscope.data.layouts import training_images
 from defectscope.memory import guard_run
-from defectscope.methods.base import Detector
-from defectscope.methods.verdict import require_good_images
+from defectscope.methods.base import Detector, Result
+from defectscope.methods.verdict import limit_review, require_good_images
 from defectscope.options import RunOptions
 from defectscope.progress import Progress, prefixed
 
@@ -32,4 +32,13 @@ def calibrate_on_good(detector: Detector, good: str | Path, false_alarm_rate: fl
 
 def verdict_settings(options: RunOptions) -> dict[str, Any]:
     """The run settings that shape the verdict, for ``settings.json``."""
-    return {"false_alarm_rate": options.false_alarm_rate, "good": None if options.good is None else str(options.good)}
+    return {
+        "false_alarm_rate": options.false_alarm_rate,
+        "review_budget": options.review_budget,
+        "good": None if options.good is None else str(options.good),
+    }
+
+
+def finish_verdict(result: Result, options: RunOptions) -> Result:
+    """Apply the run's review budget to ``result``'s verdict (every run calls this after predict)."""
+    return limit_review(result, options.review_budget)

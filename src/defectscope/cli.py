@@ -53,6 +53,7 @@ ParamOption = typer.Option(None, "--param", "-p", help="Any method setting as KE
 SchedulerOption = typer.Option(None, "--scheduler", help="Run MuSc's work on Dask: 'dask' (a local cluster) or a scheduler address tcp://HOST:PORT.")
 SmoothingOption = typer.Option(None, "--smoothing", help="Gaussian blur of the anomaly maps, sigma in input pixels (default 4; 0 = off).")
 FalseAlarmOption = typer.Option(0.05, "--false-alarm-rate", help="Share of normal images the verdict may flag as anomalous.")
+ReviewBudgetOption = typer.Option(0.2, "--review-budget", help="Largest share of the batch the verdict may send to review (the scores cannot tell); 0 = never review.")
 GoodOption = typer.Option(None, "--good", help="Folder of known-good images (an MVTec category: its train/good): the verdict is calibrated on them (MuSc/CoDeGraph also score against them). evaluate over a root of categories: pass the root itself to use each category's own train/good.")
 
 
@@ -111,7 +112,7 @@ def _with_scheduler(params: Optional[list[str]], scheduler: Optional[str]) -> Op
     return [*(params or []), f"scheduler={scheduler}"] if scheduler else params
 
 
-def _options(method, backbone, weights, image_size, batch_size, threads, skip_unreadable, overwrite, smoothing, kshot=10, epochs=None, params=None, false_alarm_rate=0.05, good=None):
+def _options(method, backbone, weights, image_size, batch_size, threads, skip_unreadable, overwrite, smoothing, kshot=10, epochs=None, params=None, false_alarm_rate=0.05, good=None, review_budget=0.2):
     from defectscope.options import RunOptions
 
     method_options: dict = _parse_params(params)
@@ -133,15 +134,16 @@ def _options(method, backbone, weights, image_size, batch_size, threads, skip_un
             method_options=method_options,
             false_alarm_rate=false_alarm_rate,
             good=good,
+            review_budget=review_budget,
         )
 
 
 def _print_metrics(metrics: dict) -> None:
     from rich import box
 
-    from defectscope.report.tables import format_metric, metric_columns, short_name
+    from defectscope.report.tables import TERMINAL_METRICS, format_metric, metric_columns, short_name
 
-    columns = metric_columns(metrics)
+    columns = [column for column in metric_columns(metrics) if column in TERMINAL_METRICS]
     table = Table(title="metrics (%)", box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False)
     table.add_column("category", min_width=min(16, max(len(str(name)) for name in metrics)), overflow="fold")
     for column in columns:
@@ -154,8 +156,10 @@ def _print_metrics(metrics: dict) -> None:
 
 
 def _print_verdicts(result) -> None:
-    if result.is_anomalous is not None:
-        console.print(f"{int(result.is_anomalous.sum())} of {len(result.paths)} parts anomalous ({result.threshold_rule})", highlight=False)
+    words = result.verdicts()
+    if words is not None:
+        review = f", {words.count('review')} to review" if result.review_threshold is not None else ""
+        console.print(f"{words.count('anomalous')} of {len(words)} parts anomalous{review} ({result.threshold_rule})", highlight=False)
 
 
 @app.command()
@@ -174,13 +178,14 @@ def score(
     param: Optional[list[str]] = ParamOption,
     scheduler: Optional[str] = SchedulerOption,
     false_alarm_rate: float = FalseAlarmOption,
+    review_budget: float = ReviewBudgetOption,
     good: Optional[Path] = GoodOption,
 ) -> None:
     """Score an unlabeled batch of images zero-shot; the most anomalous come first."""
     from defectscope.pipeline import score_folder
 
     options = _options(method, backbone, weights, image_size, batch_size, threads, skip_unreadable, overwrite, smoothing, params=_with_scheduler(param, scheduler),
-                       false_alarm_rate=false_alarm_rate, good=good)
+                       false_alarm_rate=false_alarm_rate, good=good, review_budget=review_budget)
     with _user_errors(), _progress() as progress:
         result = score_folder(folder, out, options, progress=progress)
     _print_verdicts(result)
@@ -211,6 +216,7 @@ def evaluate(
     param: Optional[list[str]] = ParamOption,
     scheduler: Optional[str] = SchedulerOption,
     false_alarm_rate: float = FalseAlarmOption,
+    review_budget: float = ReviewBudgetOption,
     good: Optional[Path] = GoodOption,
 ) -> None:
     """Score each category's test set and measure image and pixel metrics.
@@ -220,7 +226,7 @@ def evaluate(
     from defectscope.pipeline import evaluate_dataset
 
     options = _options(method, backbone, weights, image_size, batch_size, threads, skip_unreadable, overwrite, smoothing, kshot, epochs, params=_with_scheduler(param, scheduler),
-                       false_alarm_rate=false_alarm_rate, good=good)
+                       false_alarm_rate=false_alarm_rate, good=good, review_budget=review_budget)
     with _user_errors(), _progress() as progress:
         metrics = evaluate_dataset(root, out, options, categories=category, seed=seed, progress=progress)
     _print_metrics(metrics)
@@ -262,6 +268,7 @@ def predict(
     overwrite: bool = OverwriteOption,
     skip_unreadable: bool = SkipOption,
     false_alarm_rate: float = FalseAlarmOption,
+    review_budget: float = ReviewBudgetOption,
     good: Optional[Path] = GoodOption,
 ) -> None:
     """Score images with a trained model."""
@@ -269,7 +276,7 @@ def predict(
     from defectscope.training import predict_folder
 
     with _user_errors(), _progress() as progress:
-        options = RunOptions(threads=threads, overwrite=overwrite, skip_unreadable=skip_unreadable, false_alarm_rate=false_alarm_rate, good=good)
+        options = RunOptions(threads=threads, overwrite=overwrite, skip_unreadable=skip_unreadable, false_alarm_rate=false_alarm_rate, good=good, review_budget=review_budget)
         result = predict_folder(model, folder, out, options, progress)
     _print_verdicts(result)
     console.print(f"scored {len(result.paths)} images; wrote {out}/scores.csv, {out}/maps/, {out}/report.html")

@@ -90,20 +90,30 @@ def image_metrics(scores: ArrayLike, labels: ArrayLike) -> MetricDict:
     return {"image_auroc": auroc, "image_ap": ap, "image_f1_max": f1}
 
 
-def verdict_metrics(is_anomalous: ArrayLike | None, labels: ArrayLike) -> MetricDict:
+def verdict_metrics(is_anomalous: ArrayLike | None, labels: ArrayLike, review: ArrayLike | None = None) -> MetricDict:
     """How a method's own verdicts fare: ``verdict_false_alarm_rate`` (share of normal images
-    flagged anomalous) and ``verdict_recall`` (share of defective images flagged). Each is
-    ``None`` when there is no verdict or no image of its class."""
+    called anomalous), ``verdict_recall`` (share of defective images called anomalous; a
+    defective image sent to review does not count), ``verdict_review_share`` (share of all
+    images sent to review, 0 without a review band) and ``verdict_missed`` (share of defective
+    images called normal). Each is ``None`` when there is no verdict or no image of its class."""
     y = _binary_array(np.asarray(labels).ravel(), "labels")
     if is_anomalous is None:
-        return {"verdict_false_alarm_rate": None, "verdict_recall": None}
+        return {"verdict_false_alarm_rate": None, "verdict_recall": None, "verdict_review_share": None, "verdict_missed": None}
     flagged = _binary_array(np.asarray(is_anomalous).ravel(), "verdicts")
     if flagged.shape != y.shape:
         raise ValueError(f"got {flagged.size} verdicts for {y.size} labels")
+    doubt = np.zeros_like(flagged) if review is None else _binary_array(np.asarray(review).ravel(), "review flags")
+    if doubt.shape != y.shape:
+        raise ValueError(f"got {doubt.size} review flags for {y.size} labels")
+    if np.any(doubt & flagged):
+        raise ValueError("an image cannot be both anomalous and sent to review")
     normal, defective = flagged[~y], flagged[y]
+    called_normal = ~(flagged | doubt)
     return {
         "verdict_false_alarm_rate": float(normal.mean()) if normal.size else None,
         "verdict_recall": float(defective.mean()) if defective.size else None,
+        "verdict_review_share": float(doubt.mean()) if doubt.size else None,
+        "verdict_missed": float(called_normal[y].mean()) if defective.size else None,
     }
 
 

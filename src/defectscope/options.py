@@ -14,7 +14,7 @@ import torch
 
 from defectscope.errors import ConfigError
 from defectscope.memory import check_image_size
-from defectscope.methods.verdict import DEFAULT_FALSE_ALARM_RATE, check_false_alarm_rate
+from defectscope.methods.verdict import DEFAULT_FALSE_ALARM_RATE, DEFAULT_REVIEW_BUDGET, check_false_alarm_rate, check_review_budget
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,8 @@ class RunOptions:
     labelled defects per defect type moved from the test set to training (seeded protocol,
     :func:`defectscope.methods.prn.kshot_split`). ``false_alarm_rate``: the share of normal
     images a verdict may flag; ``good``: a folder of known-good images to calibrate the verdict
-    on (and, for MuSc/CoDeGraph, to score against)."""
+    on (and, for MuSc/CoDeGraph, to score against); ``review_budget``: the largest share of a
+    batch the verdict may send to review (see :func:`defectscope.methods.verdict.cap_review`)."""
 
     method: str = "musc"
     backbone: str | None = None
@@ -41,10 +42,12 @@ class RunOptions:
     method_options: Mapping[str, Any] = field(default_factory=dict)
     false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE
     good: str | Path | None = None
+    review_budget: float = DEFAULT_REVIEW_BUDGET
 
     def __post_init__(self) -> None:
         check_image_size(self.image_size)
         check_false_alarm_rate(self.false_alarm_rate)
+        check_review_budget(self.review_budget)
 
 
 def apply_threads(threads: int | None) -> None:

@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from defectscope.calibration import calibrate_on_good, verdict_settings
+from defectscope.calibration import calibrate_on_good, finish_verdict, verdict_settings
 from defectscope.data.batch import read_batch
 from defectscope.data.io import read_mask
 from defectscope.data.layouts import Category, Sample, discover, plain_folder
@@ -66,7 +66,7 @@ def score_folder(
         if len(images) < 2 and options.good is None:
             raise ConfigError(f"'{folder}' holds {len(images)} readable image(s); mutual scoring needs at least 2")
         started = time.perf_counter()
-        result = detector.predict(images, [str(p) for p in paths], progress=progress)
+        result = finish_verdict(detector.predict(images, [str(p) for p in paths], progress=progress), options)
         _settings_with_inputs(result, input=Path(folder), seconds=round(time.perf_counter() - started, 2), **verdict_settings(options))
         write_batch_outputs(staging, result, images, title=f"defectscope: {Path(folder).name}", skipped=skipped, communities=result.extras.get("communities"))
     return result
@@ -105,7 +105,7 @@ def category_metrics(
     else reported as absent (None). ``ground_truth``: the full-resolution masks if already read."""
     labels = np.array([s.label for s in samples], dtype=int)
     metrics: dict[str, float | None] = dict(image_metrics(result.image_scores, labels))
-    metrics.update(verdict_metrics(result.is_anomalous, labels))
+    metrics.update(verdict_metrics(result.is_anomalous, labels, result.needs_review))
     size = tuple(result.anomaly_maps.shape[-2:])
     if has_masks:
         full = ground_truth if ground_truth is not None else load_ground_truth(samples, images)
@@ -145,7 +145,7 @@ def evaluate_category(
     samples = [by_path[p] for p in kept]
     ground_truth = load_ground_truth(samples, images) if category.has_masks else None
     started = time.perf_counter()
-    result = detector.predict(images, [str(s.path) for s in samples], progress=progress)
+    result = finish_verdict(detector.predict(images, [str(s.path) for s in samples], progress=progress), options)
     _settings_with_inputs(result, category=category.name, input=category.root, seconds=round(time.perf_counter() - started, 2), **verdict_settings(options))
     metrics = category_metrics(result, samples, images, category.has_masks, ground_truth=ground_truth)
     return result, images, samples, skipped, metrics

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from defectscope.calibration import calibrate_on_good, verdict_settings
+from defectscope.calibration import calibrate_on_good, finish_verdict, verdict_settings
 from defectscope.data.batch import read_batch
 from defectscope.data.io import read_mask
 from defectscope.data.layouts import Category, Sample, labelled_defects, plain_folder, training_images
@@ -123,7 +123,7 @@ def predict_folder(
             calibrate_on_good(detector, options.good, options.false_alarm_rate, progress)
         images, paths, skipped = read_batch([s.path for s in samples], options.skip_unreadable)
         started = time.perf_counter()
-        result = detector.predict(images, [str(p) for p in paths], progress=progress)
+        result = finish_verdict(detector.predict(images, [str(p) for p in paths], progress=progress), options)
         result.settings = {**result.settings, "model": str(model), "input": str(folder), "seconds": round(time.perf_counter() - started, 2),
                            **verdict_settings(options)}
         write_batch_outputs(staging, result, images, title=f"defectscope: {Path(folder).name}", skipped=skipped)
@@ -166,6 +166,6 @@ def evaluate_trained_category(
         calibrate_on_good(detector, options.good, options.false_alarm_rate, progress)
     images, kept, skipped = read_batch([s.path for s in test], options.skip_unreadable)
     by_path = {s.path: s for s in test}
-    result = detector.predict(images, [str(p) for p in kept], progress=progress)
+    result = finish_verdict(detector.predict(images, [str(p) for p in kept], progress=progress), options)
     protocol = {"train_normal": len(category.train), "train_defective": len(anomalies), "test": len(kept), "kshot": kshot if entry.takes_anomalies else None, "seed": seed}
     return result, images, [by_path[p] for p in kept], protocol, skipped

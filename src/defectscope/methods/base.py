@@ -19,7 +19,7 @@ import numpy as np
 
 from defectscope import __version__
 from defectscope.errors import ConfigError, NotFittedError
-from defectscope.methods.verdict import Threshold, conformal_threshold, require_good_images
+from defectscope.methods.verdict import Threshold, conformal_threshold, require_good_images, verdict_words
 from defectscope.progress import Progress
 
 
@@ -44,6 +44,10 @@ class Result:
         verdict_scores: (N,) float64, the per-image statistic ``threshold`` applies to when it is
             not ``image_scores`` (MuSc/CoDeGraph without ``--good``: the map maxima before RsCIN);
             NaN where the verdict is no cut on a per-image statistic (U-Flow's a contrario test).
+        needs_review: (N,) bool, True where the verdict is ``review`` (the statistic lies between
+            ``review_threshold`` and ``threshold``: the data cannot tell); never True where
+            ``is_anomalous`` is. None when the method gave no verdict.
+        review_threshold: the lower edge of the review band, or None when there is none.
     """
 
     paths: list[str]
@@ -56,6 +60,12 @@ class Result:
     threshold: float | None = None
     threshold_rule: str | None = None
     verdict_scores: np.ndarray | None = None
+    needs_review: np.ndarray | None = None
+    review_threshold: float | None = None
+
+    def verdicts(self) -> list[str] | None:
+        """Per image ``"anomalous"``, ``"review"`` or ``"normal"``; None without a verdict."""
+        return verdict_words(self.is_anomalous, self.needs_review)
 
     def decision_scores(self) -> np.ndarray:
         """(N,) the statistic the verdict compares with ``threshold``: ``verdict_scores`` when

@@ -53,12 +53,13 @@ from defectscope.methods.mutual import (  # noqa: F401  (moved to mutual.py; kep
 )
 from defectscope.methods.base import Detector, MethodConfig, Result, default_paths
 from defectscope.methods.smoothing import equalise_edges, gaussian_blur, upsample
+from defectscope.methods.labelfree import label_free_threshold
 from defectscope.methods.verdict import (
     DEFAULT_FALSE_ALARM_RATE,
     check_false_alarm_rate,
     conformal_threshold,
     decide,
-    label_free_threshold,
+    in_review,
     pixel_masks,
     require_good_images,
 )
@@ -440,6 +441,8 @@ class MuSc(Detector):
             is_anomalous=decide(image_scores, threshold),
             threshold=threshold.value,
             threshold_rule=threshold.rule,
+            needs_review=in_review(image_scores, threshold),
+            review_threshold=threshold.review_from,
         )
 
     def result_from_patch_scores(
@@ -481,5 +484,7 @@ class MuSc(Detector):
             threshold=threshold.value,
             threshold_rule=threshold.rule,
             verdict_scores=raw.numpy().astype(np.float64),
+            needs_review=in_review(raw.numpy(), threshold),
+            review_threshold=threshold.review_from,
         )
 

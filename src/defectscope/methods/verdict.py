@@ -2,7 +2,8 @@
 
 Two rules, both pure functions of score arrays:
 
-- :func:`label_free_threshold` (zero-shot batches, no labels). The batch is a mixture of normal
+- :func:`gumbel_threshold` (zero-shot batches, no labels; since the review band, one of the three
+  cuts of :func:`defectscope.methods.labelfree.label_free_threshold`). The batch is a mixture of normal
   images and defective ones in unknown shares (a production batch is mostly normal, a test set
   can be two-thirds defective), and defective images score higher. The statistic is the maximum
   of each image's map, so the normal images' values follow an extreme-value (Gumbel) law, whose
@@ -18,9 +19,11 @@ Two rules, both pure functions of score arrays:
   rescaling of the scores (a different backbone or distance scale). The choices (map maxima as
   the statistic, the Gumbel null instead of a Gaussian one, 90 %, 10 %) were made on the shared
   categories; see docs/BENCHMARKS.md, "Verdicts".
-- :func:`conformal_threshold` (known-good images): split-conformal calibration. With n good
-  scores, the threshold is the ``ceil((n + 1)(1 - alpha))``-th smallest; a new normal image
-  (exchangeable with the good ones) scores above it with probability at most ``alpha``.
+- :func:`conformal_threshold` (known-good images): conformal calibration that holds per good
+  set. With n good scores the anomalous cut is the smallest order statistic that keeps at most
+  ``alpha`` of normal images above it for 90 % of good sets (or the largest score, with the
+  budget it does keep stated); the split-conformal ``ceil((n + 1)(1 - alpha))``-th smallest
+  (at most ``alpha`` on average) opens a review band below it.
 
 An image is anomalous when its statistic is strictly above the threshold (:func:`decide`).
 """
@@ -48,12 +51,22 @@ _MIN_MIXTURE_SIZE = 6
 EULER = 0.5772156649015329
 
 
+NORMAL, REVIEW, ANOMALOUS = "normal", "review", "anomalous"
+VERDICT_WORDS = (NORMAL, REVIEW, ANOMALOUS)
+DEFAULT_REVIEW_BUDGET = 0.2
+
+
 @dataclass(frozen=True)
 class Threshold:
-    """A cut on a score statistic: ``value`` in the statistic's units, ``rule`` says how it was set."""
+    """A cut on a score statistic: ``value`` in the statistic's units, ``rule`` says how it was set.
+
+    ``review_from`` (optional, at most ``value``) opens a review band: a statistic above
+    ``value`` is anomalous, one in ``(review_from, value]`` goes to review (the data cannot tell),
+    one at or below ``review_from`` is normal. The false-alarm budget bounds only ``anomalous``."""
 
     value: float
     rule: str
+    review_from: float | None = None
 
 
 @dataclass(frozen=True)
@@ -186,10 +199,11 @@ def fit_null(x: np.ndarray) -> NullFit:
     return NullFit(location, scale, weight * n, 2)
 
 
-def label_free_threshold(
+def gumbel_threshold(
     scores: np.ndarray, alpha: float = DEFAULT_FALSE_ALARM_RATE, *, confidence: float = CONFIDENCE, statistic: str = "scores"
 ) -> Threshold:
-    """Threshold for an unlabeled batch (see the module docstring). ``scores`` must be positive
+    """The Gumbel-null cut for an unlabeled batch (see the module docstring; one of the three cuts
+    of :func:`defectscope.methods.labelfree.label_free_threshold`). ``scores`` must be positive
     (they are compared on a log scale); ``statistic`` names them in the rule text."""
     alpha = check_false_alarm_rate(alpha)
     values = _scores(scores, "the label-free verdict")
@@ -226,9 +240,39 @@ def require_good_images(count: int, alpha: float) -> None:
         raise ConfigError(f"--good holds {count} image(s); a false-alarm rate of {alpha:g} needs at least {needed} good images")
 
 
-def conformal_threshold(good_scores: np.ndarray, alpha: float = DEFAULT_FALSE_ALARM_RATE, *, source: str = "good images") -> Threshold:
-    """Split-conformal threshold: the ceil((n + 1)(1 - alpha))-th smallest of n good scores;
-    refuses when n < 1/alpha - 1 (no order statistic gives the guarantee)."""
+GOOD_SET_CONFIDENCE = 0.9
+"""Known-good mode: the share of good sets for which the false-alarm budget must hold."""
+
+
+def set_rank(n: int, alpha: float, confidence: float = GOOD_SET_CONFIDENCE) -> int | None:
+    """The smallest rank k <= n such that, for exchangeable scores, the k-th smallest of n good
+    scores leaves at most ``alpha`` of normal images above it for at least ``confidence`` of all
+    good sets (the true coverage of the k-th order statistic is Beta(k, n + 1 - k) distributed);
+    None when even the largest good score cannot promise that."""
+    for k in range(1, n + 1):
+        if float(stats.beta.cdf(1.0 - alpha, k, n + 1 - k)) <= 1.0 - confidence + 1e-12:
+            return k
+    return None
+
+
+def set_budget(n: int, confidence: float = GOOD_SET_CONFIDENCE) -> float:
+    """The false-alarm rate the largest of n good scores keeps for ``confidence`` of good sets:
+    1 - (1 - confidence)^(1/n)."""
+    return 1.0 - (1.0 - confidence) ** (1.0 / n)
+
+
+def conformal_threshold(
+    good_scores: np.ndarray, alpha: float = DEFAULT_FALSE_ALARM_RATE, *, source: str = "good images",
+    confidence: float = GOOD_SET_CONFIDENCE,
+) -> Threshold:
+    """Conformal calibration on n good scores, holding per good set, not only on average.
+
+    The anomalous cut is the :func:`set_rank`-th smallest good score: for ``confidence`` (90 %)
+    of good sets at most ``alpha`` of normal images score above it; where n is too small for
+    that, the largest good score, whose per-set budget :func:`set_budget` the rule states. The
+    split-conformal cut (the ceil((n + 1)(1 - alpha))-th smallest: at most ``alpha`` on
+    average over good sets) opens the review band below it. Refuses when n < 1/alpha - 1 (no
+    order statistic gives even the average guarantee)."""
     alpha = check_false_alarm_rate(alpha)
     values = np.sort(_scores(good_scores, "conformal calibration"))
     n = values.size
@@ -237,13 +281,69 @@ def conformal_threshold(good_scores: np.ndarray, alpha: float = DEFAULT_FALSE_AL
         raise ConfigError(
             f"calibrating a false-alarm rate of {alpha:g} needs at least {conformal_count(alpha)} {source}, got {n}"
         )
-    rule = f"conformal on {n} {source}: the {rank}-th smallest score, false-alarm rate at most {alpha:g}"
-    return Threshold(float(values[rank - 1]), rule)
+    strict = set_rank(n, alpha, confidence)
+    top = n if strict is None else strict
+    where = "the largest score" if top == n else f"the {top}-th smallest score"
+    if strict is None:
+        promise = (
+            f"false alarms at most {set_budget(n, confidence):.1%} in {confidence:.0%} of good sets "
+            f"; {goods_for(alpha, confidence)} good images would keep {alpha:g}"
+        )
+    else:
+        promise = f"false alarms at most {alpha:g} in {confidence:.0%} of good sets"
+    review_from = float(values[rank - 1]) if rank < top else None
+    band = f"; review down to the {rank}-th smallest (at most {alpha:g} on average)" if review_from is not None else ""
+    rule = f"conformal on {n} {source}: anomalous above {where} ({promise}){band}"
+    return Threshold(float(values[top - 1]), rule, review_from)
+
+
+def goods_for(alpha: float, confidence: float = GOOD_SET_CONFIDENCE) -> int:
+    """The fewest good images whose largest score keeps ``alpha`` for ``confidence`` of good sets."""
+    return math.ceil(math.log(1.0 - confidence) / math.log(1.0 - alpha))
 
 
 def decide(scores: np.ndarray, threshold: Threshold) -> np.ndarray:
     """(N,) bool: True where the statistic is strictly above the threshold."""
     return np.asarray(scores, dtype=np.float64).reshape(-1) > threshold.value
+
+
+def in_review(scores: np.ndarray, threshold: Threshold) -> np.ndarray:
+    """(N,) bool: True where the statistic lies in the threshold's review band."""
+    values = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if threshold.review_from is None:
+        return np.zeros(values.shape, dtype=bool)
+    return (values > threshold.review_from) & (values <= threshold.value)
+
+
+def check_review_budget(budget: float) -> float:
+    """Refuse a review budget outside [0, 1] in one sentence."""
+    if not (isinstance(budget, (int, float)) and 0.0 <= float(budget) <= 1.0):
+        raise ConfigError(f"--review-budget must be a share between 0 and 1, got {budget}")
+    return float(budget)
+
+
+def cap_review(scores: np.ndarray, threshold: Threshold, budget: float) -> Threshold:
+    """``threshold`` with its review band narrowed from below so that at most ``budget`` of the
+    images go to review (the highest statistics of the band stay; the others become normal).
+    The anomalous cut, and so the false-alarm budget, is unchanged."""
+    budget = check_review_budget(budget)
+    values = np.asarray(scores, dtype=np.float64).reshape(-1)
+    band = np.sort(values[in_review(values, threshold)])
+    allowed = int(math.floor(budget * values.size + 1e-9))
+    if band.size <= allowed:
+        return threshold
+    review_from = threshold.value if allowed == 0 else float(band[band.size - allowed - 1])
+    note = f"; review capped at {budget:.0%} of the batch"
+    return Threshold(threshold.value, threshold.rule + note, review_from)
+
+
+def verdict_words(anomalous: np.ndarray | None, review: np.ndarray | None = None) -> list[str] | None:
+    """Per image ``normal``, ``review`` or ``anomalous`` (None without a verdict)."""
+    if anomalous is None:
+        return None
+    flags = np.asarray(anomalous, dtype=bool).reshape(-1)
+    doubt = np.zeros_like(flags) if review is None else np.asarray(review, dtype=bool).reshape(-1)
+    return [ANOMALOUS if a else (REVIEW if r else NORMAL) for a, r in zip(flags, doubt)]
 
 
 def pixel_masks(maps: np.ndarray, threshold: Threshold) -> np.ndarray:
@@ -254,10 +354,25 @@ def pixel_masks(maps: np.ndarray, threshold: Threshold) -> np.ndarray:
 
 def with_verdict(result: "Result", threshold: Threshold, statistic: np.ndarray | None = None) -> "Result":
     """Set ``result``'s verdict fields from ``threshold`` applied to ``statistic`` (kept as its
-    ``verdict_scores``; default: its image scores); returns ``result``."""
+    ``verdict_scores``; default: its image scores); returns ``result``. A part whose mask is not
+    empty but whose statistic is at or below the cut goes to review, never to normal (the mask
+    and the verdict come from different rules for U-Flow with good images)."""
     if statistic is not None:
         result.verdict_scores = np.asarray(statistic, dtype=np.float64).reshape(-1)
     result.is_anomalous = decide(result.decision_scores(), threshold)
+    result.needs_review = in_review(result.decision_scores(), threshold)
+    if result.masks is not None:  # a part the method outlined a defect on is never called normal
+        outlined = np.asarray(result.masks).reshape(len(result.is_anomalous), -1).any(axis=1)
+        result.needs_review = result.needs_review | (outlined & ~result.is_anomalous)
     result.threshold = threshold.value
+    result.review_threshold = threshold.review_from
     result.threshold_rule = threshold.rule
     return result
+
+
+def limit_review(result: "Result", budget: float) -> "Result":
+    """Cap ``result``'s review share at ``budget`` (:func:`cap_review`); returns ``result``."""
+    if result.review_threshold is None or result.threshold is None or result.is_anomalous is None:
+        return result
+    threshold = Threshold(result.threshold, result.threshold_rule or "", result.review_threshold)
+    return with_verdict(result, cap_review(result.decision_scores(), threshold, budget))

@@ -18,7 +18,6 @@ from defectscope.report.overlay import batch_color_range, heatmap_overlay, make_
 from defectscope.report.tables import score_order, write_scores_csv
 
 OVERLAY_MAX_SIDE = 512
-VERDICT_WORDS = {True: "anomalous", False: "normal"}
 
 
 def _overlay_name(index: int, path: str) -> str:
@@ -86,7 +85,7 @@ def write_batch_outputs(
     order = score_order(result.paths, result.image_scores)
     ranks = np.empty(len(order), dtype=int)
     ranks[order] = np.arange(1, len(order) + 1)
-    verdicts = None if result.is_anomalous is None else [bool(v) for v in result.is_anomalous]
+    verdicts = result.verdicts()
 
     def one_image(index: int) -> tuple[str, ReportEntry]:
         path, image = result.paths[index], images[index]
@@ -113,7 +112,7 @@ def write_batch_outputs(
         result.image_scores,
         labels=labels,
         extra_columns={"map": map_files, "status": ["scored"] * len(map_files)},
-        verdicts=[None] * len(map_files) if verdicts is None else [VERDICT_WORDS[v] for v in verdicts],
+        verdicts=[None] * len(map_files) if verdicts is None else verdicts,
         verdict_scores=[None] * len(map_files) if verdicts is None else [float(v) for v in result.decision_scores()],
     )
     settings = {
@@ -121,6 +120,7 @@ def write_batch_outputs(
         "threshold": result.threshold,
         "threshold_rule": result.threshold_rule,
         "threshold_applies_to": threshold_applies_to(result),
+        "review_threshold": result.review_threshold,
     }
     atomic_write_text(folder / "settings.json", json.dumps(settings, indent=2, default=str) + "\n")
     if skipped:

@@ -38,7 +38,7 @@ class ReportEntry:
         overlay: its heat-map overlay, uint8 (H, W, 3); shrunk for the report.
         mask: the method's binary mask (any resolution) or None.
         label: ground-truth label or defect type when known, else None.
-        verdict: the method's verdict (True = anomalous), or None when it gave none.
+        verdict: the method's verdict (``anomalous``, ``review`` or ``normal``), or None when it gave none.
     """
 
     path: str
@@ -48,7 +48,7 @@ class ReportEntry:
     overlay: np.ndarray
     mask: np.ndarray | None = None
     label: str | None = None
-    verdict: bool | None = None
+    verdict: str | None = None
 
 
 _CSS = """
@@ -70,7 +70,7 @@ figcaption{font-size:.85rem;margin-top:.3rem;word-break:break-all}
 .rank{font-weight:bold}
 .label{display:inline-block;background:#eef;border-radius:3px;padding:0 .3rem;margin-left:.3rem}
 .verdict{display:inline-block;border-radius:3px;padding:0 .3rem;margin-left:.3rem;font-weight:bold;color:#fff}
-.verdict.anomalous{background:#c62828}.verdict.normal{background:#2e7d32}
+.verdict.anomalous{background:#c62828}.verdict.review{background:#ef6c00}.verdict.normal{background:#2e7d32}
 .card.anomalous{border-color:#c62828}
 .lead{font-size:1.2rem;margin:.8rem 0}
 .colorbar{display:flex;align-items:center;gap:.5rem;font-size:.85rem;margin-bottom:.8rem}
@@ -198,10 +198,10 @@ def _entry_card(entry: ReportEntry, thumbnail_width: int) -> str:
         mask = resize_mask(np.asarray(entry.mask), original.shape[:2])
         pictures.append(_img(mask, "PNG", f"mask {name}"))
     label = f'<span class="label">{_text(entry.label)}</span>' if entry.label is not None else ""
-    word = None if entry.verdict is None else ("anomalous" if entry.verdict else "normal")
+    word = entry.verdict
     badge = f'<span class="verdict {word}">{word}</span>' if word else ""
     return (
-        f'<figure class="card{" anomalous" if entry.verdict else ""}"><div class="imgs">{"".join(pictures)}</div>'
+        f'<figure class="card{" anomalous" if word == "anomalous" else ""}"><div class="imgs">{"".join(pictures)}</div>'
         f'<figcaption><span class="rank">#{int(entry.rank)}</span> score {float(entry.score):.4g}{badge}{label}'
         f'<br><span title="{_text(entry.path)}">{_text(name)}</span></figcaption></figure>'
     )
@@ -214,7 +214,9 @@ def _verdict_lead(entries: Sequence[ReportEntry], settings: Mapping[str, Any]) -
         return ""
     rule = settings.get("threshold_rule")
     detail = f'<br><span class="meta">{_text(rule)}</span>' if rule else ""
-    return f'<p class="lead" id="verdicts"><strong>{sum(judged)} of {len(judged)} parts anomalous</strong>{detail}</p>'
+    review = judged.count("review")
+    to_review = f", {review} to review" if review or settings.get("review_threshold") is not None else ""
+    return f'<p class="lead" id="verdicts"><strong>{judged.count("anomalous")} of {len(judged)} parts anomalous{to_review}</strong>{detail}</p>'
 
 
 def _images_section(

@@ -25,6 +25,7 @@ METRIC_ORDER: tuple[str, ...] = (
     "image_f1_max",
     "verdict_false_alarm_rate",
     "verdict_recall",
+    "verdict_review_share",
     "pixel_auroc",
     "pixel_ap",
     "pixel_f1_max",
@@ -36,13 +37,17 @@ SHORT_NAMES: dict[str, str] = {
     "image_f1_max": "I-F1",
     "verdict_false_alarm_rate": "false alarms",
     "verdict_recall": "recall",
+    "verdict_review_share": "review",
     "pixel_auroc": "P-AUROC",
     "pixel_ap": "P-AP",
     "pixel_f1_max": "P-F1",
     "pixel_aupro": "AUPRO",
 }
-"""Column headers for a terminal: the verdict's false-alarm rate (normal images flagged) and
-recall (defective images flagged) next to the ranking metrics (I- image, P- pixel)."""
+"""Column headers for a terminal: the verdict's false-alarm rate (normal images called anomalous),
+recall (defective images called anomalous) and review share (images sent to review) next to the
+ranking metrics (I- image, P- pixel)."""
+TERMINAL_METRICS: tuple[str, ...] = tuple(name for name in METRIC_ORDER if name not in ("image_ap", "pixel_f1_max"))
+"""The columns the terminal table shows (80 columns wide); metrics.md and metrics.json keep all."""
 NOT_AVAILABLE = "n/a"
 MEAN_LABEL = "mean"
 

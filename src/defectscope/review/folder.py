@@ -35,7 +35,7 @@ from defectscope.errors import ReviewError
 SCORES_FILE = "scores.csv"
 WATCH_FILE = "verdicts.csv"
 SETTINGS_FILE = "settings.json"
-VERDICTS = ("anomalous", "normal")
+VERDICTS = ("anomalous", "review", "normal")
 
 
 @dataclass(frozen=True)
@@ -184,7 +184,7 @@ def _part_fields(table: Path, line: int, row: dict[str, str]) -> tuple[float, st
         raise ReviewError(f"'{table}' line {line} has no score")
     verdict = (row.get("verdict") or "").strip() or None
     if verdict is not None and verdict not in VERDICTS:
-        raise ReviewError(f"'{table}' line {line}: verdict {verdict!r} is neither 'anomalous' nor 'normal'")
+        raise ReviewError(f"'{table}' line {line}: verdict {verdict!r} is not 'anomalous', 'review' or 'normal'")
     return score, verdict, _number(table, line, row, "verdict_score")
 
 

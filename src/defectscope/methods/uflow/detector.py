@@ -490,6 +490,7 @@ class UFlow(Detector):
         masks = None if results[0].masks is None else np.concatenate([r.masks for r in results])
         verdicts = None if results[0].is_anomalous is None else np.concatenate([r.is_anomalous for r in results])
         statistic = None if results[0].verdict_scores is None else np.concatenate([r.verdict_scores for r in results])
+        review = None if results[0].needs_review is None else np.concatenate([r.needs_review for r in results])
         return Result(
             paths=names,
             image_scores=np.concatenate([r.image_scores for r in results]),
@@ -500,6 +501,8 @@ class UFlow(Detector):
             threshold=results[0].threshold,
             threshold_rule=results[0].threshold_rule,
             verdict_scores=statistic,
+            needs_review=review,
+            review_threshold=results[0].review_threshold,
         )
 
     def _tensors(self) -> dict[str, torch.Tensor]:
