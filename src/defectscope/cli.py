@@ -363,6 +363,63 @@ def watch(
 
 
 @app.command()
+def serve(
+    out: Path = typer.Option(..., "--out", "-o", help="Journal folder: verdicts.csv (one row per decision), settings.json; a restart appends to it."),
+    model: Optional[Path] = typer.Option(None, "--model", help="A trained U-Flow or PRN model folder (`defectscope fit`)."),
+    good: Optional[Path] = typer.Option(None, "--good", help="Known-good images: alone, MuSc/CoDeGraph score each image against them; with --model, the verdict is calibrated on them."),
+    method: str = typer.Option("musc", "--method", "-m", help="With --good alone: musc or codegraph."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (default: this machine only)."),
+    port: int = typer.Option(8000, "--port", help="Port to listen on (0: a free one, printed)."),
+    token: Optional[str] = typer.Option(None, "--token", envvar="DEFECTSCOPE_TOKEN", help="The bearer token clients must send (default: a random one, printed); also read from DEFECTSCOPE_TOKEN."),
+    no_auth: bool = typer.Option(False, "--no-auth", help="Serve without a token (anyone who can reach the port can inspect)."),
+    queue_size: int = typer.Option(32, "--queue-size", help="Requests that may wait for the detector; more get 503 with Retry-After."),
+    max_batch: int = typer.Option(8, "--max-batch", help="Most images scored together in one batch."),
+    batch_window: float = typer.Option(10.0, "--batch-window", help="Milliseconds the first image of a batch waits for others."),
+    max_bytes: int = typer.Option(32 * 1024 * 1024, "--max-bytes", help="Largest request body in bytes (larger: 413 before the body is read)."),
+    max_pixels: int = typer.Option(40_000_000, "--max-pixels", help="Largest image in pixels (width x height; larger: 413 before decoding)."),
+    keep_images: bool = typer.Option(False, "--keep-images", help="Save each image as sent (OUT/inputs/) and its overlay (OUT/maps/), so `defectscope review OUT` shows them."),
+    false_alarm_rate: float = FalseAlarmOption,
+    backbone: Optional[str] = BackboneOption,
+    weights: Optional[Path] = WeightsOption,
+    image_size: Optional[int] = ImageSizeOption,
+    batch_size: int = BatchSizeOption,
+    threads: Optional[int] = ThreadsOption,
+    smoothing: Optional[float] = SmoothingOption,
+    param: Optional[list[str]] = ParamOption,
+) -> None:
+    """Serve inspections over HTTP: POST an image to /v1/inspect, get its score, verdict and defect regions."""
+    import secrets
+
+    from defectscope.options import apply_threads
+    from defectscope.serve import Limits, Service, build_inspector, run_server
+
+    if no_auth and token:
+        _fail(DefectscopeError("give either --token or --no-auth, not both"))
+    options = _options(method, backbone, weights, image_size, batch_size, threads, False, False, smoothing, params=param, false_alarm_rate=false_alarm_rate)
+    with _user_errors("interrupted"):
+        limits = Limits(max_bytes=max_bytes, max_pixels=max_pixels, queue_size=queue_size, max_batch=max_batch, batch_window=batch_window / 1000.0)
+        apply_threads(threads)
+        if model is not None and (backbone or weights or image_size or param or smoothing is not None):
+            raise DefectscopeError("--backbone, --weights, --image-size, --smoothing and --param describe a zero-shot method; a --model keeps its own settings")
+        with _progress() as progress:
+            inspector = build_inspector(out, options, model=model, good=good, keep_images=keep_images, progress=progress)
+        generated = token is None and not no_auth
+        secret = None if no_auth else (token or secrets.token_urlsafe(24))
+        if no_auth and host not in ("127.0.0.1", "localhost", "::1"):
+            warnings.warn(f"--host {host} with --no-auth: anyone who can reach this address can use the service")
+        service = Service(inspector, limits, secret)
+        source = f"model {model}" if model is not None else f"{inspector.detector.method} against {inspector.description['good_images']} good images in {good}"
+
+        def announce(url: str) -> None:
+            console.print(f"serving {source} on {url}/v1/inspect; journal {inspector.journal.path} (Ctrl-C to stop)", highlight=False, soft_wrap=True)
+            if generated:
+                console.print(f"token: {secret}  (send 'Authorization: Bearer {secret}')", highlight=False, soft_wrap=True)
+
+        run_server(service, host=host, port=port, announce=announce)
+    console.print(f"stopped; {inspector.journal.rows} decisions in {inspector.journal.path}", highlight=False)
+
+
+@app.command()
 def backbones() -> None:
     """List the available feature extractors."""
     from defectscope.backbones import available_backbones
