@@ -31,5 +31,8 @@ def calibrate_on_good(detector: Detector, good: str | Path, false_alarm_rate: fl
 
 
 def verdict_settings(options: RunOptions) -> dict[str, Any]:
-    """The run settings that shape the verdict, for ``settings.json``."""
-    return {"false_alarm_rate": options.false_alarm_rate, "good": None if options.good is None else str(options.good)}
+    """The run settings that shape the verdict, for ``settings.json`` (with the device used)."""
+    from defectscope.device import device_name
+
+    return {"false_alarm_rate": options.false_alarm_rate, "good": None if options.good is None else str(options.good),
+            "device": device_name(options.device)}

@@ -53,6 +53,7 @@ ParamOption = typer.Option(None, "--param", "-p", help="Any method setting as KE
 SchedulerOption = typer.Option(None, "--scheduler", help="Run MuSc's work on Dask: 'dask' (a local cluster) or a scheduler address tcp://HOST:PORT.")
 SmoothingOption = typer.Option(None, "--smoothing", help="Gaussian blur of the anomaly maps, sigma in input pixels (default 4; 0 = off).")
 FalseAlarmOption = typer.Option(0.05, "--false-alarm-rate", help="Share of normal images the verdict may flag as anomalous.")
+DeviceOption = typer.Option("auto", "--device", help="Where to compute: auto (a CUDA GPU when there is one, else the CPU), cpu, cuda, cuda:N or mps; an absent device is refused before any work.")
 GoodOption = typer.Option(None, "--good", help="Folder of known-good images (an MVTec category: its train/good): the verdict is calibrated on them (MuSc/CoDeGraph also score against them). evaluate over a root of categories: pass the root itself to use each category's own train/good.")
 
 
@@ -108,7 +109,7 @@ def _with_scheduler(params: Optional[list[str]], scheduler: Optional[str]) -> Op
     return [*(params or []), f"scheduler={scheduler}"] if scheduler else params
 
 
-def _options(method, backbone, weights, image_size, batch_size, threads, skip_unreadable, overwrite, smoothing, kshot=10, epochs=None, params=None, false_alarm_rate=0.05, good=None):
+def _options(method, backbone, weights, image_size, batch_size, threads, skip_unreadable, overwrite, smoothing, kshot=10, epochs=None, params=None, false_alarm_rate=0.05, good=None, device="auto"):
     from defectscope.options import RunOptions
 
     method_options: dict = _parse_params(params)
@@ -130,6 +131,7 @@ def _options(method, backbone, weights, image_size, batch_size, threads, skip_un
             method_options=method_options,
             false_alarm_rate=false_alarm_rate,
             good=good,
+            device=device,
         )
 
 
@@ -172,12 +174,13 @@ def score(
     scheduler: Optional[str] = SchedulerOption,
     false_alarm_rate: float = FalseAlarmOption,
     good: Optional[Path] = GoodOption,
+    device: str = DeviceOption,
 ) -> None:
     """Score an unlabeled batch of images zero-shot; the most anomalous come first."""
     from defectscope.pipeline import score_folder
 
     options = _options(method, backbone, weights, image_size, batch_size, threads, skip_unreadable, overwrite, smoothing, params=_with_scheduler(param, scheduler),
-                       false_alarm_rate=false_alarm_rate, good=good)
+                       false_alarm_rate=false_alarm_rate, good=good, device=device)
     with _user_errors(), _progress() as progress:
         result = score_folder(folder, out, options, progress=progress)
     _print_verdicts(result)
@@ -209,6 +212,7 @@ def evaluate(
     scheduler: Optional[str] = SchedulerOption,
     false_alarm_rate: float = FalseAlarmOption,
     good: Optional[Path] = GoodOption,
+    device: str = DeviceOption,
 ) -> None:
     """Score each category's test set and measure image and pixel metrics.
 
@@ -217,7 +221,7 @@ def evaluate(
     from defectscope.pipeline import evaluate_dataset
 
     options = _options(method, backbone, weights, image_size, batch_size, threads, skip_unreadable, overwrite, smoothing, kshot, epochs, params=_with_scheduler(param, scheduler),
-                       false_alarm_rate=false_alarm_rate, good=good)
+                       false_alarm_rate=false_alarm_rate, good=good, device=device)
     with _user_errors(), _progress() as progress:
         metrics = evaluate_dataset(root, out, options, categories=category, seed=seed, progress=progress)
     _print_metrics(metrics)
@@ -239,11 +243,12 @@ def fit(
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted training from its last epoch checkpoint."),
     overwrite: bool = OverwriteOption,
     param: Optional[list[str]] = ParamOption,
+    device: str = DeviceOption,
 ) -> None:
     """Train U-Flow (normal images) or PRN (normal images + labelled defects) and save the model."""
     from defectscope.training import fit_model
 
-    options = _options(method, backbone, weights, image_size, batch_size, threads, False, overwrite, None, epochs=epochs, params=param)
+    options = _options(method, backbone, weights, image_size, batch_size, threads, False, overwrite, None, epochs=epochs, params=param, device=device)
     stopped = "interrupted: no model was written; add --resume to the same command to continue from the last finished epoch"
     with _user_errors(stopped), _progress() as progress:
         fit_model(method, train_dir, out, options, anomalies_dir=anomalies, resume=resume, progress=progress)
@@ -260,13 +265,14 @@ def predict(
     skip_unreadable: bool = SkipOption,
     false_alarm_rate: float = FalseAlarmOption,
     good: Optional[Path] = GoodOption,
+    device: str = DeviceOption,
 ) -> None:
     """Score images with a trained model."""
     from defectscope.options import RunOptions
     from defectscope.training import predict_folder
 
     with _user_errors(), _progress() as progress:
-        options = RunOptions(threads=threads, overwrite=overwrite, skip_unreadable=skip_unreadable, false_alarm_rate=false_alarm_rate, good=good)
+        options = RunOptions(threads=threads, overwrite=overwrite, skip_unreadable=skip_unreadable, false_alarm_rate=false_alarm_rate, good=good, device=device)
         result = predict_folder(model, folder, out, options, progress)
     _print_verdicts(result)
     console.print(f"scored {len(result.paths)} images; wrote {out}/scores.csv, {out}/maps/, {out}/report.html")
@@ -320,12 +326,13 @@ def demo(
     count: int = typer.Option(60, "--count", help="How many solar-cell images to inspect."),
     overwrite: bool = OverwriteOption,
     threads: Optional[int] = ThreadsOption,
+    device: str = DeviceOption,
 ) -> None:
     """Inspect a sample of real solar-cell images shipped in the `elpv-dataset` package (offline)."""
     from defectscope.sample import run_demo
 
     with _user_errors(), _progress() as progress:
-        metrics = run_demo(out, count=count, overwrite=overwrite, threads=threads, progress=progress)
+        metrics = run_demo(out, count=count, overwrite=overwrite, threads=threads, progress=progress, device=device)
     _print_metrics(metrics)
     console.print(f"open {out}/elpv/report.html to see the most anomalous cells first")
 
@@ -349,11 +356,12 @@ def watch(
     threads: Optional[int] = ThreadsOption,
     smoothing: Optional[float] = SmoothingOption,
     param: Optional[list[str]] = ParamOption,
+    device: str = DeviceOption,
 ) -> None:
     """Inspect each new image of a folder as it arrives; one row per image in verdicts.csv."""
     from defectscope.watch import watch_folder
 
-    options = _options("musc", backbone, weights, image_size, 8, threads, False, False, smoothing, params=param)
+    options = _options("musc", backbone, weights, image_size, 8, threads, False, False, smoothing, params=param, device=device)
     with _user_errors():
         summary = watch_folder(
             in_dir, out, options, alpha=false_alarm_rate, bank_size=bank_size, min_bank=min_bank, good=good, model=model,
@@ -386,6 +394,7 @@ def serve(
     threads: Optional[int] = ThreadsOption,
     smoothing: Optional[float] = SmoothingOption,
     param: Optional[list[str]] = ParamOption,
+    device: str = DeviceOption,
 ) -> None:
     """Serve inspections over HTTP: POST an image to /v1/inspect, get its score, verdict and defect regions."""
     import secrets
@@ -395,7 +404,7 @@ def serve(
 
     if no_auth and token:
         _fail(DefectscopeError("give either --token or --no-auth, not both"))
-    options = _options(method, backbone, weights, image_size, batch_size, threads, False, False, smoothing, params=param, false_alarm_rate=false_alarm_rate)
+    options = _options(method, backbone, weights, image_size, batch_size, threads, False, False, smoothing, params=param, false_alarm_rate=false_alarm_rate, device=device)
     with _user_errors("interrupted"):
         limits = Limits(max_bytes=max_bytes, max_pixels=max_pixels, queue_size=queue_size, max_batch=max_batch, batch_window=batch_window / 1000.0)
         apply_threads(threads)
@@ -407,7 +416,9 @@ def serve(
         secret = None if no_auth else (token or secrets.token_urlsafe(24))
         if no_auth and host not in ("127.0.0.1", "localhost", "::1"):
             warnings.warn(f"--host {host} with --no-auth: anyone who can reach this address can use the service")
-        service = Service(inspector, limits, secret)
+        from defectscope.device import describe_device, resolve_device
+
+        service = Service(inspector, limits, secret, device=describe_device(resolve_device(device)))
         source = f"model {model}" if model is not None else f"{inspector.detector.method} against {inspector.description['good_images']} good images in {good}"
 
         def announce(url: str) -> None:

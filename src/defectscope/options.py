@@ -12,6 +12,7 @@ from typing import Any, Mapping
 
 import torch
 
+from defectscope.device import resolve_device
 from defectscope.errors import ConfigError
 from defectscope.memory import check_image_size
 from defectscope.methods.verdict import DEFAULT_FALSE_ALARM_RATE, check_false_alarm_rate
@@ -27,7 +28,9 @@ class RunOptions:
     labelled defects per defect type moved from the test set to training (seeded protocol,
     :func:`defectscope.methods.prn.kshot_split`). ``false_alarm_rate``: the share of normal
     images a verdict may flag; ``good``: a folder of known-good images to calibrate the verdict
-    on (and, for MuSc/CoDeGraph, to score against)."""
+    on (and, for MuSc/CoDeGraph, to score against). ``device``: where every method computes
+    (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``; :mod:`defectscope.device`): a device this
+    machine lacks is refused here, before any work."""
 
     method: str = "musc"
     backbone: str | None = None
@@ -41,8 +44,10 @@ class RunOptions:
     method_options: Mapping[str, Any] = field(default_factory=dict)
     false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE
     good: str | Path | None = None
+    device: str = "auto"
 
     def __post_init__(self) -> None:
+        resolve_device(self.device)
         check_image_size(self.image_size)
         check_false_alarm_rate(self.false_alarm_rate)
 

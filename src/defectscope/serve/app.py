@@ -267,7 +267,7 @@ class Service:
             "threshold_rule": inspector.threshold_rule,
             "threshold_applies_to": inspector.threshold_applies_to,
             "settings": inspector.settings.get("settings"),
-            "device": self.device,
+            "device": self.device or inspector.description.get("device"),
             "journal": str(inspector.journal.path),
             "limits": {"max_bytes": self.limits.max_bytes, "max_pixels": self.limits.max_pixels, "queue_size": self.limits.queue_size,
                        "max_batch": self.limits.max_batch, "batch_window_ms": self.limits.batch_window * 1000},

@@ -299,6 +299,7 @@ def build_inspector(
     """Load the service's detector once: a trained ``model`` (optionally calibrated on ``good``),
     or ``options.method`` (MuSc, CoDeGraph) in reference mode on ``good``; warm it up."""
     from defectscope.calibration import calibrate_on_good
+    from defectscope.device import device_name
     from defectscope.methods.registry import get_method
 
     alpha = options.false_alarm_rate
@@ -308,7 +309,7 @@ def build_inspector(
     if model is not None:
         from defectscope.training import load_detector
 
-        detector = load_detector(model)
+        detector = load_detector(model, options.device)
         setting = get_method(detector.method).option_fields.get("false_alarm_rate")
         if setting is not None:
             detector.config = replace(detector.config, **{setting: alpha})
@@ -343,6 +344,7 @@ def build_inspector(
         "good": None if good is None else str(Path(good).absolute()),
         "good_images": good_count,
         "false_alarm_rate": alpha,
+        "device": device_name(options.device),
     }
     inspector = Inspector(detector, out, description=description, keep_images=keep_images)
     inspector.warm_up(warm)
