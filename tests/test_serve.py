@@ -48,7 +48,8 @@ class Server:
         self.lines: list[str] = []
         self.url: str | None = None
         self._seen = threading.Event()
-        threading.Thread(target=self._read, daemon=True).start()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
         if not self._seen.wait(180) or self.url is None:
             self.kill()
             raise AssertionError("the server did not start:\n" + "".join(self.lines))
@@ -75,6 +76,7 @@ class Server:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             self.process.wait(60)
+        self._reader.join(10)
         return "".join(self.lines)
 
 
@@ -341,9 +343,10 @@ def test_reference_mode_scores_equal_score_good(category, tmp_path):
             assert answer["verdict"] == ("anomalous" if anomalous else "normal")
             assert answer["threshold"] == pytest.approx(expected.threshold, abs=1e-9)
         model = httpx.get(f"{server.url}/v1/model").json()
-        assert model["method"] == "musc" and model["good_images"] == 6
+        assert model["method"] == "musc" and model["good_images"] == 6 and model["device"] == "cpu"
     finally:
-        server.stop()
+        output = server.stop()
+    assert server.process.returncode == 0 and f"stopped; {len(expected.paths)} decisions" in output, output
     from defectscope.review import load_run
 
     run = load_run(tmp_path / "journal")

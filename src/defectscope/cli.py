@@ -426,7 +426,10 @@ def serve(
             if generated:
                 console.print(f"token: {secret}  (send 'Authorization: Bearer {secret}')", highlight=False, soft_wrap=True)
 
-        run_server(service, host=host, port=port, announce=announce)
+        try:
+            run_server(service, host=host, port=port, announce=announce)
+        except KeyboardInterrupt:
+            pass  # uvicorn raises the Ctrl-C / SIGTERM it stopped on again once the requests in flight are answered
     console.print(f"stopped; {inspector.journal.rows} decisions in {inspector.journal.path}", highlight=False)
 
 
