@@ -31,11 +31,14 @@ def calibrate_on_good(detector: Detector, good: str | Path, false_alarm_rate: fl
 
 
 def verdict_settings(options: RunOptions) -> dict[str, Any]:
-    """The run settings that shape the verdict, for ``settings.json``."""
+    """The run settings that shape the verdict, for ``settings.json`` (with the device used)."""
+    from defectscope.device import device_name
+
     return {
         "false_alarm_rate": options.false_alarm_rate,
         "review_budget": options.review_budget,
         "good": None if options.good is None else str(options.good),
+        "device": device_name(options.device),
     }
 
 

@@ -54,6 +54,7 @@ SchedulerOption = typer.Option(None, "--scheduler", help="Run MuSc's work on Das
 SmoothingOption = typer.Option(None, "--smoothing", help="Gaussian blur of the anomaly maps, sigma in input pixels (default 4; 0 = off).")
 FalseAlarmOption = typer.Option(0.05, "--false-alarm-rate", help="Share of normal images the verdict may flag as anomalous.")
 ReviewBudgetOption = typer.Option(0.2, "--review-budget", help="Largest share of the batch the verdict may send to review (the scores cannot tell); 0 = never review.")
+DeviceOption = typer.Option("auto", "--device", help="Where to compute: auto (a CUDA GPU when there is one, else the CPU), cpu, cuda, cuda:N or mps; an absent device is refused before any work.")
 GoodOption = typer.Option(None, "--good", help="Folder of known-good images (an MVTec category: its train/good): the verdict is calibrated on them (MuSc/CoDeGraph also score against them). evaluate over a root of categories: pass the root itself to use each category's own train/good.")
 
 
@@ -112,7 +113,7 @@ def _with_scheduler(params: Optional[list[str]], scheduler: Optional[str]) -> Op
     return [*(params or []), f"scheduler={scheduler}"] if scheduler else params
 
 
-def _options(method, backbone, weights, image_size, batch_size, threads, skip_unreadable, overwrite, smoothing, kshot=10, epochs=None, params=None, false_alarm_rate=0.05, good=None, review_budget=0.2):
+def _options(method, backbone, weights, image_size, batch_size, threads, skip_unreadable, overwrite, smoothing, kshot=10, epochs=None, params=None, false_alarm_rate=0.05, good=None, review_budget=0.2, device="auto"):
     from defectscope.options import RunOptions
 
     method_options: dict = _parse_params(params)
@@ -135,6 +136,7 @@ def _options(method, backbone, weights, image_size, batch_size, threads, skip_un
             false_alarm_rate=false_alarm_rate,
             good=good,
             review_budget=review_budget,
+            device=device,
         )
 
 
@@ -180,12 +182,13 @@ def score(
     false_alarm_rate: float = FalseAlarmOption,
     review_budget: float = ReviewBudgetOption,
     good: Optional[Path] = GoodOption,
+    device: str = DeviceOption,
 ) -> None:
     """Score an unlabeled batch of images zero-shot; the most anomalous come first."""
     from defectscope.pipeline import score_folder
 
     options = _options(method, backbone, weights, image_size, batch_size, threads, skip_unreadable, overwrite, smoothing, params=_with_scheduler(param, scheduler),
-                       false_alarm_rate=false_alarm_rate, good=good, review_budget=review_budget)
+                       false_alarm_rate=false_alarm_rate, good=good, review_budget=review_budget, device=device)
     with _user_errors(), _progress() as progress:
         result = score_folder(folder, out, options, progress=progress)
     _print_verdicts(result)
@@ -218,6 +221,7 @@ def evaluate(
     false_alarm_rate: float = FalseAlarmOption,
     review_budget: float = ReviewBudgetOption,
     good: Optional[Path] = GoodOption,
+    device: str = DeviceOption,
 ) -> None:
     """Score each category's test set and measure image and pixel metrics.
 
@@ -226,7 +230,7 @@ def evaluate(
     from defectscope.pipeline import evaluate_dataset
 
     options = _options(method, backbone, weights, image_size, batch_size, threads, skip_unreadable, overwrite, smoothing, kshot, epochs, params=_with_scheduler(param, scheduler),
-                       false_alarm_rate=false_alarm_rate, good=good, review_budget=review_budget)
+                       false_alarm_rate=false_alarm_rate, good=good, review_budget=review_budget, device=device)
     with _user_errors(), _progress() as progress:
         metrics = evaluate_dataset(root, out, options, categories=category, seed=seed, progress=progress)
     _print_metrics(metrics)
@@ -248,11 +252,12 @@ def fit(
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted training from its last epoch checkpoint."),
     overwrite: bool = OverwriteOption,
     param: Optional[list[str]] = ParamOption,
+    device: str = DeviceOption,
 ) -> None:
     """Train U-Flow (normal images) or PRN (normal images + labelled defects) and save the model."""
     from defectscope.training import fit_model
 
-    options = _options(method, backbone, weights, image_size, batch_size, threads, False, overwrite, None, epochs=epochs, params=param)
+    options = _options(method, backbone, weights, image_size, batch_size, threads, False, overwrite, None, epochs=epochs, params=param, device=device)
     stopped = "interrupted: no model was written; add --resume to the same command to continue from the last finished epoch"
     with _user_errors(stopped), _progress() as progress:
         fit_model(method, train_dir, out, options, anomalies_dir=anomalies, resume=resume, progress=progress)
@@ -270,13 +275,14 @@ def predict(
     false_alarm_rate: float = FalseAlarmOption,
     review_budget: float = ReviewBudgetOption,
     good: Optional[Path] = GoodOption,
+    device: str = DeviceOption,
 ) -> None:
     """Score images with a trained model."""
     from defectscope.options import RunOptions
     from defectscope.training import predict_folder
 
     with _user_errors(), _progress() as progress:
-        options = RunOptions(threads=threads, overwrite=overwrite, skip_unreadable=skip_unreadable, false_alarm_rate=false_alarm_rate, good=good, review_budget=review_budget)
+        options = RunOptions(threads=threads, overwrite=overwrite, skip_unreadable=skip_unreadable, false_alarm_rate=false_alarm_rate, good=good, review_budget=review_budget, device=device)
         result = predict_folder(model, folder, out, options, progress)
     _print_verdicts(result)
     console.print(f"scored {len(result.paths)} images; wrote {out}/scores.csv, {out}/maps/, {out}/report.html")
@@ -330,12 +336,13 @@ def demo(
     count: int = typer.Option(60, "--count", help="How many solar-cell images to inspect."),
     overwrite: bool = OverwriteOption,
     threads: Optional[int] = ThreadsOption,
+    device: str = DeviceOption,
 ) -> None:
     """Inspect a sample of real solar-cell images shipped in the `elpv-dataset` package (offline)."""
     from defectscope.sample import run_demo
 
     with _user_errors(), _progress() as progress:
-        metrics = run_demo(out, count=count, overwrite=overwrite, threads=threads, progress=progress)
+        metrics = run_demo(out, count=count, overwrite=overwrite, threads=threads, progress=progress, device=device)
     _print_metrics(metrics)
     console.print(f"open {out}/elpv/report.html to see the most anomalous cells first")
 
@@ -359,17 +366,81 @@ def watch(
     threads: Optional[int] = ThreadsOption,
     smoothing: Optional[float] = SmoothingOption,
     param: Optional[list[str]] = ParamOption,
+    device: str = DeviceOption,
 ) -> None:
     """Inspect each new image of a folder as it arrives; one row per image in verdicts.csv."""
     from defectscope.watch import watch_folder
 
-    options = _options("musc", backbone, weights, image_size, 8, threads, False, False, smoothing, params=param)
+    options = _options("musc", backbone, weights, image_size, 8, threads, False, False, smoothing, params=param, device=device)
     with _user_errors():
         summary = watch_folder(
             in_dir, out, options, alpha=false_alarm_rate, bank_size=bank_size, min_bank=min_bank, good=good, model=model,
             settle=settle, give_up=give_up, poll=poll, exit_after_idle=exit_after_idle, log=lambda line: console.print(line, highlight=False),
         )
     console.print(f"wrote {summary.written} rows to {out}/verdicts.csv ({summary.skipped} files skipped)")
+
+
+@app.command()
+def serve(
+    out: Path = typer.Option(..., "--out", "-o", help="Journal folder: verdicts.csv (one row per decision), settings.json; a restart appends to it."),
+    model: Optional[Path] = typer.Option(None, "--model", help="A trained U-Flow or PRN model folder (`defectscope fit`)."),
+    good: Optional[Path] = typer.Option(None, "--good", help="Known-good images: alone, MuSc/CoDeGraph score each image against them; with --model, the verdict is calibrated on them."),
+    method: str = typer.Option("musc", "--method", "-m", help="With --good alone: musc or codegraph."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (default: this machine only)."),
+    port: int = typer.Option(8000, "--port", help="Port to listen on (0: a free one, printed)."),
+    token: Optional[str] = typer.Option(None, "--token", envvar="DEFECTSCOPE_TOKEN", help="The bearer token clients must send (default: a random one, printed); also read from DEFECTSCOPE_TOKEN."),
+    no_auth: bool = typer.Option(False, "--no-auth", help="Serve without a token (anyone who can reach the port can inspect)."),
+    queue_size: int = typer.Option(32, "--queue-size", help="Requests that may wait for the detector; more get 503 with Retry-After."),
+    max_batch: int = typer.Option(8, "--max-batch", help="Most images scored together in one batch."),
+    batch_window: float = typer.Option(10.0, "--batch-window", help="Milliseconds the first image of a batch waits for others."),
+    max_bytes: int = typer.Option(32 * 1024 * 1024, "--max-bytes", help="Largest request body in bytes (larger: 413 before the body is read)."),
+    max_pixels: int = typer.Option(40_000_000, "--max-pixels", help="Largest image in pixels (width x height; larger: 413 before decoding)."),
+    keep_images: bool = typer.Option(False, "--keep-images", help="Save each image as sent (OUT/inputs/) and its overlay (OUT/maps/), so `defectscope review OUT` shows them."),
+    false_alarm_rate: float = FalseAlarmOption,
+    backbone: Optional[str] = BackboneOption,
+    weights: Optional[Path] = WeightsOption,
+    image_size: Optional[int] = ImageSizeOption,
+    batch_size: int = BatchSizeOption,
+    threads: Optional[int] = ThreadsOption,
+    smoothing: Optional[float] = SmoothingOption,
+    param: Optional[list[str]] = ParamOption,
+    device: str = DeviceOption,
+) -> None:
+    """Serve inspections over HTTP: POST an image to /v1/inspect, get its score, verdict and defect regions."""
+    import secrets
+
+    from defectscope.options import apply_threads
+    from defectscope.serve import Limits, Service, build_inspector, run_server
+
+    if no_auth and token:
+        _fail(DefectscopeError("give either --token or --no-auth, not both"))
+    options = _options(method, backbone, weights, image_size, batch_size, threads, False, False, smoothing, params=param, false_alarm_rate=false_alarm_rate, device=device)
+    with _user_errors("interrupted"):
+        limits = Limits(max_bytes=max_bytes, max_pixels=max_pixels, queue_size=queue_size, max_batch=max_batch, batch_window=batch_window / 1000.0)
+        apply_threads(threads)
+        if model is not None and (backbone or weights or image_size or param or smoothing is not None):
+            raise DefectscopeError("--backbone, --weights, --image-size, --smoothing and --param describe a zero-shot method; a --model keeps its own settings")
+        with _progress() as progress:
+            inspector = build_inspector(out, options, model=model, good=good, keep_images=keep_images, progress=progress)
+        generated = token is None and not no_auth
+        secret = None if no_auth else (token or secrets.token_urlsafe(24))
+        if no_auth and host not in ("127.0.0.1", "localhost", "::1"):
+            warnings.warn(f"--host {host} with --no-auth: anyone who can reach this address can use the service")
+        from defectscope.device import describe_device, resolve_device
+
+        service = Service(inspector, limits, secret, device=describe_device(resolve_device(device)))
+        source = f"model {model}" if model is not None else f"{inspector.detector.method} against {inspector.description['good_images']} good images in {good}"
+
+        def announce(url: str) -> None:
+            console.print(f"serving {source} on {url}/v1/inspect; journal {inspector.journal.path} (Ctrl-C to stop)", highlight=False, soft_wrap=True)
+            if generated:
+                console.print(f"token: {secret}  (send 'Authorization: Bearer {secret}')", highlight=False, soft_wrap=True)
+
+        try:
+            run_server(service, host=host, port=port, announce=announce)
+        except KeyboardInterrupt:
+            pass  # uvicorn raises the Ctrl-C / SIGTERM it stopped on again once the requests in flight are answered
+    console.print(f"stopped; {inspector.journal.rows} decisions in {inspector.journal.path}", highlight=False)
 
 
 @app.command()

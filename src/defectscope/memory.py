@@ -5,7 +5,9 @@ over one batch, the features kept for all images, the N x N x L nearest-distance
 scoring and the anomaly maps. It is deliberately simple and errs on the large side; the guard
 (:func:`check_memory`) compares it with the memory available now (``MemAvailable`` of
 /proc/meminfo, or psutil; ``DEFECTSCOPE_MEMORY_LIMIT`` in bytes overrides both, for tests and for
-sharing a machine) and refuses in one sentence that names a setting that would fit.
+sharing a machine) and refuses in one sentence that names a setting that would fit. On a CUDA
+device the same estimate (without the decoded images) is also compared with the device's free
+memory (``torch.cuda.mem_get_info``).
 """
 
 from __future__ import annotations
@@ -114,6 +116,7 @@ def check_memory(
     inputs: int = 0,
     size_step: int = 32,
     available: int | None = None,
+    where: str = "memory",
 ) -> None:
     """Refuse a run whose estimate ``inputs + need(count, image_size)`` exceeds the memory available.
 
@@ -137,7 +140,7 @@ def check_memory(
         hints.append(f"at most {fewer} images per run")
     advice = " or ".join(hints) if hints else "a machine with more memory"
     raise MemoryLimitError(
-        f"this run of {count} images at {image_size} px needs about {_size(needed)} of memory but {_size(limit)} "
+        f"this run of {count} images at {image_size} px needs about {_size(needed)} of {where} but {_size(limit)} "
         f"is available; use {advice}"
     )
 
@@ -150,3 +153,12 @@ def guard_run(detector: Any, paths: Sequence[Path], *, available: int | None = N
     size, step = detector.memory_plan()
     inputs = INPUT_COPIES * decoded_bytes(paths)
     check_memory(detector.memory_needed, len(paths), size, inputs=inputs, size_step=step, available=available)
+    device = getattr(getattr(detector, "config", None), "device", None)
+    if device is not None and available is None:
+        from defectscope.device import device_free_memory, resolve_device
+
+        resolved = resolve_device(device)
+        free = device_free_memory(resolved)
+        if free is not None:
+            # Features, tables and maps live on the device; the decoded images stay in host memory.
+            check_memory(detector.memory_needed, len(paths), size, size_step=step, available=free, where=f"{resolved} memory")

@@ -12,6 +12,7 @@ from typing import Any, Mapping
 
 import torch
 
+from defectscope.device import resolve_device
 from defectscope.errors import ConfigError
 from defectscope.memory import check_image_size
 from defectscope.methods.verdict import DEFAULT_FALSE_ALARM_RATE, DEFAULT_REVIEW_BUDGET, check_false_alarm_rate, check_review_budget
@@ -28,7 +29,9 @@ class RunOptions:
     :func:`defectscope.methods.prn.kshot_split`). ``false_alarm_rate``: the share of normal
     images a verdict may flag; ``good``: a folder of known-good images to calibrate the verdict
     on (and, for MuSc/CoDeGraph, to score against); ``review_budget``: the largest share of a
-    batch the verdict may send to review (see :func:`defectscope.methods.verdict.cap_review`)."""
+    batch the verdict may send to review (see :func:`defectscope.methods.verdict.cap_review`).
+    ``device``: where every method computes (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``;
+    :mod:`defectscope.device`): a device this machine lacks is refused here, before any work."""
 
     method: str = "musc"
     backbone: str | None = None
@@ -43,8 +46,10 @@ class RunOptions:
     false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE
     good: str | Path | None = None
     review_budget: float = DEFAULT_REVIEW_BUDGET
+    device: str = "auto"
 
     def __post_init__(self) -> None:
+        resolve_device(self.device)
         check_image_size(self.image_size)
         check_false_alarm_rate(self.false_alarm_rate)
         check_review_budget(self.review_budget)

@@ -61,9 +61,10 @@ def run_demo(
     overwrite: bool = False,
     threads: int | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    device: str = "auto",
 ) -> dict[str, dict[str, float | None]]:
     """Score the elpv sample with the default MuSc settings and write the usual outputs."""
     from defectscope.pipeline import RunOptions, evaluate_categories
 
-    options = RunOptions(overwrite=overwrite, threads=threads)
+    options = RunOptions(overwrite=overwrite, threads=threads, device=device)
     return evaluate_categories([elpv_category(count)], out, options, progress=progress)

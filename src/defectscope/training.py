@@ -97,13 +97,14 @@ def fit_model(
     return out
 
 
-def load_detector(model: str | Path) -> Detector:
-    """Load a saved model of a trained method, whichever method made it."""
+def load_detector(model: str | Path, device: str | None = None) -> Detector:
+    """Load a saved model of a trained method, whichever method made it, on ``device`` (None:
+    the device saved with it)."""
     method = read_model_config(model).get("method")
     entry = get_method(method) if method in method_names(trained=True) else None
     if entry is None:
         raise ConfigError(f"model '{model}' was made by method '{method}', which `predict` cannot load")
-    return entry.load(model)
+    return entry.load(model, device)
 
 
 def predict_folder(
@@ -112,7 +113,7 @@ def predict_folder(
     """Score every image under ``folder`` with a saved model; writes the usual outputs (and
     ``masks/`` for U-Flow's automatic-threshold masks)."""
     apply_threads(options.threads)
-    detector = load_detector(model)
+    detector = load_detector(model, options.device)
     setting = get_method(detector.method).option_fields.get("false_alarm_rate")
     if setting is not None:
         detector.config = replace(detector.config, **{setting: options.false_alarm_rate})
@@ -134,7 +135,7 @@ def export_model(model: str | Path, out: str | Path, fmt: str = "onnx") -> Path:
     """Export a saved model of a trained method (image -> anomaly map) to ONNX."""
     if fmt != "onnx":
         raise ConfigError(f"export format '{fmt}' is not supported; use onnx")
-    detector = load_detector(model)
+    detector = load_detector(model, "cpu")
     return get_method(detector.method).export(detector, out)
 
 

@@ -138,7 +138,7 @@ class ZeroShotScorer:
 
         n = per_set[0].shape[0]
         patch = torch.stack([to_finest_grid(s.reshape(n, -1), self.grid) for s in per_set]).mean(dim=0)
-        return self.musc.maps_from_patch_scores(patch, self.grid).numpy()
+        return self.musc.maps_from_patch_scores(patch, self.grid).cpu().numpy()
 
     def calibration(self) -> np.ndarray:
         """Leave-one-out image scores of the bank members (cached until the bank changes)."""
@@ -524,7 +524,7 @@ def build_scorer(options, *, alpha: float, bank_size: int, min_bank: int, good: 
     if model is not None:
         from defectscope.training import load_detector
 
-        return ModelScorer(load_detector(model))
+        return ModelScorer(load_detector(model, options.device))
     from defectscope.pipeline import build_detector
 
     musc = build_detector(options)

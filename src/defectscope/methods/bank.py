@@ -85,7 +85,7 @@ def _query_topk(query: torch.Tensor, references: torch.Tensor, k: int, skip: int
     m, length_r, channels = references.shape
     length = query.shape[0]
     step = max(1, BLOCK_BYTES // (4 * length * length_r))
-    buffer = torch.full((k + BUFFER_ROWS + step, length), -math.inf)
+    buffer = torch.full((k + BUFFER_ROWS + step, length), -math.inf, device=references.device)
     filled = k
     for start in range(0, m, step):
         block = references[start : start + step]
@@ -128,12 +128,18 @@ def nearest_topk(
     skips = self_index.tolist() if self_index is not None else [-1] * n
     z = queries.float()
     r = references.float().contiguous()
-    out = torch.empty(n, k, queries.shape[1])
+    out = torch.empty(n, k, queries.shape[1], device=r.device)
 
     def one(i: int) -> None:
-        out[i] = _query_topk(z[i], r, k, skips[i])
+        out[i] = _query_topk(z[i].to(r.device), r, k, skips[i])
 
-    workers = workers or torch.get_num_threads()
+    workers = (workers or torch.get_num_threads()) if r.device.type == "cpu" else 1
+    if workers <= 1:
+        for i in range(n):
+            one(i)
+            if progress is not None:
+                progress(i + 1)
+        return out
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -159,7 +165,7 @@ def topk_to_scores(topk: torch.Tensor, counts: torch.Tensor, lower: float, upper
     M_i = ``counts[i]`` references (see :func:`defectscope.methods.mutual.interval_bounds`).
     """
     distances = similarities_to_distances(topk)
-    scores = torch.empty(topk.shape[0], topk.shape[2])
+    scores = torch.empty(topk.shape[0], topk.shape[2], device=topk.device)
     for count in torch.unique(counts).tolist():
         rows = counts == count
         start, end = interval_bounds(int(count), lower, upper)
@@ -260,12 +266,13 @@ def sampled_patch_scores(detector, images: Sequence[np.ndarray], progress: Progr
     cheapest = min(set_cost(s) for s in features.sets)
     costs = [max(1, round(set_cost(s) / cheapest)) * len(chosen) for s in features.sets]
     total = sum(costs) * n
-    accumulated = torch.zeros(n, features.grid[0] * features.grid[1])
+    device = detector.backbone.device
+    accumulated = torch.zeros(n, features.grid[0] * features.grid[1], device=device)
     for index, feature_set in enumerate(features.sets):
         report = None
         if progress is not None:
             base = sum(costs[:index]) * n
             report = lambda done, base=base, cost=costs[index]: progress("scoring", base + done * cost, total)  # noqa: E731
-        scores = bank_scores(feature_set, feature_set[chosen], cfg.lower, cfg.upper, self_index=self_index, progress=report)
+        scores = bank_scores(feature_set, feature_set[chosen].to(device), cfg.lower, cfg.upper, self_index=self_index, progress=report)
         accumulated += to_finest_grid(scores, features.grid)
     return MuScScores(accumulated / len(features.sets), features.grid, features.embeddings)

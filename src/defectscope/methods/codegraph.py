@@ -173,7 +173,7 @@ def neighbour_burnout(distances: torch.Tensor, support: int, lower: float = 0.0,
     values = nearest.values.transpose(1, 2).contiguous()
     order = nearest.indices.transpose(1, 2)
     floored = values[..., : support + 1].clamp_min(_DISTANCE_FLOOR)
-    ranks = torch.arange(1, support + 1, dtype=values.dtype)
+    ranks = torch.arange(1, support + 1, dtype=values.dtype, device=values.device)
     scaled_gaps = ranks * torch.log(floored[..., 1:] / floored[..., :-1])
     typical = scaled_gaps.reshape(-1, support).median(dim=0).values.clamp_min(_DISTANCE_FLOOR)
     ratio, jump = (scaled_gaps / typical).max(dim=-1)
@@ -181,7 +181,7 @@ def neighbour_burnout(distances: torch.Tensor, support: int, lower: float = 0.0,
     after = values.gather(-1, (jump + 1).unsqueeze(-1)).squeeze(-1)
     score = values[..., start:end].mean(dim=-1)
     cumulative = F.pad(values.double().cumsum(dim=-1), (1, 0))
-    bounds = torch.tensor([interval_bounds(n - 1 - k, lower, upper) for k in range(1, support + 1)])
+    bounds = torch.tensor([interval_bounds(n - 1 - k, lower, upper) for k in range(1, support + 1)], device=values.device)
     first = bounds[jump, 0] + jump + 1
     last = bounds[jump, 1] + jump + 1
     total = cumulative.gather(-1, last.unsqueeze(-1)) - cumulative.gather(-1, first.unsqueeze(-1))
@@ -200,12 +200,13 @@ def image_graph(burnout: Burnout, linking: torch.Tensor) -> np.ndarray:
     """(N, N) symmetric edge weights: each linking patch of image i adds 1 to (i, j) for each of
     its supporting images j (those before the jump); then W + W^T, zero diagonal."""
     n, _, support = burnout.neighbours.shape
-    ranks = torch.arange(support)
+    device = linking.device
+    ranks = torch.arange(support, device=device)
     used = linking.unsqueeze(-1) & (ranks < burnout.support.unsqueeze(-1))
-    sources = torch.arange(n).view(n, 1, 1).expand_as(used)
-    weights = torch.zeros(n * n, dtype=torch.float64)
-    weights.index_add_(0, (sources[used] * n + burnout.neighbours[used]), torch.ones(int(used.sum()), dtype=torch.float64))
-    matrix = weights.view(n, n).numpy()
+    sources = torch.arange(n, device=device).view(n, 1, 1).expand_as(used)
+    weights = torch.zeros(n * n, dtype=torch.float64, device=device)
+    weights.index_add_(0, (sources[used] * n + burnout.neighbours[used]), torch.ones(int(used.sum()), dtype=torch.float64, device=device))
+    matrix = weights.view(n, n).cpu().numpy()
     matrix = matrix + matrix.T
     np.fill_diagonal(matrix, 0.0)
     return matrix
@@ -278,8 +279,8 @@ def confirmed(members: Sequence[int], musc_scores: torch.Tensor, filtered: torch
     only share normal appearance leaves most of them ordinary; separating images that share a
     defect makes them stand out."""
     n = musc_scores.shape[0]
-    index = torch.tensor(sorted(members))
-    outside = torch.ones(n, dtype=torch.bool)
+    index = torch.tensor(sorted(members), device=musc_scores.device)
+    outside = torch.ones(n, dtype=torch.bool, device=musc_scores.device)
     outside[index] = False
     if not outside.any():
         return False
@@ -387,7 +388,8 @@ class CoDeGraph(MuSc):
             if progress is not None:
                 report = lambda done, base=index * pairs: progress("scoring", base + done, total)  # noqa: E731
             tables.append(similarities_to_distances(nearest_similarities(feature_set, progress=report)))
-        musc_scores = torch.zeros(n, grid[0] * grid[1])
+        device = tables[0].device
+        musc_scores = torch.zeros(n, grid[0] * grid[1], device=device)
         for table in tables:
             musc_scores += to_finest_grid(interval_mean(table, cfg.lower, cfg.upper), grid)
         musc_scores = calibrate_border(musc_scores / len(tables), grid, cfg.border_depth)
@@ -409,9 +411,9 @@ class CoDeGraph(MuSc):
         patch_scores = musc_scores
         candidates = communities
         if communities:
-            excluded = torch.zeros(n, n, dtype=torch.bool)
+            excluded = torch.zeros(n, n, dtype=torch.bool, device=device)
             for members in communities:
-                index = torch.tensor(members)
+                index = torch.tensor(members, device=device)
                 excluded[index.unsqueeze(1), index.unsqueeze(0)] = True
             filtered = torch.stack([
                 to_finest_grid(excluded_interval_mean(t, excluded, cfg.lower, cfg.upper), grid) for t in tables
@@ -422,9 +424,9 @@ class CoDeGraph(MuSc):
                     members for members in communities
                     if confirmed(members, musc_scores, filtered, cfg.confirm_quantile, cfg.confirm_share)
                 ]
-            members_all = torch.zeros(n, dtype=torch.bool)
+            members_all = torch.zeros(n, dtype=torch.bool, device=device)
             for members in communities:
-                members_all[torch.tensor(members)] = True
+                members_all[torch.tensor(members, device=device)] = True
             patch_scores = torch.where(members_all.unsqueeze(1), filtered, musc_scores)
         return CoDeGraphScores(musc_scores, patch_scores, burnout, linking, weights, communities, grid, embeddings,
                                candidates)

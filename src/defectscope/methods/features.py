@@ -32,8 +32,8 @@ def extract_in_batches(
             layers = [[] for _ in features.layers]
             names = list(features.layer_names)
         for store, layer in zip(layers, features.layers):
-            store.append(layer.float().cpu())
-        embeddings.append(features.embedding.float().cpu())
+            store.append(layer.float())
+        embeddings.append(features.embedding.float())
         if progress is not None:
             progress("features", min(start + batch_size, len(images)), len(images))
     return Features([torch.cat(store) for store in layers], torch.cat(embeddings), names)

@@ -85,7 +85,7 @@ def chunked_feature_sets(
     on_disk = False
     for start in range(0, n, batch_size):
         features = backbone.extract(backbone.preprocess(images[start : start + batch_size]), common_grid=not native_grids)
-        chunk_sets = [s for layer in features.layers for s in lnamd(layer.float().cpu(), degrees)]
+        chunk_sets = [s.cpu() for layer in features.layers for s in lnamd(layer.float(), degrees)]
         if not arrays:
             grid = features.grid
             shapes = [(n, *s.shape[1:]) for s in chunk_sets]
@@ -96,7 +96,7 @@ def chunked_feature_sets(
             arrays = [_mapped_array(shape, folder) if on_disk else np.empty(shape, dtype=np.float32) for shape in shapes]
         for array, chunk in zip(arrays, chunk_sets):
             array[start : start + chunk.shape[0]] = chunk.numpy()
-        embeddings.append(features.embedding.float().cpu())
+        embeddings.append(features.embedding.float())
         if progress is not None:
             progress("features", min(start + batch_size, n), n)
     return FeatureSets([torch.from_numpy(a) for a in arrays], grid, torch.cat(embeddings), on_disk)

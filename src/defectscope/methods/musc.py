@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from defectscope.backbones._common import BORDERS
+from defectscope.device import resolve_device
 from defectscope.errors import ConfigError
 from defectscope.memory import estimate_bytes
 from defectscope.methods.bank import reference_scores  # noqa: F401  (moved; kept importable from here)
@@ -132,6 +133,8 @@ class MuScConfig(MethodConfig):
             MuSc only; CoDeGraph always builds the full table in this process.
         false_alarm_rate: share of normal images the verdict may flag (label-free rule on the
             batch, or conformal on the good images after :meth:`MuSc.calibrate`).
+        device: where features, scoring, RsCIN and the maps run (:mod:`defectscope.device`:
+            auto, cpu, cuda, cuda:N, mps); results come back as numpy arrays.
     """
 
     backbone: str = "efficientnet-lite0"
@@ -156,10 +159,13 @@ class MuScConfig(MethodConfig):
     feature_store: str | None = "auto"
     scheduler: str | None = None
     false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE
+    device: str = "auto"
 
     def validate(self) -> None:
         _check_interval(self.lower, self.upper)
         check_false_alarm_rate(self.false_alarm_rate)
+        if self.scheduler is not None and resolve_device(self.device).type != "cpu":
+            raise ConfigError(f"--scheduler runs MuSc on Dask workers' CPUs; it cannot be combined with --device {self.device} (use --device cpu)")
         if self.border not in BORDERS:
             raise ConfigError(f"border rule {self.border!r} is unknown; choose one of {', '.join(BORDERS)}")
         if not self.degrees or any(r < 1 or r % 2 == 0 for r in self.degrees):
@@ -241,7 +247,7 @@ class MuSc(Detector):
             layers = list(cfg.layers) if cfg.layers is not None else None
             self._backbone = get_backbone(
                 cfg.backbone, weights=cfg.weights, image_size=cfg.image_size, layers=layers, border=cfg.border,
-                border_pad=cfg.border_pad,
+                border_pad=cfg.border_pad, device=resolve_device(cfg.device),
             )
         return self._backbone
 
@@ -256,7 +262,7 @@ class MuSc(Detector):
             raise ConfigError("reference mode scores whole images only: use tiles=1 with good images")
         sets, grid, _ = self.feature_sets(images, progress, native_grids=self.config.native_grids)
         scores = self._combine([mutual_scores(s, self.config.lower, self.config.upper) for s in sets], grid)
-        maxima = self.maps_from_patch_scores(scores, grid).flatten(1).amax(dim=1).numpy()
+        maxima = self.maps_from_patch_scores(scores, grid).flatten(1).amax(dim=1).cpu().numpy()
         self.calibration = conformal_threshold(maxima, self.config.false_alarm_rate, source="good images (leave-one-out)")
         self.reference = ReferenceBank(sets, grid)
         return self
@@ -337,7 +343,7 @@ class MuSc(Detector):
         sets, grid, embeddings = self.feature_sets(images, progress, native_grids=self.config.native_grids)
         pairs = n * (n - 1) // 2
         total = pairs * len(sets)
-        accumulated = torch.zeros(n, grid[0] * grid[1])
+        accumulated = torch.zeros(n, grid[0] * grid[1], device=sets[0].device)
         for index, feature_set in enumerate(sets):
             report = None
             if progress is not None:
@@ -400,7 +406,7 @@ class MuSc(Detector):
                 shape, grid = tuple(tile_maps.shape[-2:]), scores.grid
                 boxes = tile_boxes(shape, tiles, overlap)
                 full = (boxes[-1][1], boxes[-1][3])
-                canvas, counts = torch.zeros(len(images), *full), torch.zeros(full)
+                canvas, counts = torch.zeros(len(images), *full, device=tile_maps.device), torch.zeros(full, device=tile_maps.device)
                 embeddings = torch.zeros_like(scores.embeddings)
             if tuple(tile_maps.shape[-2:]) != shape:  # the crops' aspect rounded to another input shape
                 tile_maps = F.interpolate(tile_maps.unsqueeze(1), size=shape, mode="bilinear", align_corners=True).squeeze(1)
@@ -430,7 +436,7 @@ class MuSc(Detector):
             [reference_scores(s, r, self.config.lower, self.config.upper, drop_one=True) for s, r in zip(sets, bank.feature_sets)],
             grid,
         )
-        maps = self.maps_from_patch_scores(scores, grid).numpy().astype(np.float32)
+        maps = self.maps_from_patch_scores(scores, grid).cpu().numpy().astype(np.float32)
         image_scores = maps.reshape(len(names), -1).max(axis=1).astype(np.float64)
         return Result(
             paths=names,
@@ -470,8 +476,8 @@ class MuSc(Detector):
         same threshold per pixel, so an image is anomalous exactly when its mask is non-empty.
         """
         names = default_paths(paths, maps.shape[0], self.method)
-        raw = maps.flatten(1).amax(dim=1)
-        image_scores = rscin(raw, embeddings, self.config.rscin_ks)
+        image_scores = rscin(maps.flatten(1).amax(dim=1), embeddings, self.config.rscin_ks)
+        raw, maps = maps.flatten(1).amax(dim=1).cpu(), maps.cpu()
         threshold = label_free_threshold(raw.numpy(), self.config.false_alarm_rate, statistic="map maxima")
         return Result(
             paths=names,

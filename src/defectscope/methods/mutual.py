@@ -214,8 +214,8 @@ def rscin(scores: torch.Tensor | np.ndarray, embeddings: torch.Tensor | np.ndarr
     included), the rest are zeroed, rows are normalised to sum 1 and P_k s is computed; the
     result is the mean over k of P_k s. k = 1 is the identity; k is capped at N.
     """
-    s = torch.as_tensor(np.asarray(scores, dtype=np.float64))
-    e = F.normalize(torch.as_tensor(np.asarray(embeddings, dtype=np.float64)), dim=1)
+    s = _float64(scores)
+    e = F.normalize(_float64(embeddings, s.device), dim=1)
     n = s.shape[0]
     if e.shape[0] != n:
         raise ConfigError(f"rscin got {n} scores but {e.shape[0]} embeddings")
@@ -236,7 +236,14 @@ def rscin(scores: torch.Tensor | np.ndarray, embeddings: torch.Tensor | np.ndarr
         weights = torch.clamp(weights, min=0.0)
         weights = weights / weights.sum(dim=1, keepdim=True)
         result += (weights * s[top.indices]).sum(dim=1)
-    return (result / len(ks)).numpy()
+    return (result / len(ks)).cpu().numpy()
+
+
+def _float64(values: torch.Tensor | np.ndarray, device: torch.device | None = None) -> torch.Tensor:
+    """``values`` as float64 on their own device (tensors) or on ``device`` (arrays, default CPU)."""
+    if isinstance(values, torch.Tensor):
+        return values.to(torch.float64) if device is None else values.to(device, torch.float64)
+    return torch.as_tensor(np.asarray(values, dtype=np.float64), device=device)
 
 
 def to_finest_grid(patch_scores: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:

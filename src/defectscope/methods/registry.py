@@ -22,7 +22,7 @@ from defectscope.methods.base import Detector, MethodConfig
 if TYPE_CHECKING:  # options.py sits above the methods (it uses methods.verdict); annotations only
     from defectscope.options import RunOptions
 
-_SHARED = {"backbone": "backbone", "weights": "weights", "image_size": "image_size"}
+_SHARED = {"backbone": "backbone", "weights": "weights", "image_size": "image_size", "device": "device"}
 
 
 def _load(target: str) -> Any:
@@ -82,9 +82,11 @@ class MethodEntry:
         """A new, unfitted detector configured from ``options``."""
         return self.detector_class(self.make_config(options))
 
-    def load(self, folder: str | Path) -> Detector:
-        """A trained detector saved by ``defectscope fit``."""
-        return self.detector_class.load(folder)  # type: ignore[attr-defined]
+    def load(self, folder: str | Path, device: str | None = None) -> Detector:
+        """A trained detector saved by ``defectscope fit``, on ``device`` (default: as saved)."""
+        if device is None:
+            return self.detector_class.load(folder)  # type: ignore[attr-defined]
+        return self.detector_class.load(folder, device=device)  # type: ignore[attr-defined]
 
     def export(self, detector: Detector, out: str | Path) -> Path:
         """Write a trained detector as ONNX to ``out``."""

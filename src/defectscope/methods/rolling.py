@@ -36,8 +36,8 @@ def _both_directions(query: torch.Tensor, members: torch.Tensor) -> tuple[torch.
     """(L, C) vs (m, L', C) -> (m, L) query-to-member and (m, L') member-to-query maxima."""
     m, length_r, channels = members.shape
     length = query.shape[0]
-    to_members = torch.empty(m, length)
-    from_members = torch.empty(m, length_r)
+    to_members = torch.empty(m, length, device=members.device)
+    from_members = torch.empty(m, length_r, device=members.device)
     step = max(1, BLOCK_BYTES // (4 * length * length_r))
     for start in range(0, m, step):
         block = members[start : start + step]
@@ -79,7 +79,7 @@ class RollingBank:
             if len(active):
                 a, b = _both_directions(query.float(), self.features[index][active])
             else:
-                a, b = torch.empty(0, query.shape[0]), torch.empty(0, query.shape[0])
+                a, b = torch.empty(0, query.shape[0], device=query.device), torch.empty(0, query.shape[0], device=query.device)
             to_members.append(a)
             from_members.append(b)
         return Comparison(to_members, from_members)
@@ -98,8 +98,8 @@ class RollingBank:
         result of :meth:`compare` against the current members (computed here if None)."""
         comparison = comparison or self.compare(sets)
         if not self.features:
-            self.features = [torch.empty(self.capacity, *s.shape) for s in sets]
-            self.tables = [torch.full((self.capacity, self.capacity, s.shape[0]), -math.inf) for s in sets]
+            self.features = [torch.empty(self.capacity, *s.shape, device=s.device) for s in sets]
+            self.tables = [torch.full((self.capacity, self.capacity, s.shape[0]), -math.inf, device=s.device) for s in sets]
         active = self._active()
         if len(self.order) == self.capacity:
             slot = self.order.popleft()

@@ -73,6 +73,6 @@ def equalise_edges(maps: torch.Tensor, grid: tuple[int, int], sigma: float) -> t
     """(N, H, W) smoothed maps -> the same with each pixel's deviation from its map's median
     divided by :func:`edge_gain`, so that under independent patch noise every pixel varies alike
     and a normal map peaks on the border no more often than the border's share of the area."""
-    gain = edge_gain(tuple(grid), tuple(maps.shape[-2:]), float(sigma)).to(maps.dtype)
+    gain = edge_gain(tuple(grid), tuple(maps.shape[-2:]), float(sigma)).to(maps.device, maps.dtype)
     median = maps.flatten(1).median(dim=1).values.view(-1, 1, 1)
     return median + (maps - median) / gain

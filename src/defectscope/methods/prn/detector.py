@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -42,6 +42,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from defectscope.device import resolve_device
 from defectscope.errors import ConfigError, ModelFileError
 from defectscope.memory import estimate_bytes
 from defectscope.methods.base import Detector, MethodConfig, Result, default_paths
@@ -120,6 +121,7 @@ class PRNConfig(MethodConfig):
     calibration_fraction: float = 0.1
     cross_fit_folds: int = 3
     false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE
+    device: str = "auto"
 
     def __post_init__(self) -> None:
         check_false_alarm_rate(self.false_alarm_rate)
@@ -173,7 +175,8 @@ def multiscale_features(backbone: Any, batch: torch.Tensor) -> list[torch.Tensor
     block_indices = getattr(backbone, "_block_indices", None)
     if model is not None and hasattr(model, "forward_blocks") and block_indices is not None:
         with torch.no_grad():
-            return [m.detach() for m in model.forward_blocks(batch.to(torch.float32), block_indices)]
+            device = getattr(backbone, "device", batch.device)
+            return [m.detach() for m in model.forward_blocks(batch.to(device, torch.float32), block_indices)]
     with torch.no_grad():
         features = backbone.extract(batch)
     strides = _layer_strides(features.layer_names)
@@ -213,7 +216,8 @@ def _default_backbone(config: PRNConfig) -> Any:
     from defectscope.backbones import get_backbone
 
     return get_backbone(
-        config.backbone, weights=config.backbone_weights, image_size=config.image_size, layers=list(config.layers)
+        config.backbone, weights=config.backbone_weights, image_size=config.image_size, layers=list(config.layers),
+        device=resolve_device(config.device),
     )
 
 
@@ -307,7 +311,7 @@ class PRN(Detector):
             losses.extend(head_losses)
             if excluded:
                 maps = self._maps_of([head], [normal_images[i] for i in excluded])
-                scores.append(top_k_mean(maps, config.top_k).numpy().astype(np.float64))
+                scores.append(top_k_mean(maps, config.top_k).cpu().numpy().astype(np.float64))
         self.heads = heads
         self.losses = losses
         self.model_info = {**info, "normal_images": len(trained), "models": len(heads),
@@ -349,7 +353,8 @@ class PRN(Detector):
 
         stream = [config.seed] if fold is None else [config.seed, FOLD_STREAM + fold]
         torch.manual_seed(config.seed if fold is None else int(np.random.default_rng(stream).integers(2**31)))
-        head = self._build_head(info)
+        device = resolve_device(config.device)
+        head = self._build_head(info).to(device)
         optimizer = torch.optim.AdamW(head.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
         steps_per_epoch = math.ceil(samples / config.batch_size)
         total_steps = steps_per_epoch * config.epochs
@@ -359,7 +364,9 @@ class PRN(Detector):
             start_epoch, losses = self._restore_checkpoint(checkpoint, head, optimizer, info)
         else:
             report("prototypes", 0, 1)
-            head.set_prototypes(build_prototypes([m.to(torch.float32) for m in scales], info["prototype_count"], seed=config.seed + (fold or 0)))
+            # k-means on the CPU (its seeded generator): the same prototypes on every device.
+            prototypes = build_prototypes([m.to(torch.float32).cpu() for m in scales], info["prototype_count"], seed=config.seed + (fold or 0))
+            head.set_prototypes([p.to(device) for p in prototypes])
             report("prototypes", 1, 1)
 
         for epoch in range(start_epoch, config.epochs):
@@ -390,7 +397,7 @@ class PRN(Detector):
                         masks.append(sample.mask.astype(np.float32))
                         fresh_position += 1
                 inputs = [torch.stack(f) for f in features]
-                target = torch.from_numpy(np.stack(masks)).unsqueeze(1)
+                target = torch.from_numpy(np.stack(masks)).unsqueeze(1).to(device)
                 loss = prn_loss(head(*inputs), target, config.focal_gamma)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -435,11 +442,12 @@ class PRN(Detector):
     ) -> tuple[int, list[float]]:
         tensors, header = load_model(folder, CHECKPOINT_METHOD)
         saved = header["config"]
-        if saved.get("prn") != self.config.to_json():
+        if {**saved.get("prn", {}), "device": None} != {**self.config.to_json(), "device": None}:
             raise ModelFileError(f"checkpoint '{folder}' was made with other PRN settings; resume with the same settings.")
         if saved.get("model", {}).get("normal_images") != info["normal_images"]:
             raise ModelFileError(f"checkpoint '{folder}' was made from another set of normal images.")
-        head_state = {name[5:]: value for name, value in tensors.items() if name.startswith("head.")}
+        device = resolve_device(self.config.device)
+        head_state = {name[5:]: value.to(device) for name, value in tensors.items() if name.startswith("head.")}
         prototypes = [head_state[f"prototypes_{s}"] for s in range(head.scales)]
         head.set_prototypes(prototypes)
         head.load_state_dict(head_state)
@@ -520,9 +528,9 @@ class PRN(Detector):
         threshold = self.threshold()
         return with_verdict(Result(
             paths=names,
-            image_scores=scores.numpy().astype(np.float64),
-            anomaly_maps=maps.numpy().astype(np.float32),
-            masks=pixel_masks(maps.numpy(), threshold),
+            image_scores=scores.cpu().numpy().astype(np.float64),
+            anomaly_maps=maps.cpu().numpy().astype(np.float32),
+            masks=pixel_masks(maps.cpu().numpy(), threshold),
             settings=self.settings(),
         ), threshold)
 
@@ -540,8 +548,9 @@ class PRN(Detector):
         return save_model(folder, METHOD, tensors, header, overwrite=overwrite)
 
     @classmethod
-    def load(cls, folder: str | Path, *, backbone: Any | None = None) -> "PRN":
-        """Load a model written by :meth:`save`; a file from another method or version fails clearly."""
+    def load(cls, folder: str | Path, *, backbone: Any | None = None, device: str | None = None) -> "PRN":
+        """Load a model written by :meth:`save`; a file from another method or version fails clearly.
+        ``device``: where it runs (default: the device saved in its config, ``auto`` for older models)."""
         tensors, header = load_model(folder, METHOD)
         saved = header["config"]
         try:
@@ -549,14 +558,16 @@ class PRN(Detector):
             info = saved["model"]
         except (KeyError, TypeError) as exc:
             raise ModelFileError(f"model '{folder}' has an incomplete PRN config ({exc}).") from None
+        if device is not None:
+            config = replace(config, device=device)
         detector = cls(config, backbone=backbone)
         held_out = tensors.pop(HELD_OUT_KEY, None)
         detector.held_out_scores = None if held_out is None else held_out.numpy().astype(np.float64)
         models = int(info.get("models", 1))
         for number in range(models):
             prefix = f"model{number}." if models > 1 else ""
-            state = {name[len(prefix):]: value for name, value in tensors.items() if name.startswith(prefix)}
-            head = detector._build_head(info)
+            state = {name[len(prefix):]: value.to(resolve_device(config.device)) for name, value in tensors.items() if name.startswith(prefix)}
+            head = detector._build_head(info).to(resolve_device(config.device))
             try:
                 head.set_prototypes([state[f"prototypes_{s}"] for s in range(head.scales)])
                 head.load_state_dict(state)

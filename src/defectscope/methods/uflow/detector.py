@@ -25,7 +25,7 @@ held-out normal training images (``mask_extent``, :mod:`.extent`).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from defectscope.backbones.base import Backbone
+from defectscope.device import resolve_device
 from defectscope.errors import ConfigError, ModelFileError
 from defectscope.memory import estimate_bytes
 from defectscope.methods.base import Detector, MethodConfig, Result, default_paths
@@ -132,6 +133,7 @@ class UFlowConfig(MethodConfig):
     extent_quantile: float = 0.999
     extent_cut_rule: str = "otsu"
     extent_cut: float = 0.3
+    device: str = "auto"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", tuple(self.layers))
@@ -209,7 +211,7 @@ def _build_backbones(config: UFlowConfig) -> list[Backbone]:
     sizes = config.input_sizes or (config.image_size,) * len(config.layers)
     try:
         return [
-            get_backbone(config.backbone, weights=config.weights, image_size=size, layers=[layer])
+            get_backbone(config.backbone, weights=config.weights, image_size=size, layers=[layer], device=resolve_device(config.device))
             for layer, size in zip(config.layers, sizes)
         ]
     except BackboneError as exc:
@@ -225,6 +227,7 @@ def _training_settings(config: UFlowConfig) -> dict[str, Any]:
     """The settings that must match for a checkpoint to be resumed (all but the epoch count)."""
     data = config.to_json()
     data.pop("epochs")
+    data.pop("device", None)
     return data
 
 
@@ -275,7 +278,7 @@ class UFlow(Detector):
                 if size not in batches:
                     batches[size] = backbone.preprocess(images[start:start + step])
                 layer = backbone.extract(batches[size]).layers[0]
-                per_scale[scale].append(layer.detach().to("cpu", torch.float32).clone())
+                per_scale[scale].append(layer.detach().to(torch.float32).clone())
             if progress is not None:
                 progress("features", min(start + step, len(images)), len(images))
         features = [torch.cat(chunks) for chunks in per_scale]
@@ -329,10 +332,11 @@ class UFlow(Detector):
     ) -> "UFlow":
         """Train on cached raw backbone features (one (N, C, h, w) tensor per scale, finest first)."""
         config = self.config
-        features = [f.detach().to(torch.float32) for f in features]
+        device = resolve_device(config.device)
+        features = [f.detach().to(device, torch.float32) for f in features]
         held_out = self._held_out(features[0].shape[0])
         if held_out.numel():
-            keep = torch.ones(features[0].shape[0], dtype=torch.bool)
+            keep = torch.ones(features[0].shape[0], dtype=torch.bool, device=device)
             keep[held_out] = False
             calibration = [f[held_out] for f in features]
             features = [f[keep] for f in features]
@@ -340,7 +344,7 @@ class UFlow(Detector):
         self.feature_mean = [f.mean(dim=(0, 2, 3), keepdim=True)[0] for f in features]
         self.feature_std = [f.std(dim=(0, 2, 3), keepdim=True)[0].clamp_min(1e-6) for f in features]
         normalised = self._normalise(features)
-        self.flow = self._new_flow(features)
+        self.flow = self._new_flow(features).to(device)
         optimizer = self._optimizer()
         self.history, self.epochs_done = [], 0
         if resume and checkpoint_dir is not None and (Path(checkpoint_dir) / "config.json").is_file():
@@ -372,13 +376,13 @@ class UFlow(Detector):
             if progress is not None:
                 progress("epoch", epoch + 1, config.epochs)
         self.flow.eval()
-        self.latent_scale = [torch.ones(()) for _ in features]
+        self.latent_scale = [torch.ones((), device=device) for _ in features]
         self.map_threshold = None
         if held_out.numel():
             latents = self.latents_from_features(calibration)
             self.latent_scale = [z.pow(2).mean().clamp_min(1.0).sqrt() for z in latents]
             maps = anomaly_map(latents, config.image_size, config.smoothing_sigma)
-            self.map_threshold = extent.calibration_level(maps.numpy(), config.extent_quantile)
+            self.map_threshold = extent.calibration_level(maps.cpu().numpy(), config.extent_quantile)
         return self
 
     def _held_out(self, count: int) -> torch.Tensor:
@@ -414,7 +418,7 @@ class UFlow(Detector):
         flow = self._require_fitted()
         flow.eval()
         with torch.no_grad():
-            latents, _ = flow(self._normalise([f.to(torch.float32) for f in features]))
+            latents, _ = flow(self._normalise([f.to(resolve_device(self.config.device), torch.float32) for f in features]))
         return latents
 
     def predict_features(self, features: Sequence[torch.Tensor], paths: Sequence[str] | None = None) -> Result:
@@ -423,11 +427,11 @@ class UFlow(Detector):
         count = latents[0].shape[0]
         names = default_paths(paths, count, self.method)
         size = self.config.image_size
-        maps = anomaly_map(latents, size, self.config.smoothing_sigma).numpy().astype(np.float32)
+        maps = anomaly_map(latents, size, self.config.smoothing_sigma).cpu().numpy().astype(np.float32)
         masks = detected = None
         if self.config.nfa_method != "none":
             masks = detected = np.stack([
-                nfa.detect([(z[i] / scale).numpy() for z, scale in zip(latents, self._scales(latents))], size, epsilon=self.config.epsilon,
+                nfa.detect([(z[i] / scale).cpu().numpy() for z, scale in zip(latents, self._scales(latents))], size, epsilon=self.config.epsilon,
                            method=self.config.nfa_method, window=self.config.block_window,
                            alpha=self.config.block_alpha, max_region_fraction=self.config.max_region_fraction)
                 for i in range(count)
@@ -545,6 +549,8 @@ class UFlow(Detector):
 
     def _load_state(self, tensors: dict[str, torch.Tensor], header: dict[str, Any]) -> None:
         n_scales = len(header["channels"])
+        device = resolve_device(self.config.device)
+        tensors = {name: value.to(device) for name, value in tensors.items()}
         self.feature_mean = [tensors[f"feature_mean.{s}"] for s in range(n_scales)]
         self.feature_std = [tensors[f"feature_std.{s}"] for s in range(n_scales)]
         self.latent_scale = [tensors[f"latent_scale.{s}"].reshape(()) for s in range(n_scales)
@@ -560,7 +566,7 @@ class UFlow(Detector):
             flow.load_state_dict(state, strict=True)
         except RuntimeError as exc:
             raise ModelFileError(f"U-Flow weights do not match their config: {str(exc).splitlines()[0]}") from None
-        self.flow = flow.eval()
+        self.flow = flow.to(device).eval()
         self.epochs_done = int(header.get("epochs_done", 0))
         self.history = [float(v) for v in header.get("history", [])]
 
@@ -588,8 +594,9 @@ class UFlow(Detector):
         optimizer.load_state_dict(state)
 
     @classmethod
-    def load(cls, folder: str | Path, *, backbones: Sequence[Backbone] | None = None) -> "UFlow":
-        """Load a model written by :meth:`save` (or a checkpoint); other methods' files fail clearly."""
+    def load(cls, folder: str | Path, *, backbones: Sequence[Backbone] | None = None, device: str | None = None) -> "UFlow":
+        """Load a model written by :meth:`save` (or a checkpoint); other methods' files fail clearly.
+        ``device``: where it runs (default: the device saved in its config, ``auto`` for older models)."""
         folder = Path(folder)
         header = read_model_config(folder)
         if header.get("method") != METHOD:
@@ -603,6 +610,8 @@ class UFlow(Detector):
             uflow_config = UFlowConfig.from_json(config["uflow"])
         except (KeyError, TypeError, ConfigError) as exc:
             raise ModelFileError(f"U-Flow model '{folder}' has an invalid config ({exc})") from None
+        if device is not None:
+            uflow_config = replace(uflow_config, device=device)
         model = cls(uflow_config, backbones=backbones)
         model._load_state(tensors, config)
         return model
