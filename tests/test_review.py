@@ -216,7 +216,7 @@ def test_no_file_outside_the_run_can_be_read(tmp_path: Path) -> None:
         assert 400 <= status < 500, route
         assert SECRET.encode() not in body, route
     status, body = raw_get(asgi_app, "/api/map/0")
-    assert status == 200 and body.startswith(b"\x89PNG")
+    assert status == 200 and body.startswith(b"\xff\xd8\xff")  # the overlay, a JPEG
 
 
 def test_a_maps_folder_linked_elsewhere_serves_nothing(tmp_path: Path) -> None:
@@ -232,9 +232,9 @@ def test_pictures_are_served_by_row_number(run_dir: Path) -> None:
     client = client_for(run_dir)
     parts = client.get("/api/run").json()["parts"]
     assert parts[0]["map"] and parts[0]["mask"] and parts[0]["verdict"] == "anomalous"
-    for kind in ("image", "map", "mask"):
+    for kind, media in (("image", "image/png"), ("map", "image/jpeg"), ("mask", "image/png")):
         response = client.get(f"/api/{kind}/0")
-        assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+        assert response.status_code == 200 and response.headers["content-type"] == media
         assert response.headers["cache-control"].startswith("private")
     assert client.get("/api/state").headers["cache-control"] == "no-store"
     image = Image.open(io.BytesIO(client.get("/api/image/0").content))

@@ -13,17 +13,19 @@ import numpy as np
 
 from defectscope.methods.base import Result
 from defectscope.report.atomic import atomic_write_text
-from defectscope.report.html import ReportEntry, write_report
-from defectscope.report.overlay import batch_color_range, heatmap_overlay, make_thumbnail, resize_mask, save_png
+from defectscope.report.html import ReportEntry, entry_pictures, write_report
+from defectscope.report.overlay import batch_color_range, heatmap_overlay, make_thumbnail, resize_mask, save_jpeg, save_png
 from defectscope.report.tables import score_order, write_scores_csv
 
 OVERLAY_MAX_SIDE = 512
+OVERLAY_QUALITY = 90
+"""JPEG quality of the ``maps/`` overlays (pictures to look at; the masks stay lossless PNG)."""
 
 
-def _overlay_name(index: int, path: str) -> str:
+def _overlay_name(index: int, path: str, suffix: str = ".png") -> str:
     stem = Path(path).stem or "image"
     safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in stem)
-    return f"{index:05d}_{safe}.png"
+    return f"{index:05d}_{safe}{suffix}"
 
 
 def _shrink(image: np.ndarray, max_side: int) -> np.ndarray:
@@ -65,8 +67,9 @@ def write_batch_outputs(
     communities: Sequence[Mapping[str, Any]] | None = None,
     workers: int = 2,
 ) -> None:
-    """Write ``scores.csv``, ``settings.json``, ``maps/<n>_<name>.png`` overlays (and ``masks/``
-    when the method produced masks) and a self-contained ``report.html`` for one batch into
+    """Write ``scores.csv``, ``settings.json``, ``maps/<n>_<name>.jpg`` overlays (JPEG, quality
+    ``OVERLAY_QUALITY``; ``masks/<n>_<name>.png``, lossless, when the method produced masks)
+    and a self-contained ``report.html`` for one batch into
     ``folder``. ``settings.json`` holds the run settings plus ``threshold``, ``threshold_rule`` and
     ``threshold_applies_to`` (:func:`threshold_applies_to`).
 
@@ -86,6 +89,7 @@ def write_batch_outputs(
     ranks = np.empty(len(order), dtype=int)
     ranks[order] = np.arange(1, len(order) + 1)
     verdicts = result.verdicts()
+    decision_scores = None if verdicts is None else np.asarray(result.decision_scores(), dtype=np.float64)
 
     def one_image(index: int) -> tuple[str, ReportEntry]:
         path, image = result.paths[index], images[index]
@@ -95,11 +99,14 @@ def write_batch_outputs(
             mask = resize_mask(result.masks[index], shown.shape[:2])
             save_png(masks_dir / _overlay_name(index, path), (mask * 255).astype(np.uint8))
         overlay = heatmap_overlay(shown, result.anomaly_maps[index], vmin=vmin, vmax=vmax, mask=mask)
-        name = _overlay_name(index, path)
-        save_png(maps_dir / name, overlay)
+        name = _overlay_name(index, path, ".jpg")
+        save_jpeg(maps_dir / name, overlay, OVERLAY_QUALITY)
         label = None if labels is None else labels[index]
         verdict = None if verdicts is None else verdicts[index]
-        entry = ReportEntry(path=str(path), score=float(result.image_scores[index]), rank=int(ranks[index]), thumbnail=shown, overlay=overlay, mask=mask, label=label, verdict=verdict)
+        verdict_score = None if decision_scores is None else float(decision_scores[index])
+        entry = ReportEntry(path=str(path), score=float(result.image_scores[index]), rank=int(ranks[index]), thumbnail=shown,
+                            overlay=overlay, mask=mask, label=label, verdict=verdict, verdict_score=verdict_score)
+        entry.pictures = entry_pictures(entry)
         return f"maps/{name}", entry
 
     with ThreadPoolExecutor(workers) as pool:
