@@ -464,3 +464,21 @@ def test_scores_csv_verdict_columns_come_before_label(tmp_path: Path) -> None:
     rows = _read_csv(out)
     assert list(rows[0]) == ["path", "score", "rank", "verdict", "verdict_score", "label", "map"]
     assert [(r["path"], r["verdict"], r["verdict_score"]) for r in rows] == [("b", "anomalous", ""), ("a", "normal", "1.5")]
+
+
+def test_files_written_without_sync_are_made_durable_together(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from defectscope.report import atomic
+
+    written = [atomic_write_bytes(tmp_path / "a" / f"{i}.bin", bytes([i]) * 10, sync=False) for i in range(3)]
+    assert [p.read_bytes() for p in written] == [bytes([i]) * 10 for i in range(3)]
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["0.bin", "1.bin", "2.bin"]
+    synced: list[str] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(atomic.os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real_fsync(fd)))
+    monkeypatch.setattr(atomic, "_syncfs", lambda folder: False)
+    atomic.sync_files(written)
+    assert {Path(p).name for p in synced} >= {"0.bin", "1.bin", "2.bin", "a"}
+    synced.clear()
+    monkeypatch.setattr(atomic, "_syncfs", lambda folder: True)
+    atomic.sync_files(written)
+    assert synced == []

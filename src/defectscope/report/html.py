@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
+from PIL import Image
 
 from defectscope import __version__
 from defectscope.report.atomic import atomic_write_text
@@ -240,11 +241,12 @@ def _share(value: Any) -> str:
     return f"{100 * float(value):.3g} %"
 
 
-def entry_pictures(entry: ReportEntry, thumbnail_width: int = 160) -> str:
-    """The card's pictures as ``<img>`` tags: image and overlay (JPEG), mask (PNG) when present."""
+def entry_pictures(entry: ReportEntry, thumbnail_width: int = 160, resample: Image.Resampling = Image.Resampling.LANCZOS) -> str:
+    """The card's pictures as ``<img>`` tags: image and overlay (JPEG), mask (PNG) when present;
+    shrunk to ``thumbnail_width`` with ``resample``."""
     name = Path(str(entry.path)).name or str(entry.path)
-    original = make_thumbnail(entry.thumbnail, thumbnail_width)
-    overlay = make_thumbnail(entry.overlay, thumbnail_width)
+    original = make_thumbnail(entry.thumbnail, thumbnail_width, resample)
+    overlay = make_thumbnail(entry.overlay, thumbnail_width, resample)
     pictures = [_img(original, "JPEG", f"image {name}"), _img(overlay, "JPEG", f"heat map {name}")]
     if entry.mask is not None:
         mask = resize_mask(np.asarray(entry.mask), original.shape[:2])
