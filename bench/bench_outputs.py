@@ -6,7 +6,8 @@ The scored batch (the Result, the images, labels and metrics of `defectscope eva
 category's test set, default settings, one thread) is computed once and pickled under
 ``--cache`` (default /tmp/defectscope_bench_outputs); later runs time only
 :func:`defectscope.report.batch.write_batch_outputs`, each into a fresh folder, and print the
-median and every run. ``--profile`` adds a cProfile of one run (top 25 by cumulative time).
+median wall-clock and CPU time (all threads of the process; less sensitive to other programs
+on a busy machine) and every run. ``--profile`` adds a cProfile of one run (top 25 by cumulative time).
 """
 
 from __future__ import annotations
@@ -46,14 +47,15 @@ def scored_batch(category: str, cache: Path):
     return batch
 
 
-def write_once(batch, folder: Path, workers: int) -> float:
+def write_once(batch, folder: Path, workers: int) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of the process, all threads) of one write."""
     from defectscope.report.batch import write_batch_outputs
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     write_batch_outputs(folder, batch["result"], batch["images"], title=batch["title"], skipped=batch["skipped"],
                         labels=batch["labels"], metrics=batch["metrics"], communities=batch["result"].extras.get("communities"),
                         workers=workers)
-    return time.perf_counter() - started
+    return time.perf_counter() - started, time.process_time() - cpu
 
 
 def main() -> None:
@@ -70,12 +72,15 @@ def main() -> None:
     torch.set_num_threads(1)
     batch = scored_batch(args.category, args.cache)
     n = len(batch["result"].paths)
-    times = []
+    walls, cpus = [], []
     for _ in range(args.repeats):
         with tempfile.TemporaryDirectory() as tmp:
-            times.append(write_once(batch, Path(tmp) / "out", args.workers))
-    print(f"{args.category}: {n} images, workers={args.workers}: median {statistics.median(times):.2f} s over {len(times)} runs "
-          f"({', '.join(f'{t:.2f}' for t in times)})")
+            wall, cpu = write_once(batch, Path(tmp) / "out", args.workers)
+        walls.append(wall)
+        cpus.append(cpu)
+    print(f"{args.category}: {n} images, workers={args.workers}: wall median {statistics.median(walls):.2f} s, "
+          f"CPU median {statistics.median(cpus):.2f} s over {len(walls)} runs "
+          f"(wall {', '.join(f'{t:.2f}' for t in walls)}; CPU {', '.join(f'{t:.2f}' for t in cpus)})")
     if args.keep is not None:
         shutil.rmtree(args.keep, ignore_errors=True)
         write_once(batch, args.keep, args.workers)

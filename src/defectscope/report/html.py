@@ -304,10 +304,10 @@ def threshold_sentence(settings: Mapping[str, Any]) -> str:
     (``threshold``, ``threshold_applies_to``, ``false_alarm_rate``, ``good``, ``method``,
     ``review_threshold``, ``review_budget``); empty when the run had no threshold."""
     threshold = _number(settings.get("threshold"))
-    if threshold is None:
-        return ""
     rate = _number(settings.get("false_alarm_rate"))
     budget = f"at most {_share(rate)} of good parts" if rate is not None else "few good parts"
+    if threshold is None:
+        return _watch_sentence(settings, rate)
     if settings.get("threshold_applies_to") == "nfa":
         return (
             f"A part is called anomalous when the method's statistical test finds a region in its anomaly map that "
@@ -335,6 +335,24 @@ def threshold_sentence(settings: Mapping[str, Any]) -> str:
         review_budget = _number(settings.get("review_budget"))
         sentence += f" (at most {_share(review_budget)} of the batch)." if review_budget is not None else "."
     return sentence
+
+
+def _watch_sentence(settings: Mapping[str, Any], rate: float | None) -> str:
+    """The rule of a ``watch`` run (its settings name a ``scorer``; the cut moves with the bank)."""
+    scorer = settings.get("scorer")
+    if scorer == "model":
+        return f"Each part gets the verdict of the trained model {settings.get('model')}."
+    if scorer not in ("rolling bank", "good") or rate is None:
+        return ""
+    if scorer == "good":
+        reference = f"the known-good images in {settings.get('good')}"
+    else:
+        reference = f"the last {settings.get('bank_size', 'few')} parts judged normal"
+    return (
+        f"Each part is called anomalous when at most {_share(rate)} of the reference parts ({reference}) score as "
+        f"high as it does (a conformal test that flags at most {_share(rate)} of good parts); the cut moves as the "
+        "reference parts change, so the histogram shows the scores without a threshold line."
+    )
 
 
 def _how_section(settings: Mapping[str, Any]) -> str:
