@@ -311,12 +311,14 @@ def threshold_sentence(settings: Mapping[str, Any]) -> str:
     if settings.get("threshold_applies_to") == "nfa":
         return (
             f"A part is called anomalous when the method's statistical test finds a region in its anomaly map that "
-            f"chance alone would produce less than {threshold:g} time(s) in the whole batch (NFA at most {threshold:g}); "
+            f"chance alone would produce fewer than {threshold:g} time(s) on average (NFA at most {threshold:g}); "
             "this is a test on the map, not a cut on one score per part, so the histogram shows the score without a "
             "threshold line."
         )
     good = settings.get("good")
-    if good:
+    if str(settings.get("threshold_rule", "")).startswith("uncalibrated"):
+        source = "fixed by default, because the model had no normal images to calibrate it on: its false-alarm rate is unknown"
+    elif good:
         source = f"set on the known-good images in {good} so that {budget} are flagged"
     elif str(settings.get("method", "")).lower() in ("prn", "uflow") or settings.get("protocol"):
         source = f"set on normal training images the model did not learn from, so that {budget} are flagged"
@@ -394,8 +396,15 @@ def verdict_histogram(
     low, high = min(known), max(known)
     if high <= low:
         low, high = low - 0.5 * max(abs(low), 1.0), high + 0.5 * max(abs(high), 1.0)
+    first, last = low, high
     pad = 0.02 * (high - low)
     low, high = low - pad, high + pad
+    if threshold is not None and math.isfinite(threshold):
+        # Bin edges fall on the threshold, so that no bar holds parts from both sides of it.
+        step = (high - low) / bins
+        low = threshold - math.ceil((threshold - low) / step - 1e-9) * step
+        bins = max(1, math.ceil((high - low) / step - 1e-9))
+        high = low + bins * step
     left, right, top, bottom = 44, width - 12, 34, height - 48
 
     def x(value: float) -> float:
@@ -429,7 +438,7 @@ def verdict_histogram(
             )
     nodes.append(f'<line x1="{left}" x2="{right}" y1="{bottom}" y2="{bottom}" stroke="#9ca3af"/>')
     nodes.append(f'<line x1="{left}" x2="{left}" y1="{top}" y2="{bottom}" stroke="#9ca3af"/>')
-    for tick in np.linspace(low + pad, high - pad, 5):
+    for tick in np.linspace(first, last, 5):
         nodes.append(f'<line x1="{x(tick):.1f}" x2="{x(tick):.1f}" y1="{bottom}" y2="{bottom + 4}" stroke="#9ca3af"/>')
         nodes.append(f'<text x="{x(tick):.1f}" y="{bottom + 15}" text-anchor="middle">{_fmt(float(tick))}</text>')
     nodes.append(f'<text x="{left - 4}" y="{top + 4}" text-anchor="end">{tallest}</text>')
@@ -439,13 +448,13 @@ def verdict_histogram(
     if review_from is not None and math.isfinite(review_from) and (threshold is None or review_from < threshold):
         edge = x(review_from)
         nodes.append(f'<line class="review-edge" x1="{edge:.1f}" x2="{edge:.1f}" y1="{top - 4}" y2="{bottom}" stroke="#a86b00" stroke-width="2" stroke-dasharray="5 3"/>')
-        nodes.append(f'<text x="{edge - 4:.1f}" y="{top - 6}" text-anchor="end" fill="#a86b00">review above {_fmt(review_from)}</text>')
+        nodes.append(f'<text x="{edge - 4:.1f}" y="{top - 6}" text-anchor="end" style="fill:#a86b00">review above {_fmt(review_from)}</text>')
     if threshold is not None and math.isfinite(threshold):
         at = x(threshold)
         nodes.append(f'<line class="threshold" x1="{at:.1f}" x2="{at:.1f}" y1="{top - 28}" y2="{bottom}" stroke="#c62828" stroke-width="2.5"/>')
         anchor = "start" if at < (left + right) / 2 else "end"
         shift = 4 if anchor == "start" else -4
-        nodes.append(f'<text x="{at + shift:.1f}" y="{top - 19}" text-anchor="{anchor}" fill="#c62828" font-weight="bold">anomalous above {_fmt(threshold)}</text>')
+        nodes.append(f'<text x="{at + shift:.1f}" y="{top - 19}" text-anchor="{anchor}" style="fill:#c62828;font-weight:bold">anomalous above {_fmt(threshold)}</text>')
     label = f"histogram of {len(pairs)} parts' {axis_label}"
     return (
         f'<svg class="histogram" viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" '
