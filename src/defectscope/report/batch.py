@@ -20,6 +20,7 @@ from defectscope.report.tables import score_order, write_scores_csv
 
 OVERLAY_MAX_SIDE = 512
 FAST_RESAMPLE = Image.Resampling.BILINEAR
+REPORT_THUMBNAIL = 160
 OVERLAY_QUALITY = 90
 """JPEG quality of the ``maps/`` overlays (pictures to look at; the masks stay lossless PNG)."""
 
@@ -108,9 +109,14 @@ def write_batch_outputs(
         label = None if labels is None else labels[index]
         verdict = None if verdicts is None else verdicts[index]
         verdict_score = None if decision_scores is None else float(decision_scores[index])
-        entry = ReportEntry(path=str(path), score=float(result.image_scores[index]), rank=int(ranks[index]), thumbnail=shown,
-                            overlay=overlay, mask=mask, label=label, verdict=verdict, verdict_score=verdict_score)
-        entry.pictures = entry_pictures(entry, resample=FAST_RESAMPLE)
+        # The report keeps only thumbnail-sized copies (a 2,624-image batch would otherwise hold
+        # two 512-pixel pictures per image until the report is written) and their encoded tags.
+        small = make_thumbnail(shown, REPORT_THUMBNAIL, FAST_RESAMPLE)
+        entry = ReportEntry(path=str(path), score=float(result.image_scores[index]), rank=int(ranks[index]), thumbnail=small,
+                            overlay=make_thumbnail(overlay, REPORT_THUMBNAIL, FAST_RESAMPLE),
+                            mask=None if mask is None else resize_mask(mask, small.shape[:2]),
+                            label=label, verdict=verdict, verdict_score=verdict_score)
+        entry.pictures = entry_pictures(entry, REPORT_THUMBNAIL)
         return f"maps/{name}", entry
 
     written: list[Path] = []
@@ -153,4 +159,5 @@ def write_batch_outputs(
         communities=communities,
         metrics=metrics,
         color_range=(vmin, vmax),
+        thumbnail_width=REPORT_THUMBNAIL,
     )
