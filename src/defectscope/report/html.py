@@ -264,8 +264,14 @@ def card_order(entries: Sequence[ReportEntry]) -> list[ReportEntry]:
     )
 
 
+def _short_name(path: str) -> str:
+    """The last two components of a path (``crack/000.png``): the folder often names the defect."""
+    parts = Path(path).parts
+    return "/".join(parts[-2:]) if parts else path
+
+
 def _entry_card(entry: ReportEntry, thumbnail_width: int, total: int) -> str:
-    name = Path(str(entry.path)).name or str(entry.path)
+    name = _short_name(str(entry.path))
     pictures = entry.pictures if entry.pictures is not None else entry_pictures(entry, thumbnail_width)
     label = f'<span class="label">{_text(entry.label)}</span>' if entry.label is not None else ""
     word = entry.verdict
