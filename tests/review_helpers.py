@@ -25,14 +25,16 @@ def make_run(
     size: int = 48,
     verdict_scores: np.ndarray | None = None,
     threshold: float = THRESHOLD,
+    review_from: float | None = None,
 ) -> tuple[Path, list[str]]:
     """Write input images under ``root/inputs`` and a run's outputs to ``root/out``.
 
     Images 1 and 4 are defective. Scores: defective images high, image 5 (good) is the highest of
     the good ones and above the threshold, so its verdict is a false alarm; image 4's score is
     below the threshold, so it is a miss. With ``verdict_scores`` the verdict is ``threshold``
-    applied to them instead of the scores (as MuSc decides on its map maxima). Returns the output
-    folder and the input paths.
+    applied to them instead of the scores (as MuSc decides on its map maxima); ``review_from``
+    opens a review band from there up to the threshold. Returns the output folder and the input
+    paths.
     """
     images, truth = synthetic_images(N_IMAGES, size=size, defective=DEFECTIVE, seed=3)
     inputs = root / "inputs"
@@ -48,7 +50,7 @@ def make_run(
     result = Result(paths=paths, image_scores=scores, anomaly_maps=maps, masks=np.stack(truth) if masks else None,
                     settings={"method": "test", "false_alarm_rate": 0.05})
     if verdicts:
-        with_verdict(result, Threshold(threshold, "test rule"), verdict_scores)
+        with_verdict(result, Threshold(threshold, "test rule", review_from), verdict_scores)
     out = root / "out"
     write_batch_outputs(out, result, images, title="test run", workers=1)
     return out, paths

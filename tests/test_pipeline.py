@@ -60,7 +60,7 @@ def test_score_folder_writes_outputs_and_leaves_inputs_alone(tmp_path):
     scores = [float(r["score"]) for r in rows]
     assert scores == sorted(scores, reverse=True)
     assert rows[0]["path"].endswith("part_05.png")
-    assert len(list((out / "maps").glob("*.png"))) == 12
+    assert len(list((out / "maps").glob("*.jpg"))) == 12
     html = (out / "report.html").read_text()
     assert "part_05.png" in html and "musc" in html
     assert result.settings["method"] == "musc"

@@ -310,21 +310,152 @@ def test_html_report_empty_skipped_shows_none(tmp_path: Path) -> None:
     assert re.search(r'id="skipped">.*?<p class="none">none</p>', text)
 
 
+def _lead(text: str) -> str:
+    """The plain-words decision line of a report, tags removed."""
+    match = re.search(r'<p class="lead" id="verdicts">(.*?)</p>', text)
+    assert match, "the report has no decision line"
+    return re.sub(r"<[^>]+>", "", match.group(1))
+
+
 def test_report_leads_with_verdict_count_and_badges(tmp_path: Path) -> None:
     entries = _entries()
     for entry, verdict in zip(entries, ("anomalous", "normal", "anomalous")):
         entry.verdict = verdict
     text = write_report(tmp_path / "r.html", title="t", entries=entries, settings={"threshold_rule": "rule <x>"},
                         skipped=[]).read_text()
-    assert "2 of 3 parts anomalous" in text and "rule &lt;x&gt;" in text
-    assert "to review" not in text
+    assert _lead(text) == "2 of 3 parts anomalous, 1 normal" and "rule &lt;x&gt;" in text
     entries[1].verdict = "review"
     three = write_report(tmp_path / "t.html", title="t", entries=entries, settings={"review_threshold": 0.5}, skipped=[]).read_text()
-    assert "2 of 3 parts anomalous, 1 to review" in three and three.count('class="verdict review"') == 1
-    assert text.index("parts anomalous") < text.index('id="settings"')
+    assert _lead(three) == "2 of 3 parts anomalous, 1 to review, 0 normal" and three.count('class="verdict review"') == 1
+    # A run with a review band says how many went to review even when none did.
+    entries[1].verdict = "normal"
+    band = write_report(tmp_path / "b.html", title="t", entries=entries, settings={"review_threshold": 0.5}, skipped=[]).read_text()
+    assert _lead(band) == "2 of 3 parts anomalous, 0 to review, 1 normal"
     assert text.count('class="verdict anomalous"') == 2 and text.count('class="verdict normal"') == 1
     plain = write_report(tmp_path / "p.html", title="t", entries=_entries(), settings={}, skipped=[]).read_text()
-    assert "parts anomalous" not in plain
+    assert "parts anomalous" not in plain and "no verdict" in plain
+
+
+def _judged_entries() -> list[ReportEntry]:
+    """Six parts whose ranking score disagrees with the verdict: the top score is normal."""
+    rng = np.random.default_rng(1)
+    rows = [  # path, ranking score, verdict score, verdict
+        ("a.png", 0.95, 1.10, "normal"), ("b.png", 0.40, 1.60, "anomalous"), ("c.png", 0.60, 1.90, "anomalous"),
+        ("d.png", 0.70, 1.30, "review"), ("e.png", 0.20, 1.00, "normal"), ("f.png", 0.10, 1.35, "review"),
+    ]
+    ranks = {path: rank for rank, (path, *_) in enumerate(sorted(rows, key=lambda r: -r[1]), start=1)}
+    return [
+        ReportEntry(path=path, score=score, rank=ranks[path], thumbnail=rng.integers(0, 256, (40, 40, 3), dtype=np.uint8),
+                    overlay=rng.integers(0, 256, (40, 40, 3), dtype=np.uint8), verdict=verdict, verdict_score=value)
+        for path, score, value, verdict in rows
+    ]
+
+
+JUDGED_SETTINGS = {"threshold": 1.5, "review_threshold": 1.2, "threshold_applies_to": "verdict_score",
+                   "threshold_rule": "label-free, false-alarm budget 0.05: <technical>", "false_alarm_rate": 0.05,
+                   "review_budget": 0.2, "good": None, "method": "musc", "backbone": "effnet"}
+
+
+def test_report_puts_the_decision_and_histogram_before_the_parts_and_settings_last(tmp_path: Path) -> None:
+    text = write_report(tmp_path / "r.html", title="t", entries=_judged_entries(), settings=JUDGED_SETTINGS,
+                        skipped=[("x.png", "unreadable")], metrics={"c": {"image_auroc": 0.9}}).read_text()
+    assert _lead(text) == "2 of 6 parts anomalous, 2 to review, 2 normal"
+    positions = [text.index(marker) for marker in ('id="verdicts"', 'class="rule"', "how the threshold was set", "<svg",
+                                                   'id="images"', 'id="metrics"', 'id="skipped"', 'id="settings"')]
+    assert positions == sorted(positions)
+    # The plain sentence, then the technical rule behind a disclosure, then the settings collapsed.
+    rule = re.search(r'<p class="rule">(.*?)</p>', text).group(1)
+    assert "above 1.5" in rule and "5 %" in rule and "this batch alone" in rule and "between 1.2 and 1.5" in rule
+    assert "<technical>" not in text and "&lt;technical&gt;" in text[text.index("<details"):text.index("<svg")]
+    assert re.search(r'id="settings"><h2>Settings</h2><details><summary>', text)
+    assert "could not be read" in text[:text.index('id="images"')]
+    assert "<script" not in text
+
+
+def _svg_numbers(svg: str, pattern: str) -> list[float]:
+    return [float(value) for value in re.findall(pattern, svg)]
+
+
+def test_histogram_draws_the_threshold_and_the_review_band_where_the_verdicts_change(tmp_path: Path) -> None:
+    text = write_report(tmp_path / "r.html", title="t", entries=_judged_entries(), settings=JUDGED_SETTINGS, skipped=[]).read_text()
+    svg = text[text.index("<svg"):text.index("</svg>")]
+    (threshold,) = _svg_numbers(svg, r'<line class="threshold" x1="([\d.]+)"')
+    (edge,) = _svg_numbers(svg, r'<line class="review-edge" x1="([\d.]+)"')
+    assert "anomalous above 1.5" in svg and "review above 1.2" in svg
+    bars = {kind: _svg_numbers(svg, rf'<rect class="bar {kind}" x="([\d.]+)"') for kind in ("anomalous", "review", "normal")}
+    assert len(bars["anomalous"]) == 2 and len(bars["review"]) == 2 and len(bars["normal"]) == 2
+    assert edge < threshold
+    assert all(x >= threshold - 1 for x in bars["anomalous"])
+    assert all(edge - 1 <= x <= threshold for x in bars["review"])
+    assert all(x < edge for x in bars["normal"])
+    # Each bar sits at its verdict score on the axis that the tick labels state.
+    ticks = re.findall(r'<text x="([\d.]+)" y="\d+" text-anchor="middle">([\d.]+)</text>', svg)
+    (x0, v0), (x1, v1) = [(float(x), float(v)) for x, v in (ticks[0], ticks[-1])]
+    assert threshold == pytest.approx(x0 + (1.5 - v0) / (v1 - v0) * (x1 - x0), abs=1.0)
+
+
+def test_cards_are_ordered_so_that_order_and_verdict_agree(tmp_path: Path) -> None:
+    text = write_report(tmp_path / "r.html", title="t", entries=_judged_entries(), settings=JUDGED_SETTINGS, skipped=[]).read_text()
+    grid = text[text.index('id="images"'):]
+    cards = re.findall(r'<figure class="card (\w+)" data-verdict="\w+">.*?verdict score ([\d.]+).*?<span title="([^"]+)">', grid)
+    assert [path for *_, path in cards] == ["c.png", "b.png", "f.png", "d.png", "a.png", "e.png"]
+    assert [verdict for verdict, *_ in cards] == ["anomalous"] * 2 + ["review"] * 2 + ["normal"] * 2
+    assert [float(value) for _, value, _ in cards] == [1.9, 1.6, 1.35, 1.3, 1.1, 1.0]
+    # The ranking score is still there, second: a normal part can rank first without confusion.
+    card_a = grid[grid.index('title="a.png"') - 700:grid.index('title="a.png"')]
+    assert "ranking score 0.95, rank 1 of 6" in card_a
+
+
+def test_a_verdict_that_is_no_cut_on_a_number_draws_no_threshold_and_says_what_decided(tmp_path: Path) -> None:
+    entries = _judged_entries()
+    for entry in entries:
+        entry.verdict_score = float("nan")
+        entry.verdict = "anomalous" if entry.score > 0.5 else "normal"
+    settings = {"threshold": 0.01, "threshold_applies_to": "nfa", "threshold_rule": "a contrario: NFA <= 0.01",
+                "false_alarm_rate": 0.05, "method": "uflow", "review_threshold": None}
+    text = write_report(tmp_path / "r.html", title="t", entries=entries, settings=settings, skipped=[]).read_text()
+    assert _lead(text) == "3 of 6 parts anomalous, 3 normal"
+    rule = re.search(r'<p class="rule">(.*?)</p>', text).group(1)
+    assert "region" in rule and "not a cut on one score" in rule
+    svg = text[text.index("<svg"):text.index("</svg>")]
+    assert 'class="threshold"' not in svg and 'class="review-edge"' not in svg
+    assert len(re.findall(r'<rect class="bar ', svg)) >= 2 and "nan" not in svg.lower()
+    grid = text[text.index('id="images"'):]
+    assert "verdict score" not in grid and "score 0.95" in grid
+    order = [grid.index(f'title="{name}"') for name in ("a.png", "d.png", "c.png", "b.png", "e.png", "f.png")]
+    assert order == sorted(order)
+
+
+def test_threshold_sentence_follows_the_settings() -> None:
+    from defectscope.report.html import threshold_sentence
+
+    assert threshold_sentence({}) == ""
+    good = threshold_sentence({"threshold": 2.0, "good": "/data/good", "false_alarm_rate": 0.1})
+    assert "known-good images in /data/good" in good and "10 %" in good and "review" not in good
+    trained = threshold_sentence({"threshold": 0.7, "good": None, "method": "prn", "false_alarm_rate": 0.05})
+    assert "training images" in trained and "this batch" not in trained
+    free = threshold_sentence({"threshold": 3.0, "good": None, "method": "musc", "false_alarm_rate": 0.05,
+                               "review_threshold": 2.5, "review_budget": 0.2})
+    assert "this batch alone" in free and "between 2.5 and 3" in free and "at most 20 % of the batch" in free
+
+
+def test_batch_outputs_write_jpeg_overlays_png_masks_and_verdict_scores_on_cards(tmp_path: Path) -> None:
+    from review_helpers import make_run
+
+    out, paths = make_run(tmp_path, verdict_scores=np.array([1.00, 1.20, 1.50, 0.90, 1.30, 1.10]), threshold=1.25)
+    rows = _read_csv(out / "scores.csv")
+    assert all(row["map"].endswith(".jpg") for row in rows)
+    for row in rows:
+        with Image.open(out / row["map"]) as overlay:
+            assert overlay.format == "JPEG" and overlay.size == (48, 48)
+        with Image.open(out / "masks" / (Path(row["map"]).stem + ".png")) as mask:
+            assert mask.format == "PNG"
+    text = (out / "report.html").read_text()
+    assert _lead(text) == "2 of 6 parts anomalous, 4 normal"
+    grid = text[text.index('id="images"'):]
+    shown = [float(v) for v in re.findall(r"verdict score ([\d.]+)", grid)]
+    assert shown == [1.5, 1.3, 1.2, 1.1, 1.0, 0.9]
+    assert len(re.findall(r'<line class="threshold"', text)) == 1
 
 
 def test_scores_csv_verdict_columns_come_before_label(tmp_path: Path) -> None:
@@ -333,3 +464,21 @@ def test_scores_csv_verdict_columns_come_before_label(tmp_path: Path) -> None:
     rows = _read_csv(out)
     assert list(rows[0]) == ["path", "score", "rank", "verdict", "verdict_score", "label", "map"]
     assert [(r["path"], r["verdict"], r["verdict_score"]) for r in rows] == [("b", "anomalous", ""), ("a", "normal", "1.5")]
+
+
+def test_files_written_without_sync_are_made_durable_together(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from defectscope.report import atomic
+
+    written = [atomic_write_bytes(tmp_path / "a" / f"{i}.bin", bytes([i]) * 10, sync=False) for i in range(3)]
+    assert [p.read_bytes() for p in written] == [bytes([i]) * 10 for i in range(3)]
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["0.bin", "1.bin", "2.bin"]
+    synced: list[str] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(atomic.os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real_fsync(fd)))
+    monkeypatch.setattr(atomic, "_syncfs", lambda folder: False)
+    atomic.sync_files(written)
+    assert {Path(p).name for p in synced} >= {"0.bin", "1.bin", "2.bin", "a"}
+    synced.clear()
+    monkeypatch.setattr(atomic, "_syncfs", lambda folder: True)
+    atomic.sync_files(written)
+    assert synced == []

@@ -84,6 +84,45 @@ def test_histogram_data_and_threshold_are_in_the_same_units(tmp_path: Path) -> N
     assert suggested["threshold"] == pytest.approx((RAW[1] + RAW[2]) / 2) and suggested["wrong"] == 0
 
 
+def test_review_verdicts_are_read_counted_and_settled(tmp_path: Path) -> None:
+    # Verdict scores 1.00 1.20 1.50 0.90 1.30 1.10: above 1.25 anomalous, (1.05, 1.25] review.
+    out, paths = make_run(tmp_path, verdict_scores=RAW, threshold=RAW_THRESHOLD, review_from=1.05)
+    run = load_run(out)
+    assert run.review_threshold == 1.05
+    assert {p.path for p in run.parts if p.verdict == "review"} == {paths[1], paths[5]}
+    assert run.verdict_counts() == {"anomalous": 2, "review": 2, "normal": 2}
+    client = client_for(out)
+    info = client.get("/api/run").json()
+    assert info["review_threshold"] == 1.05 and info["verdict_counts"] == {"anomalous": 2, "review": 2, "normal": 2}
+    client.post("/api/decision", json={"path": paths[1], "decision": "defective"})
+    client.post("/api/decision", json={"path": paths[5], "decision": "good"})
+    summary = client.get("/api/state").json()["summary"]
+    # A review verdict confirmed either way is neither a false alarm nor a miss.
+    assert summary["false_alarms"] == 0 and summary["misses"] == 0
+    assert summary["review_settled"] == {"good": 1, "defective": 1}
+    assert load_run(make_run(tmp_path / "plain")[0]).review_threshold is None
+    assert client_for(make_run(tmp_path / "plain2")[0]).get("/api/state").json()["summary"]["review_settled"] is None
+
+
+def test_older_folders_with_png_overlays_still_find_their_masks(tmp_path: Path) -> None:
+    out, _ = make_run(tmp_path)
+    table = out / "scores.csv"
+    with open(table, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:
+        old = out / row["map"]
+        Image.open(old).save(old.with_suffix(".png"))
+        old.unlink()
+        row["map"] = str(Path(row["map"]).with_suffix(".png"))
+    with open(table, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    run = load_run(out)
+    assert all(p.map_file.suffix == ".png" and p.mask_file is not None for p in run.parts)
+    assert client_for(out).get("/api/map/0").headers["content-type"] == "image/png"
+
+
 def test_older_folders_decide_on_score_and_an_nfa_level_is_no_cut(tmp_path: Path) -> None:
     out, _ = make_run(tmp_path)
     table = out / "scores.csv"
@@ -216,7 +255,7 @@ def test_no_file_outside_the_run_can_be_read(tmp_path: Path) -> None:
         assert 400 <= status < 500, route
         assert SECRET.encode() not in body, route
     status, body = raw_get(asgi_app, "/api/map/0")
-    assert status == 200 and body.startswith(b"\x89PNG")
+    assert status == 200 and body.startswith(b"\xff\xd8\xff")  # the overlay, a JPEG
 
 
 def test_a_maps_folder_linked_elsewhere_serves_nothing(tmp_path: Path) -> None:
@@ -232,9 +271,9 @@ def test_pictures_are_served_by_row_number(run_dir: Path) -> None:
     client = client_for(run_dir)
     parts = client.get("/api/run").json()["parts"]
     assert parts[0]["map"] and parts[0]["mask"] and parts[0]["verdict"] == "anomalous"
-    for kind in ("image", "map", "mask"):
+    for kind, media in (("image", "image/png"), ("map", "image/jpeg"), ("mask", "image/png")):
         response = client.get(f"/api/{kind}/0")
-        assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+        assert response.status_code == 200 and response.headers["content-type"] == media
         assert response.headers["cache-control"].startswith("private")
     assert client.get("/api/state").headers["cache-control"] == "no-store"
     image = Image.open(io.BytesIO(client.get("/api/image/0").content))

@@ -154,3 +154,31 @@ def test_histogram_and_large_view_use_the_verdict_score(browser, tmp_path: Path)
         line = page.locator("#histogram line.threshold")
         x = float(line.get_attribute("x1"))
         assert 40 + (1.25 - 0.9) / 0.6 * 590 == pytest.approx(x, abs=0.5)
+
+
+def test_review_verdicts_have_a_filter_a_badge_a_count_and_a_band(browser, tmp_path: Path) -> None:
+    # Verdict scores 1.00 1.20 1.50 0.90 1.30 1.10: above 1.25 anomalous, (1.05, 1.25] review.
+    out, paths = make_run(tmp_path, verdict_scores=np.array([1.00, 1.20, 1.50, 0.90, 1.30, 1.10]), threshold=1.25, review_from=1.05)
+    expect = sync_api.expect
+    with serving(out) as url:
+        page = browser.new_context().new_page()
+        page.goto(f"{url}/?token={TOKEN}")
+        expect(page.locator("#queue [data-path]")).to_have_count(6)
+        expect(page.locator("#verdict-counts")).to_have_text("2 anomalous · 2 review · 2 normal")
+        expect(page.locator("#queue .badge.review")).to_have_count(2)
+        page.select_option("#filter-verdict", "review")
+        expect(page.locator("#queue [data-path]:visible")).to_have_count(2)
+        visible = {page.locator("#queue [data-path]:visible").nth(i).get_attribute("data-path") for i in range(2)}
+        assert visible == {paths[1], paths[5]}
+        expect(page.locator("#view")).to_have_attribute("data-current-path", paths[1])
+        page.keyboard.press("d")
+        expect(page.locator("#overturned")).to_contain_text("review settled: 0 good, 1 defective")
+        expect(page.locator("#histogram line.review-edge")).to_have_count(1)
+        expect(page.locator("#histogram rect.review-band")).to_have_count(1)
+        edge = float(page.locator("#histogram line.review-edge").get_attribute("x1"))
+        cut = float(page.locator("#histogram line.threshold").get_attribute("x1"))
+        # The axis runs from 0.9 to 1.5 over x = 40..630.
+        assert edge == pytest.approx(40 + (1.05 - 0.9) / 0.6 * 590, abs=0.5) and edge < cut
+        page.select_option("#filter-verdict", "normal")
+        expect(page.locator("#queue [data-path]:visible")).to_have_count(2)
+        page.context.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -213,3 +214,38 @@ def test_watch_with_a_trained_uflow_model(tmp_path):
     got = rows(tmp_path / "out")
     assert summary.written == 4 and len(got) == 4
     assert all(row["verdict"] in ("normal", "anomalous") and row["score"] for row in got)
+
+
+class _BandedDetector:
+    """A stand-in trained model whose verdict has a review band: score 0.9 anomalous, 0.5 review, 0.1 normal."""
+
+    def predict(self, images, paths):
+        from defectscope.methods.base import Result
+
+        score = {"bad": 0.9, "doubt": 0.5}.get(Path(paths[0]).stem.split("_")[0], 0.1)
+        maps = np.full((1, 8, 8), score, dtype=np.float32)
+        return Result(paths=list(paths), image_scores=np.array([score]), anomaly_maps=maps, is_anomalous=np.array([score > 0.7]),
+                      needs_review=np.array([0.3 < score <= 0.7]), threshold=0.7, review_threshold=0.3, threshold_rule="test")
+
+
+def test_watch_rows_log_and_report_carry_review_verdicts(tmp_path):
+    from defectscope.watch import ModelScorer, Watcher
+
+    images, _ = synthetic_images(6, kind="texture", size=32, seed=1)
+    inputs = tmp_path / "in"
+    for index, (image, kind) in enumerate(zip(images, ["bad", "doubt", "doubt", "ok", "ok", "ok"])):
+        save_images(inputs, [image], f"{kind}_{index}.png")
+    said: list[str] = []
+    watcher = Watcher(inputs, tmp_path / "out", ModelScorer(_BandedDetector()), settings={"scorer": "model", "model": "m"}, log=said.append, **FAST)
+    summary = watcher.run(exit_after_idle=0.3)
+    got = {Path(row["path"]).stem: row["verdict"] for row in rows(tmp_path / "out")}
+    assert summary.written == 6
+    assert got == {"bad_0": "anomalous", "doubt_1": "review", "doubt_2": "review", "ok_3": "normal", "ok_4": "normal", "ok_5": "normal"}
+    assert sum(line.startswith("review ") for line in said) == 2
+    report = (tmp_path / "out" / "report.html").read_text()
+    lead = re.sub(r"<[^>]+>", "", re.search(r'<p class="lead" id="verdicts">(.*?)</p>', report).group(1))
+    assert lead == "1 of 6 parts anomalous, 2 to review, 3 normal"
+    assert report.count('class="verdict review"') == 2 and report.count("<rect class=\"bar review\"") >= 1
+    grid = report[report.index('id="images"'):]
+    order = [grid.index(f"{stem}.png") for stem in ("bad_0", "doubt_1", "doubt_2")]
+    assert order[0] < min(order[1:]) and max(order[1:]) < min(grid.index(f"ok_{i}.png") for i in (3, 4, 5))

@@ -77,6 +77,15 @@ class Scored:
     anomalous: bool | None
     anomaly_map: np.ndarray | None
     ready_at: float
+    review: bool = False
+    """The scorer sent the image to review (its statistic lies in the review band)."""
+
+    @property
+    def verdict(self) -> str:
+        """``anomalous``, ``review`` or ``normal``; empty when there is no verdict."""
+        if self.anomalous is None:
+            return ""
+        return "anomalous" if self.anomalous else ("review" if self.review else "normal")
 
 
 class Journal:
@@ -228,7 +237,9 @@ class ModelScorer:
             anomalous = bool(result.masks[0].any())
         else:
             anomalous = None
-        return [Scored(key, image, float(result.image_scores[0]), anomalous, result.anomaly_maps[0], ready_at)]
+        doubt = getattr(result, "needs_review", None)
+        review = doubt is not None and bool(doubt[0]) and not anomalous
+        return [Scored(key, image, float(result.image_scores[0]), anomalous, result.anomaly_maps[0], ready_at, review)]
 
     def flush(self) -> list[Scored]:
         return []
@@ -394,7 +405,7 @@ class Watcher:
                 overlay = heatmap_overlay(shown, row.anomaly_map, vmin=vmin, vmax=vmax)
                 save_png(self.out / "maps" / _overlay_name(row.key, self.in_dir), overlay)
                 small_map = row.anomaly_map
-            verdict = "" if row.anomalous is None else ("anomalous" if row.anomalous else "normal")
+            verdict = row.verdict
             if row.score is not None:
                 self._remember(row.key, row.score, verdict, row.image, small_map, overlay)
             seconds = round(time.monotonic() - row.ready_at, 3)
@@ -495,18 +506,21 @@ class Watcher:
             return heatmap_overlay(top.thumbnail, top.small_map, vmin=color_range[0], vmax=color_range[1])
 
         entries = [
-            ReportEntry(path=key, score=top.score, rank=rank, thumbnail=top.thumbnail, overlay=overlay_of(top), label=top.verdict or None)
+            ReportEntry(path=key, score=top.score, rank=rank, thumbnail=top.thumbnail, overlay=overlay_of(top), verdict=top.verdict or None)
             for rank, (key, top) in enumerate(ordered, start=1)
         ]
         summary = {
             "images": sum(self.counts.values()),
             "anomalous": self.counts["anomalous"],
+            "review": self.counts["review"],
             "normal": self.counts["normal"],
             "shown": f"the {len(entries)} highest scores",
         }
         write_report(
             self.out / "report.html",
             title=f"defectscope watch: {self.in_dir.name}",
+            verdict_counts=self.counts,
+            histogram=[(float(row["score"]), row["verdict"] or None) for row in self.verdicts.rows() if row["score"]],
             entries=entries,
             settings=self.settings,
             skipped=[(row["path"], row["reason"]) for row in self.skips.rows()],

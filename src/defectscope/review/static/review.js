@@ -97,14 +97,31 @@ function renderQueue() {
   $("queue-empty").hidden = shown > 0;
 }
 
+// "63 anomalous · 2 review · 18 normal": the run's own verdicts, fixed for the session.
+function renderVerdictCounts() {
+  const counts = page.run.verdict_counts;
+  const target = $("verdict-counts");
+  if (!counts) { target.replaceChildren(); return; }
+  const words = ["anomalous", "review", "normal"];
+  const nodes = [];
+  words.forEach((word, index) => {
+    if (word === "review" && !counts.review && page.run.review_threshold === null) return;
+    if (nodes.length) nodes.push(document.createTextNode(" · "));
+    nodes.push(element("span", `n-${word}`, `${counts[word]} ${word}`));
+  });
+  target.replaceChildren(...nodes);
+}
+
 function renderSummary() {
   const summary = page.summary;
   if (!summary) return;
   const skipped = summary.counts.skip;
   $("progress").textContent = `${summary.reviewed} of ${summary.total} reviewed` + (skipped ? ` (${skipped} skipped)` : "");
+  const settled = summary.review_settled;
   $("overturned").textContent = summary.false_alarms === null
     ? "no verdicts in this run"
-    : `overturned: ${summary.false_alarms} false alarm(s), ${summary.misses} miss(es)`;
+    : `overturned: ${summary.false_alarms} false alarm(s), ${summary.misses} miss(es)`
+      + (settled ? `; review settled: ${settled.good} good, ${settled.defective} defective` : "");
   const suggested = summary.suggested;
   $("suggested").textContent = suggested
     ? `suggested threshold ${fmt(suggested.threshold)} (${suggested.wrong} on the wrong side)`
@@ -165,7 +182,8 @@ function renderHistogram() {
   const scores = page.parts.map((part) => part.verdict_score);
   if (!scores.length) { chart.replaceChildren(); return; }
   const marks = [page.run.threshold, page.summary && page.summary.suggested ? page.summary.suggested.threshold : null];
-  const known = scores.concat(marks.filter((value) => value !== null));
+  const reviewFrom = page.run.review_threshold;
+  const known = scores.concat(marks.filter((value) => value !== null), reviewFrom === null ? [] : [reviewFrom]);
   let low = Math.min(...known);
   let high = Math.max(...known);
   if (high === low) { low -= 0.5; high += 0.5; }
@@ -180,7 +198,13 @@ function renderHistogram() {
   }
   const tallest = Math.max(1, ...counts.map((c) => c.good + c.defective + c.skip + c.open));
   const width = (right - left) / BINS;
-  const nodes = [svg("line", { x1: left, x2: right, y1: bottom, y2: bottom, stroke: "#9ca3af" })];
+  const nodes = [];
+  if (reviewFrom !== null && page.run.threshold !== null && reviewFrom < page.run.threshold) {
+    // The review band: between its lower edge and the threshold the scores cannot tell.
+    const from = x(reviewFrom);
+    nodes.push(svg("rect", { x: from, y: top, width: x(page.run.threshold) - from, height: bottom - top, class: "review-band" }));
+  }
+  nodes.push(svg("line", { x1: left, x2: right, y1: bottom, y2: bottom, stroke: "#9ca3af" }));
   counts.forEach((count, bin) => {
     let y = bottom;
     for (const kind of kinds) {
@@ -195,6 +219,10 @@ function renderHistogram() {
   if (page.run.threshold !== null) {
     const at = x(page.run.threshold);
     nodes.push(svg("line", { x1: at, x2: at, y1: top - 6, y2: bottom, class: "threshold" }), svg("text", { x: at + 3, y: top - 2 }, `threshold ${fmt(page.run.threshold)}`));
+  }
+  if (reviewFrom !== null) {
+    const at = x(reviewFrom);
+    nodes.push(svg("line", { x1: at, x2: at, y1: top, y2: bottom, class: "review-edge" }), svg("text", { x: at - 3, y: top + 28, "text-anchor": "end" }, `review ${fmt(reviewFrom)}`));
   }
   if (marks[1] !== null) {
     const at = x(marks[1]);
@@ -303,6 +331,7 @@ async function start() {
     $("run-skipped").hidden = false;
   }
   buildQueue();
+  renderVerdictCounts();
   page.current = page.parts[0] || null;
   document.addEventListener("keydown", onKey);
   for (const button of document.querySelectorAll("#actions button[data-action]")) {
