@@ -50,7 +50,7 @@ def rows(out: Path, name: str = "verdicts.csv") -> list[dict[str, str]]:
 def test_stream_threshold():
     calibration = np.arange(1.0, 20.0)
     assert stream_threshold(calibration, 0.05) == 19.0
-    assert stream_threshold(calibration, 0.1) == 18.0
+    assert stream_threshold(calibration, 0.1) == 19.0  # the per-set cut: rank 18 holds 0.1 only on average
     assert stream_threshold(calibration[:5], 0.05) == float("inf")
 
 

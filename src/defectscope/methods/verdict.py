@@ -286,8 +286,8 @@ def conformal_threshold(
     where = "the largest score" if top == n else f"the {top}-th smallest score"
     if strict is None:
         promise = (
-            f"false alarms at most {set_budget(n, confidence):.1%} in {confidence:.0%} of good sets "
-            f"; {goods_for(alpha, confidence)} good images would keep {alpha:g}"
+            f"false alarms at most {set_budget(n, confidence):.1%} in {confidence:.0%} of good sets; "
+            f"{goods_for(alpha, confidence)} good images would keep {alpha:g}"
         )
     else:
         promise = f"false alarms at most {alpha:g} in {confidence:.0%} of good sets"
