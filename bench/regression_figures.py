@@ -1,6 +1,6 @@
 """The figures the real-data regression test guards (tests/test_real_regression.py).
 
-    python bench/regression_figures.py            # writes bench/results/regression_musc.json
+    python bench/regression_figures.py            # writes bench/expected/regression_musc.json (tracked)
 
 MuSc with its default settings (as `defectscope evaluate` runs it) on two shared categories:
 hazelnut_toy (23 test images, an object) and pa_fvn01_tl (72, the paper type whose border made
@@ -23,7 +23,7 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 CATEGORIES = {"hazelnut_toy": "hazelnut_toy", "pa_fvn01_tl": "paper_impurities/pa_fvn01_tl"}
 """name -> folder under the shared datasets."""
 KEYS = ("image_auroc", "pixel_auroc", "pixel_ap", "verdict_false_alarm_rate")
-OUT = Path(__file__).resolve().parent / "results" / "regression_musc.json"
+OUT = Path(__file__).resolve().parent / "expected" / "regression_musc.json"
 
 
 def measure(name: str, shared: Path = SHARED) -> dict[str, float]:

@@ -14,7 +14,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
-STORED = json.loads((Path(__file__).resolve().parents[1] / "bench" / "results" / "regression_musc.json").read_text())
+STORED = json.loads((Path(__file__).resolve().parents[1] / "bench" / "expected" / "regression_musc.json").read_text())
 
 
 @pytest.mark.shared
