@@ -47,7 +47,9 @@ def make_run(
         paths.append(str(path))
     scores = np.array([0.10, 0.90, 0.20, 0.30, 0.45, 0.60])
     maps = np.stack([m.astype(np.float32) * s + 0.05 * i for i, (m, s) in enumerate(zip(truth, scores))])
-    result = Result(paths=paths, image_scores=scores, anomaly_maps=maps, masks=np.stack(truth) if masks else None,
+    decided = scores if verdict_scores is None else np.asarray(verdict_scores)
+    outlined = np.stack([t & (d > threshold) for t, d in zip(truth, decided)])  # a method outlines what it flags
+    result = Result(paths=paths, image_scores=scores, anomaly_maps=maps, masks=outlined if masks else None,
                     settings={"method": "test", "false_alarm_rate": 0.05})
     if verdicts:
         with_verdict(result, Threshold(threshold, "test rule", review_from), verdict_scores)

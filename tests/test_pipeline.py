@@ -67,11 +67,12 @@ def test_score_folder_writes_outputs_and_leaves_inputs_alone(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     assert list(rows[0]) == ["path", "score", "rank", "verdict", "verdict_score", "map", "status"]
     verdicts = {r["path"]: r["verdict"] for r in rows}
-    assert set(verdicts.values()) <= {"anomalous", "normal"}
-    assert [verdicts[p] == "anomalous" for p in result.paths] == result.is_anomalous.tolist()
+    assert set(verdicts.values()) <= {"anomalous", "review", "normal"}
+    assert [verdicts[p] for p in result.paths] == result.verdicts()
     settings = json.loads((out / "settings.json").read_text())
     assert settings["threshold"] == result.threshold and settings["threshold_rule"] == result.threshold_rule
-    flagged = int(result.is_anomalous.sum())
+    flagged, review = int(result.is_anomalous.sum()), int(result.needs_review.sum())
+    assert review <= 0.2 * 12  # the default review budget
     assert f"{flagged} of 12 parts anomalous" in html and html.count('class="verdict ') == 12
 
 

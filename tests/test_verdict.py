@@ -158,13 +158,19 @@ def test_decide_and_masks_are_strict() -> None:
     assert pixel_masks(maps, threshold).tolist() == [[[False, True], [False, False]]]
 
 
-def _rows_agree_with_threshold(out, threshold: float) -> list[dict[str, str]]:
-    """scores.csv rows, after checking that each verdict is ``verdict_score > threshold``."""
+def _rows_agree_with_threshold(out, threshold: float, review_from: float | None = None) -> list[dict[str, str]]:
+    """scores.csv rows, after checking that each verdict is ``verdict_score > threshold``, review
+    down to ``review_from``, else normal."""
     import csv
+
+    def expected(value: float) -> str:
+        if value > threshold:
+            return "anomalous"
+        return "review" if review_from is not None and value > review_from else "normal"
 
     rows = list(csv.DictReader((out / "scores.csv").open()))
     assert list(rows[0])[:5] == ["path", "score", "rank", "verdict", "verdict_score"]
-    assert all(r["verdict"] == ("anomalous" if float(r["verdict_score"]) > threshold else "normal") for r in rows)
+    assert all(r["verdict"] == expected(float(r["verdict_score"])) for r in rows)
     return rows
 
 
@@ -184,7 +190,8 @@ def test_musc_run_decides_on_its_verdict_scores_end_to_end(tmp_path) -> None:
     assert np.array_equal(result.is_anomalous, result.decision_scores() > result.threshold)
     settings = json.loads((out / "settings.json").read_text())
     assert settings["threshold_applies_to"] == "verdict_score" and settings["threshold"] == result.threshold
-    rows = _rows_agree_with_threshold(out, settings["threshold"])
+    assert settings["review_threshold"] == result.review_threshold
+    rows = _rows_agree_with_threshold(out, settings["threshold"], settings["review_threshold"])
     by_path = dict(zip(result.paths, result.verdict_scores))
     assert all(float(r["verdict_score"]) == by_path[r["path"]] for r in rows)
     # The score column (RsCIN, rescaled per batch) is not in the threshold's units.
