@@ -334,6 +334,9 @@ class MuScConfig(MethodConfig):
             MuSc only; CoDeGraph always builds the full table in this process.
         false_alarm_rate: share of normal images the verdict may flag (label-free rule on the
             batch, or conformal on the good images after :meth:`MuSc.calibrate`).
+        rotations, self_term, self_mix, self_radius, self_gate, nearest_images, image_top: the
+            pose- and look-robust options of :mod:`defectscope.methods.pose` (off by default;
+            zero-shot batch scoring only, docs/POSE.md).
     """
 
     backbone: str = "efficientnet-lite0"
@@ -358,9 +361,19 @@ class MuScConfig(MethodConfig):
     feature_store: str | None = "auto"
     scheduler: str | None = None
     false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE
+    rotations: int = 1
+    self_term: str = "off"
+    self_mix: str = "min"
+    self_radius: int = 4
+    self_gate: float = 1.0
+    nearest_images: int | None = None
+    image_top: float = 0.0
 
     def validate(self) -> None:
         _check_interval(self.lower, self.upper)
+        from defectscope.methods.pose import check_options
+
+        check_options(self.rotations, self.self_term, self.self_mix, self.self_radius, self.self_gate, self.nearest_images, self.image_top)
         check_false_alarm_rate(self.false_alarm_rate)
         if self.border not in BORDERS:
             raise ConfigError(f"border rule {self.border!r} is unknown; choose one of {', '.join(BORDERS)}")
@@ -620,6 +633,12 @@ class MuSc(Detector):
         """Features and MSM patch scores (N, L), averaged over layers and degrees."""
         n = len(images)
         check_batch_size(n)
+        from defectscope.methods import pose
+
+        if pose.uses_pose_options(self.config):
+            if self.config.scheduler is not None or self._banked(n):
+                raise ConfigError("rotations, self_term and nearest_images score a batch exactly: use them without a scheduler and with max_references=None or a batch below the bank size")
+            return pose.pose_patch_scores(self, images, progress)
         if self.config.scheduler is not None or self._banked(n):
             if self.config.scheduler is not None:
                 from defectscope.distributed import dask_patch_scores as elsewhere
@@ -763,7 +782,12 @@ class MuSc(Detector):
         """
         names = default_paths(paths, maps.shape[0], self.method)
         raw = maps.flatten(1).amax(dim=1)
-        image_scores = rscin(raw, embeddings, self.config.rscin_ks)
+        if self.config.image_top > 0:
+            from defectscope.methods.pose import top_share_scores
+
+            image_scores = rscin(top_share_scores(maps, self.config.image_top), embeddings, self.config.rscin_ks)
+        else:
+            image_scores = rscin(raw, embeddings, self.config.rscin_ks)
         threshold = label_free_threshold(raw.numpy(), self.config.false_alarm_rate, statistic="map maxima")
         return Result(
             paths=names,
