@@ -59,6 +59,12 @@ VARIANTS: dict[str, dict] = {
     "near20_low": {"nearest_images": 20, "lower": 0.0, "upper": 0.5},
     "near_half": {"nearest_images": "half"},
     "low03": {"lower": 0.0, "upper": 0.3},
+    "looks09": {"looks_gate": 0.9},
+    "looks09_rot4": {"looks_gate": 0.9, "turns": 4},
+    "low05": {"lower": 0.0, "upper": 0.5},
+    "mid": {"lower": 0.25, "upper": 0.75},
+    "near_quarter": {"nearest_images": "quarter"},
+    "near_half_low03": {"nearest_images": "half", "lower": 0.0, "upper": 0.3},
 }
 
 
@@ -71,8 +77,8 @@ def batches(shared: Path, seed: int) -> list[tuple[str, object]]:
     return out
 
 
-def compute(category, detector: MuSc, path: Path) -> None:
-    """Fill the cache file of one batch."""
+def compute(category, detector: MuSc, path: Path, turned_copies: bool = True) -> None:
+    """Fill the cache file of one batch (without ``turned_copies``: the unturned tables only)."""
     samples = category.test
     images = [read_image(s.path) for s in samples]
     gt_full = load_ground_truth(samples, images) if category.has_masks else None
@@ -82,19 +88,21 @@ def compute(category, detector: MuSc, path: Path) -> None:
     timing["backbone"] = time.perf_counter() - started
     shape = detector.input_shape(images)
     square = shape is None or shape[0] == shape[1]
-    group = pose.turn_group(4, square)
+    group = pose.turn_group(4, square) if turned_copies else pose.turn_group(1, square)
     turned_sets = []
     for turns, mirrored in group[1:]:
         started = time.perf_counter()
         turned = [pose.turn_image(image, turns, mirrored) for image in images]
         turned_sets.append(detector.feature_sets(turned, native_grids=detector.config.native_grids)[0])
         timing[f"backbone_turn{turns}{'m' if mirrored else ''}"] = time.perf_counter() - started
-    tables: dict[str, list[torch.Tensor]] = {"t0": [], "t2": [], "t13": []}
+    tables: dict[str, list[torch.Tensor]] = {"t0": [], "t2": [], "t13": []} if turned_copies else {"t0": []}
     timing["tables_plain"] = timing["tables_turned"] = 0.0
     for index, plain in enumerate(sets):
         started = time.perf_counter()
         tables["t0"].append(nearest_similarities(plain, workers=1))
         timing["tables_plain"] += time.perf_counter() - started
+        if not turned_copies:
+            continue
         started = time.perf_counter()
         copies = [copy[index] for copy in turned_sets]
         per_turn = pose.rotated_similarities(plain, copies, group[1:], pose.set_grid(plain.shape[1], grid), per_turn=True)
@@ -124,13 +132,19 @@ def evaluate(payload: dict, detector: MuSc, variant: dict) -> dict:
     n = payload["count"]
     turns = variant.get("turns", 1)
     names = TURNS[turns]
+    if any(k not in payload["tables"] for k in names):
+        return None
     tables = [torch.stack([payload["tables"][k][i] for k in names]).amax(dim=0) for i in range(len(payload["tables"]["t0"]))]
     near = variant.get("nearest_images")
     if near == "half":
         near = max(1, (n - 1) // 2)
-    config = replace(detector.config, image_top=variant.get("image_top", 0.0))
+    elif near == "quarter":
+        near = max(1, (n - 1) // 4)
+    config = replace(detector.config, image_top=variant.get("image_top", 0.0), looks_gate=variant.get("looks_gate"),
+                     lower=variant.get("lower", detector.config.lower), upper=variant.get("upper", detector.config.upper))
+    lower, upper, looks = pose.batch_interval(config, payload["embeddings"])
     scores, facts = pose.scores_from_tables(
-        tables, payload["grid"], payload["embeddings"], variant.get("lower", config.lower), variant.get("upper", config.upper),
+        tables, payload["grid"], payload["embeddings"], lower, upper,
         self_sims=payload["own"][variant.get("self_radius", 4)] if variant.get("self_term", "off") != "off" else None,
         self_term=variant.get("self_term", "off"), self_mix=variant.get("self_mix", "min"),
         self_gate=variant.get("self_gate", config.self_gate), nearest_images=near,
@@ -143,7 +157,8 @@ def evaluate(payload: dict, detector: MuSc, variant: dict) -> dict:
     gt = list(payload["gt"]) if payload["gt"] is not None else None
     metrics = category_metrics(result, samples, [None] * n, payload["has_masks"], ground_truth=gt)
     keep = {k: metrics.get(k) for k in ("image_auroc", "pixel_auroc", "pixel_ap", "pixel_aupro")}
-    keep.update({k: v for k, v in facts.items()})
+    keep.update(facts)
+    keep.update(looks)
     return keep
 
 
@@ -161,6 +176,45 @@ def seconds_per_image(payload: dict, variant: dict) -> float:
     return cost / payload["count"]
 
 
+def group_means(rows: dict[str, dict], key: str) -> dict[str, float | None]:
+    """Means of ``key`` over the batch groups of one variant (only the batches it has)."""
+    def mean(labels: list[str]) -> float | None:
+        values = [rows[k][key] for k in labels if rows[k].get(key) is not None]
+        return float(np.mean(values)) if values else None
+
+    groups = {}
+    for side in ("plain", "pose"):
+        names = [k for k in rows if k.startswith(side + "/")]
+        groups[f"{side} all"] = mean([k for k in names if "/mix_" not in k])
+        groups[f"{side} paper"] = mean([k for k in names if "/pa_" in k])
+        groups[f"{side} textures"] = mean([k for k in names if "/pa_" in k or "/magnetic" in k])
+        groups[f"{side} mixed"] = mean([k for k in names if "/mix_" in k])
+    both = [k for k in rows if "/mix_" not in k]
+    groups["suite + pose"] = mean(both)
+    return groups
+
+
+def markdown(rows: dict[str, dict[str, dict]], timings: dict[str, dict[str, float]], key: str) -> str:
+    """One table per metric: a row per variant, a column per batch, then the group means."""
+    variants = [v for v in rows if rows[v]]
+    if not variants:
+        return ""
+    labels = list(rows[variants[0]])
+    for v in variants[1:]:
+        labels += [k for k in rows[v] if k not in labels]
+    short = [k.replace("plain/", "").replace("pose/", "P:").replace("pa_", "").replace("_tl", "").replace("_rl", "") for k in labels]
+    group_names = list(group_means(rows[variants[0]], key))
+    head = "| variant | " + " | ".join(short) + " | " + " | ".join(group_names) + " | s/img |"
+    lines = [head, "|---" * (len(labels) + len(group_names) + 2) + "|"]
+    for v in variants:
+        cells = [f"{100 * rows[v][k][key]:.1f}" if k in rows[v] and rows[v][k].get(key) is not None else "—" for k in labels]
+        means = group_means(rows[v], key)
+        cells += [f"{100 * means[g]:.1f}" if means[g] is not None else "—" for g in group_names]
+        cells.append(f"{np.mean(list(timings[v].values())):.3f}" if timings[v] else "—")
+        lines.append(f"| {v} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache", type=Path, default=Path("/tmp/pose-cache"))
@@ -169,7 +223,10 @@ def main() -> None:
     parser.add_argument("--variants", default=None, help="comma-separated names (default: all)")
     parser.add_argument("--no-compute", action="store_true", help="evaluate cached batches only")
     parser.add_argument("--no-evaluate", action="store_true", help="fill the cache only")
+    parser.add_argument("--recompute", action="store_true", help="recompute the cached batches that --only selects")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--turned", action="append", default=[],
+                        help="batch name prefixes that get the turned copies (default: all); others get the unturned tables only")
     parser.add_argument("--shared", type=Path, default=SHARED)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -182,21 +239,28 @@ def main() -> None:
         if args.only and not any(label.startswith(p) for p in args.only):
             continue
         path = args.cache / f"{label.replace('/', '__')}.pt"
-        if not path.exists():
+        if not path.exists() or args.recompute:
             if args.no_compute:
                 continue
             started = time.perf_counter()
-            compute(category, detector, path)
+            turned = not args.turned or any(label.startswith(p) for p in args.turned)
+            compute(category, detector, path, turned)
             print(f"{label}: cached in {time.perf_counter() - started:.0f} s", flush=True)
         if args.no_evaluate:
             continue
         payload = torch.load(path, weights_only=False)
         for name, variant in wanted.items():
-            rows[name][label] = evaluate(payload, detector, variant)
+            r = evaluate(payload, detector, variant)
+            if r is None:
+                continue
+            rows[name][label] = r
             timings[name][label] = seconds_per_image(payload, variant)
-            r = rows[name][label]
             print(f"{label} {name}: I {100 * r['image_auroc']:.1f} P {100 * (r['pixel_auroc'] or 0):.1f} AP {100 * (r['pixel_ap'] or 0):.1f}"
-                  + (f" ratio {r['own_image_ratio']:.3f} self {r['self_term_used']}" if "own_image_ratio" in r else ""), flush=True)
+                  + (f" ratio {r['own_image_ratio']:.3f} self {r['self_term_used']}" if "own_image_ratio" in r else "")
+                  + (f" agreement {r['embedding_agreement']:.3f} several {r['several_looks']}" if "embedding_agreement" in r else ""), flush=True)
+    if not args.no_evaluate:
+        for key in ("image_auroc", "pixel_auroc", "pixel_ap"):
+            print(f"\n{key}:\n" + markdown(rows, timings, key))
     if args.json is not None and not args.no_evaluate:
         from defectscope.report.atomic import atomic_write_text
 

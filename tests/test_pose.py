@@ -14,7 +14,7 @@ from defectscope.errors import ConfigError
 from defectscope.methods import pose
 from defectscope.methods.musc import MuSc, MuScConfig, interval_mean, mutual_scores, nearest_similarities, similarities_to_distances
 
-pytestmark = pytest.mark.filterwarnings("ignore:mutual scoring of only")
+pytestmark = [pytest.mark.filterwarnings("ignore:mutual scoring of only"), pytest.mark.filterwarnings("ignore:CoDeGraph of only")]
 
 
 def _unit(*shape: int, seed: int) -> torch.Tensor:
@@ -145,12 +145,26 @@ def _turned_stripes(count: int, size: int, seed: int) -> list[np.ndarray]:
     return images
 
 
-def test_pose_options_find_a_spot_on_a_texture_at_random_angles():
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Many small tensor ops: one thread is fastest and steady on a loaded machine."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def backbone96():
+    return MuSc(MuScConfig(image_size=96)).backbone
+
+
+def test_pose_options_find_a_spot_on_a_texture_at_random_angles(backbone96):
     images = _turned_stripes(10, 96, seed=2)
     yy, xx = np.mgrid[0:96, 0:96]
     images[6][(yy - 40) ** 2 + (xx - 55) ** 2 <= 36] = 20
     for options in ({"rotations": 4}, {"self_term": "on"}, {"rotations": 2, "self_term": "auto", "image_top": 0.01}):
-        detector = MuSc(MuScConfig(image_size=96, **options))
+        detector = MuSc(MuScConfig(image_size=96, **options), backbone=backbone96)
         result = detector.predict(images)
         assert int(np.argmax(result.image_scores)) == 6, options
         assert result.anomaly_maps.shape == (10, 96, 96)
@@ -183,3 +197,36 @@ def test_proxy_warp_keeps_size_fills_corners_and_keeps_masks_binary():
     quarter = warp(ramp, 90.0, 1.0, (0.0, 0.0), "edge")
     # +90 degrees is a quarter turn clockwise on screen (rows run downwards)
     assert np.abs(quarter.astype(int) - np.rot90(ramp, -1).astype(int)).max() <= 1
+
+
+def test_codegraph_takes_turned_references_and_refuses_the_musc_only_options(backbone96):
+    from defectscope.methods.codegraph import CoDeGraph, CoDeGraphConfig
+
+    images = _turned_stripes(6, 64, seed=4)
+    scores = CoDeGraph(CoDeGraphConfig(image_size=96, rotations=2), backbone=backbone96).analyse(images)
+    assert scores.patch_scores.shape[0] == 6 and torch.isfinite(scores.patch_scores).all()
+    with pytest.raises(ConfigError, match="MuSc options"):
+        CoDeGraph(CoDeGraphConfig(image_size=96, self_term="on"), backbone=backbone96).analyse(images)
+
+
+def test_looks_gate_switches_the_interval_only_when_the_embeddings_disagree():
+    same = F.normalize(torch.ones(6, 4) + 0.01 * torch.randn(6, 4, generator=torch.Generator().manual_seed(0)), dim=1)
+    looks = torch.cat([same[:3], -same[3:]])
+    assert pose.embedding_agreement(same) > 0.99
+    assert pose.embedding_agreement(looks) < 0.0
+    off = MuScConfig()
+    assert pose.batch_interval(off, looks)[:2] == (off.lower, off.upper)
+    gated = MuScConfig(looks_gate=0.9)
+    assert pose.batch_interval(gated, same)[:2] == (gated.lower, gated.upper)
+    lower, upper, facts = pose.batch_interval(gated, looks)
+    assert (lower, upper) == (0.0, 0.3) and facts["several_looks"] is True
+    with pytest.raises(ConfigError, match="looks_gate"):
+        MuScConfig(looks_gate=1.5).validate()
+
+
+def test_looks_gate_reaches_the_default_path(backbone96):
+    images = _turned_stripes(6, 64, seed=5)
+    result = MuSc(MuScConfig(image_size=96, looks_gate=1.0), backbone=backbone96).predict(images)
+    assert result.extras["several_looks"] is True and result.extras["interval"] == [0.0, 0.3]
+    plain = MuSc(MuScConfig(image_size=96), backbone=backbone96).predict(images)
+    assert "several_looks" not in plain.extras

@@ -378,15 +378,23 @@ class CoDeGraph(MuSc):
             groups = [sorted({int(i) for i in g}) for g in groups]
             if any(not 0 <= i < n for g in groups for i in g):
                 raise ConfigError(f"groups name images outside the batch of {n}")
-        sets, grid, embeddings = self.feature_sets(images, progress, native_grids=cfg.native_grids)
-        pairs = n * (n - 1) // 2
-        total = pairs * len(sets)
-        tables = []
-        for index, feature_set in enumerate(sets):
-            report = None
-            if progress is not None:
-                report = lambda done, base=index * pairs: progress("scoring", base + done, total)  # noqa: E731
-            tables.append(similarities_to_distances(nearest_similarities(feature_set, progress=report)))
+        if cfg.self_term != "off" or cfg.nearest_images is not None:
+            raise ConfigError("self_term and nearest_images are MuSc options; CoDeGraph takes rotations (turned references) only")
+        if cfg.rotations != 1:
+            from defectscope.methods.pose import similarity_tables
+
+            sets, grid, embeddings, similarities, _ = similarity_tables(self, images, progress)
+            tables = [similarities_to_distances(t) for t in similarities]
+        else:
+            sets, grid, embeddings = self.feature_sets(images, progress, native_grids=cfg.native_grids)
+            pairs = n * (n - 1) // 2
+            total = pairs * len(sets)
+            tables = []
+            for index, feature_set in enumerate(sets):
+                report = None
+                if progress is not None:
+                    report = lambda done, base=index * pairs: progress("scoring", base + done, total)  # noqa: E731
+                tables.append(similarities_to_distances(nearest_similarities(feature_set, progress=report)))
         musc_scores = torch.zeros(n, grid[0] * grid[1])
         for table in tables:
             musc_scores += to_finest_grid(interval_mean(table, cfg.lower, cfg.upper), grid)

@@ -334,7 +334,8 @@ class MuScConfig(MethodConfig):
             MuSc only; CoDeGraph always builds the full table in this process.
         false_alarm_rate: share of normal images the verdict may flag (label-free rule on the
             batch, or conformal on the good images after :meth:`MuSc.calibrate`).
-        rotations, self_term, self_mix, self_radius, self_gate, nearest_images, image_top: the
+        rotations, self_term, self_mix, self_radius, self_gate, nearest_images, image_top,
+            looks_gate, looks_interval: the
             pose- and look-robust options of :mod:`defectscope.methods.pose` (off by default;
             zero-shot batch scoring only, docs/POSE.md).
     """
@@ -368,12 +369,15 @@ class MuScConfig(MethodConfig):
     self_gate: float = 1.0
     nearest_images: int | None = None
     image_top: float = 0.0
+    looks_gate: float | None = None
+    looks_interval: tuple[float, float] = (0.0, 0.3)
 
     def validate(self) -> None:
         _check_interval(self.lower, self.upper)
         from defectscope.methods.pose import check_options
 
-        check_options(self.rotations, self.self_term, self.self_mix, self.self_radius, self.self_gate, self.nearest_images, self.image_top)
+        check_options(self.rotations, self.self_term, self.self_mix, self.self_radius, self.self_gate, self.nearest_images,
+                      self.image_top, self.looks_gate, self.looks_interval)
         check_false_alarm_rate(self.false_alarm_rate)
         if self.border not in BORDERS:
             raise ConfigError(f"border rule {self.border!r} is unknown; choose one of {', '.join(BORDERS)}")
@@ -635,6 +639,8 @@ class MuSc(Detector):
         check_batch_size(n)
         from defectscope.methods import pose
 
+        self.last_pose_facts: dict[str, Any] = {}
+
         if pose.uses_pose_options(self.config):
             if self.config.scheduler is not None or self._banked(n):
                 raise ConfigError("rotations, self_term and nearest_images score a batch exactly: use them without a scheduler and with max_references=None or a batch below the bank size")
@@ -648,6 +654,7 @@ class MuSc(Detector):
             scores.patch_scores = calibrate_border(scores.patch_scores, scores.grid, self.config.border_depth)
             return scores
         sets, grid, embeddings = self.feature_sets(images, progress, native_grids=self.config.native_grids)
+        lower, upper, self.last_pose_facts = pose.batch_interval(self.config, embeddings)
         pairs = n * (n - 1) // 2
         total = pairs * len(sets)
         accumulated = torch.zeros(n, grid[0] * grid[1])
@@ -655,7 +662,7 @@ class MuSc(Detector):
             report = None
             if progress is not None:
                 report = lambda done, base=index * pairs: progress("scoring", base + done, total)  # noqa: E731
-            scores = mutual_scores(feature_set, self.config.lower, self.config.upper, progress=report)
+            scores = mutual_scores(feature_set, lower, upper, progress=report)
             accumulated += to_finest_grid(scores, grid)
         patch_scores = calibrate_border(accumulated / len(sets), grid, self.config.border_depth)
         return MuScScores(patch_scores, grid, embeddings, sets)
@@ -795,7 +802,7 @@ class MuSc(Detector):
             anomaly_maps=maps.numpy().astype(np.float32),
             masks=pixel_masks(maps.numpy(), threshold),
             settings=self.settings(),
-            extras={"raw_image_scores": raw.tolist(), "grid": list(grid)},
+            extras={"raw_image_scores": raw.tolist(), "grid": list(grid), **getattr(self, "last_pose_facts", {})},
             is_anomalous=decide(raw.numpy(), threshold),
             threshold=threshold.value,
             threshold_rule=threshold.rule,

@@ -27,6 +27,11 @@ and a CNN's features change with the angle: normal patches score high. Three rem
   embedding only (several looks of normal: a normal patch is compared with images of its own
   look), the MSM interval then applies to those m.
 
+Several looks of normal: ``looks_gate`` (a cosine in (0, 1]) switches the MSM interval of a
+batch to ``looks_interval`` (default the authors' [0, 0.3)) when its images' global embeddings
+agree less than the gate (mean pairwise cosine below it): normal then comes in several looks,
+and the default interval [0.5, 1) would compare a normal patch with the images least like it.
+
 And one image score: ``image_top`` > 0 takes the mean of that share of the map's highest pixels
 instead of its maximum (before RsCIN).
 """
@@ -56,8 +61,13 @@ _GROUP_OBLONG = [(0, False), (2, False), (0, True), (2, True)]
 
 
 def check_options(rotations: int, self_term: str, self_mix: str, self_radius: int, self_gate: float,
-                  nearest_images: int | None, image_top: float) -> None:
+                  nearest_images: int | None, image_top: float, looks_gate: float | None = None,
+                  looks_interval: tuple[float, float] = (0.0, 0.3)) -> None:
     """Refuse invalid pose options with one sentence each."""
+    if looks_gate is not None and not 0.0 < looks_gate <= 1.0:
+        raise ConfigError(f"looks_gate must be a cosine in (0, 1] (or None: off), got {looks_gate}")
+    if len(looks_interval) != 2 or not 0.0 <= looks_interval[0] < looks_interval[1] <= 1.0:
+        raise ConfigError(f"looks_interval {looks_interval} is invalid: need 0 <= lower < upper <= 1")
     if rotations not in ROTATION_COUNTS:
         raise ConfigError(f"rotations must be one of {', '.join(map(str, ROTATION_COUNTS))}, got {rotations!r}")
     if self_term not in SELF_TERMS:
@@ -210,6 +220,27 @@ def top_share_scores(maps: torch.Tensor, share: float) -> torch.Tensor:
     return torch.topk(flat, k, dim=1).values.mean(dim=1)
 
 
+def embedding_agreement(embeddings: torch.Tensor) -> float:
+    """Mean pairwise cosine of the batch's global embeddings (the image itself left out)."""
+    e = torch.nn.functional.normalize(embeddings.float(), dim=1)
+    n = e.shape[0]
+    if n < 2:
+        return 1.0
+    similarity = e @ e.T
+    return float((similarity.sum() - similarity.diagonal().sum()) / (n * (n - 1)))
+
+
+def batch_interval(config, embeddings: torch.Tensor) -> tuple[float, float, dict]:
+    """The MSM interval for this batch: ``config.looks_interval`` when ``config.looks_gate`` is set
+    and the batch's :func:`embedding_agreement` is below it, else (lower, upper); and the facts."""
+    if config.looks_gate is None:
+        return config.lower, config.upper, {}
+    agreement = embedding_agreement(embeddings)
+    several = agreement < config.looks_gate
+    lower, upper = config.looks_interval if several else (config.lower, config.upper)
+    return lower, upper, {"embedding_agreement": agreement, "several_looks": bool(several), "interval": [lower, upper]}
+
+
 def uses_pose_options(config) -> bool:
     """True when any scoring option of this module is on (``image_top`` is applied elsewhere)."""
     return config.rotations != 1 or config.self_term != "off" or config.nearest_images is not None
@@ -306,10 +337,11 @@ def pose_patch_scores(detector, images: Sequence[np.ndarray], progress=None):
     config = detector.config
     sets, grid, embeddings, tables, group = similarity_tables(detector, images, progress)
     own = self_tables(sets, grid, config.degrees, config.self_radius) if config.self_term != "off" else None
+    lower, upper, looks = batch_interval(config, embeddings)
     scores, facts = scores_from_tables(
-        tables, grid, embeddings, config.lower, config.upper, self_sims=own, self_term=config.self_term,
+        tables, grid, embeddings, lower, upper, self_sims=own, self_term=config.self_term,
         self_mix=config.self_mix, self_gate=config.self_gate, nearest_images=config.nearest_images,
     )
-    facts["reference_copies"] = len(group)
+    facts.update(looks, reference_copies=len(group))
     detector.last_pose_facts = facts
     return MuScScores(calibrate_border(scores, grid, config.border_depth), grid, embeddings, sets)
