@@ -38,7 +38,8 @@ from suite import SHARED, shared_categories  # noqa: E402
 from defectscope.data.io import read_image  # noqa: E402
 from defectscope.methods import pose  # noqa: E402
 from defectscope.methods.musc import MuSc, MuScConfig, calibrate_border, nearest_similarities  # noqa: E402
-from defectscope.pipeline import _mask_at, category_metrics, load_ground_truth  # noqa: E402
+from defectscope.metrics import image_metrics, pixel_metrics  # noqa: E402
+from defectscope.pipeline import _mask_at, load_ground_truth  # noqa: E402
 
 RADII = (2, 4)
 TURNS = {1: ("t0",), 2: ("t0", "t2"), 4: ("t0", "t2", "t13")}
@@ -59,8 +60,8 @@ VARIANTS: dict[str, dict] = {
     "near20_low": {"nearest_images": 20, "lower": 0.0, "upper": 0.5},
     "near_half": {"nearest_images": "half"},
     "low03": {"lower": 0.0, "upper": 0.3},
-    "looks09": {"looks_gate": 0.9},
-    "looks09_rot4": {"looks_gate": 0.9, "turns": 4},
+    "looks": {"looks_gate": 0.89},
+    "looks_rot4": {"looks_gate": 0.89, "turns": 4},
     "low05": {"lower": 0.0, "upper": 0.5},
     "mid": {"lower": 0.25, "upper": 0.75},
     "near_quarter": {"nearest_images": "quarter"},
@@ -153,9 +154,10 @@ def evaluate(payload: dict, detector: MuSc, variant: dict) -> dict:
     scores = calibrate_border(scores, grid, config.border_depth)
     probe = MuSc(config, backbone=detector.backbone)
     result = probe.result_from_patch_scores(scores, grid, payload["embeddings"])
-    samples = [type("S", (), {"label": y, "mask_path": None})() for y in payload["labels"]]
-    gt = list(payload["gt"]) if payload["gt"] is not None else None
-    metrics = category_metrics(result, samples, [None] * n, payload["has_masks"], ground_truth=gt)
+    # the evaluate path's image and pixel metrics (category_metrics without the verdict columns)
+    metrics = dict(image_metrics(result.image_scores, np.array(payload["labels"])))
+    if payload["gt"] is not None:
+        metrics.update(pixel_metrics(result.anomaly_maps, payload["gt"]))
     keep = {k: metrics.get(k) for k in ("image_auroc", "pixel_auroc", "pixel_ap", "pixel_aupro")}
     keep.update(facts)
     keep.update(looks)

@@ -214,9 +214,9 @@ def test_looks_gate_switches_the_interval_only_when_the_embeddings_disagree():
     looks = torch.cat([same[:3], -same[3:]])
     assert pose.embedding_agreement(same) > 0.99
     assert pose.embedding_agreement(looks) < 0.0
-    off = MuScConfig()
+    off = MuScConfig(looks_gate=None)
     assert pose.batch_interval(off, looks)[:2] == (off.lower, off.upper)
-    gated = MuScConfig(looks_gate=0.9)
+    gated = MuScConfig(looks_gate=0.89)
     assert pose.batch_interval(gated, same)[:2] == (gated.lower, gated.upper)
     lower, upper, facts = pose.batch_interval(gated, looks)
     assert (lower, upper) == (0.0, 0.3) and facts["several_looks"] is True
@@ -228,5 +228,6 @@ def test_looks_gate_reaches_the_default_path(backbone96):
     images = _turned_stripes(6, 64, seed=5)
     result = MuSc(MuScConfig(image_size=96, looks_gate=1.0), backbone=backbone96).predict(images)
     assert result.extras["several_looks"] is True and result.extras["interval"] == [0.0, 0.3]
-    plain = MuSc(MuScConfig(image_size=96), backbone=backbone96).predict(images)
-    assert "several_looks" not in plain.extras
+    off = MuSc(MuScConfig(image_size=96, looks_gate=None), backbone=backbone96).predict(images)
+    assert "several_looks" not in off.extras
+    assert MuScConfig().looks_gate == 0.89

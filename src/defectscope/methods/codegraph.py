@@ -91,6 +91,8 @@ class CoDeGraphConfig(MuScConfig):
 
     lower: float = 0.5
     upper: float = 1.0
+    looks_gate: float | None = None
+    """MuSc's several-looks gate is not part of CoDeGraph (it keeps the interval above)."""
 
     max_support_fraction: float = 0.5
     burnout_threshold: float = 20.0
@@ -378,8 +380,8 @@ class CoDeGraph(MuSc):
             groups = [sorted({int(i) for i in g}) for g in groups]
             if any(not 0 <= i < n for g in groups for i in g):
                 raise ConfigError(f"groups name images outside the batch of {n}")
-        if cfg.self_term != "off" or cfg.nearest_images is not None:
-            raise ConfigError("self_term and nearest_images are MuSc options; CoDeGraph takes rotations (turned references) only")
+        if cfg.self_term != "off" or cfg.nearest_images is not None or cfg.looks_gate is not None:
+            raise ConfigError("self_term, nearest_images and looks_gate are MuSc options; CoDeGraph takes rotations (turned references) only")
         if cfg.rotations != 1:
             from defectscope.methods.pose import similarity_tables
 

@@ -334,10 +334,17 @@ class MuScConfig(MethodConfig):
             MuSc only; CoDeGraph always builds the full table in this process.
         false_alarm_rate: share of normal images the verdict may flag (label-free rule on the
             batch, or conformal on the good images after :meth:`MuSc.calibrate`).
-        rotations, self_term, self_mix, self_radius, self_gate, nearest_images, image_top,
-            looks_gate, looks_interval: the
-            pose- and look-robust options of :mod:`defectscope.methods.pose` (off by default;
-            zero-shot batch scoring only, docs/POSE.md).
+        looks_gate, looks_interval: several looks of normal. When the mean pairwise cosine of
+            the batch's global embeddings is below ``looks_gate`` the batch is scored with the
+            MSM interval ``looks_interval`` (the authors' [0, 0.3)) instead of [lower, upper).
+            Default 0.89, chosen on the shared batches and the pose proxy (docs/POSE.md): only
+            the magnetic tiles (0.868; 0.694 posed) fall below it, every other batch lies at
+            0.911 or above (the gate sits half way between). Exact
+            zero-shot scoring only (not the reference bank, Dask, ``watch`` or reference mode);
+            None turns it off.
+        rotations, self_term, self_mix, self_radius, self_gate, nearest_images, image_top: the
+            pose-robust options of :mod:`defectscope.methods.pose` (off by default; zero-shot
+            batch scoring only, docs/POSE.md).
     """
 
     backbone: str = "efficientnet-lite0"
@@ -369,7 +376,7 @@ class MuScConfig(MethodConfig):
     self_gate: float = 1.0
     nearest_images: int | None = None
     image_top: float = 0.0
-    looks_gate: float | None = None
+    looks_gate: float | None = 0.89
     looks_interval: tuple[float, float] = (0.0, 0.3)
 
     def validate(self) -> None:
