@@ -19,6 +19,11 @@ on a loaded machine). Rows: every category, the mean over all, the mean over the
     python bench/suite.py --method musc --threads 2 --json bench/results/suite_default.json
     python bench/suite.py --param border=reflect --backbone dinov2-vits14 --image-size 448
     python bench/suite.py --only pa_ --only bottle          # a subset (name prefixes)
+    python bench/suite.py --pose --threads 1 --json bench/results/pose_default.json
+
+``--pose``: the pose-and-look *proxy* (bench/pose_proxy.py, docs/POSE.md): the categories and two
+mixed-looks batches, untransformed and with a seeded rotation, scale and shift per image, both
+tables and a side-by-side one (``--pose-only`` skips the untransformed run).
 """
 
 from __future__ import annotations
@@ -113,7 +118,12 @@ def run_suite(options: RunOptions, categories: list[Category]) -> dict[str, dict
 def with_means(rows: dict[str, dict[str, float | None]]) -> dict[str, dict[str, float | None]]:
     """Add the rows ``mean`` (all categories) and ``paper mean`` (the pa_* categories)."""
     out = dict(rows)
-    groups = {"mean": list(rows), "paper mean": [name for name in rows if name.startswith("pa_")]}
+    groups = {
+        "mean": [name for name in rows if not name.startswith("mix_")],
+        "paper mean": [name for name in rows if name.startswith("pa_")],
+        "texture mean": [name for name in rows if name.startswith(("pa_", "magnetic"))],
+        "mixed mean": [name for name in rows if name.startswith("mix_")],
+    }
     for label, names in groups.items():
         if not names:
             continue
@@ -138,7 +148,24 @@ def markdown(rows: dict[str, dict[str, float | None]]) -> str:
                 cells.append(f"{value:.3f}")
             else:
                 cells.append(f"{100 * value:.1f}")
-        label = f"**{name}**" if name in ("mean", "paper mean") else name
+        label = f"**{name}**" if name.endswith("mean") else name
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def side_by_side(plain: dict[str, dict[str, float | None]], posed: dict[str, dict[str, float | None]]) -> str:
+    """I-AUROC, P-AUROC and P-AP (percent) untransformed vs pose proxy, per row of both."""
+    keys = ("image_auroc", "pixel_auroc", "pixel_ap")
+    lines = ["| category | I-AUROC | I-AUROC pose | P-AUROC | P-AUROC pose | P-AP | P-AP pose |", "|---" * 7 + "|"]
+    for name in posed:
+        if name not in plain:
+            continue
+        cells = []
+        for key in keys:
+            for row in (plain[name], posed[name]):
+                value = row.get(key)
+                cells.append("n/a" if value is None else f"{100 * value:.1f}")
+        label = f"**{name}**" if name.endswith("mean") else name
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -154,6 +181,9 @@ def main() -> None:
     parser.add_argument("--only", action="append", default=[], help="keep categories whose name starts with this (repeatable)")
     parser.add_argument("--shared", type=Path, default=SHARED)
     parser.add_argument("--json", type=Path, default=None, help="write the rows and the options here")
+    parser.add_argument("--pose", action="store_true", help="also run the pose-and-look proxy (docs/POSE.md)")
+    parser.add_argument("--pose-only", action="store_true", help="run only the pose-and-look proxy")
+    parser.add_argument("--pose-seed", type=int, default=0)
     args = parser.parse_args()
     params = {}
     for item in args.param:
@@ -167,13 +197,41 @@ def main() -> None:
     categories = shared_categories(args.shared)
     if args.only:
         categories = [c for c in categories if any(c.name.startswith(prefix) for prefix in args.only)]
-    rows = with_means(run_suite(options, categories))
-    table = markdown(rows)
-    print(table)
+    described = {"method": args.method, "backbone": args.backbone, "image_size": args.image_size, "params": args.param}
+    if not (args.pose or args.pose_only):
+        rows = with_means(run_suite(options, categories))
+        print(markdown(rows))
+        if args.json is not None:
+            write_json(args.json, {"options": described, "rows": rows})
+        return
+    from pose_proxy import mixed_categories, pose_category
+
+    mixed = mixed_categories(shared_categories(args.shared), args.pose_seed)
+    posed = [pose_category(c, args.pose_seed) for c in categories]
+    posed += mixed_categories([pose_category(c, args.pose_seed) for c in shared_categories(args.shared)], args.pose_seed)
+    if args.only:
+        mixed = [c for c in mixed if any(c.name.startswith(prefix) for prefix in args.only)]
+        posed = [c for c in posed if any(c.name.startswith(prefix) for prefix in args.only)]
+    out: dict[str, object] = {"options": {**described, "pose_seed": args.pose_seed}}
+    if not args.pose_only:
+        plain = with_means(run_suite(options, categories + mixed))
+        out["rows"] = plain
+        print("untransformed:\n" + markdown(plain))
+    pose_rows = with_means(run_suite(options, posed))
+    out["pose_rows"] = pose_rows
+    print("pose proxy:\n" + markdown(pose_rows))
+    if not args.pose_only:
+        print("side by side:\n" + side_by_side(plain, pose_rows))
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        described = {"method": args.method, "backbone": args.backbone, "image_size": args.image_size, "params": args.param}
-        args.json.write_text(json.dumps({"options": described, "rows": rows}, indent=1) + "\n")
+        write_json(args.json, out)
+
+
+def write_json(path: Path, payload: dict) -> None:
+    """Write ``payload`` to ``path`` atomically."""
+    from defectscope.report.atomic import atomic_write_text
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(payload, indent=1) + "\n")
 
 
 if __name__ == "__main__":

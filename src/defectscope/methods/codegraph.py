@@ -91,6 +91,8 @@ class CoDeGraphConfig(MuScConfig):
 
     lower: float = 0.5
     upper: float = 1.0
+    looks_gate: float | None = None
+    """MuSc's several-looks gate is not part of CoDeGraph (it keeps the interval above)."""
 
     max_support_fraction: float = 0.5
     burnout_threshold: float = 20.0
@@ -379,15 +381,23 @@ class CoDeGraph(MuSc):
             groups = [sorted({int(i) for i in g}) for g in groups]
             if any(not 0 <= i < n for g in groups for i in g):
                 raise ConfigError(f"groups name images outside the batch of {n}")
-        sets, grid, embeddings = self.feature_sets(images, progress, native_grids=cfg.native_grids)
-        pairs = n * (n - 1) // 2
-        total = pairs * len(sets)
-        tables = []
-        for index, feature_set in enumerate(sets):
-            report = None
-            if progress is not None:
-                report = lambda done, base=index * pairs: progress("scoring", base + done, total)  # noqa: E731
-            tables.append(similarities_to_distances(nearest_similarities(feature_set, progress=report)))
+        if cfg.self_term != "off" or cfg.nearest_images is not None or cfg.looks_gate is not None:
+            raise ConfigError("self_term, nearest_images and looks_gate are MuSc options; CoDeGraph takes rotations (turned references) only")
+        if cfg.rotations != 1:
+            from defectscope.methods.pose import similarity_tables
+
+            sets, grid, embeddings, similarities, _ = similarity_tables(self, images, progress)
+            tables = [similarities_to_distances(t) for t in similarities]
+        else:
+            sets, grid, embeddings = self.feature_sets(images, progress, native_grids=cfg.native_grids)
+            pairs = n * (n - 1) // 2
+            total = pairs * len(sets)
+            tables = []
+            for index, feature_set in enumerate(sets):
+                report = None
+                if progress is not None:
+                    report = lambda done, base=index * pairs: progress("scoring", base + done, total)  # noqa: E731
+                tables.append(similarities_to_distances(nearest_similarities(feature_set, progress=report)))
         device = tables[0].device
         musc_scores = torch.zeros(n, grid[0] * grid[1], device=device)
         for table in tables:

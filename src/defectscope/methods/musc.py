@@ -135,6 +135,17 @@ class MuScConfig(MethodConfig):
             batch, or conformal on the good images after :meth:`MuSc.calibrate`).
         device: where features, scoring, RsCIN and the maps run (:mod:`defectscope.device`:
             auto, cpu, cuda, cuda:N, mps); results come back as numpy arrays.
+        looks_gate, looks_interval: several looks of normal. When the mean pairwise cosine of
+            the batch's global embeddings is below ``looks_gate`` the batch is scored with the
+            MSM interval ``looks_interval`` (the authors' [0, 0.3)) instead of [lower, upper).
+            Default 0.89, chosen on the shared batches and the pose proxy (docs/POSE.md): only
+            the magnetic tiles (0.868; 0.694 posed) fall below it, every other batch lies at
+            0.911 or above (the gate sits half way between). Exact
+            zero-shot scoring only (not the reference bank, Dask, ``watch`` or reference mode);
+            None turns it off.
+        rotations, self_term, self_mix, self_radius, self_gate, nearest_images, image_top: the
+            pose-robust options of :mod:`defectscope.methods.pose` (off by default; zero-shot
+            batch scoring only, docs/POSE.md).
     """
 
     backbone: str = "efficientnet-lite0"
@@ -160,9 +171,22 @@ class MuScConfig(MethodConfig):
     scheduler: str | None = None
     false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE
     device: str = "auto"
+    rotations: int = 1
+    self_term: str = "off"
+    self_mix: str = "min"
+    self_radius: int = 4
+    self_gate: float = 1.0
+    nearest_images: int | None = None
+    image_top: float = 0.0
+    looks_gate: float | None = 0.89
+    looks_interval: tuple[float, float] = (0.0, 0.3)
 
     def validate(self) -> None:
         _check_interval(self.lower, self.upper)
+        from defectscope.methods.pose import check_options
+
+        check_options(self.rotations, self.self_term, self.self_mix, self.self_radius, self.self_gate, self.nearest_images,
+                      self.image_top, self.looks_gate, self.looks_interval)
         check_false_alarm_rate(self.false_alarm_rate)
         if self.scheduler is not None and resolve_device(self.device).type != "cpu":
             raise ConfigError(f"--scheduler runs MuSc on Dask workers' CPUs; it cannot be combined with --device {self.device} (use --device cpu)")
@@ -332,6 +356,14 @@ class MuSc(Detector):
         """Features and MSM patch scores (N, L), averaged over layers and degrees."""
         n = len(images)
         check_batch_size(n)
+        from defectscope.methods import pose
+
+        self.last_pose_facts: dict[str, Any] = {}
+
+        if pose.uses_pose_options(self.config):
+            if self.config.scheduler is not None or self._banked(n):
+                raise ConfigError("rotations, self_term and nearest_images score a batch exactly: use them without a scheduler and with max_references=None or a batch below the bank size")
+            return pose.pose_patch_scores(self, images, progress)
         if self.config.scheduler is not None or self._banked(n):
             if self.config.scheduler is not None:
                 from defectscope.methods.distributed import dask_patch_scores as elsewhere
@@ -341,6 +373,7 @@ class MuSc(Detector):
             scores.patch_scores = calibrate_border(scores.patch_scores, scores.grid, self.config.border_depth)
             return scores
         sets, grid, embeddings = self.feature_sets(images, progress, native_grids=self.config.native_grids)
+        lower, upper, self.last_pose_facts = pose.batch_interval(self.config, embeddings)
         pairs = n * (n - 1) // 2
         total = pairs * len(sets)
         accumulated = torch.zeros(n, grid[0] * grid[1], device=sets[0].device)
@@ -348,7 +381,7 @@ class MuSc(Detector):
             report = None
             if progress is not None:
                 report = lambda done, base=index * pairs: progress("scoring", base + done, total)  # noqa: E731
-            scores = mutual_scores(feature_set, self.config.lower, self.config.upper, progress=report)
+            scores = mutual_scores(feature_set, lower, upper, progress=report)
             accumulated += to_finest_grid(scores, grid)
         patch_scores = calibrate_border(accumulated / len(sets), grid, self.config.border_depth)
         return MuScScores(patch_scores, grid, embeddings, sets)
@@ -476,8 +509,14 @@ class MuSc(Detector):
         same threshold per pixel, so an image is anomalous exactly when its mask is non-empty.
         """
         names = default_paths(paths, maps.shape[0], self.method)
-        image_scores = rscin(maps.flatten(1).amax(dim=1), embeddings, self.config.rscin_ks)
-        raw, maps = maps.flatten(1).amax(dim=1).cpu(), maps.cpu()
+        raw = maps.flatten(1).amax(dim=1)
+        if self.config.image_top > 0:
+            from defectscope.methods.pose import top_share_scores
+
+            image_scores = rscin(top_share_scores(maps, self.config.image_top), embeddings, self.config.rscin_ks)
+        else:
+            image_scores = rscin(raw, embeddings, self.config.rscin_ks)
+        raw, maps = raw.cpu(), maps.cpu()
         threshold = label_free_threshold(raw.numpy(), self.config.false_alarm_rate, statistic="map maxima")
         return Result(
             paths=names,
@@ -485,7 +524,7 @@ class MuSc(Detector):
             anomaly_maps=maps.numpy().astype(np.float32),
             masks=pixel_masks(maps.numpy(), threshold),
             settings=self.settings(),
-            extras={"raw_image_scores": raw.tolist(), "grid": list(grid)},
+            extras={"raw_image_scores": raw.tolist(), "grid": list(grid), **getattr(self, "last_pose_facts", {})},
             is_anomalous=decide(raw.numpy(), threshold),
             threshold=threshold.value,
             threshold_rule=threshold.rule,
