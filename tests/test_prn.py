@@ -186,7 +186,7 @@ def test_resume_continues_like_an_uninterrupted_run(task, tmp_path):
     PRN(tiny_config(epochs=1, samples_per_epoch=8), backbone=FakeBackbone()).fit(
         normals, anomalies, checkpoint_dir=tmp_path / "ckpt"
     )
-    for model in sorted((tmp_path / "ckpt").glob("model*/config.json")):
+    for model in sorted((tmp_path / "ckpt").glob("*/config.json")):
         header = json.loads(model.read_text())
         header["config"]["prn"]["epochs"] = 2
         model.write_text(json.dumps(header))
@@ -327,3 +327,29 @@ def test_calibrate_on_good_images_uses_conformal_cut(trained, task):
     result = calibrated.predict([image for image, _ in tests])
     assert result.threshold_rule.startswith("conformal on 12 good images")
     assert result.threshold == pytest.approx(np.sort(trained.predict(normals).image_scores)[11])
+
+
+def test_final_model_gives_the_maps_and_the_fold_models_the_verdict(trained, task, tmp_path):
+    """final_model=True: the maps are those of the model a run without any calibration trains
+    (all normal images, full samples per epoch; main before 2026-12-01), the verdict stays the
+    fold models' (statistic and cut), masks only on flagged images; save/load keeps both."""
+    normals, anomalies, tests = task
+    images = [image for image, _ in tests] + normals[:3]
+    config = replace(trained.config, final_model=True)
+    both = PRN(config, backbone=FakeBackbone()).fit(normals, anomalies)
+    plain = PRN(replace(config, calibration_fraction=0.0, cross_fit_folds=0), backbone=FakeBackbone()).fit(normals, anomalies)
+    assert plain.final_head is None and plain.held_out_scores is None and both.final_head is not None
+    assert np.allclose(both.held_out_scores, trained.held_out_scores, atol=1e-6)
+    result = both.predict(images)
+    assert np.allclose(result.anomaly_maps, plain.predict(images).anomaly_maps, atol=1e-6)
+    reference = trained.predict(images)
+    assert np.allclose(result.verdict_scores, reference.image_scores, atol=1e-6)
+    assert np.array_equal(result.is_anomalous, reference.is_anomalous) and result.threshold == reference.threshold
+    assert not result.masks[~result.is_anomalous].any()
+    assert np.array_equal(result.masks[result.is_anomalous], result.anomaly_maps[result.is_anomalous] > result.threshold)
+    both.save(tmp_path / "model")
+    loaded = PRN.load(tmp_path / "model", backbone=FakeBackbone())
+    again = loaded.predict(images)
+    assert loaded.final_head is not None and len(loaded.heads) == 3
+    assert np.allclose(again.anomaly_maps, result.anomaly_maps, atol=1e-6)
+    assert np.array_equal(again.is_anomalous, result.is_anomalous)
