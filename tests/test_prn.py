@@ -353,3 +353,19 @@ def test_final_model_gives_the_maps_and_the_fold_models_the_verdict(trained, tas
     assert loaded.final_head is not None and len(loaded.heads) == 3
     assert np.allclose(again.anomaly_maps, result.anomaly_maps, atol=1e-6)
     assert np.array_equal(again.is_anomalous, result.is_anomalous)
+
+
+def test_final_model_with_a_held_back_share(task):
+    """With a held-back share (no cross-fitting) the final model is also the one a run without
+    calibration trains, and the verdict is the held-back model's split-conformal one."""
+    normals, anomalies, tests = task
+    images = [image for image, _ in tests] + normals[:3]
+    config = tiny_config(cross_fit_folds=0, epochs=3)
+    held = PRN(config, backbone=FakeBackbone()).fit(normals, anomalies)
+    both = PRN(replace(config, final_model=True), backbone=FakeBackbone()).fit(normals, anomalies)
+    plain = PRN(replace(config, calibration_fraction=0.0), backbone=FakeBackbone()).fit(normals, anomalies)
+    assert len(both.heads) == 1 and both.final_head is not None and both.model_info["normal_images"] == len(normals)
+    result, reference = both.predict(images), held.predict(images)
+    assert np.allclose(result.anomaly_maps, plain.predict(images).anomaly_maps, atol=1e-6)
+    assert np.allclose(result.verdict_scores, reference.image_scores, atol=1e-6)
+    assert result.threshold == reference.threshold and np.array_equal(result.is_anomalous, reference.is_anomalous)

@@ -28,11 +28,12 @@ the rate in the worst case), and the average of the fold models varies less on a
 than one of them, which puts the cut on the side of fewer false alarms. Masks apply the same cut
 per pixel.
 
-``final_model`` (off by default): when cross-fitting, also train one model on all normal images
-with the full samples per epoch, exactly the model a run without calibration trains (the model
-of main before 2026-12-01). The detector's maps, image scores and masks then come from it, while
-the verdict (statistic and cut) stays the fold models' own, so the guarantee above is untouched;
-masks are the final model's pixels above the cut on the images the verdict flags. A cut from
+``final_model`` (off by default): also train one model on all normal images with the full
+samples per epoch, exactly the model a run without calibration trains (the model of main before
+2026-12-01). The detector's maps, image scores and masks then come from it, while the verdict
+(statistic and cut) stays that of the fold models or of the model trained without the held-back
+share, so the guarantee above is untouched; masks are the final model's pixels above the cut on
+the images the verdict flags. A cut from
 ``calibrate()`` on good images applies to the final model's image scores (split conformal on
 images no model saw). Training costs two models instead of one. Measured (docs/PRN.md): the fold
 average segmented a paper type much better than one model, the thin cracks of the magnetic tiles
@@ -109,8 +110,8 @@ class PRNConfig(MethodConfig):
             the verdict (none when there are fewer than 10 normal images).
         cross_fit_folds: fold models trained instead when that share is too small for a
             conformal cut at ``false_alarm_rate`` (see the module docstring; below 2: never).
-        final_model: when cross-fitting, also train a model on all normal images for the maps,
-            image scores and masks; the fold models then only give the verdict (module docstring).
+        final_model: also train a model on all normal images for the maps, image scores and
+            masks; the calibrated model(s) then only give the verdict (module docstring).
         false_alarm_rate: share of normal images the verdict may flag.
     """
 
@@ -299,25 +300,27 @@ class PRN(Detector):
         report = progress or (lambda stage, done, total: None)
         left_out = calibration_folds(len(normal_images), config) or [[]]
         trained = sorted(set(range(len(normal_images))) - set(left_out[0])) if len(left_out) == 1 else list(range(len(normal_images)))
-        resized = AnomalyGenerator([normal_images[i] for i in trained], image_size=config.image_size).normals
+        with_final = config.final_model and any(left_out)
+        everyone = list(range(len(normal_images)))
+        cached_for = everyone if with_final else trained
+        resized = AnomalyGenerator([normal_images[i] for i in cached_for], image_size=config.image_size).normals
         cached: list[list[torch.Tensor]] = []
         for start in range(0, len(resized), config.batch_size):
             cached.append([m.to(torch.float16) for m in self._features(resized[start : start + config.batch_size])])
             report("features", min(start + config.batch_size, len(resized)), len(resized))
         per_scale = [torch.cat([chunk[s] for chunk in cached]) for s in range(len(cached[0]))]
-        features = {index: [scale[position] for scale in per_scale] for position, index in enumerate(trained)}
+        features = {index: [scale[position] for scale in per_scale] for position, index in enumerate(cached_for)}
         del cached, per_scale
 
-        full_samples = max(1, config.samples_per_epoch or len(trained))
-        samples = max(1, full_samples // len(left_out))
+        samples = max(1, (config.samples_per_epoch or len(trained)) // len(left_out))
+        full_samples = max(1, config.samples_per_epoch or len(normal_images))
         steps = math.ceil(samples / config.batch_size) * config.epochs
-        with_final = len(left_out) > 1 and config.final_model
         total = steps * len(left_out) + (math.ceil(full_samples / config.batch_size) * config.epochs if with_final else 0)
         checkpoint = Path(checkpoint_dir) if checkpoint_dir is not None else None
         heads, losses, scores = [], [], []
         for number, excluded in enumerate(left_out):
             kept = [i for i in trained if i not in set(excluded)]
-            folder = checkpoint if checkpoint is None or len(left_out) == 1 else checkpoint / f"model{number}"
+            folder = checkpoint if checkpoint is None or (len(left_out) == 1 and not with_final) else checkpoint / f"model{number}"
             head, head_losses, info = self._train_head(
                 [normal_images[i] for i in kept], [features[i] for i in kept], anomalies, samples,
                 number if len(left_out) > 1 else None, (report, number * steps, total), folder, resume,
@@ -330,14 +333,15 @@ class PRN(Detector):
         final_head = None
         if with_final:
             final_head, final_losses, info = self._train_head(
-                [normal_images[i] for i in trained], [features[i] for i in trained], anomalies, full_samples,
+                [normal_images[i] for i in everyone], [features[i] for i in everyone], anomalies, full_samples,
                 None, (report, steps * len(left_out), total), None if checkpoint is None else checkpoint / "final", resume,
             )
             losses = final_losses + losses
         self.heads = heads
         self.final_head = final_head
         self.losses = losses
-        self.model_info = {**info, "normal_images": len(trained), "models": len(heads), "final_model": final_head is not None,
+        self.model_info = {**info, "normal_images": len(everyone if with_final else trained), "models": len(heads),
+                           "final_model": final_head is not None,
                            "calibration": CROSS_FIT if len(heads) > 1 else (HELD_BACK if scores else None)}
         self.held_out_scores = np.concatenate(scores) if scores else None
         return self
