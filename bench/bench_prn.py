@@ -12,6 +12,7 @@ or its verdict false-alarm rate is above 5 %. ``--update`` stores the measured f
 
     python bench/bench_prn.py --suite --protocol guard --only pa_btn01_rl --threads 1
     python bench/bench_prn.py --suite --threads 1                     # defaults, all nine (hours on 2 cores)
+    python bench/bench_prn.py --suite --only magnetic_tile --param final_model=true   # a setting against the stored defaults
 
 MTD mode (without ``--suite``): PRN on the Magnetic Tile Defect set (MTD) with k labelled
 defects per class.
@@ -102,12 +103,22 @@ def suite(args: argparse.Namespace) -> int:
     failed = []
     print(f"{'category':<14} {'P-AP':>6} {'ref':>6} {'I-AUROC':>8} {'FAR':>6} {'recall':>7} {'s':>6}")
     for name in names:
-        measured = evaluate_category(categories[name], protocol_config(args.protocol, args.seed), k=args.k, seed=args.seed)
+        config = protocol_config(args.protocol, args.seed)
+        overrides = {}
+        for item in args.param:
+            key, _, text = item.partition("=")
+            try:
+                overrides[key] = json.loads(text)
+            except json.JSONDecodeError:
+                overrides[key] = text
+        config = PRNConfig.from_dict({**config.to_json(), **overrides}) if overrides else config
+        measured = evaluate_category(categories[name], config, k=args.k, seed=args.seed)
         m = measured["metrics"]
         row = {"pixel_ap": m["pixel_ap"], "pixel_auroc": m["pixel_auroc"], "pixel_aupro": m["pixel_aupro"],
                "image_auroc": m["image_auroc"], "verdict_far": m["verdict_false_alarm_rate"],
                "verdict_recall": m["verdict_recall"], "test": measured["test"], "calibration": measured["calibration"],
                "seconds": round(measured["train_seconds"] + measured["predict_seconds"], 1), "commit": _commit(),
+               "overrides": overrides,
                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
         before = stored.get(name, {}).get("pixel_ap")
         problems = []
@@ -139,6 +150,7 @@ def main() -> None:
         parser.add_argument("--seed", type=int, default=0)
         parser.add_argument("--tolerance", type=float, default=0.02)
         parser.add_argument("--update", action="store_true")
+        parser.add_argument("--param", action="append", default=[], help="KEY=VALUE (JSON value) over the protocol's PRN settings")
         parser.add_argument("--threads", type=int, default=1)
         args = parser.parse_args()
         torch.set_num_threads(args.threads)
