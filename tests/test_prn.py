@@ -329,13 +329,14 @@ def test_calibrate_on_good_images_uses_conformal_cut(trained, task):
     assert result.threshold == pytest.approx(np.sort(trained.predict(normals).image_scores)[11])
 
 
-def test_final_model_gives_the_maps_and_the_fold_models_the_verdict(trained, task, tmp_path):
+def test_final_model_gives_the_maps_and_the_fold_models_the_verdict(task, tmp_path):
     """final_model=True: the maps are those of the model a run without any calibration trains
     (all normal images, full samples per epoch; main before 2026-12-01), the verdict stays the
     fold models' (statistic and cut), masks only on flagged images; save/load keeps both."""
     normals, anomalies, tests = task
     images = [image for image, _ in tests] + normals[:3]
-    config = replace(trained.config, final_model=True)
+    config = tiny_config(samples_per_epoch=48, epochs=3, final_model=True)
+    trained = PRN(replace(config, final_model=False), backbone=FakeBackbone()).fit(normals, anomalies)
     both = PRN(config, backbone=FakeBackbone()).fit(normals, anomalies)
     plain = PRN(replace(config, calibration_fraction=0.0, cross_fit_folds=0), backbone=FakeBackbone()).fit(normals, anomalies)
     assert plain.final_head is None and plain.held_out_scores is None and both.final_head is not None
