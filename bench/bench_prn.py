@@ -12,7 +12,7 @@ or its verdict false-alarm rate is above 5 %. ``--update`` stores the measured f
 
     python bench/bench_prn.py --suite --protocol guard --only pa_btn01_rl --threads 1
     python bench/bench_prn.py --suite --threads 1                     # defaults, all nine (hours on 2 cores)
-    python bench/bench_prn.py --suite --only magnetic_tile --param final_model=true   # a setting against the stored defaults
+    python bench/bench_prn.py --suite --only magnetic_tile --param final_model=never  # a setting against the stored figures
 
 MTD mode (without ``--suite``): PRN on the Magnetic Tile Defect set (MTD) with k labelled
 defects per class.

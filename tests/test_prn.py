@@ -172,6 +172,8 @@ def test_wrong_method_file_fails_clearly(tmp_path):
 
 
 def test_untrained_predict_and_bad_config_fail_clearly():
+    with pytest.raises(ConfigError, match="final_model must be one of"):
+        tiny_config(final_model="sometimes")
     with pytest.raises(NotFittedError, match="not trained"):
         PRN(tiny_config(), backbone=FakeBackbone()).predict([np.zeros((SIZE, SIZE, 3), np.uint8)])
     with pytest.raises(ConfigError, match="multiple of 32"):
@@ -266,7 +268,7 @@ def test_verdict_cut_is_calibrated_on_held_back_normals(task, tmp_path):
     normals, anomalies, tests = task
     held = held_out_indices(len(normals), 0.1, 0)
     assert len(held) == 2 and held == held_out_indices(len(normals), 0.1, 0)
-    detector = PRN(tiny_config(cross_fit_folds=0), backbone=FakeBackbone()).fit(normals, anomalies)
+    detector = PRN(tiny_config(cross_fit_folds=0, final_model="never"), backbone=FakeBackbone()).fit(normals, anomalies)
     assert detector.model_info["normal_images"] == len(normals) - 2 and len(detector.heads) == 1
     assert detector.held_out_scores.shape == (2,)
     result = detector.predict([image for image, _ in tests])
@@ -335,8 +337,8 @@ def test_final_model_gives_the_maps_and_the_fold_models_the_verdict(task, tmp_pa
     fold models' (statistic and cut), masks only on flagged images; save/load keeps both."""
     normals, anomalies, tests = task
     images = [image for image, _ in tests] + normals[:3]
-    config = tiny_config(samples_per_epoch=48, epochs=3, final_model=True)
-    trained = PRN(replace(config, final_model=False), backbone=FakeBackbone()).fit(normals, anomalies)
+    config = tiny_config(samples_per_epoch=48, epochs=3, final_model="always")
+    trained = PRN(replace(config, final_model="held-back"), backbone=FakeBackbone()).fit(normals, anomalies)
     both = PRN(config, backbone=FakeBackbone()).fit(normals, anomalies)
     plain = PRN(replace(config, calibration_fraction=0.0, cross_fit_folds=0), backbone=FakeBackbone()).fit(normals, anomalies)
     assert plain.final_head is None and plain.held_out_scores is None and both.final_head is not None
@@ -357,13 +359,13 @@ def test_final_model_gives_the_maps_and_the_fold_models_the_verdict(task, tmp_pa
 
 
 def test_final_model_with_a_held_back_share(task):
-    """With a held-back share (no cross-fitting) the final model is also the one a run without
-    calibration trains, and the verdict is the held-back model's split-conformal one."""
+    """With a held-back share (no cross-fitting) the default trains the final model: the one a run
+    without calibration trains; the verdict is the held-back model's split-conformal one."""
     normals, anomalies, tests = task
     images = [image for image, _ in tests] + normals[:3]
     config = tiny_config(cross_fit_folds=0, epochs=3)
-    held = PRN(config, backbone=FakeBackbone()).fit(normals, anomalies)
-    both = PRN(replace(config, final_model=True), backbone=FakeBackbone()).fit(normals, anomalies)
+    held = PRN(replace(config, final_model="never"), backbone=FakeBackbone()).fit(normals, anomalies)
+    both = PRN(config, backbone=FakeBackbone()).fit(normals, anomalies)
     plain = PRN(replace(config, calibration_fraction=0.0), backbone=FakeBackbone()).fit(normals, anomalies)
     assert len(both.heads) == 1 and both.final_head is not None and both.model_info["normal_images"] == len(normals)
     result, reference = both.predict(images), held.predict(images)
