@@ -1,4 +1,21 @@
-"""PRN on the Magnetic Tile Defect set (MTD) with k labelled defects per class.
+"""PRN benchmarks: the regression suite over the shared categories, and MTD with k labelled defects.
+
+Regression suite (``--suite``): every shared category (or ``--only NAME ...``) with the
+protocol of `bench/prn_benchmark.py` (all normal training images, k = 10
+labelled defects per type moved from test to training, seed 0) and the settings of
+``--protocol``: ``defaults`` (``PRNConfig()``) or ``guard`` (the short protocol the shared test
+``tests/test_prn_shared.py`` runs: 128 px input, 2 epochs of 96 samples). The figures are
+compared with ``bench/expected/prn_reference.json`` (kept in the repository); the exit status is
+1 when a category's pixel AP is more than ``--tolerance`` (default 0.02) below its stored figure
+or its verdict false-alarm rate is above 5 %. ``--update`` stores the measured figures instead
+(only for the categories run). The reference also records the commit, date and seconds.
+
+    python bench/bench_prn.py --suite --protocol guard --only pa_btn01_rl --threads 1
+    python bench/bench_prn.py --suite --threads 1                     # defaults, all nine (hours on 2 cores)
+    python bench/bench_prn.py --suite --only magnetic_tile --param final_model=never  # a setting against the stored figures
+
+MTD mode (without ``--suite``): PRN on the Magnetic Tile Defect set (MTD) with k labelled
+defects per class.
 
 Split (deterministic, written to bench/results/prn_mtd_k<k>_split.json so other methods can be run
 on the identical test images):
@@ -44,7 +61,100 @@ def _identities(paths: list[Path]) -> set[str]:
     return found
 
 
+SHARED = ROOT.parent / "shared" / "datasets"
+REFERENCE = ROOT / "bench" / "expected" / "prn_reference.json"
+GUARD = {"image_size": 128, "epochs": 2, "samples_per_epoch": 96}
+MAX_FAR = 0.05
+
+
+def shared_categories(shared: Path) -> dict[str, Path]:
+    """Name -> folder of every shared category PRN can be run on."""
+    found = {"magnetic_tile": shared / "magnetic_tile", "mvtec_bottle": shared / "mvtec_bottle",
+             "hazelnut_toy": shared / "hazelnut_toy"}
+    found.update({p.name: p for p in sorted((shared / "paper_impurities").glob("pa_*")) if p.is_dir()})
+    return {name: path for name, path in found.items() if path.is_dir()}
+
+
+def protocol_config(protocol: str, seed: int = 0) -> PRNConfig:
+    """The PRN settings of a suite protocol (``defaults`` or ``guard``)."""
+    return PRNConfig(seed=seed, **(GUARD if protocol == "guard" else {}))
+
+
+def _commit() -> str:
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def suite(args: argparse.Namespace) -> int:
+    from prn_benchmark import evaluate_category
+    from defectscope.report.atomic import atomic_write_text
+
+    categories = shared_categories(Path(args.shared))
+    names = args.only or list(categories)
+    missing = [n for n in names if n not in categories]
+    if missing:
+        sys.exit(f"no shared category {missing} under {args.shared}")
+    reference = json.loads(REFERENCE.read_text()) if REFERENCE.is_file() else {}
+    stored = reference.setdefault(args.protocol, {})
+    failed = []
+    print(f"{'category':<14} {'P-AP':>6} {'ref':>6} {'I-AUROC':>8} {'FAR':>6} {'recall':>7} {'s':>6}")
+    for name in names:
+        config = protocol_config(args.protocol, args.seed)
+        overrides = {}
+        for item in args.param:
+            key, _, text = item.partition("=")
+            try:
+                overrides[key] = json.loads(text)
+            except json.JSONDecodeError:
+                overrides[key] = text
+        config = PRNConfig.from_dict({**config.to_json(), **overrides}) if overrides else config
+        measured = evaluate_category(categories[name], config, k=args.k, seed=args.seed)
+        m = measured["metrics"]
+        row = {"pixel_ap": m["pixel_ap"], "pixel_auroc": m["pixel_auroc"], "pixel_aupro": m["pixel_aupro"],
+               "image_auroc": m["image_auroc"], "verdict_far": m["verdict_false_alarm_rate"],
+               "verdict_recall": m["verdict_recall"], "test": measured["test"], "calibration": measured["calibration"],
+               "seconds": round(measured["train_seconds"] + measured["predict_seconds"], 1), "commit": _commit(),
+               "overrides": overrides,
+               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+        before = stored.get(name, {}).get("pixel_ap")
+        problems = []
+        if before is not None and row["pixel_ap"] < before - args.tolerance:
+            problems.append(f"pixel AP {row['pixel_ap']:.3f} is more than {args.tolerance} below the stored {before:.3f}")
+        if row["verdict_far"] is not None and row["verdict_far"] > MAX_FAR:
+            problems.append(f"verdict false-alarm rate {row['verdict_far']:.3f} above {MAX_FAR}")
+        ref_text = f"{before:6.3f}" if before is not None else "     -"
+        print(f"{name:<14} {row['pixel_ap']:6.3f} {ref_text} {row['image_auroc']:8.3f} {row['verdict_far']:6.3f} "
+              f"{row['verdict_recall']:7.3f} {row['seconds']:6.0f}" + ("  FAIL: " + "; ".join(problems) if problems else ""), flush=True)
+        failed.extend(f"{name}: {p}" for p in problems)
+        if args.update:
+            stored[name] = row
+            atomic_write_text(REFERENCE, json.dumps(reference, indent=1, sort_keys=True) + "\n")
+    if failed and not args.update:
+        print("regressions:\n  " + "\n  ".join(failed))
+        return 1
+    return 0
+
+
 def main() -> None:
+    if "--suite" in sys.argv:
+        parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        parser.add_argument("--suite", action="store_true")
+        parser.add_argument("--protocol", choices=("defaults", "guard"), default="defaults")
+        parser.add_argument("--only", nargs="+", default=None)
+        parser.add_argument("--shared", default=str(SHARED))
+        parser.add_argument("--k", type=int, default=10)
+        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--tolerance", type=float, default=0.02)
+        parser.add_argument("--update", action="store_true")
+        parser.add_argument("--param", action="append", default=[], help="KEY=VALUE (JSON value) over the protocol's PRN settings")
+        parser.add_argument("--threads", type=int, default=1)
+        args = parser.parse_args()
+        torch.set_num_threads(args.threads)
+        sys.exit(suite(args))
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", default=str(ROOT.parent / "shared" / "datasets" / "magnetic_tile"))
     parser.add_argument("--k", type=int, default=10)

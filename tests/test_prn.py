@@ -172,6 +172,8 @@ def test_wrong_method_file_fails_clearly(tmp_path):
 
 
 def test_untrained_predict_and_bad_config_fail_clearly():
+    with pytest.raises(ConfigError, match="final_model must be one of"):
+        tiny_config(final_model="sometimes")
     with pytest.raises(NotFittedError, match="not trained"):
         PRN(tiny_config(), backbone=FakeBackbone()).predict([np.zeros((SIZE, SIZE, 3), np.uint8)])
     with pytest.raises(ConfigError, match="multiple of 32"):
@@ -186,7 +188,7 @@ def test_resume_continues_like_an_uninterrupted_run(task, tmp_path):
     PRN(tiny_config(epochs=1, samples_per_epoch=8), backbone=FakeBackbone()).fit(
         normals, anomalies, checkpoint_dir=tmp_path / "ckpt"
     )
-    for model in sorted((tmp_path / "ckpt").glob("model*/config.json")):
+    for model in sorted((tmp_path / "ckpt").glob("*/config.json")):
         header = json.loads(model.read_text())
         header["config"]["prn"]["epochs"] = 2
         model.write_text(json.dumps(header))
@@ -266,7 +268,7 @@ def test_verdict_cut_is_calibrated_on_held_back_normals(task, tmp_path):
     normals, anomalies, tests = task
     held = held_out_indices(len(normals), 0.1, 0)
     assert len(held) == 2 and held == held_out_indices(len(normals), 0.1, 0)
-    detector = PRN(tiny_config(cross_fit_folds=0), backbone=FakeBackbone()).fit(normals, anomalies)
+    detector = PRN(tiny_config(cross_fit_folds=0, final_model="never"), backbone=FakeBackbone()).fit(normals, anomalies)
     assert detector.model_info["normal_images"] == len(normals) - 2 and len(detector.heads) == 1
     assert detector.held_out_scores.shape == (2,)
     result = detector.predict([image for image, _ in tests])
@@ -327,3 +329,46 @@ def test_calibrate_on_good_images_uses_conformal_cut(trained, task):
     result = calibrated.predict([image for image, _ in tests])
     assert result.threshold_rule.startswith("conformal on 12 good images")
     assert result.threshold == pytest.approx(np.sort(trained.predict(normals).image_scores)[11])
+
+
+def test_final_model_gives_the_maps_and_the_fold_models_the_verdict(task, tmp_path):
+    """final_model=True: the maps are those of the model a run without any calibration trains
+    (all normal images, full samples per epoch; main before 2026-12-01), the verdict stays the
+    fold models' (statistic and cut), masks only on flagged images; save/load keeps both."""
+    normals, anomalies, tests = task
+    images = [image for image, _ in tests] + normals[:3]
+    config = tiny_config(samples_per_epoch=48, epochs=3, final_model="always")
+    trained = PRN(replace(config, final_model="held-back"), backbone=FakeBackbone()).fit(normals, anomalies)
+    both = PRN(config, backbone=FakeBackbone()).fit(normals, anomalies)
+    plain = PRN(replace(config, calibration_fraction=0.0, cross_fit_folds=0), backbone=FakeBackbone()).fit(normals, anomalies)
+    assert plain.final_head is None and plain.held_out_scores is None and both.final_head is not None
+    assert np.allclose(both.held_out_scores, trained.held_out_scores, atol=1e-6)
+    result = both.predict(images)
+    assert np.allclose(result.anomaly_maps, plain.predict(images).anomaly_maps, atol=1e-6)
+    reference = trained.predict(images)
+    assert np.allclose(result.verdict_scores, reference.image_scores, atol=1e-6)
+    assert np.array_equal(result.is_anomalous, reference.is_anomalous) and result.threshold == reference.threshold
+    assert not result.masks[~result.is_anomalous].any()
+    assert np.array_equal(result.masks[result.is_anomalous], result.anomaly_maps[result.is_anomalous] > result.threshold)
+    both.save(tmp_path / "model")
+    loaded = PRN.load(tmp_path / "model", backbone=FakeBackbone())
+    again = loaded.predict(images)
+    assert loaded.final_head is not None and len(loaded.heads) == 3
+    assert np.allclose(again.anomaly_maps, result.anomaly_maps, atol=1e-6)
+    assert np.array_equal(again.is_anomalous, result.is_anomalous)
+
+
+def test_final_model_with_a_held_back_share(task):
+    """With a held-back share (no cross-fitting) the default trains the final model: the one a run
+    without calibration trains; the verdict is the held-back model's split-conformal one."""
+    normals, anomalies, tests = task
+    images = [image for image, _ in tests] + normals[:3]
+    config = tiny_config(cross_fit_folds=0, epochs=3)
+    held = PRN(replace(config, final_model="never"), backbone=FakeBackbone()).fit(normals, anomalies)
+    both = PRN(config, backbone=FakeBackbone()).fit(normals, anomalies)
+    plain = PRN(replace(config, calibration_fraction=0.0), backbone=FakeBackbone()).fit(normals, anomalies)
+    assert len(both.heads) == 1 and both.final_head is not None and both.model_info["normal_images"] == len(normals)
+    result, reference = both.predict(images), held.predict(images)
+    assert np.allclose(result.anomaly_maps, plain.predict(images).anomaly_maps, atol=1e-6)
+    assert np.allclose(result.verdict_scores, reference.image_scores, atol=1e-6)
+    assert result.threshold == reference.threshold and np.array_equal(result.is_anomalous, reference.is_anomalous)

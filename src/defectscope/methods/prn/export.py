@@ -1,7 +1,8 @@
 """ONNX export of a trained PRN: normalised image batch -> anomaly maps and image scores.
 
-The exported graph holds the frozen backbone's feature stages, the prototypes, the head (the
-average of the fold models' maps for a cross-fitted model) and the top-k image score. Its input
+The exported graph holds the frozen backbone's feature stages, the prototypes, the head that gives
+the detector's maps (the average of the fold models' maps for a cross-fitted model, its final
+model with ``final_model``) and the top-k image score. Its input
 ``image`` is the output of ``backbone.preprocess`` (N, 3, S, S) float32; outputs are
 ``anomaly_map`` (N, S, S) probabilities and ``image_score`` (N,). With ``include_backbone=False``
 the inputs are the multi-scale feature maps instead (``feature_0`` ..., finest first), for
@@ -43,7 +44,7 @@ def export_onnx(
 
     The batch dimension is dynamic; ``batch_size`` only sets the tracing example.
     """
-    heads = [head.eval() for head in detector.require_heads()]
+    heads = [head.eval() for head in detector.map_heads()]
     size = detector.config.image_size
     image = torch.zeros(batch_size, 3, size, size)
     backbone = detector.backbone if include_backbone else None
