@@ -176,7 +176,7 @@ def openapi(limits: Limits, auth: bool) -> dict[str, Any]:
             "id": {"type": "string", "description": "the journal row's id"},
             "name": {"type": ["string", "null"]},
             "score": {"type": "number", "description": "higher = more anomalous; equal to `defectscope predict` / `score --good`"},
-            "verdict": {"type": ["string", "null"], "enum": ["anomalous", "normal", None]},
+            "verdict": {"type": ["string", "null"], "enum": ["anomalous", "review", "normal", None]},
             "verdict_score": {"type": ["number", "null"], "description": "the statistic the threshold applies to; null for U-Flow's a contrario test"},
             "threshold": {"type": ["number", "null"]},
             "threshold_rule": {"type": ["string", "null"]},

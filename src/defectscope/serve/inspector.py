@@ -222,7 +222,7 @@ class Inspector:
         decision_scores = result.decision_scores()
         found = []
         for index, item in enumerate(batch):
-            verdict = None if result.is_anomalous is None else ("anomalous" if bool(result.is_anomalous[index]) else "normal")
+            verdict = None if result.is_anomalous is None else result.verdicts()[index]  # anomalous, review or normal
             statistic = float(decision_scores[index])
             mask = None if result.masks is None else np.asarray(result.masks[index], dtype=bool)
             anomaly_map = np.asarray(result.anomaly_maps[index])
