@@ -45,7 +45,7 @@ import torch
 
 from defectscope.data.io import IMAGE_EXTENSIONS, read_image
 from defectscope.errors import ConfigError, DefectscopeError, ImageReadError
-from defectscope.report.atomic import is_defectscope_folder, write_marker
+from defectscope.report.atomic import cut_torn_line, is_defectscope_folder, write_marker
 
 VERDICTS = "verdicts.csv"
 SKIPPED = "skipped.csv"
@@ -94,13 +94,7 @@ class Journal:
     def __init__(self, path: Path, header: Sequence[str]) -> None:
         self.path = path
         self.header = list(header)
-        if path.exists():
-            data = path.read_bytes()
-            cut = data.rfind(b"\n") + 1
-            if cut != len(data):
-                with open(path, "r+b") as handle:
-                    handle.truncate(cut)
-                    os.fsync(handle.fileno())
+        cut_torn_line(path)
         if not path.exists() or path.stat().st_size == 0:
             self._append_line(self.header)
 

@@ -10,13 +10,7 @@ importable from here too), each usable on its own:
 
 :class:`MuSc` chains them on top of a backbone and returns a :class:`Result`.
 
-Exactness and speed of MSM: for unit vectors ``||a - b|| = sqrt(2 - 2 a.b)``, so the nearest
-patch of image j for every patch of image i is a row maximum of the similarity block
-``Z_i Z_j^T``; the same block's column maxima serve the opposite direction (j to i). Each
-unordered image pair therefore costs one L x L matrix product and two reductions, instead of two
-L x L distance matrices. Peak working memory of the pairwise part is one L x L block per
-pair being reduced (4 L^2 bytes), independent of N; the per-image nearest-distance table that
-MSM (and CoDeGraph) needs holds N x N x L float32 values.
+How MSM is computed exactly and what it costs: :mod:`defectscope.methods.mutual`.
 """
 
 from __future__ import annotations

@@ -128,6 +128,19 @@ def sync_files(paths: Iterable[str | Path]) -> None:
         _fsync_directory(folder)
 
 
+def cut_torn_line(path: Path) -> None:
+    """Cut a journal's torn last line (a kill in the middle of an append) so that every line left
+    is whole; fsynced. Nothing happens when the file is absent or ends with a newline."""
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    cut = data.rfind(b"\n") + 1
+    if cut != len(data):
+        with open(path, "r+b") as handle:
+            handle.truncate(cut)
+            os.fsync(handle.fileno())
+
+
 def atomic_write_text(path: str | Path, text: str, encoding: str = "utf-8") -> Path:
     """Write ``text`` to ``path`` atomically (see :func:`atomic_write_bytes`)."""
     return atomic_write_bytes(path, text.encode(encoding))

@@ -34,7 +34,7 @@ from defectscope import __version__
 from defectscope.errors import ConfigError, DefectscopeError
 from defectscope.methods.base import Detector, Result
 from defectscope.options import RunOptions
-from defectscope.report.atomic import atomic_write_bytes, atomic_write_text, is_defectscope_folder, write_marker
+from defectscope.report.atomic import atomic_write_bytes, atomic_write_text, cut_torn_line, is_defectscope_folder, write_marker
 
 JOURNAL = "verdicts.csv"
 SETTINGS = "settings.json"
@@ -112,13 +112,7 @@ class ServeJournal:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
-        if path.exists():
-            data = path.read_bytes()
-            cut = data.rfind(b"\n") + 1
-            if cut != len(data):
-                with open(path, "r+b") as handle:
-                    handle.truncate(cut)
-                    os.fsync(handle.fileno())
+        cut_torn_line(path)
         if not path.exists() or path.stat().st_size == 0:
             self._write([COLUMNS])
         with open(path, newline="", encoding="utf-8") as handle:
