@@ -134,7 +134,7 @@ METHODS: dict[str, MethodEntry] = {
             config="defectscope.methods.prn.config:PRNConfig",
             needs_training=True,
             summary="trained on normal images plus a few labelled defects",
-            option_fields={**_SHARED, "weights": "backbone_weights", "false_alarm_rate": "false_alarm_rate"},
+            option_fields={**_SHARED, "false_alarm_rate": "false_alarm_rate"},
             takes_anomalies=True,
             exporter="defectscope.methods.prn.export:export_onnx",
         ),

@@ -11,6 +11,8 @@ from defectscope.methods.verdict import DEFAULT_FALSE_ALARM_RATE, check_false_al
 
 METHOD = "prn"
 FINAL_MODEL_CHOICES = ("held-back", "always", "never")
+RENAMED = {"backbone_weights": "weights"}
+"""Setting names of older saved models -> their current names."""
 
 
 @dataclass(frozen=True)
@@ -19,7 +21,8 @@ class PRNConfig(MethodConfig):
 
     Attributes:
         backbone: backbone registry name (frozen feature extractor).
-        backbone_weights: optional local weights file for the backbone.
+        weights: optional local weights file for the backbone (``backbone_weights`` in models
+            saved before the name was shared with the other methods).
         image_size: square input size S; maps are S x S.
         layers: backbone layers, finest first, at strides that double (4/8/16).
         prototype_fraction: prototypes per scale as a fraction of the normal images (at least 1).
@@ -47,7 +50,7 @@ class PRNConfig(MethodConfig):
     """
 
     backbone: str = "efficientnet-lite0"
-    backbone_weights: str | None = None
+    weights: str | None = None
     image_size: int = 256
     layers: tuple[str, ...] = ("stride4", "stride8", "stride16")
     prototype_fraction: float = 0.1
@@ -96,7 +99,9 @@ class PRNConfig(MethodConfig):
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "PRNConfig":
-        """Inverse of :meth:`to_dict`; unknown keys fail clearly."""
+        """Inverse of :meth:`to_dict`; unknown keys fail clearly. Older files' names are read
+        under the current ones (see :data:`RENAMED`)."""
+        values = {RENAMED.get(key, key): value for key, value in values.items()}
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:

@@ -70,7 +70,7 @@ def build_backbone(config: PRNConfig) -> Backbone:
     from defectscope.backbones import get_backbone
 
     return get_backbone(
-        config.backbone, weights=config.backbone_weights, image_size=config.image_size, layers=list(config.layers),
+        config.backbone, weights=config.weights, image_size=config.image_size, layers=list(config.layers),
         device=resolve_device(config.device),
     )
 

@@ -33,6 +33,7 @@ from defectscope.device import resolve_device
 from defectscope.errors import BackboneError, ConfigError
 from defectscope.memory import estimate_bytes
 from defectscope.methods.base import Detector, Result, default_paths
+from defectscope.methods.holdout import held_out_indices
 from defectscope.methods.uflow import extent, nfa, persistence, training
 from defectscope.methods.uflow.config import METHOD, UFlowConfig
 from defectscope.methods.uflow.flow import UFlowNet, anomaly_map
@@ -133,6 +134,11 @@ class UFlow(Detector):
                     "the previous one (choose layers with strides growing by 2, or halving input_sizes)"
                 )
         return features
+
+    def held_out(self, count: int) -> list[int]:
+        """Indices of the training images (of ``count``) kept out of flow training for the
+        calibration (:mod:`defectscope.methods.holdout`, U-Flow's ``"torch"`` order)."""
+        return held_out_indices(count, self.config.calibration_fraction, self.config.seed, "torch")
 
     def normalise(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Raw features -> standardised with the training statistics."""

@@ -5,8 +5,8 @@ fixed affine map computed once, not trained; its constant log-det is left out of
 flow trains for a fixed number of epochs with Adam and a learning rate that decays by ``lr_decay``
 per epoch; the last weights are kept (no test data chooses anything). Epoch ``e`` shuffles with
 the seed ``seed * 100003 + e``, so a run resumed from a checkpoint continues exactly as an
-uninterrupted one. Held-out normal images (:mod:`defectscope.methods.holdout`, ``"torch"``
-order) then measure each scale's latent spread and the map level of the mask extent.
+uninterrupted one. Held-out normal images (``UFlow.held_out``) then measure each scale's latent
+spread and the map level of the mask extent.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import torch
 
 from defectscope.device import resolve_device
 from defectscope.errors import ConfigError
-from defectscope.methods.holdout import held_out_indices
 from defectscope.methods.uflow import extent, persistence
 from defectscope.methods.uflow.flow import UFlowNet, anomaly_map, flow_loss
 from defectscope.progress import Progress
@@ -52,7 +51,7 @@ def train(
     config = model.config
     device = resolve_device(config.device)
     features = [f.detach().to(device, torch.float32) for f in features]
-    held_out = held_out_indices(features[0].shape[0], config.calibration_fraction, config.seed, "torch")
+    held_out = model.held_out(features[0].shape[0])
     if held_out:
         keep = torch.ones(features[0].shape[0], dtype=torch.bool, device=device)
         keep[held_out] = False
