@@ -21,7 +21,10 @@ def pyramid(maps: Sequence[torch.Tensor]) -> list[torch.Tensor]:
 
 
 def multiscale_features(backbone: Backbone, batch: torch.Tensor) -> list[torch.Tensor]:
-    """PRN's scales (see :func:`pyramid`) for a normalised batch (no gradients)."""
-    layers = backbone.extract(batch, common_grid=False).layers
+    """PRN's scales (see :func:`pyramid`) for a normalised batch: the backbone's ``stages()``
+    module (the one ONNX export traces) run without gradients. Its maps keep the memory layout
+    the network gives them (channels-last for EfficientNet-Lite); ``extract`` would return the
+    same values in the standard layout, on which the head's convolutions round differently
+    (about 1e-7)."""
     with torch.no_grad():
-        return pyramid([layer.clone() for layer in layers])
+        return pyramid(list(backbone.stages()(batch.to(backbone.device, torch.float32))))
