@@ -85,7 +85,3 @@ class Backbone(Protocol):
         not turned off inside)."""
         ...
 
-
-def native_grid(backbone: Backbone, layer: int, side: int) -> int:
-    """The native grid side of ``layer`` for a square input of ``side`` pixels."""
-    return side // backbone.layer_strides[layer]
