@@ -51,7 +51,7 @@ def _leave_one_out_scores(detector: PRN, normals: list[np.ndarray]) -> np.ndarra
     """Each training image scored with itself taken out of its nearest prototype, per scale."""
     head = detector.heads[0]
     prototypes = [p.clone() for p in head.prototypes()]
-    features = detector._features(AnomalyGenerator(normals, image_size=detector.config.image_size).normals)
+    features = detector.features(AnomalyGenerator(normals, image_size=detector.config.image_size).normals)
     nearest = [torch.cdist(f.flatten(1), p.flatten(1)).argmin(1) for f, p in zip(features, prototypes)]
     scores = []
     for i, image in enumerate(normals):
@@ -104,7 +104,7 @@ def main() -> None:
         detector = PRN(PRNConfig()).fit(normals, pairs)
         cut = float(detector.held_out_scores.max())
         print(f"calibration ({detector.model_info['calibration']}, {len(detector.heads)} models):", np.sort(detector.held_out_scores))
-        per_model = [top_k_mean(detector._maps_of([head], test_images), detector.config.top_k).numpy() for head in detector.heads]
+        per_model = [top_k_mean(detector.maps_of([head], test_images), detector.config.top_k).numpy() for head in detector.heads]
         _verdict("mean of the fold models' own scores", cut, np.mean(per_model, axis=0), labels)
         for number, scores in enumerate(per_model):
             _verdict(f"fold model {number} alone", cut, scores, labels)

@@ -87,7 +87,7 @@ def collect(root: Path, out: Path, config: UFlowConfig | None = None, seed: int 
     model.fit(train_images, progress=_report)
     train_seconds = time.perf_counter() - start
     model.save(model_folder(out), overwrite=True)
-    held = model._held_out(len(train_images)).tolist()
+    held = model.held_out(len(train_images))
     normals = [resize(train_images[i], size) for i in held]
     del train_images
     rng = np.random.default_rng(seed)
@@ -143,7 +143,7 @@ def add_varied(root: Path, out: Path, seed: int = 0, count: int = VARIED_PER_CAT
         raise SystemExit(f"{out} was cached without its model; delete it to retrain (deterministic) with the model saved")
     model = UFlow.load(model_folder(out))
     category = load_category(root)
-    held = model._held_out(len(category.train)).tolist()
+    held = model.held_out(len(category.train))
     normals = [resize(read_image(category.train[i].path), model.config.image_size) for i in held]
     rng = np.random.default_rng(seed)
     per_image = math.ceil(count / len(normals))

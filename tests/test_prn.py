@@ -37,14 +37,11 @@ def single_thread():
     torch.set_num_threads(threads)
 
 
-class FakeBackbone:
-    """Tiny frozen random CNN with layers at strides 4/8/16, all returned on the stride-4 grid."""
-
-    name = "fake"
-    image_size = SIZE
-    layer_names = ["stride4", "stride8", "stride16"]
+class FakeStages(torch.nn.Module):
+    """Tiny frozen random CNN: maps at strides 4/8/16, each on its own grid."""
 
     def __init__(self) -> None:
+        super().__init__()
         generator = torch.Generator().manual_seed(123)
         self.weights = [
             torch.randn(8, 3, 3, 3, generator=generator) * 0.5,
@@ -52,7 +49,34 @@ class FakeBackbone:
             torch.randn(8, 8, 3, 3, generator=generator) * 0.3,
         ]
 
-    def preprocess(self, images):
+    def forward(self, batch):
+        x4 = torch.relu(F.conv2d(F.avg_pool2d(batch, 4), self.weights[0], padding=1))
+        x8 = torch.relu(F.conv2d(F.avg_pool2d(x4, 2), self.weights[1], padding=1))
+        x16 = torch.relu(F.conv2d(F.avg_pool2d(x8, 2), self.weights[2], padding=1))
+        # the coarser maps pass through the finest grid and back (the features these tests were tuned on)
+        return x4, *(F.avg_pool2d(F.interpolate(x, size=x4.shape[-2:], mode="bilinear", align_corners=False), factor)
+                     for x, factor in ((x8, 2), (x16, 4)))
+
+
+class FakeBackbone:
+    """A backbone of the :class:`~defectscope.backbones.base.Backbone` contract on :class:`FakeStages`."""
+
+    name = "fake"
+    image_size = SIZE
+    size_unit = 16
+    layer_names = ["stride4", "stride8", "stride16"]
+    layer_channels = [8, 8, 8]
+    layer_strides = [4, 8, 16]
+    device = torch.device("cpu")
+    grid = (SIZE // 4, SIZE // 4)
+
+    def __init__(self) -> None:
+        self._stages = FakeStages()
+
+    def stages(self):
+        return self._stages
+
+    def preprocess(self, images, shape=None):
         batch = []
         for image in images:
             if image.shape[:2] != (SIZE, SIZE):
@@ -60,13 +84,12 @@ class FakeBackbone:
             batch.append(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255.0)
         return torch.stack(batch)
 
-    def extract(self, batch):
-        x4 = torch.relu(F.conv2d(F.avg_pool2d(batch, 4), self.weights[0], padding=1))
-        x8 = torch.relu(F.conv2d(F.avg_pool2d(x4, 2), self.weights[1], padding=1))
-        x16 = torch.relu(F.conv2d(F.avg_pool2d(x8, 2), self.weights[2], padding=1))
-        grid = x4.shape[-2:]
-        layers = [x4] + [F.interpolate(x, size=grid, mode="bilinear", align_corners=False) for x in (x8, x16)]
-        return Features(layers=layers, embedding=x16.mean(dim=(2, 3)), layer_names=list(self.layer_names))
+    def extract(self, batch, *, common_grid=True):
+        with torch.no_grad():
+            layers = list(self._stages(batch))
+        if common_grid:
+            layers = [layers[0]] + [F.interpolate(x, size=layers[0].shape[-2:], mode="bilinear", align_corners=False) for x in layers[1:]]
+        return Features(layers=layers, embedding=layers[-1].mean(dim=(2, 3)), layer_names=list(self.layer_names))
 
 
 def texture(rng: np.random.Generator) -> np.ndarray:
@@ -139,10 +162,16 @@ def test_top_k_mean():
     assert float(top_k_mean(maps, 2)[0]) == pytest.approx(0.75)
 
 
-def test_multiscale_features_pools_to_strides():
+def test_multiscale_features_keep_native_grids_and_pool_a_shared_grid():
     backbone = FakeBackbone()
     maps = multiscale_features(backbone, backbone.preprocess([np.zeros((SIZE, SIZE, 3), np.uint8)]))
     assert [m.shape[-1] for m in maps] == [16, 8, 4]
+    from defectscope.methods.prn.features import pyramid
+
+    shared = [torch.randn(1, 2, 8, 8) for _ in range(3)]  # a ViT's blocks: one grid
+    pooled = pyramid(shared)
+    assert [m.shape[-1] for m in pooled] == [8, 4, 2]
+    assert torch.allclose(pooled[2][0, :, 0, 0], shared[2][0, :, :4, :4].mean(dim=(1, 2)))
 
 
 def test_training_reduces_loss_and_localises_defect(trained, task):
@@ -167,7 +196,7 @@ def test_save_load_round_trip(trained, task, tmp_path):
 
 def test_wrong_method_file_fails_clearly(tmp_path):
     save_model(tmp_path / "other", "uflow", {"w": torch.zeros(1)}, {})
-    with pytest.raises(ModelFileError, match="made by method 'uflow', not 'prn'"):
+    with pytest.raises(ModelFileError, match="made by method 'uflow', not 'prn'; load it with the 'uflow' method"):
         PRN.load(tmp_path / "other", backbone=FakeBackbone())
 
 
@@ -191,6 +220,7 @@ def test_resume_continues_like_an_uninterrupted_run(task, tmp_path):
     for model in sorted((tmp_path / "ckpt").glob("*/config.json")):
         header = json.loads(model.read_text())
         header["config"]["prn"]["epochs"] = 2
+        header["config"]["checkpoint"]["settings"]["epochs"] = 2
         model.write_text(json.dumps(header))
     with pytest.raises(ModelFileError, match="other PRN settings"):
         PRN(tiny_config(epochs=2, samples_per_epoch=16), backbone=FakeBackbone()).fit(
@@ -263,7 +293,7 @@ def test_kshot_split_is_seeded_and_never_leaks(tmp_path):
 
 def test_verdict_cut_is_calibrated_on_held_back_normals(task, tmp_path):
     from defectscope.methods.modelfile import load_model
-    from defectscope.methods.prn.detector import held_out_indices
+    from defectscope.methods.holdout import held_out_indices
 
     normals, anomalies, tests = task
     held = held_out_indices(len(normals), 0.1, 0)
@@ -286,14 +316,14 @@ def test_verdict_cut_is_calibrated_on_held_back_normals(task, tmp_path):
 
 
 def test_small_normal_sets_are_cross_fitted(trained, task, tmp_path):
-    from defectscope.methods.prn.detector import calibration_folds
+    from defectscope.methods.prn.training import calibration_folds
 
     normals, _, tests = task
     folds = calibration_folds(len(normals), trained.config)
     assert len(folds) == 3 and sorted(i for fold in folds for i in fold) == list(range(len(normals)))
     assert calibration_folds(400, trained.config) == [calibration_folds(400, trained.config)[0]]
     assert len(trained.heads) == 3 and trained.held_out_scores.shape == (len(normals),)
-    fold_scores = [trained._maps_of([head], [normals[i] for i in fold]) for head, fold in zip(trained.heads, folds)]
+    fold_scores = [trained.maps_of([head], [normals[i] for i in fold]) for head, fold in zip(trained.heads, folds)]
     assert np.allclose(np.sort(torch.cat([top_k_mean(m, 20) for m in fold_scores]).numpy()), np.sort(trained.held_out_scores))
     result = trained.predict([image for image, _ in tests])
     assert result.threshold == pytest.approx(trained.held_out_scores.max())

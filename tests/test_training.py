@@ -45,7 +45,7 @@ def test_uflow_fit_predict_export(category, tmp_path):
     detector = load_detector(model)
     images = [read_image(p) for p in sorted((category / "test" / "good").glob("*.png"))[:2]]
     session = onnxruntime.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
-    onnx_maps = session.run(["anomaly_map"], {"image": detector.backbones[0].preprocess(images).numpy()})[0]
+    onnx_maps = session.run(["anomaly_map"], {"image": detector.backbone.preprocess(images).numpy()})[0]
     torch_maps = detector.predict(images).anomaly_maps
     assert onnx_maps.shape == torch_maps.shape == (2, 96, 96)
     assert np.max(np.abs(onnx_maps - torch_maps)) <= 1e-4

@@ -20,34 +20,56 @@ from defectscope.methods.uflow import UFlow, UFlowConfig, UFlowNet, anomaly_map
 SIZE = 32
 
 
-class FakeBackbone(nn.Module):
-    """A frozen random conv + average pooling: one layer at ``stride``."""
+class _FakeStages(nn.Module):
+    """Frozen random convs + average pooling: one map per stride, each on its own grid."""
 
-    def __init__(self, stride: int, channels: int, image_size: int = SIZE) -> None:
+    def __init__(self, strides: tuple[int, ...], channels: tuple[int, ...]) -> None:
         super().__init__()
-        self.name = "fake"
-        self.image_size = image_size
-        self.layer_names = [f"stride{stride}"]
-        self.stride = stride
-        generator = torch.Generator().manual_seed(stride)
-        self.conv = nn.Conv2d(3, channels, 3, padding=1)
-        with torch.no_grad():
-            self.conv.weight.copy_(torch.randn(self.conv.weight.shape, generator=generator) * 0.3)
-            self.conv.bias.zero_()
+        self.strides = strides
+        self.convs = nn.ModuleList()
+        for stride, count in zip(strides, channels):
+            generator = torch.Generator().manual_seed(stride)
+            conv = nn.Conv2d(3, count, 3, padding=1)
+            with torch.no_grad():
+                conv.weight.copy_(torch.randn(conv.weight.shape, generator=generator) * 0.3)
+                conv.bias.zero_()
+            self.convs.append(conv)
         self.requires_grad_(False).eval()
 
-    def preprocess(self, images: list[np.ndarray]) -> torch.Tensor:
+    def forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(F.avg_pool2d(torch.tanh(conv(batch)), stride) for conv, stride in zip(self.convs, self.strides))
+
+
+class FakeBackbone:
+    """A backbone of the :class:`~defectscope.backbones.base.Backbone` contract on tiny random convs."""
+
+    def __init__(self, strides: tuple[int, ...] = (4, 8), channels: tuple[int, ...] = (6, 12), image_size: int = SIZE) -> None:
+        self.name = "fake"
+        self.image_size = image_size
+        self.size_unit = max(strides)
+        self.layer_names = [f"stride{s}" for s in strides]
+        self.layer_channels = list(channels)
+        self.layer_strides = list(strides)
+        self.device = torch.device("cpu")
+        self._stages = _FakeStages(strides, channels)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return self.image_size // self.layer_strides[0], self.image_size // self.layer_strides[0]
+
+    def stages(self) -> nn.Module:
+        return self._stages
+
+    def preprocess(self, images: list[np.ndarray], shape: tuple[int, int] | None = None) -> torch.Tensor:
         batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0
-        return F.interpolate(batch, size=(self.image_size, self.image_size), mode="bilinear",
+        return F.interpolate(batch, size=shape or (self.image_size, self.image_size), mode="bilinear",
                              align_corners=False) - 0.5
 
-    def forward(self, batch: torch.Tensor) -> torch.Tensor:
-        return F.avg_pool2d(torch.tanh(self.conv(batch)), self.stride)
-
-    def extract(self, batch: torch.Tensor) -> Features:
+    def extract(self, batch: torch.Tensor, *, common_grid: bool = True) -> Features:
+        assert not common_grid, "U-Flow asks for native grids"
         with torch.no_grad():
-            layer = self(batch)
-        return Features(layers=[layer], embedding=layer.mean(dim=(2, 3)), layer_names=self.layer_names)
+            layers = list(self._stages(batch))
+        return Features(layers=layers, embedding=layers[-1].mean(dim=(2, 3)), layer_names=self.layer_names)
 
 
 def _config(**changes: object) -> UFlowConfig:
@@ -56,8 +78,8 @@ def _config(**changes: object) -> UFlowConfig:
     return replace(base, **changes)
 
 
-def _backbones() -> list[FakeBackbone]:
-    return [FakeBackbone(4, 6), FakeBackbone(8, 12)]
+def _backbone() -> FakeBackbone:
+    return FakeBackbone()
 
 
 def _images(count: int, seed: int = 0) -> list[np.ndarray]:
@@ -77,7 +99,7 @@ def one_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def trained() -> UFlow:
-    return UFlow(_config(), backbones=_backbones()).fit(_images(8))
+    return UFlow(_config(), backbone=_backbone()).fit(_images(8))
 
 
 def test_flow_shapes_and_invertible_upsampling_keeps_dimensions() -> None:
@@ -122,7 +144,7 @@ def test_training_reduces_the_loss() -> None:
     features = [shared_fine + 0.1 * torch.randn(16, 6, 8, 8, generator=generator),
                 shared_coarse + 0.1 * torch.randn(16, 12, 4, 4, generator=generator)]
     config = _config(epochs=20, batch_size=16, learning_rate=1e-2, lr_decay=1.0)
-    model = UFlow(config, backbones=_backbones()).fit_features(features)
+    model = UFlow(config, backbone=_backbone()).fit_features(features)
     assert len(model.history) == 20
     assert model.history[-1] < model.history[0] - 0.1
 
@@ -139,14 +161,14 @@ def test_fit_predict_gives_maps_scores_and_masks(trained: UFlow) -> None:
 
 
 def test_training_is_deterministic(trained: UFlow) -> None:
-    again = UFlow(_config(), backbones=_backbones()).fit(_images(8))
+    again = UFlow(_config(), backbone=_backbone()).fit(_images(8))
     assert again.history == trained.history
 
 
 def test_save_load_round_trip_gives_identical_maps(trained: UFlow, tmp_path: Path) -> None:
     images = _images(2, seed=2)
     trained.save(tmp_path / "model")
-    loaded = UFlow.load(tmp_path / "model", backbones=_backbones())
+    loaded = UFlow.load(tmp_path / "model", backbone=_backbone())
     before, after = trained.predict(images), loaded.predict(images)
     assert np.array_equal(before.anomaly_maps, after.anomaly_maps)
     assert np.array_equal(before.masks, after.masks)
@@ -155,22 +177,22 @@ def test_save_load_round_trip_gives_identical_maps(trained: UFlow, tmp_path: Pat
 
 def test_loading_another_methods_file_fails_clearly(tmp_path: Path) -> None:
     save_model(tmp_path / "prn", "prn", {"w": torch.zeros(2)}, {"x": 1})
-    with pytest.raises(ModelFileError, match="'prn' model, not a U-Flow model"):
+    with pytest.raises(ModelFileError, match="made by method 'prn', not 'uflow'; load it with the 'prn' method"):
         UFlow.load(tmp_path / "prn")
 
 
 def test_checkpoint_resume_equals_uninterrupted_training(tmp_path: Path) -> None:
     images = _images(8)
-    full = UFlow(_config(epochs=3), backbones=_backbones()).fit(images)
-    UFlow(_config(epochs=2), backbones=_backbones()).fit(images, checkpoint_dir=tmp_path / "ckpt")
-    resumed = UFlow(_config(epochs=3), backbones=_backbones()).fit(
+    full = UFlow(_config(epochs=3), backbone=_backbone()).fit(images)
+    UFlow(_config(epochs=2), backbone=_backbone()).fit(images, checkpoint_dir=tmp_path / "ckpt")
+    resumed = UFlow(_config(epochs=3), backbone=_backbone()).fit(
         images, checkpoint_dir=tmp_path / "ckpt", resume=True)
     assert resumed.epochs_done == 3 and len(resumed.history) == 3
     assert resumed.history == full.history
     for a, b in zip(full.flow.state_dict().values(), resumed.flow.state_dict().values()):
         assert torch.equal(a, b)
     with pytest.raises(ModelFileError, match="other U-Flow settings"):
-        UFlow(_config(epochs=4, learning_rate=1e-2), backbones=_backbones()).fit(
+        UFlow(_config(epochs=4, learning_rate=1e-2), backbone=_backbone()).fit(
             images, checkpoint_dir=tmp_path / "ckpt", resume=True)
 
 
@@ -180,9 +202,9 @@ def test_bad_settings_and_misuse_raise() -> None:
     with pytest.raises(ConfigError):
         UFlowConfig(nfa_method="magic")
     with pytest.raises(NotFittedError, match="not trained"):
-        UFlow(_config(), backbones=_backbones()).predict(_images(1))
+        UFlow(_config(), backbone=_backbone()).predict(_images(1))
     with pytest.raises(ConfigError, match="half"):
-        UFlow(_config(), backbones=[FakeBackbone(4, 6), FakeBackbone(16, 12)]).fit(_images(2))
+        UFlow(_config(layers=("stride4", "stride16")), backbone=FakeBackbone((4, 16))).fit(_images(2))
 
 
 def test_onnx_export_matches_pytorch(trained: UFlow, tmp_path: Path) -> None:
@@ -191,7 +213,7 @@ def test_onnx_export_matches_pytorch(trained: UFlow, tmp_path: Path) -> None:
 
     path = export_onnx(trained, tmp_path / "uflow.onnx")
     images = _images(2, seed=3)
-    batch = trained.backbones[0].preprocess(images)
+    batch = trained.backbone.preprocess(images)
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     onnx_maps = session.run(["anomaly_map"], {"image": batch.numpy()})[0]
     torch_maps = trained.predict(images).anomaly_maps
@@ -200,23 +222,23 @@ def test_onnx_export_matches_pytorch(trained: UFlow, tmp_path: Path) -> None:
 
 
 def test_held_out_calibration_scales_the_nfa_and_survives_save_load(tmp_path: Path) -> None:
-    model = UFlow(_config(epochs=1, calibration_fraction=0.25), backbones=_backbones()).fit(_images(12))
+    model = UFlow(_config(epochs=1, calibration_fraction=0.25), backbone=_backbone()).fit(_images(12))
     assert len(model.latent_scale) == 2
     assert all(float(scale) >= 1.0 for scale in model.latent_scale)
     model.save(tmp_path / "calibrated")
-    loaded = UFlow.load(tmp_path / "calibrated", backbones=_backbones())
+    loaded = UFlow.load(tmp_path / "calibrated", backbone=_backbone())
     assert [float(s) for s in loaded.latent_scale] == [float(s) for s in model.latent_scale]
     with pytest.raises(ConfigError):
         UFlowConfig(calibration_fraction=1.0)
 
 
 def test_calibrated_mask_extent_follows_the_map_inside_nfa_detections(tmp_path: Path) -> None:
-    model = UFlow(_config(epochs=2, calibration_fraction=0.25), backbones=_backbones()).fit(_images(12))
+    model = UFlow(_config(epochs=2, calibration_fraction=0.25), backbone=_backbone()).fit(_images(12))
     assert model.map_threshold is not None and 0.0 < model.map_threshold < 1.0
     images = _images(2, seed=5)
     images[0][8:20, 8:20] = 255  # a bright square: a defect for a flow trained on grey noise
     calibrated = model.predict(images)
-    nfa_only = UFlow(replace(model.config, mask_extent="nfa"), backbones=_backbones())
+    nfa_only = UFlow(replace(model.config, mask_extent="nfa"), backbone=_backbone())
     nfa_only.flow, nfa_only.feature_mean, nfa_only.feature_std = model.flow, model.feature_mean, model.feature_std
     nfa_only.latent_scale, nfa_only.map_threshold = model.latent_scale, model.map_threshold
     raw = nfa_only.predict(images)
@@ -226,7 +248,7 @@ def test_calibrated_mask_extent_follows_the_map_inside_nfa_detections(tmp_path: 
     for mask, detection in zip(calibrated.masks, raw.masks):  # ... kept only where the NFA detected
         assert not mask.any() or (mask & detection).any()
     model.save(tmp_path / "model")
-    loaded = UFlow.load(tmp_path / "model", backbones=_backbones())
+    loaded = UFlow.load(tmp_path / "model", backbone=_backbone())
     assert loaded.map_threshold == model.map_threshold
     assert np.array_equal(loaded.predict(images).masks, calibrated.masks)
     with pytest.raises(ConfigError, match="mask_extent"):
@@ -287,7 +309,7 @@ def test_verdict_is_a_detected_region_unless_calibrated_on_good_images(trained: 
     good = _images(12, seed=3)
     with pytest.raises(ConfigError, match="needs at least 19 good images"):
         trained.calibrate(good, 0.05)
-    model = UFlow(_config(), backbones=_backbones()).fit(_images(8))
+    model = UFlow(_config(), backbone=_backbone()).fit(_images(8))
     model.calibrate(good, 0.1)
     calibrated = model.predict(images)
     assert calibrated.threshold == pytest.approx(model.predict(good).image_scores.max())

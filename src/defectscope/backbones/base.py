@@ -41,12 +41,32 @@ class Features:
 
 @runtime_checkable
 class Backbone(Protocol):
-    """A frozen multi-layer feature extractor."""
+    """A frozen multi-layer feature extractor: everything a method may use.
+
+    Attributes:
+        name: the registry name.
+        image_size: the default square input side (``preprocess`` without a shape).
+        size_unit: the input-size step: input sides must be multiples of it (the coarsest chosen
+            stride of a CNN, the patch size of a ViT).
+        layer_names: one name per chosen layer, in network order (finest first for a CNN).
+        layer_channels: channels of each chosen layer.
+        layer_strides: input pixels per cell of each layer's native grid (a ViT's blocks all
+            have the patch size).
+        device: where the network runs and the features come back.
+    """
 
     name: str
     image_size: int
     size_unit: int
     layer_names: list[str]
+    layer_channels: list[int]
+    layer_strides: list[int]
+    device: torch.device
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """The common feature grid (h, w), that of the finest layer, for the square input."""
+        ...
 
     def preprocess(self, images: Sequence[np.ndarray], shape: tuple[int, int] | None = None) -> torch.Tensor:
         """RGB uint8 (H, W, 3) images -> normalised float tensor (N, 3, h, w): ``shape`` or
@@ -56,3 +76,12 @@ class Backbone(Protocol):
     def extract(self, batch: torch.Tensor, *, common_grid: bool = True) -> Features:
         """Normalised input (N, 3, h, w) -> Features (no gradients); see ``Features.layers``."""
         ...
+
+    def stages(self) -> torch.nn.Module:
+        """The network as a plain module: normalised input (N, 3, h, w) -> a tuple of one
+        (N, C_l, h_l, w_l) map per chosen layer on its native grid, the numbers of
+        ``extract(batch, common_grid=False).layers``. It holds no Python state that depends on
+        the input besides its shape, so ``torch.onnx.export`` can trace it (gradients are
+        not turned off inside)."""
+        ...
+

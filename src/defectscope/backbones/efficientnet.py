@@ -266,6 +266,24 @@ def parse_cnn_layers(layers: str | int | Sequence[str | int] | None) -> list[int
     return sorted(strides)
 
 
+class LiteStages(nn.Module):
+    """The chosen stage outputs of an EfficientNet-Lite on their native grids: reflect the input
+    outwards by ``pad`` pixels (0: none), run the network up to the deepest chosen block and crop
+    each map back to the image's own cells. Plain tensor code, so ONNX export can trace it."""
+
+    def __init__(self, network: EfficientNetLite, block_indices: Sequence[int], strides: Sequence[int], pad: int) -> None:
+        super().__init__()
+        self.network = network
+        self.block_indices = list(block_indices)
+        self.strides = list(strides)
+        self.pad = pad
+
+    def forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        inputs = reflect_pad(batch, self.pad).contiguous(memory_format=torch.channels_last)
+        maps = self.network.forward_blocks(inputs, self.block_indices)
+        return tuple(crop_cells(m, self.pad // s) for m, s in zip(maps, self.strides))
+
+
 class EfficientNetLiteBackbone:
     """Multi-layer patch features from a frozen EfficientNet-Lite.
 
@@ -303,17 +321,23 @@ class EfficientNetLiteBackbone:
         self.border_pad = check_border(border, border_pad, self.strides[-1], name)
         self.layer_names = [f"stride{s}" for s in self.strides]
         self.layer_channels = [variant.layer_channels(s) for s in self.strides]
+        self.layer_strides = list(self.strides)
         self.device = torch.device(device)
         # channels_last: same numbers, 10-30% faster depthwise convolutions on CPU (measured).
         self.model = load_efficientnet_lite(name, weights).to(self.device, memory_format=torch.channels_last)
         ends = variant.stage_end_blocks()
-        self._block_indices = [ends[_STAGE_OF_STRIDE[s]] for s in self.strides]
+        self._stages = LiteStages(self.model, [ends[_STAGE_OF_STRIDE[s]] for s in self.strides], self.strides,
+                                  self.border_pad).eval()
 
     @property
     def grid(self) -> tuple[int, int]:
         """Feature grid (h, w) of the returned layers for a square ``image_size`` input."""
         side = self.image_size // self.strides[0]
         return side, side
+
+    def stages(self) -> nn.Module:
+        """The chosen stages on their native grids as a traceable module (see :class:`LiteStages`)."""
+        return self._stages
 
     def preprocess(self, images: Sequence[np.ndarray], shape: tuple[int, int] | None = None) -> torch.Tensor:
         """RGB uint8 (H, W, 3) images -> (N, 3, h, w) tensor scaled to [-1, 1]; (h, w) is
@@ -325,9 +349,7 @@ class EfficientNetLiteBackbone:
         (``common_grid=False``: each layer on its own native grid)."""
         height, width = check_batch(batch, self.size_unit, self.name)
         with torch.inference_mode():
-            inputs = reflect_pad(batch.to(self.device, torch.float32), self.border_pad)
-            maps = self.model.forward_blocks(inputs.contiguous(memory_format=torch.channels_last), self._block_indices)
-            maps = [crop_cells(m, self.border_pad // s) for m, s in zip(maps, self.strides)]
+            maps = self._stages(batch.to(self.device, torch.float32))
             embedding = l2_normalise(maps[-1].mean(dim=(2, 3)))
             grid = (height // self.strides[0], width // self.strides[0])
             layers = [(to_grid(feature_map, grid) if common_grid else feature_map).contiguous() for feature_map in maps]

@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
+from torch import nn
 
 from defectscope.backbones import dinov2_onnx
 from defectscope.backbones._common import (
@@ -285,6 +286,43 @@ def load_hf_model(
     return model.eval().requires_grad_(False)
 
 
+class ViTStages(nn.Module):
+    """The chosen blocks' patch tokens as (N, C, h, w) maps: reflect the input outwards by ``pad``
+    pixels (0: none), run the transformer, drop the prefix tokens and crop each map back to the
+    image's own cells. Plain tensor code, so ONNX export can trace it."""
+
+    def __init__(self, backbone: "HFBackbone") -> None:
+        super().__init__()
+        self.network = backbone.model
+        self.name = backbone.name
+        self.blocks = list(backbone.blocks)
+        self.patch = backbone.patch_size
+        self.prefix = backbone.num_prefix_tokens
+        self.pad = backbone.border_pad
+        self.forward_kwargs = dict(backbone._forward_kwargs)
+
+    def tokens(self, batch: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        """(maps, class token of the last chosen block)."""
+        margin = self.pad // self.patch
+        height, width = batch.shape[-2] // self.patch + 2 * margin, batch.shape[-1] // self.patch + 2 * margin
+        output = self.network(pixel_values=reflect_pad(batch, self.pad), **self.forward_kwargs)
+        hidden_states = output.hidden_states
+        layers = []
+        for block in self.blocks:
+            patches = hidden_states[block][:, self.prefix :, :]
+            if patches.shape[1] != height * width:
+                raise BackboneError(
+                    f"Backbone '{self.name}' returned {patches.shape[1]} patch tokens where the "
+                    f"{height}x{width} grid needs {height * width}."
+                )
+            grid = patches.reshape(patches.shape[0], height, width, -1).permute(0, 3, 1, 2)
+            layers.append(crop_cells(grid, margin).contiguous())
+        return tuple(layers), hidden_states[self.blocks[-1]][:, 0, :]
+
+    def forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.tokens(batch)[0]
+
+
 class HFBackbone:
     """Multi-layer patch tokens from a frozen Hugging Face ViT (DINOv2 or CLIP vision tower).
 
@@ -334,6 +372,7 @@ class HFBackbone:
         self.blocks = parse_vit_layers(layers, self.num_blocks)
         self.layer_names = [f"block{b}" for b in self.blocks]
         self.layer_channels = [int(model_config.hidden_size)] * len(self.blocks)
+        self.layer_strides = [self.patch_size] * len(self.blocks)
         self._forward_kwargs: dict[str, Any] = {"output_hidden_states": True}
         if spec.family is CLIP:
             if "interpolate_pos_encoding" in inspect.signature(self.model.forward).parameters:
@@ -346,6 +385,11 @@ class HFBackbone:
                 )
         self.device = torch.device(device)
         self.model.to(self.device)
+        self._stages = ViTStages(self).eval()
+
+    def stages(self) -> nn.Module:
+        """The chosen blocks on the patch grid as a traceable module (see :class:`ViTStages`)."""
+        return self._stages
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -361,23 +405,8 @@ class HFBackbone:
     def extract(self, batch: torch.Tensor, *, common_grid: bool = True) -> Features:
         """Normalised input (N, 3, h, w) -> patch tokens of the chosen blocks on the patch grid
         (all blocks share it, so ``common_grid`` changes nothing)."""
-        rows, cols = check_batch(batch, self.patch_size, self.name)
-        margin = self.border_pad // self.patch_size
-        height, width = rows // self.patch_size + 2 * margin, cols // self.patch_size + 2 * margin
+        check_batch(batch, self.patch_size, self.name)
         with torch.inference_mode():
-            pixels = reflect_pad(batch.to(self.device, torch.float32), self.border_pad)
-            output = self.model(pixel_values=pixels, **self._forward_kwargs)
-            hidden_states = output.hidden_states
-            layers = []
-            for block in self.blocks:
-                tokens = hidden_states[block]
-                patches = tokens[:, self.num_prefix_tokens :, :]
-                if patches.shape[1] != height * width:
-                    raise BackboneError(
-                        f"Backbone '{self.name}' returned {patches.shape[1]} patch tokens where the "
-                        f"{height}x{width} grid needs {height * width}."
-                    )
-                grid = patches.reshape(patches.shape[0], height, width, -1).permute(0, 3, 1, 2)
-                layers.append(crop_cells(grid, margin).contiguous())
-            embedding = l2_normalise(hidden_states[self.blocks[-1]][:, 0, :])
-        return Features(layers=layers, embedding=embedding, layer_names=list(self.layer_names))
+            layers, class_token = self._stages.tokens(batch.to(self.device, torch.float32))
+            embedding = l2_normalise(class_token)
+        return Features(layers=list(layers), embedding=embedding, layer_names=list(self.layer_names))

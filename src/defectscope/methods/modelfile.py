@@ -1,8 +1,15 @@
-"""Saved models: weights in safetensors plus a JSON config, written atomically.
+"""Saved models and training checkpoints: weights in safetensors plus a JSON config, written atomically.
 
 A model is a folder holding ``model.safetensors`` and ``config.json``. The config records the
 method, the file-format version and the defectscope version; loading checks the method and the
 format version and fails with one clear sentence on any mismatch (never silently).
+
+A training checkpoint (U-Flow, PRN) is a saved model of the same method plus a ``checkpoint``
+entry in its config (epochs done, the loss per epoch, the settings a resume must match, the
+optimizer's parameter groups) and the optimizer's state as ``optimizer.<param>.<key>`` tensors:
+:func:`save_checkpoint` and :func:`load_checkpoint`. :func:`load_model` reads a checkpoint as the
+model it holds. Checkpoints of older defectscope versions (PRN's method ``prn-checkpoint``,
+U-Flow's ``training`` entry) are refused with what to do.
 """
 
 from __future__ import annotations
@@ -25,6 +32,9 @@ FORMAT_NAME = "defectscope-model"
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+CHECKPOINT_KEY = "checkpoint"
+OPTIMIZER_PREFIX = "optimizer."
+LEGACY_PRN_CHECKPOINT = "prn-checkpoint"
 
 
 def save_model(
@@ -82,9 +92,16 @@ def read_model_config(folder: str | Path, method: str | None = None) -> dict[str
             f"model '{folder}' has file-format version {header.get('format_version')}, "
             f"this defectscope ({__version__}) reads version {FORMAT_VERSION}"
         )
+    saved = header.get("config")
+    if header.get("method") == LEGACY_PRN_CHECKPOINT or (isinstance(saved, dict) and "training" in saved):
+        raise ModelFileError(
+            f"'{folder}' is a training checkpoint of an older defectscope, which this version cannot "
+            "read; delete it (or choose another checkpoint folder) and train again"
+        )
     if method is not None and header.get("method") != method:
         raise ModelFileError(
-            f"model '{folder}' was made by method '{header.get('method')}', not '{method}'"
+            f"model '{folder}' was made by method '{header.get('method')}', not '{method}'; load it "
+            f"with the '{header.get('method')}' method"
         )
     return header
 
@@ -100,4 +117,68 @@ def load_model(folder: str | Path, method: str | None = None) -> tuple[dict[str,
         tensors = load_file(str(weights))
     except (SafetensorError, OSError) as exc:
         raise ModelFileError(f"model weights '{weights}' cannot be read: {exc}") from None
-    return tensors, header
+    return {name: value for name, value in tensors.items() if not name.startswith(OPTIMIZER_PREFIX)}, header
+
+
+def save_checkpoint(
+    folder: str | Path,
+    method: str,
+    tensors: dict[str, torch.Tensor],
+    config: dict[str, Any],
+    optimizer: torch.optim.Optimizer,
+    *,
+    epochs_done: int,
+    losses: list[float],
+    settings: dict[str, Any],
+) -> Path:
+    """Write a training checkpoint (see the module docstring), replacing an earlier one.
+
+    ``tensors`` and ``config`` are those of the saved model; ``settings`` is what a resume must
+    match (compared as JSON)."""
+    state = optimizer.state_dict()
+    tensors = dict(tensors)
+    for index, entries in state["state"].items():
+        for key, value in entries.items():
+            tensors[f"{OPTIMIZER_PREFIX}{index}.{key}"] = torch.as_tensor(value)
+    entry = {"epochs_done": epochs_done, "losses": list(losses), "settings": settings,
+             "param_groups": state["param_groups"]}
+    return save_model(folder, method, tensors, {**config, CHECKPOINT_KEY: entry}, overwrite=True)
+
+
+def load_checkpoint(
+    folder: str | Path,
+    method: str,
+    optimizer: torch.optim.Optimizer,
+    settings: dict[str, Any],
+    label: str,
+) -> tuple[dict[str, torch.Tensor], dict[str, Any], int, list[float]]:
+    """Read a checkpoint written by :func:`save_checkpoint` and restore ``optimizer`` from it.
+
+    Returns (model tensors, model config, epochs done, losses). A folder that is a saved model
+    and not a checkpoint, or whose ``settings`` differ from the given ones, fails in one sentence
+    (``label``: the method's name in messages)."""
+    folder = Path(folder)
+    weights = folder / WEIGHTS_FILE
+    header = read_model_config(folder, method)
+    config = dict(header["config"])
+    entry = config.pop(CHECKPOINT_KEY, None)
+    if entry is None:
+        raise ModelFileError(f"'{folder}' is a saved {label} model, not a training checkpoint; choose another checkpoint folder")
+    if json.loads(json.dumps(settings)) != entry["settings"]:
+        raise ModelFileError(
+            f"checkpoint '{folder}' was made with other {label} settings or training images; resume with the "
+            "same ones, or delete it to start again"
+        )
+    try:
+        stored = load_file(str(weights))
+    except (SafetensorError, OSError) as exc:
+        raise ModelFileError(f"checkpoint weights '{weights}' cannot be read: {exc}") from None
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for name, value in stored.items():
+        if name.startswith(OPTIMIZER_PREFIX):
+            index, key = name[len(OPTIMIZER_PREFIX):].split(".", 1)
+            state.setdefault(int(index), {})[key] = value
+    groups = [{**group, "betas": tuple(group["betas"])} if "betas" in group else group for group in entry["param_groups"]]
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+    tensors = {name: value for name, value in stored.items() if not name.startswith(OPTIMIZER_PREFIX)}
+    return tensors, config, int(entry["epochs_done"]), [float(v) for v in entry["losses"]]

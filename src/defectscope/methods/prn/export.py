@@ -1,6 +1,7 @@
 """ONNX export of a trained PRN: normalised image batch -> anomaly maps and image scores.
 
-The exported graph holds the frozen backbone's feature stages, the prototypes, the head that gives
+The exported graph holds the frozen backbone's feature stages (its
+:meth:`~defectscope.backbones.base.Backbone.stages` module), the prototypes, the head that gives
 the detector's maps (the average of the fold models' maps for a cross-fitted model, its final
 model with ``final_model``) and the top-k image score. Its input
 ``image`` is the output of ``backbone.preprocess`` (N, 3, S, S) float32; outputs are
@@ -18,21 +19,20 @@ from typing import Any
 import torch
 from torch import nn
 
+from defectscope.methods.prn.features import multiscale_features, pyramid
 from defectscope.methods.prn.model import PRNHead, top_k_mean
 
 
 class _MapsAndScores(nn.Module):
-    def __init__(self, heads: list[PRNHead], top_k: int, backbone: Any | None) -> None:
+    def __init__(self, heads: list[PRNHead], top_k: int, stages: nn.Module | None) -> None:
         super().__init__()
         self.heads = nn.ModuleList(heads)
         self.top_k = top_k
-        self.backbone = backbone
+        self.stages = stages
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.backbone is not None:
-            from defectscope.methods.prn.detector import multiscale_features
-
-            inputs = tuple(multiscale_features(self.backbone, inputs[0]))
+        if self.stages is not None:
+            inputs = tuple(pyramid(self.stages(inputs[0])))
         maps = torch.stack([torch.sigmoid(head(*inputs))[:, 0] for head in self.heads]).mean(dim=0)
         return maps, top_k_mean(maps, self.top_k)
 
@@ -47,16 +47,14 @@ def export_onnx(
     heads = [head.eval() for head in detector.map_heads()]
     size = detector.config.image_size
     image = torch.zeros(batch_size, 3, size, size)
-    backbone = detector.backbone if include_backbone else None
-    if backbone is not None:
+    stages = detector.backbone.stages() if include_backbone else None
+    if stages is not None:
         example: tuple[torch.Tensor, ...] = (image,)
         names = ["image"]
     else:
-        from defectscope.methods.prn.detector import multiscale_features
-
         example = tuple(multiscale_features(detector.backbone, image))
         names = [f"feature_{i}" for i in range(len(example))]
-    wrapper = _MapsAndScores(heads, detector.config.top_k, backbone).eval()
+    wrapper = _MapsAndScores(heads, detector.config.top_k, stages).eval()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp")

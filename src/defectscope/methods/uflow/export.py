@@ -4,11 +4,10 @@
 (N, 3, S, S) as returned by the backbone's ``preprocess`` (resized and normalised RGB), outputs
 ``anomaly_map`` (N, S, S) and ``latent_<s>`` (N, C_s, h_s, w_s) per scale, finest first (the
 latents, divided by ``model.latent_scale``, feed :func:`defectscope.methods.uflow.nfa.detect`
-for masks, as :meth:`UFlow.predict` does). The backbones must be
-traceable ``torch.nn.Module`` networks: the embedded EfficientNet-Lite backbone exposes its
-network as ``.model`` with ``forward_blocks``; any backbone that is itself a module whose
-``extract`` wraps its ``forward`` also works. With ``include_backbone=False`` the graph starts at
-the raw backbone features instead (inputs ``feature_<s>``).
+for masks, as :meth:`UFlow.predict` does). The backbone part is the backbone's
+:meth:`~defectscope.backbones.base.Backbone.stages` module (its layers on their native grids).
+With ``include_backbone=False`` the graph starts at the raw backbone features instead (inputs
+``feature_<s>``).
 """
 
 from __future__ import annotations
@@ -21,33 +20,8 @@ import torch
 from torch import nn
 
 from defectscope.errors import ConfigError
-from defectscope.methods.uflow.detector import UFlow
+from defectscope.methods.uflow.detector import UFlow, scale_plan
 from defectscope.methods.uflow.flow import UFlowNet, anomaly_map
-
-
-class _Layer(nn.Module):
-    """One backbone layer as a plain module: normalised image -> (N, C, h, w)."""
-
-    def __init__(self, backbone: object) -> None:
-        super().__init__()
-        network = getattr(backbone, "model", None)
-        indices = getattr(backbone, "_block_indices", None)
-        if isinstance(network, nn.Module) and hasattr(network, "forward_blocks") and indices is not None:
-            self.network = network
-            self.indices = list(indices)
-        elif isinstance(backbone, nn.Module):
-            self.network = backbone
-            self.indices = None
-        else:
-            raise ConfigError(
-                f"backbone {getattr(backbone, 'name', backbone)!r} is not a torch module; export with "
-                "include_backbone=False"
-            )
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        if self.indices is None:
-            return self.network(image)
-        return self.network.forward_blocks(image, self.indices)[0]
 
 
 class _FeaturesToMap(nn.Module):
@@ -68,18 +42,20 @@ class _FeaturesToMap(nn.Module):
 
 
 class _ImageToMap(nn.Module):
-    def __init__(self, layers: Sequence[_Layer], head: _FeaturesToMap) -> None:
+    def __init__(self, stages: nn.Module, indices: Sequence[int], head: _FeaturesToMap) -> None:
         super().__init__()
-        self.layers = nn.ModuleList(layers)
+        self.stages = stages
+        self.indices = list(indices)
         self.head = head
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return self.head(*[layer(image) for layer in self.layers])
+        maps = self.stages(image)
+        return self.head(*[maps[index] for index in self.indices])
 
 
 def export_onnx(model: UFlow, path: str | Path, *, include_backbone: bool = True, opset: int = 17) -> Path:
     """Write the trained ``model`` as ONNX to ``path`` (batch size dynamic); returns the path."""
-    flow = model._require_fitted()
+    flow = model.require_flow()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     size = model.config.image_size
@@ -88,15 +64,17 @@ def export_onnx(model: UFlow, path: str | Path, *, include_backbone: bool = True
     latent_names = [f"latent_{s}" for s in range(n_scales)]
     output_names = ["anomaly_map", *latent_names]
     dynamic = {name: {0: "batch"} for name in output_names}
-    if include_backbone and len({int(getattr(b, "image_size", size)) for b in model.backbones}) > 1:
+    plan = scale_plan(model.config, model.backbone) if include_backbone else []
+    if len({input_size for input_size, _ in plan}) > 1:
         raise ConfigError(
             "ONNX export with the backbone is not supported for U-Flow models whose scales use different "
             "input sizes; from Python, export_onnx(model, path, include_backbone=False) writes the flow alone "
             "(inputs: the backbone features)"
         )
     if include_backbone:
-        module: nn.Module = _ImageToMap([_Layer(b) for b in model.backbones], head).eval()
-        inputs: tuple[torch.Tensor, ...] = (torch.zeros(1, 3, size, size),)
+        module: nn.Module = _ImageToMap(model.backbone.stages(), [index for _, index in plan], head).eval()
+        side = plan[0][0]
+        inputs: tuple[torch.Tensor, ...] = (torch.zeros(1, 3, side, side),)
         input_names = ["image"]
     else:
         module = head

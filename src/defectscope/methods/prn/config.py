@@ -1,0 +1,110 @@
+"""PRN settings: :class:`PRNConfig` (validated when built, read back from saved models)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+from defectscope.errors import ConfigError, ModelFileError
+from defectscope.methods.base import MethodConfig
+from defectscope.methods.verdict import DEFAULT_FALSE_ALARM_RATE, check_false_alarm_rate
+
+METHOD = "prn"
+FINAL_MODEL_CHOICES = ("held-back", "always", "never")
+RENAMED = {"backbone_weights": "weights"}
+"""Setting names of older saved models -> their current names."""
+
+
+@dataclass(frozen=True)
+class PRNConfig(MethodConfig):
+    """PRN settings (defaults fit a ~20 min CPU budget per category on 2 cores).
+
+    Attributes:
+        backbone: backbone registry name (frozen feature extractor).
+        weights: optional local weights file for the backbone (``backbone_weights`` in models
+            saved before the name was shared with the other methods).
+        image_size: square input size S; maps are S x S.
+        layers: backbone layers, finest first, at strides that double (4/8/16).
+        prototype_fraction: prototypes per scale as a fraction of the normal images (at least 1).
+        max_prototypes: upper bound on prototypes per scale.
+        widths: hidden channels of the head per scale.
+        attention_scales: scales (0 = finest) whose residuals get multi-size window attention.
+        attention_divisors: attention window sides as divisors of the scale's side (H, H/2, ...).
+        epochs: training epochs.
+        samples_per_epoch: samples per epoch (None: one per normal image).
+        batch_size: training and prediction batch size.
+        learning_rate: AdamW peak learning rate (cosine decay to 0 over all steps).
+        weight_decay: AdamW weight decay.
+        focal_gamma: focal-loss gamma.
+        top_k: pixels averaged for the image score.
+        shares: (normal, real pasted, pseudo) share of each epoch's samples.
+        seed: seed for prototypes, initialisation, sampling and generation.
+        calibration_fraction: share of the normal images held back from training to calibrate
+            the verdict (none when there are fewer than 10 normal images).
+        cross_fit_folds: fold models trained instead when that share is too small for a
+            conformal cut at ``false_alarm_rate`` (see the module docstring; below 2: never).
+        final_model: "held-back" (default), "always" or "never": when to also train a model on
+            all normal images for the maps, image scores and masks; the calibrated model(s) then
+            only give the verdict (module docstring).
+        false_alarm_rate: share of normal images the verdict may flag.
+    """
+
+    backbone: str = "efficientnet-lite0"
+    weights: str | None = None
+    image_size: int = 256
+    layers: tuple[str, ...] = ("stride4", "stride8", "stride16")
+    prototype_fraction: float = 0.1
+    max_prototypes: int = 32
+    widths: tuple[int, ...] = (32, 48, 64)
+    attention_scales: tuple[int, ...] = (1, 2)
+    attention_divisors: tuple[int, ...] = (1, 2, 4, 8)
+    epochs: int = 16
+    samples_per_epoch: int | None = 192
+    batch_size: int = 8
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-4
+    focal_gamma: float = 4.0
+    top_k: int = 100
+    shares: tuple[float, float, float] = (0.5, 0.25, 0.25)
+    seed: int = 0
+    calibration_fraction: float = 0.1
+    cross_fit_folds: int = 3
+    final_model: str = "held-back"
+    false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        check_false_alarm_rate(self.false_alarm_rate)
+        if self.final_model not in FINAL_MODEL_CHOICES:
+            raise ConfigError(f"PRN final_model must be one of {', '.join(FINAL_MODEL_CHOICES)}, got {self.final_model!r}.")
+        if not 0 <= self.calibration_fraction < 1:
+            raise ConfigError(f"PRN calibration_fraction must be in [0, 1), got {self.calibration_fraction}.")
+        if self.image_size <= 0 or self.image_size % 32 != 0:
+            raise ConfigError(f"PRN image_size must be a positive multiple of 32, got {self.image_size}.")
+        if len(self.layers) < 2:
+            raise ConfigError(f"PRN needs at least two backbone layers (multi-scale), got {list(self.layers)}.")
+        if len(self.widths) != len(self.layers):
+            raise ConfigError(f"PRN widths {list(self.widths)} need one entry per layer {list(self.layers)}.")
+        if not 0 < self.prototype_fraction <= 1:
+            raise ConfigError(f"PRN prototype_fraction must be in (0, 1], got {self.prototype_fraction}.")
+        for name in ("max_prototypes", "epochs", "batch_size", "top_k"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"PRN {name} must be at least 1, got {getattr(self, name)}.")
+        if self.samples_per_epoch is not None and self.samples_per_epoch < 1:
+            raise ConfigError(f"PRN samples_per_epoch must be at least 1, got {self.samples_per_epoch}.")
+        if len(self.shares) != 3 or min(self.shares) < 0 or sum(self.shares) <= 0:
+            raise ConfigError(f"PRN shares must be three non-negative numbers (normal, real, pseudo), got {self.shares}.")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"PRN learning_rate must be positive, got {self.learning_rate}.")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "PRNConfig":
+        """Inverse of :meth:`to_dict`; unknown keys fail clearly. Older files' names are read
+        under the current ones (see :data:`RENAMED`)."""
+        values = {RENAMED.get(key, key): value for key, value in values.items()}
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ModelFileError(f"PRN config has unknown settings {unknown}; it was made by another version.")
+        converted = {key: tuple(value) if isinstance(value, list) else value for key, value in values.items()}
+        return cls(**converted)
