@@ -44,7 +44,6 @@ from defectscope.errors import ConfigError
 from defectscope.methods.base import Result
 from defectscope.methods.musc import (
     MuSc,
-    MuScConfig,
     ProgressCallback,
     calibrate_border,
     check_batch_size,
@@ -54,77 +53,10 @@ from defectscope.methods.musc import (
     similarities_to_distances,
     to_finest_grid,
 )
+from defectscope.methods.zeroshot_config import CoDeGraphConfig  # noqa: F401  (the registry names it here)
 
 _DISTANCE_FLOOR = 1e-6
 """Distances are floored here before taking logarithms (identical patches have distance 0)."""
-
-
-@dataclass(frozen=True)
-class CoDeGraphConfig(MuScConfig):
-    """MuSc settings plus the CoDeGraph parameters (defaults chosen by measurement, see
-    docs/CODEGRAPH.md).
-
-    Attributes:
-        max_support_fraction: K = ceil(fraction (N - 1)), the largest number of supporting
-            images a consistent anomaly may have (recurring defects in up to this share of the
-            batch are filtered).
-        burnout_threshold: a patch is burnt out when its endurance ratio exceeds this.
-        score_quantile: a burnt-out patch links images only when its MSM score without its
-            supporting images as references would exceed this quantile of the batch's MSM patch
-            scores (it would score as anomalous without them).
-        resolution: CPM resolution, in linking patches per image pair.
-        min_pair_weight: a community is kept when its mean (symmetrised) edge weight per member
-            pair reaches this many linking patches.
-        min_community_size: smallest community kept.
-        confirm_quantile, confirm_share: a community is confirmed (and its members re-scored)
-            only when at least ``confirm_share`` of its members, re-scored without the others,
-            score above the ``confirm_quantile`` quantile of the other images' MuSc image scores
-            (see :func:`confirmed`).
-        seed: Leiden seed.
-        draw_graphs: attach a PNG picture of the image graph to every reported community.
-        lower, upper: the MSM interval, MuSc's default [0.5, 1) (the authors use [0, 0.3)).
-            Measured on all shared batches (docs/BENCHMARKS.md, "CoDeGraph with MuSc's
-            interval"): mean I-AUROC / P-AP over the nine batches 94.0 / 42.1 with [0, 0.3), 96.4 /
-            50.4 with [0.5, 1), equal mean P-AP on the recurring-defect batches; communities are
-            still found. ``lower=0 upper=0.3`` gives the authors' setting.
-    """
-
-    lower: float = 0.5
-    upper: float = 1.0
-    looks_gate: float | None = None
-    """MuSc's several-looks gate is not part of CoDeGraph (it keeps the interval above)."""
-
-    max_support_fraction: float = 0.5
-    burnout_threshold: float = 20.0
-    score_quantile: float = 0.99
-    resolution: float = 1.0
-    min_pair_weight: float = 2.0
-    min_community_size: int = 2
-    confirm_quantile: float = 0.9
-    confirm_share: float = 0.9
-    seed: int = 0
-    draw_graphs: bool = True
-
-    def validate(self) -> None:
-        super().validate()
-        if not 0.0 < self.max_support_fraction <= 1.0:
-            raise ConfigError(f"max_support_fraction must be in (0, 1], got {self.max_support_fraction}")
-        if self.burnout_threshold <= 0:
-            raise ConfigError(f"burnout_threshold must be > 0, got {self.burnout_threshold}")
-        if not 0.0 <= self.score_quantile <= 1.0:
-            raise ConfigError(f"score_quantile must be in [0, 1], got {self.score_quantile}")
-        if self.resolution <= 0:
-            raise ConfigError(f"resolution must be > 0, got {self.resolution}")
-        if self.min_pair_weight < 0:
-            raise ConfigError(f"min_pair_weight must be >= 0, got {self.min_pair_weight}")
-        if not 0.0 <= self.confirm_quantile <= 1.0 or not 0.0 <= self.confirm_share <= 1.0:
-            raise ConfigError(
-                f"confirm_quantile and confirm_share must be in [0, 1], got {self.confirm_quantile}, {self.confirm_share}"
-            )
-        if self.min_community_size < 2:
-            raise ConfigError(f"min_community_size must be >= 2, got {self.min_community_size}")
-        if self.tiles != 1:
-            raise ConfigError(f"CoDeGraph scores whole images only: tiles must be 1, got {self.tiles}")
 
 
 @dataclass
@@ -381,8 +313,6 @@ class CoDeGraph(MuSc):
             groups = [sorted({int(i) for i in g}) for g in groups]
             if any(not 0 <= i < n for g in groups for i in g):
                 raise ConfigError(f"groups name images outside the batch of {n}")
-        if cfg.self_term != "off" or cfg.nearest_images is not None or cfg.looks_gate is not None:
-            raise ConfigError("self_term, nearest_images and looks_gate are MuSc options; CoDeGraph takes rotations (turned references) only")
         if cfg.rotations != 1:
             from defectscope.methods.pose import similarity_tables
 

@@ -23,13 +23,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from defectscope.backbones._common import BORDERS
 from defectscope.device import resolve_device
 from defectscope.errors import ConfigError
 from defectscope.memory import estimate_bytes
 from defectscope.methods.bank import reference_scores  # noqa: F401  (moved; kept importable from here)
 from defectscope.methods.mutual import (  # noqa: F401  (moved to mutual.py; kept importable from here)
-    _check_interval,
     _drop_one_interval_mean,
     _interval_reduce,
     _match_interior,
@@ -46,18 +44,17 @@ from defectscope.methods.mutual import (  # noqa: F401  (moved to mutual.py; kep
     similarities_to_distances,
     to_finest_grid,
 )
-from defectscope.methods.base import Detector, MethodConfig, Result, default_paths
+from defectscope.methods.base import Detector, Result, default_paths
 from defectscope.methods.smoothing import equalise_edges, gaussian_blur, upsample
 from defectscope.methods.labelfree import label_free_threshold
 from defectscope.methods.verdict import (
-    DEFAULT_FALSE_ALARM_RATE,
-    check_false_alarm_rate,
     conformal_threshold,
     decide,
     in_review,
     pixel_masks,
     require_good_images,
 )
+from defectscope.methods.zeroshot_config import MuScConfig  # noqa: F401  (the registry names it here)
 from defectscope.progress import Progress as ProgressCallback
 
 SMALL_BATCH_WARNING = 20
@@ -73,135 +70,6 @@ def check_batch_size(n: int, what: str = "mutual scoring", minimum: int = 2) -> 
             f"{SMALL_BATCH_WARNING} or more images of the same product",
             stacklevel=3,
         )
-
-
-@dataclass(frozen=True)
-class MuScConfig(MethodConfig):
-    """MuSc settings; the defaults are the authors' where they exist and survived the measurements
-    on every shared category (docs/BENCHMARKS.md), else chosen by measurement.
-
-    Attributes:
-        backbone: registry name of the feature extractor.
-        weights: local weights folder for hub backbones (None: the embedded or hub default).
-        image_size: square input size (None: the backbone's documented default).
-        layers: backbone layers to use (None: the backbone's default layers).
-        degrees: LNAMD aggregation degrees r.
-        lower, upper: MSM scoring interval [lower, upper) over the sorted per-image distances.
-            Default [0.5, 1): a patch scores high when at least half of the other images hold
-            nothing like it, so a defect kind present in up to half of the batch still stands
-            out (the authors' [0, 0.3) lets defects that recur in more than 30 % of the batch,
-            as on the paper types, vouch for each other).
-        rscin_ks: RsCIN neighbourhood sizes (k = 1 is the identity).
-        native_grids: score each CNN layer on its own grid and upsample its patch scores to
-            the finest grid (bilinear, align_corners=True) before averaging; False resizes the
-            features to the finest grid first (4x more pairwise work for a stride-16 layer).
-            Chosen by measurement (docs/BENCHMARKS.md). CoDeGraph always uses the common grid.
-        smoothing_sigma: Gaussian blur of the anomaly maps in input pixels (0 = none; default 4,
-            chosen by the ablation in docs/BENCHMARKS.md, the authors use none).
-        batch_size: images per backbone forward pass.
-        border: the backbone's border rule, ``"zero"`` or ``"reflect"`` (mirror the image
-            outwards by ``border_pad`` input pixels before the backbone and crop the features
-            back; None pad = two cells of the coarsest layer), see docs/BENCHMARKS.md.
-        border_pad: the margin of ``border="reflect"`` in input pixels (None: the backbone's default).
-        border_depth: :func:`calibrate_border` of the patch scores over the outer
-            ``border_depth`` rings of patches (0 turns it off), see docs/BENCHMARKS.md.
-        keep_aspect: the batch's input keeps the images' median aspect ratio (area about
-            ``image_size`` squared, sides multiples of the backbone's unit) instead of a square;
-            maps come at that (height, width).
-        tiles: cut every image into ``tiles`` x ``tiles`` overlapping tiles (``tile_overlap``
-            of a tile's side shared with its neighbour), score the tiles of each position as a
-            batch of their own at the full input size, and stitch the maps back (averaged where
-            they overlap). Costs about ``tiles ** 2`` times the work of one pass.
-        tile_overlap: overlap of neighbouring tiles, a fraction of the tile side in [0, 0.5].
-        max_references: reference-bank size for large batches: once N - 1 > 2 max_references
-            (where the bank is cheaper than mutual scoring) every image is scored against a
-            seeded random sample of max_references images of the batch, with features kept
-            chunk by chunk and no N x N table (:mod:`defectscope.methods.bank`); None: always
-            exact. Default chosen by measurement (docs/BENCHMARKS.md, reference banks).
-        reference_seed: seed of that sample.
-        feature_store: bank mode only: "auto" memory-maps the feature sets to a temporary file
-            when they would exceed half of the available memory, None keeps them in memory,
-            a folder memory-maps them there.
-        scheduler: where the work runs: None (this process), "dask" (a Dask LocalCluster for
-            the run) or a Dask scheduler address "tcp://HOST:PORT" (:mod:`defectscope.methods.distributed`).
-            MuSc only; CoDeGraph always builds the full table in this process.
-        false_alarm_rate: share of normal images the verdict may flag (label-free rule on the
-            batch, or conformal on the good images after :meth:`MuSc.calibrate`).
-        device: where features, scoring, RsCIN and the maps run (:mod:`defectscope.device`:
-            auto, cpu, cuda, cuda:N, mps); results come back as numpy arrays.
-        looks_gate, looks_interval: several looks of normal. When the mean pairwise cosine of
-            the batch's global embeddings is below ``looks_gate`` the batch is scored with the
-            MSM interval ``looks_interval`` (the authors' [0, 0.3)) instead of [lower, upper).
-            Default 0.89, chosen on the shared batches and the pose proxy (docs/POSE.md): only
-            the magnetic tiles (0.868; 0.694 posed) fall below it, every other batch lies at
-            0.911 or above (the gate sits half way between). Exact
-            zero-shot scoring only (not the reference bank, Dask, ``watch`` or reference mode);
-            None turns it off.
-        rotations, self_term, self_mix, self_radius, self_gate, nearest_images, image_top: the
-            pose-robust options of :mod:`defectscope.methods.pose` (off by default; zero-shot
-            batch scoring only, docs/POSE.md).
-    """
-
-    backbone: str = "efficientnet-lite0"
-    weights: str | None = None
-    image_size: int | None = None
-    layers: tuple[str | int, ...] | None = None
-    degrees: tuple[int, ...] = (1, 3, 5)
-    lower: float = 0.5
-    upper: float = 1.0
-    rscin_ks: tuple[int, ...] = (1, 2, 3)
-    smoothing_sigma: float = 4.0
-    native_grids: bool = True
-    batch_size: int = 8
-    border: str = "zero"
-    border_pad: int | None = None
-    border_depth: int = 2
-    keep_aspect: bool = True
-    tiles: int = 1
-    tile_overlap: float = 0.25
-    max_references: int | None = 200
-    reference_seed: int = 0
-    feature_store: str | None = "auto"
-    scheduler: str | None = None
-    false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE
-    device: str = "auto"
-    rotations: int = 1
-    self_term: str = "off"
-    self_mix: str = "min"
-    self_radius: int = 4
-    self_gate: float = 1.0
-    nearest_images: int | None = None
-    image_top: float = 0.0
-    looks_gate: float | None = 0.89
-    looks_interval: tuple[float, float] = (0.0, 0.3)
-
-    def validate(self) -> None:
-        _check_interval(self.lower, self.upper)
-        from defectscope.methods.pose import check_options
-
-        check_options(self.rotations, self.self_term, self.self_mix, self.self_radius, self.self_gate, self.nearest_images,
-                      self.image_top, self.looks_gate, self.looks_interval)
-        check_false_alarm_rate(self.false_alarm_rate)
-        if self.scheduler is not None and resolve_device(self.device).type != "cpu":
-            raise ConfigError(f"--scheduler runs MuSc on Dask workers' CPUs; it cannot be combined with --device {self.device} (use --device cpu)")
-        if self.border not in BORDERS:
-            raise ConfigError(f"border rule {self.border!r} is unknown; choose one of {', '.join(BORDERS)}")
-        if not self.degrees or any(r < 1 or r % 2 == 0 for r in self.degrees):
-            raise ConfigError(f"aggregation degrees {self.degrees} are invalid: need odd values >= 1")
-        if not self.rscin_ks or any(k < 1 for k in self.rscin_ks):
-            raise ConfigError(f"RsCIN k list {self.rscin_ks} is invalid: need values >= 1")
-        if self.smoothing_sigma < 0:
-            raise ConfigError(f"smoothing sigma must be >= 0, got {self.smoothing_sigma}")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch size must be >= 1, got {self.batch_size}")
-        if isinstance(self.border_depth, bool) or not isinstance(self.border_depth, int) or self.border_depth < 0:
-            raise ConfigError(f"border_depth must be an integer >= 0, got {self.border_depth!r}")
-        if isinstance(self.tiles, bool) or not isinstance(self.tiles, int) or self.tiles < 1:
-            raise ConfigError(f"tiles must be an integer >= 1 (tiles per side), got {self.tiles!r}")
-        if not 0.0 <= self.tile_overlap <= 0.5:
-            raise ConfigError(f"tile_overlap must be in [0, 0.5], got {self.tile_overlap}")
-        if self.max_references is not None and self.max_references < 1:
-            raise ConfigError(f"max_references must be >= 1 (or None for exact scoring), got {self.max_references}")
 
 
 def tile_fractions(tiles: int, overlap: float) -> tuple[float, float]:
@@ -252,7 +120,6 @@ class MuSc(Detector):
 
     def __init__(self, config: MuScConfig | None = None, backbone=None) -> None:
         super().__init__(config or MuScConfig())
-        self.config.validate()
         self._backbone = backbone
         self.reference: ReferenceBank | None = None
 
@@ -274,7 +141,7 @@ class MuSc(Detector):
         calibrate the verdict on them at ``false_alarm_rate`` (each good image scored
         leave-one-out against the others). Without it the detector is zero-shot (the batch
         scores itself)."""
-        self.config = replace(self.config, false_alarm_rate=check_false_alarm_rate(false_alarm_rate))
+        self.config = replace(self.config, false_alarm_rate=false_alarm_rate)
         require_good_images(len(images), self.config.false_alarm_rate)
         if self.config.tiles != 1:
             raise ConfigError("reference mode scores whole images only: use tiles=1 with good images")
