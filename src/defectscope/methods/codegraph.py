@@ -50,6 +50,7 @@ from defectscope.methods.musc import (
     interval_bounds,
     interval_mean,
     nearest_similarities,
+    set_progress,
     similarities_to_distances,
     to_finest_grid,
 )
@@ -320,14 +321,8 @@ class CoDeGraph(MuSc):
             tables = [similarities_to_distances(t) for t in similarities]
         else:
             sets, grid, embeddings = self.feature_sets(images, progress, native_grids=cfg.native_grids)
-            pairs = n * (n - 1) // 2
-            total = pairs * len(sets)
-            tables = []
-            for index, feature_set in enumerate(sets):
-                report = None
-                if progress is not None:
-                    report = lambda done, base=index * pairs: progress("scoring", base + done, total)  # noqa: E731
-                tables.append(similarities_to_distances(nearest_similarities(feature_set, progress=report)))
+            reports = set_progress(progress, n, len(sets))
+            tables = [similarities_to_distances(nearest_similarities(s, progress=r)) for s, r in zip(sets, reports)]
         device = tables[0].device
         musc_scores = torch.zeros(n, grid[0] * grid[1], device=device)
         for table in tables:
@@ -371,18 +366,11 @@ class CoDeGraph(MuSc):
         return CoDeGraphScores(musc_scores, patch_scores, burnout, linking, weights, communities, grid, embeddings,
                                candidates)
 
-    def predict(
-        self,
-        images: Sequence[np.ndarray],
-        paths: Sequence[str] | None = None,
-        progress: ProgressCallback | None = None,
-    ) -> Result:
+    def score_batch(self, images: Sequence[np.ndarray], paths: Sequence[str] | None, progress: ProgressCallback | None) -> Result:
         """Score the batch with consistent-anomaly filtering; ``extras["communities"]`` lists the
         detected groups (members as paths, a graph picture as PNG bytes). After :meth:`calibrate` on
-        good images, scores against them as MuSc does (a clean reference bank holds no
-        consistent anomalies to filter)."""
-        if self.reference is not None:
-            return self.predict_against_reference(images, paths, progress)
+        good images, :meth:`predict` scores against them as MuSc does (a clean reference bank holds
+        no consistent anomalies to filter)."""
         return self.result(self.analyse(images, progress), paths)
 
     def result(self, scores: CoDeGraphScores, paths: Sequence[str] | None = None) -> Result:

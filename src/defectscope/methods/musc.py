@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, replace
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -94,6 +94,16 @@ def tile_boxes(tile_shape: tuple[int, int], tiles: int, overlap: float) -> list[
     rows = [int(round(k * (1.0 - overlap) * height)) for k in range(tiles)]
     cols = [int(round(k * (1.0 - overlap) * width)) for k in range(tiles)]
     return [(top, top + height, left, left + width) for top in rows for left in cols]
+
+
+def set_progress(progress: ProgressCallback | None, count: int, sets: int) -> list[Callable[[int], None] | None]:
+    """One callback per feature set for its pairwise work on a batch of ``count`` images, all
+    ``sets`` counted as one "scoring" stage (pairs done of every set's pairs); Nones without
+    ``progress``."""
+    pairs = count * (count - 1) // 2
+    if progress is None:
+        return [None] * sets
+    return [lambda done, base=index * pairs: progress("scoring", base + done, pairs * sets) for index in range(sets)]
 
 
 @dataclass
@@ -235,15 +245,9 @@ class MuSc(Detector):
             return scores
         sets, grid, embeddings = self.feature_sets(images, progress, native_grids=self.config.native_grids)
         lower, upper, self.last_pose_facts = pose.batch_interval(self.config, embeddings)
-        pairs = n * (n - 1) // 2
-        total = pairs * len(sets)
         accumulated = torch.zeros(n, grid[0] * grid[1], device=sets[0].device)
-        for index, feature_set in enumerate(sets):
-            report = None
-            if progress is not None:
-                report = lambda done, base=index * pairs: progress("scoring", base + done, total)  # noqa: E731
-            scores = mutual_scores(feature_set, lower, upper, progress=report)
-            accumulated += to_finest_grid(scores, grid)
+        for feature_set, report in zip(sets, set_progress(progress, n, len(sets))):
+            accumulated += to_finest_grid(mutual_scores(feature_set, lower, upper, progress=report), grid)
         patch_scores = calibrate_border(accumulated / len(sets), grid, self.config.border_depth)
         return MuScScores(patch_scores, grid, embeddings, sets)
 
@@ -276,6 +280,10 @@ class MuSc(Detector):
         mode (after :meth:`calibrate`) against the good images, image score = max of map."""
         if self.reference is not None:
             return self.predict_against_reference(images, paths, progress)
+        return self.score_batch(images, paths, progress)
+
+    def score_batch(self, images: Sequence[np.ndarray], paths: Sequence[str] | None, progress: ProgressCallback | None) -> Result:
+        """Zero-shot scoring of the batch by itself (:meth:`predict` without good images)."""
         if self.config.tiles == 1:
             scores = self.patch_scores(images, progress)
             return self.result_from_patch_scores(scores.patch_scores, scores.grid, scores.embeddings, paths)
