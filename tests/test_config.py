@@ -19,6 +19,8 @@ class _Parent(MethodConfig):
     sizes: tuple[int, ...] = setting((3, 5), at_least=1, odd=True)
     mode: str = setting("a", choices=("a", "b"))
     limit: int | None = setting(None, at_least=1)
+    size: int = setting(64, at_least=32, multiple_of=32)
+    names: tuple[str, ...] = setting(("x",))
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,8 @@ class _Child(_Parent):
         ({"mode": "c"}, "_Parent setting mode=c is invalid: expected one of a, b"),
         ({"limit": 0}, "_Parent setting limit=0 is invalid: expected an integer >= 1 or none"),
         ({"limit": 2.5}, "_Parent setting limit=2.5 is invalid"),
+        ({"size": 48}, "_Parent setting size=48 is invalid: expected an integer >= 32 and a multiple of 32"),
+        ({"names": ()}, "_Parent setting names='' is invalid: expected a comma-separated list of names"),
     ],
 )
 def test_a_declared_constraint_refuses_in_one_sentence(values, sentence):

@@ -45,8 +45,9 @@ class Rule:
     """What values one setting (or each item of a tuple setting) may take.
 
     Bounds: ``at_least`` (>=), ``above`` (>), ``at_most`` (<=), ``below`` (<); ``choices``: the
-    only values allowed; ``odd``: odd integers only; ``note``: a few words on the unit or the
-    reason, shown in the refusal.
+    only values allowed; ``odd``: odd integers only; ``multiple_of``: integers divisible by it;
+    ``note``: a few words on the unit or the reason, shown in the refusal. A rule on a tuple
+    setting applies to each item, and the tuple may not be empty (``Rule()``: only that).
     """
 
     at_least: float | None = None
@@ -55,13 +56,14 @@ class Rule:
     below: float | None = None
     choices: tuple[Any, ...] | None = None
     odd: bool = False
+    multiple_of: int | None = None
     note: str = ""
 
     def fits(self, value: Any) -> bool:
         """Whether one (already type-checked) value is allowed."""
         if self.choices is not None:
             return value in self.choices
-        if self.odd and int(value) % 2 == 0:
+        if (self.odd and int(value) % 2 == 0) or (self.multiple_of and int(value) % self.multiple_of):
             return False
         return not (
             (self.at_least is not None and value < self.at_least)
@@ -74,6 +76,10 @@ class Rule:
         """The allowed range in words: "in [0, 0.5]", ">= 1", "one of zero, reflect" ('' when free)."""
         if self.choices is not None:
             return "one of " + ", ".join(str(choice) for choice in self.choices)
+        multiple = f"a multiple of {self.multiple_of}" if self.multiple_of else ""
+        return " and ".join(part for part in (self._range(), multiple) if part)
+
+    def _range(self) -> str:
         low = (self.at_least, "[") if self.at_least is not None else (self.above, "(") if self.above is not None else None
         high = (self.at_most, "]") if self.at_most is not None else (self.below, ")") if self.below is not None else None
         if low is not None and high is not None:
