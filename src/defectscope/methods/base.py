@@ -1,4 +1,8 @@
-"""The detector contract every method follows, its configuration base and the Result it returns.
+"""The detector contract every method follows and the Result it returns.
+
+The configuration base, :class:`~defectscope.methods.config.MethodConfig` (settings declared with
+their constraints, checked when a config is built), lives in :mod:`defectscope.methods.config`
+and is importable from here too.
 
 Modelled on scikit-learn / PyOD: a detector takes its whole configuration (a
 :class:`MethodConfig`) in the constructor, learns in :meth:`Detector.fit` (which returns the

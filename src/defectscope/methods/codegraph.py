@@ -54,6 +54,7 @@ from defectscope.methods.musc import (
     similarities_to_distances,
     to_finest_grid,
 )
+from defectscope.methods.pose import similarity_tables
 from defectscope.methods.zeroshot_config import CoDeGraphConfig  # noqa: F401  (the registry names it here)
 
 _DISTANCE_FLOOR = 1e-6
@@ -315,8 +316,6 @@ class CoDeGraph(MuSc):
             if any(not 0 <= i < n for g in groups for i in g):
                 raise ConfigError(f"groups name images outside the batch of {n}")
         if cfg.rotations != 1:
-            from defectscope.methods.pose import similarity_tables
-
             sets, grid, embeddings, similarities, _ = similarity_tables(self, images, progress)
             tables = [similarities_to_distances(t) for t in similarities]
         else:

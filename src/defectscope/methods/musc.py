@@ -23,10 +23,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from defectscope.backbones import get_backbone
+from defectscope.backbones._common import input_shape as aspect_input_shape
 from defectscope.device import resolve_device
 from defectscope.errors import ConfigError
 from defectscope.memory import estimate_bytes
-from defectscope.methods.bank import reference_scores  # noqa: F401  (moved; kept importable from here)
+from defectscope.methods import pose
+from defectscope.methods.bank import reference_scores, sampled_patch_scores, use_bank
+from defectscope.methods.distributed import dask_patch_scores
+from defectscope.methods.features import extract_in_batches
 from defectscope.methods.mutual import (  # noqa: F401  (moved to mutual.py; kept importable from here)
     _drop_one_interval_mean,
     _interval_reduce,
@@ -136,8 +141,6 @@ class MuSc(Detector):
     @property
     def backbone(self):
         if self._backbone is None:
-            from defectscope.backbones import get_backbone
-
             cfg = self.config
             layers = list(cfg.layers) if cfg.layers is not None else None
             self._backbone = get_backbone(
@@ -176,8 +179,6 @@ class MuSc(Detector):
 
     def _banked(self, count: int) -> bool:
         """True when a batch of ``count`` images is scored against a sampled reference bank."""
-        from defectscope.methods.bank import use_bank
-
         return self.reference_bank and use_bank(count, self.config.max_references)
 
     def memory_needed(self, count: int, image_size: int | None = None) -> int:
@@ -201,10 +202,8 @@ class MuSc(Detector):
         """The batch's input (height, width) with ``keep_aspect``; None for the square input."""
         if not self.config.keep_aspect:
             return None
-        from defectscope.backbones._common import input_shape
-
         backbone = self.backbone
-        return input_shape(images, backbone.image_size, getattr(backbone, "size_unit", backbone.image_size))
+        return aspect_input_shape(images, backbone.image_size, getattr(backbone, "size_unit", backbone.image_size))
 
     def feature_sets(
         self, images: Sequence[np.ndarray], progress: ProgressCallback | None = None, *, native_grids: bool = False
@@ -212,8 +211,6 @@ class MuSc(Detector):
         """Backbone features -> LNAMD feature sets, one (N, L, C) per (layer, degree), and the
         finest grid. With ``native_grids`` each set keeps its layer's own grid (scores are
         brought to the finest grid by :func:`to_finest_grid`)."""
-        from defectscope.methods.features import extract_in_batches
-
         shape = self.input_shape(images)
         features = extract_in_batches(
             self.backbone, images, self.config.batch_size, progress, common_grid=not native_grids, shape=shape
@@ -227,8 +224,6 @@ class MuSc(Detector):
         """Features and MSM patch scores (N, L), averaged over layers and degrees."""
         n = len(images)
         check_batch_size(n)
-        from defectscope.methods import pose
-
         self.last_pose_facts: dict[str, Any] = {}
 
         if pose.uses_pose_options(self.config):
@@ -236,10 +231,7 @@ class MuSc(Detector):
                 raise ConfigError("rotations, self_term and nearest_images score a batch exactly: use them without a scheduler and with max_references=None or a batch below the bank size")
             return pose.pose_patch_scores(self, images, progress)
         if self.config.scheduler is not None or self._banked(n):
-            if self.config.scheduler is not None:
-                from defectscope.methods.distributed import dask_patch_scores as elsewhere
-            else:
-                from defectscope.methods.bank import sampled_patch_scores as elsewhere
+            elsewhere = dask_patch_scores if self.config.scheduler is not None else sampled_patch_scores
             scores = elsewhere(self, images, progress)
             scores.patch_scores = calibrate_border(scores.patch_scores, scores.grid, self.config.border_depth)
             return scores
@@ -380,9 +372,7 @@ class MuSc(Detector):
         names = default_paths(paths, maps.shape[0], self.method)
         raw = maps.flatten(1).amax(dim=1)
         if self.config.image_top > 0:
-            from defectscope.methods.pose import top_share_scores
-
-            image_scores = rscin(top_share_scores(maps, self.config.image_top), embeddings, self.config.rscin_ks)
+            image_scores = rscin(pose.top_share_scores(maps, self.config.image_top), embeddings, self.config.rscin_ks)
         else:
             image_scores = rscin(raw, embeddings, self.config.rscin_ks)
         raw, maps = raw.cpu(), maps.cpu()
