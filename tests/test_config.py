@@ -103,3 +103,16 @@ def test_free_values_use_the_same_rules():
     with pytest.raises(ConfigError, match=r"--review-budget=1.5 is invalid: expected a number in \[0, 1\]"):
         check_review_budget(1.5)
     assert require("k", 3, Rule(at_least=1), int) == 3
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="UFlowConfig and PRNConfig still check in their own __post_init__ (the trained methods' files); "
+    "they are converted at merge as MethodConfig's docstring says: then remove this mark",
+)
+def test_every_registered_config_is_checked_in_the_one_place():
+    from defectscope.methods.registry import METHODS
+
+    for entry in METHODS.values():
+        assert "__post_init__" not in vars(entry.config_class), entry.name
+        assert "validate" not in vars(entry.config_class), entry.name
