@@ -75,7 +75,7 @@ def test_reference_sample_and_bank_rule():
     assert reference_sample(10, 50).tolist() == list(range(10))
     assert not use_bank(401, 200) and use_bank(402, 200) and not use_bank(10**6, None)
     with pytest.raises(ConfigError, match="max_references"):
-        MuScConfig(max_references=0).validate()
+        MuScConfig(max_references=0)
 
 
 def test_chunked_feature_sets_equal_musc_features_in_memory_and_on_disk(tmp_path):

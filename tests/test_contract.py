@@ -99,7 +99,7 @@ def test_detector_contract(name: str, data, tmp_path) -> None:
 
 def test_strings_convert_to_declared_types_from_python() -> None:
     musc = get_method("musc").config_class.from_options(
-        {"degrees": "3", "rscin_ks": "1,2", "native_grids": "false", "upper": "0.25", "weights": "none", "layers": "stride8,16"}
+        {"degrees": "3", "rscin_ks": "1,2", "native_grids": "false", "lower": "0.1", "upper": "0.25", "weights": "none", "layers": "stride8,16"}
     )
     assert musc.degrees == (3,) and musc.rscin_ks == (1, 2) and musc.native_grids is False
     assert musc.upper == 0.25 and musc.weights is None and musc.layers == ("stride8", 16)
@@ -194,7 +194,7 @@ def test_cli_verdict_options_reach_the_run_and_bad_values_are_refused(tmp_path) 
     folder = _folder(tmp_path)
     base = ["score", str(folder), "--image-size", str(SIZE)]
     bad = CliRunner().invoke(app, base + ["--out", str(tmp_path / "o1"), "--false-alarm-rate", "1.5"])
-    assert bad.exit_code == 2 and "--false-alarm-rate must be a number between 0 and 1" in " ".join(bad.output.split())
+    assert bad.exit_code == 2 and "--false-alarm-rate=1.5 is invalid: expected a number in (0, 1)" in " ".join(bad.output.split())
     few = CliRunner().invoke(app, base + ["--out", str(tmp_path / "o2"), "--good", str(folder)])
     assert few.exit_code == 2 and "needs at least 19 good images" in " ".join(few.output.split())
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()

@@ -109,9 +109,9 @@ def test_rscin_constant_scores_and_large_k():
 
 def test_config_validation():
     with pytest.raises(ConfigError):
-        MuScConfig(degrees=(2,)).validate()
+        MuScConfig(degrees=(2,))
     with pytest.raises(ConfigError):
-        MuScConfig(lower=0.4, upper=0.3).validate()
+        MuScConfig(lower=0.4, upper=0.3)
 
 
 def test_to_finest_grid_upsamples_square_score_maps():

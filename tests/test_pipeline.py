@@ -189,10 +189,10 @@ def test_cli_param_reaches_the_method_and_unknown_keys_are_refused(tmp_path):
     from defectscope.cli import _parse_params
     from defectscope.methods.musc import MuScConfig
 
-    raw = _parse_params(["upper=0.5", "degrees=1,3", "native-grids=false", "backbone=x"])
-    assert raw == {"upper": "0.5", "degrees": "1,3", "native_grids": "false", "backbone": "x"}
+    raw = _parse_params(["upper=0.9", "degrees=1,3", "native-grids=false", "backbone=x"])
+    assert raw == {"upper": "0.9", "degrees": "1,3", "native_grids": "false", "backbone": "x"}
     config = MuScConfig.from_options(raw)
-    assert (config.upper, config.degrees, config.native_grids, config.backbone) == (0.5, (1, 3), False, "x")
+    assert (config.upper, config.degrees, config.native_grids, config.backbone) == (0.9, (1, 3), False, "x")
     bad = runner.invoke(app, ["score", str(folder), "--out", str(tmp_path / "o2"), "--param", "uper=0.5"])
     assert bad.exit_code == 2 and "unknown MuScConfig setting(s) uper" in bad.output
 

@@ -129,7 +129,7 @@ def test_top_share_image_score():
 )
 def test_pose_options_are_validated(key, value):
     with pytest.raises(ConfigError, match=key):
-        MuScConfig(**{key: value}).validate()
+        MuScConfig(**{key: value})
 
 
 def _turned_stripes(count: int, size: int, seed: int) -> list[np.ndarray]:
@@ -221,7 +221,7 @@ def test_looks_gate_switches_the_interval_only_when_the_embeddings_disagree():
     lower, upper, facts = pose.batch_interval(gated, looks)
     assert (lower, upper) == (0.0, 0.3) and facts["several_looks"] is True
     with pytest.raises(ConfigError, match="looks_gate"):
-        MuScConfig(looks_gate=1.5).validate()
+        MuScConfig(looks_gate=1.5)
 
 
 def test_looks_gate_reaches_the_default_path(backbone96):

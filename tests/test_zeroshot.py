@@ -90,7 +90,7 @@ def test_tiles_cover_the_image_and_the_stitched_map() -> None:
         covered[top:bottom, left:right] += 1
     assert covered.shape == (80, 120) and covered.min() >= 1 and covered.max() == 4
     with pytest.raises(ConfigError, match="tiles"):
-        MuScConfig(tiles=0).validate()
+        MuScConfig(tiles=0)
 
 
 def test_a_defect_smaller_than_a_patch_is_found_only_with_tiles() -> None:
@@ -120,8 +120,8 @@ def test_a_defect_smaller_than_a_patch_is_found_only_with_tiles() -> None:
 def test_codegraph_refuses_tiles() -> None:
     from defectscope.methods.codegraph import CoDeGraphConfig
 
-    with pytest.raises(ConfigError, match="tiles must be 1"):
-        CoDeGraphConfig(tiles=2).validate()
+    with pytest.raises(ConfigError, match="tiles=2 is invalid"):
+        CoDeGraphConfig(tiles=2)
 
 
 def test_reflect_border_keeps_the_grid_and_refuses_bad_margins() -> None:

@@ -144,34 +144,58 @@ def _png_has_end_chunk(handle: BinaryIO) -> bool:
     return _PNG_END in handle.read()
 
 
-def _open_decoded(path: Path, what: str) -> tuple[Image.Image, tuple[float, float] | None]:
-    """Open ``path`` read-only, decode it fully and apply its EXIF orientation.
+class DecodeProblem(Exception):
+    """What :func:`decode_opened` refuses: ``kind`` is "too large" (``size`` is the header's
+    (width, height)), "truncated" (a PNG without its end chunk) or "no pixels"."""
+
+    def __init__(self, kind: str, size: tuple[int, int] = (0, 0)) -> None:
+        super().__init__(kind)
+        self.kind = kind
+        self.size = size
+
+
+def decode_opened(handle: BinaryIO, max_pixels: int) -> tuple[Image.Image, tuple[float, float] | None]:
+    """Decode the image in ``handle`` (a file or the bytes of a request) fully, refusing more than
+    ``max_pixels`` from its header before any pixel is decoded, and apply its EXIF orientation.
 
     Returns the image and the integer value range its header states (TIFF only, else None),
     read before the orientation step because a transposed copy no longer carries TIFF tags.
+    Raises :class:`DecodeProblem`, or Pillow's error for a damaged file (one of ``_PROBLEM_ERRORS``).
     """
+    with Image.open(handle) as opened:
+        width, height = opened.size
+        if width * height > max_pixels:
+            raise DecodeProblem("too large", (width, height))
+        opened.load()
+        if opened.format == "PNG" and not _png_has_end_chunk(handle):
+            raise DecodeProblem("truncated")
+        stated = _stated_integer_range(opened)
+        image = ImageOps.exif_transpose(opened)
+        if image is None or image is opened:
+            image = opened.copy()
+    if image.width == 0 or image.height == 0:
+        raise DecodeProblem("no pixels")
+    return image, stated
+
+
+def _open_decoded(path: Path, what: str) -> tuple[Image.Image, tuple[float, float] | None]:
+    """:func:`decode_opened` of the file at ``path``; every refusal an ImageReadError naming it."""
     try:
         if path.is_file() and path.stat().st_size == 0:
             raise ImageReadError(f"cannot read {what} '{path}': the file is empty (0 bytes)")
         with open(path, "rb") as handle:
-            with Image.open(handle) as opened:
-                width, height = opened.size
-                if width * height > max_image_pixels():
-                    raise ImageReadError(f"cannot read {what} '{path}': {_too_large(width * height, f'{width} x {height} pixels')}")
-                opened.load()
-                if opened.format == "PNG" and not _png_has_end_chunk(handle):
-                    raise ImageReadError(f"cannot read {what} '{path}': the file is truncated")
-                stated = _stated_integer_range(opened)
-                image = ImageOps.exif_transpose(opened)
-                if image is None or image is opened:
-                    image = opened.copy()
+            return decode_opened(handle, max_image_pixels())
+    except DecodeProblem as refused:
+        width, height = refused.size
+        problem = {
+            "too large": _too_large(width * height, f"{width} x {height} pixels"),
+            "truncated": "the file is truncated",
+        }.get(refused.kind, "the image has no pixels")
+        raise ImageReadError(f"cannot read {what} '{path}': {problem}") from None
     except ImageReadError:
         raise
     except _PROBLEM_ERRORS as exc:
         raise ImageReadError(_describe(path, exc, what)) from exc
-    if image.width == 0 or image.height == 0:
-        raise ImageReadError(f"cannot read {what} '{path}': the image has no pixels")
-    return image, stated
 
 
 def _stated_integer_range(image: Image.Image) -> tuple[float, float] | None:

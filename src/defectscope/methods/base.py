@@ -1,4 +1,8 @@
-"""The detector contract every method follows, its configuration base and the Result it returns.
+"""The detector contract every method follows and the Result it returns.
+
+The configuration base, :class:`~defectscope.methods.config.MethodConfig` (settings declared with
+their constraints, checked when a config is built), lives in :mod:`defectscope.methods.config`
+and is importable from here too.
 
 Modelled on scikit-learn / PyOD: a detector takes its whole configuration (a
 :class:`MethodConfig`) in the constructor, learns in :meth:`Detector.fit` (which returns the
@@ -9,16 +13,15 @@ or export before ``fit`` (or ``load``) raises :class:`~defectscope.errors.NotFit
 
 from __future__ import annotations
 
-import types
-import typing
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any, ClassVar, Literal, Mapping, Sequence, Union
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
 from defectscope import __version__
 from defectscope.errors import ConfigError, NotFittedError
+from defectscope.methods.config import MethodConfig, to_text  # noqa: F401  (the config base lives in config.py)
 from defectscope.methods.verdict import Threshold, conformal_threshold, require_good_images, verdict_words
 from defectscope.progress import Progress
 
@@ -71,156 +74,6 @@ class Result:
         """(N,) the statistic the verdict compares with ``threshold``: ``verdict_scores`` when
         set, else ``image_scores``; an image is anomalous when it is strictly above."""
         return self.image_scores if self.verdict_scores is None else self.verdict_scores
-
-
-_TRUE = ("true", "yes", "on", "1")
-_FALSE = ("false", "no", "off", "0")
-_NONE = ("none", "null")
-
-
-class _BadValue(ValueError):
-    """A value that does not fit a declared type (turned into a ConfigError naming the key)."""
-
-
-_WORDS = {int: ("an integer", "integers"), float: ("a number", "numbers"), bool: ("true or false", "true/false values"), str: ("text", "names")}
-
-
-def _describe(hint: Any, plural: bool = False) -> str:
-    """Human words for a declared type, e.g. 'a comma-separated list of integers'."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (Union, types.UnionType):
-        parts = [_describe(a, plural) for a in args if a is not type(None)]
-        return " or ".join(parts + (["none"] if type(None) in args else []))
-    if origin is Literal:
-        return "one of " + ", ".join(str(a) for a in args)
-    if origin is tuple:
-        if len(args) == 2 and args[1] is Ellipsis:
-            return f"a comma-separated list of {_describe(args[0], plural=True)}"
-        return f"{len(args)} comma-separated values ({', '.join(_describe(a) for a in args)})"
-    return _WORDS[hint][plural] if hint in _WORDS else str(hint)
-
-
-def _split(value: Any) -> list[Any]:
-    if isinstance(value, str):
-        return [part.strip() for part in value.split(",") if part.strip()]
-    if isinstance(value, (list, tuple)):
-        return list(value)
-    return [value]
-
-
-def _coerce(value: Any, hint: Any) -> Any:
-    """``value`` (the CLI's text or a Python value) as the declared type ``hint``."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    text = value.strip() if isinstance(value, str) else None
-    if hint is Any:
-        return value
-    if origin in (Union, types.UnionType):
-        if value is None or (text is not None and text.lower() in _NONE):
-            if type(None) in args:
-                return None
-            raise _BadValue
-        # Text last: "8" for ``str | int`` is the int 8, "stride8" stays text.
-        for option in sorted((a for a in args if a is not type(None)), key=lambda a: a is str):
-            try:
-                return _coerce(value, option)
-            except _BadValue:
-                continue
-        raise _BadValue
-    if origin is Literal:
-        for choice in args:
-            if value == choice or (text is not None and text == str(choice)):
-                return choice
-        raise _BadValue
-    if origin is tuple:
-        items = _split(value)
-        if not items:
-            raise _BadValue
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(item, args[0]) for item in items)
-        if len(items) != len(args):
-            raise _BadValue
-        return tuple(_coerce(item, kind) for item, kind in zip(items, args))
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        if text is not None and text.lower() in _TRUE + _FALSE:
-            return text.lower() in _TRUE
-        raise _BadValue
-    if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if text is not None:
-            try:
-                return int(text)
-            except ValueError:
-                raise _BadValue from None
-        raise _BadValue
-    if hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if text is not None:
-            try:
-                return float(text)
-            except ValueError:
-                raise _BadValue from None
-        raise _BadValue
-    if hint is str:
-        if text is None:
-            raise _BadValue
-        return text
-    return value
-
-
-def to_text(value: Any) -> str:
-    """The CLI's string form of a config value (inverse of the conversion in ``from_options``)."""
-    if value is None:
-        return "none"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (tuple, list)):
-        return ",".join(to_text(item) for item in value)
-    return str(value)
-
-
-@dataclass(frozen=True)
-class MethodConfig:
-    """Base of every method's settings dataclass (frozen, one field per setting).
-
-    :meth:`from_options` builds a config from ``--param`` strings (or Python values), converting
-    each to the field's declared type: ``int``, ``float``, ``bool`` (true/false, yes/no, on/off,
-    1/0), ``str``, ``X | None`` ("none"), ``tuple[X, ...]`` ("1,3,5" or a single "3"), fixed
-    tuples, ``Literal`` choices. Unknown keys and values that do not fit are refused with one
-    sentence naming the key, the value and the expected type.
-    """
-
-    @classmethod
-    def field_types(cls) -> dict[str, Any]:
-        """Setting name -> declared type (resolved annotations)."""
-        hints = typing.get_type_hints(cls)
-        return {f.name: hints[f.name] for f in fields(cls)}
-
-    @classmethod
-    def from_options(cls, values: Mapping[str, Any]) -> "MethodConfig":
-        """A config from ``{setting: value}``; values may be the CLI's strings."""
-        types_ = cls.field_types()
-        unknown = sorted(set(values) - set(types_))
-        if unknown:
-            raise ConfigError(
-                f"unknown {cls.__name__} setting(s) {', '.join(unknown)}; known settings: {', '.join(sorted(types_))}"
-            )
-        converted = {}
-        for key, value in values.items():
-            try:
-                converted[key] = _coerce(value, types_[key])
-            except _BadValue:
-                raise ConfigError(
-                    f"{cls.__name__} setting {key}={to_text(value)!r} is invalid: expected {_describe(types_[key])}"
-                ) from None
-        return cls(**converted)
-
-    def to_json(self) -> dict[str, Any]:
-        """JSON-ready dict of the settings (tuples as lists)."""
-        return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()}
 
 
 def default_paths(paths: Sequence[str] | None, count: int, method: str) -> list[str]:

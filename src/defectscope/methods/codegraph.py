@@ -44,87 +44,21 @@ from defectscope.errors import ConfigError
 from defectscope.methods.base import Result
 from defectscope.methods.musc import (
     MuSc,
-    MuScConfig,
     ProgressCallback,
     calibrate_border,
     check_batch_size,
     interval_bounds,
     interval_mean,
     nearest_similarities,
+    set_progress,
     similarities_to_distances,
     to_finest_grid,
 )
+from defectscope.methods.pose import similarity_tables
+from defectscope.methods.zeroshot_config import CoDeGraphConfig  # noqa: F401  (the registry names it here)
 
 _DISTANCE_FLOOR = 1e-6
 """Distances are floored here before taking logarithms (identical patches have distance 0)."""
-
-
-@dataclass(frozen=True)
-class CoDeGraphConfig(MuScConfig):
-    """MuSc settings plus the CoDeGraph parameters (defaults chosen by measurement, see
-    docs/CODEGRAPH.md).
-
-    Attributes:
-        max_support_fraction: K = ceil(fraction (N - 1)), the largest number of supporting
-            images a consistent anomaly may have (recurring defects in up to this share of the
-            batch are filtered).
-        burnout_threshold: a patch is burnt out when its endurance ratio exceeds this.
-        score_quantile: a burnt-out patch links images only when its MSM score without its
-            supporting images as references would exceed this quantile of the batch's MSM patch
-            scores (it would score as anomalous without them).
-        resolution: CPM resolution, in linking patches per image pair.
-        min_pair_weight: a community is kept when its mean (symmetrised) edge weight per member
-            pair reaches this many linking patches.
-        min_community_size: smallest community kept.
-        confirm_quantile, confirm_share: a community is confirmed (and its members re-scored)
-            only when at least ``confirm_share`` of its members, re-scored without the others,
-            score above the ``confirm_quantile`` quantile of the other images' MuSc image scores
-            (see :func:`confirmed`).
-        seed: Leiden seed.
-        draw_graphs: attach a PNG picture of the image graph to every reported community.
-        lower, upper: the MSM interval, MuSc's default [0.5, 1) (the authors use [0, 0.3)).
-            Measured on all shared batches (docs/BENCHMARKS.md, "CoDeGraph with MuSc's
-            interval"): mean I-AUROC / P-AP over the nine batches 94.0 / 42.1 with [0, 0.3), 96.4 /
-            50.4 with [0.5, 1), equal mean P-AP on the recurring-defect batches; communities are
-            still found. ``lower=0 upper=0.3`` gives the authors' setting.
-    """
-
-    lower: float = 0.5
-    upper: float = 1.0
-    looks_gate: float | None = None
-    """MuSc's several-looks gate is not part of CoDeGraph (it keeps the interval above)."""
-
-    max_support_fraction: float = 0.5
-    burnout_threshold: float = 20.0
-    score_quantile: float = 0.99
-    resolution: float = 1.0
-    min_pair_weight: float = 2.0
-    min_community_size: int = 2
-    confirm_quantile: float = 0.9
-    confirm_share: float = 0.9
-    seed: int = 0
-    draw_graphs: bool = True
-
-    def validate(self) -> None:
-        super().validate()
-        if not 0.0 < self.max_support_fraction <= 1.0:
-            raise ConfigError(f"max_support_fraction must be in (0, 1], got {self.max_support_fraction}")
-        if self.burnout_threshold <= 0:
-            raise ConfigError(f"burnout_threshold must be > 0, got {self.burnout_threshold}")
-        if not 0.0 <= self.score_quantile <= 1.0:
-            raise ConfigError(f"score_quantile must be in [0, 1], got {self.score_quantile}")
-        if self.resolution <= 0:
-            raise ConfigError(f"resolution must be > 0, got {self.resolution}")
-        if self.min_pair_weight < 0:
-            raise ConfigError(f"min_pair_weight must be >= 0, got {self.min_pair_weight}")
-        if not 0.0 <= self.confirm_quantile <= 1.0 or not 0.0 <= self.confirm_share <= 1.0:
-            raise ConfigError(
-                f"confirm_quantile and confirm_share must be in [0, 1], got {self.confirm_quantile}, {self.confirm_share}"
-            )
-        if self.min_community_size < 2:
-            raise ConfigError(f"min_community_size must be >= 2, got {self.min_community_size}")
-        if self.tiles != 1:
-            raise ConfigError(f"CoDeGraph scores whole images only: tiles must be 1, got {self.tiles}")
 
 
 @dataclass
@@ -381,23 +315,13 @@ class CoDeGraph(MuSc):
             groups = [sorted({int(i) for i in g}) for g in groups]
             if any(not 0 <= i < n for g in groups for i in g):
                 raise ConfigError(f"groups name images outside the batch of {n}")
-        if cfg.self_term != "off" or cfg.nearest_images is not None or cfg.looks_gate is not None:
-            raise ConfigError("self_term, nearest_images and looks_gate are MuSc options; CoDeGraph takes rotations (turned references) only")
         if cfg.rotations != 1:
-            from defectscope.methods.pose import similarity_tables
-
             sets, grid, embeddings, similarities, _ = similarity_tables(self, images, progress)
             tables = [similarities_to_distances(t) for t in similarities]
         else:
             sets, grid, embeddings = self.feature_sets(images, progress, native_grids=cfg.native_grids)
-            pairs = n * (n - 1) // 2
-            total = pairs * len(sets)
-            tables = []
-            for index, feature_set in enumerate(sets):
-                report = None
-                if progress is not None:
-                    report = lambda done, base=index * pairs: progress("scoring", base + done, total)  # noqa: E731
-                tables.append(similarities_to_distances(nearest_similarities(feature_set, progress=report)))
+            reports = set_progress(progress, n, len(sets))
+            tables = [similarities_to_distances(nearest_similarities(s, progress=r)) for s, r in zip(sets, reports)]
         device = tables[0].device
         musc_scores = torch.zeros(n, grid[0] * grid[1], device=device)
         for table in tables:
@@ -441,18 +365,11 @@ class CoDeGraph(MuSc):
         return CoDeGraphScores(musc_scores, patch_scores, burnout, linking, weights, communities, grid, embeddings,
                                candidates)
 
-    def predict(
-        self,
-        images: Sequence[np.ndarray],
-        paths: Sequence[str] | None = None,
-        progress: ProgressCallback | None = None,
-    ) -> Result:
+    def score_batch(self, images: Sequence[np.ndarray], paths: Sequence[str] | None, progress: ProgressCallback | None) -> Result:
         """Score the batch with consistent-anomaly filtering; ``extras["communities"]`` lists the
         detected groups (members as paths, a graph picture as PNG bytes). After :meth:`calibrate` on
-        good images, scores against them as MuSc does (a clean reference bank holds no
-        consistent anomalies to filter)."""
-        if self.reference is not None:
-            return self.predict_against_reference(images, paths, progress)
+        good images, :meth:`predict` scores against them as MuSc does (a clean reference bank holds
+        no consistent anomalies to filter)."""
         return self.result(self.analyse(images, progress), paths)
 
     def result(self, scores: CoDeGraphScores, paths: Sequence[str] | None = None) -> Result:

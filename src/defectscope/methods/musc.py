@@ -17,19 +17,22 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, replace
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from defectscope.backbones._common import BORDERS
+from defectscope.backbones import get_backbone
+from defectscope.backbones._common import input_shape as aspect_input_shape
 from defectscope.device import resolve_device
 from defectscope.errors import ConfigError
 from defectscope.memory import estimate_bytes
-from defectscope.methods.bank import reference_scores  # noqa: F401  (moved; kept importable from here)
+from defectscope.methods import pose
+from defectscope.methods.bank import reference_scores, sampled_patch_scores, use_bank
+from defectscope.methods.distributed import dask_patch_scores
+from defectscope.methods.features import extract_in_batches
 from defectscope.methods.mutual import (  # noqa: F401  (moved to mutual.py; kept importable from here)
-    _check_interval,
     _drop_one_interval_mean,
     _interval_reduce,
     _match_interior,
@@ -46,18 +49,17 @@ from defectscope.methods.mutual import (  # noqa: F401  (moved to mutual.py; kep
     similarities_to_distances,
     to_finest_grid,
 )
-from defectscope.methods.base import Detector, MethodConfig, Result, default_paths
+from defectscope.methods.base import Detector, Result, default_paths
 from defectscope.methods.smoothing import equalise_edges, gaussian_blur, upsample
 from defectscope.methods.labelfree import label_free_threshold
 from defectscope.methods.verdict import (
-    DEFAULT_FALSE_ALARM_RATE,
-    check_false_alarm_rate,
     conformal_threshold,
     decide,
     in_review,
     pixel_masks,
     require_good_images,
 )
+from defectscope.methods.zeroshot_config import MuScConfig  # noqa: F401  (the registry names it here)
 from defectscope.progress import Progress as ProgressCallback
 
 SMALL_BATCH_WARNING = 20
@@ -73,135 +75,6 @@ def check_batch_size(n: int, what: str = "mutual scoring", minimum: int = 2) -> 
             f"{SMALL_BATCH_WARNING} or more images of the same product",
             stacklevel=3,
         )
-
-
-@dataclass(frozen=True)
-class MuScConfig(MethodConfig):
-    """MuSc settings; the defaults are the authors' where they exist and survived the measurements
-    on every shared category (docs/BENCHMARKS.md), else chosen by measurement.
-
-    Attributes:
-        backbone: registry name of the feature extractor.
-        weights: local weights folder for hub backbones (None: the embedded or hub default).
-        image_size: square input size (None: the backbone's documented default).
-        layers: backbone layers to use (None: the backbone's default layers).
-        degrees: LNAMD aggregation degrees r.
-        lower, upper: MSM scoring interval [lower, upper) over the sorted per-image distances.
-            Default [0.5, 1): a patch scores high when at least half of the other images hold
-            nothing like it, so a defect kind present in up to half of the batch still stands
-            out (the authors' [0, 0.3) lets defects that recur in more than 30 % of the batch,
-            as on the paper types, vouch for each other).
-        rscin_ks: RsCIN neighbourhood sizes (k = 1 is the identity).
-        native_grids: score each CNN layer on its own grid and upsample its patch scores to
-            the finest grid (bilinear, align_corners=True) before averaging; False resizes the
-            features to the finest grid first (4x more pairwise work for a stride-16 layer).
-            Chosen by measurement (docs/BENCHMARKS.md). CoDeGraph always uses the common grid.
-        smoothing_sigma: Gaussian blur of the anomaly maps in input pixels (0 = none; default 4,
-            chosen by the ablation in docs/BENCHMARKS.md, the authors use none).
-        batch_size: images per backbone forward pass.
-        border: the backbone's border rule, ``"zero"`` or ``"reflect"`` (mirror the image
-            outwards by ``border_pad`` input pixels before the backbone and crop the features
-            back; None pad = two cells of the coarsest layer), see docs/BENCHMARKS.md.
-        border_pad: the margin of ``border="reflect"`` in input pixels (None: the backbone's default).
-        border_depth: :func:`calibrate_border` of the patch scores over the outer
-            ``border_depth`` rings of patches (0 turns it off), see docs/BENCHMARKS.md.
-        keep_aspect: the batch's input keeps the images' median aspect ratio (area about
-            ``image_size`` squared, sides multiples of the backbone's unit) instead of a square;
-            maps come at that (height, width).
-        tiles: cut every image into ``tiles`` x ``tiles`` overlapping tiles (``tile_overlap``
-            of a tile's side shared with its neighbour), score the tiles of each position as a
-            batch of their own at the full input size, and stitch the maps back (averaged where
-            they overlap). Costs about ``tiles ** 2`` times the work of one pass.
-        tile_overlap: overlap of neighbouring tiles, a fraction of the tile side in [0, 0.5].
-        max_references: reference-bank size for large batches: once N - 1 > 2 max_references
-            (where the bank is cheaper than mutual scoring) every image is scored against a
-            seeded random sample of max_references images of the batch, with features kept
-            chunk by chunk and no N x N table (:mod:`defectscope.methods.bank`); None: always
-            exact. Default chosen by measurement (docs/BENCHMARKS.md, reference banks).
-        reference_seed: seed of that sample.
-        feature_store: bank mode only: "auto" memory-maps the feature sets to a temporary file
-            when they would exceed half of the available memory, None keeps them in memory,
-            a folder memory-maps them there.
-        scheduler: where the work runs: None (this process), "dask" (a Dask LocalCluster for
-            the run) or a Dask scheduler address "tcp://HOST:PORT" (:mod:`defectscope.methods.distributed`).
-            MuSc only; CoDeGraph always builds the full table in this process.
-        false_alarm_rate: share of normal images the verdict may flag (label-free rule on the
-            batch, or conformal on the good images after :meth:`MuSc.calibrate`).
-        device: where features, scoring, RsCIN and the maps run (:mod:`defectscope.device`:
-            auto, cpu, cuda, cuda:N, mps); results come back as numpy arrays.
-        looks_gate, looks_interval: several looks of normal. When the mean pairwise cosine of
-            the batch's global embeddings is below ``looks_gate`` the batch is scored with the
-            MSM interval ``looks_interval`` (the authors' [0, 0.3)) instead of [lower, upper).
-            Default 0.89, chosen on the shared batches and the pose proxy (docs/POSE.md): only
-            the magnetic tiles (0.868; 0.694 posed) fall below it, every other batch lies at
-            0.911 or above (the gate sits half way between). Exact
-            zero-shot scoring only (not the reference bank, Dask, ``watch`` or reference mode);
-            None turns it off.
-        rotations, self_term, self_mix, self_radius, self_gate, nearest_images, image_top: the
-            pose-robust options of :mod:`defectscope.methods.pose` (off by default; zero-shot
-            batch scoring only, docs/POSE.md).
-    """
-
-    backbone: str = "efficientnet-lite0"
-    weights: str | None = None
-    image_size: int | None = None
-    layers: tuple[str | int, ...] | None = None
-    degrees: tuple[int, ...] = (1, 3, 5)
-    lower: float = 0.5
-    upper: float = 1.0
-    rscin_ks: tuple[int, ...] = (1, 2, 3)
-    smoothing_sigma: float = 4.0
-    native_grids: bool = True
-    batch_size: int = 8
-    border: str = "zero"
-    border_pad: int | None = None
-    border_depth: int = 2
-    keep_aspect: bool = True
-    tiles: int = 1
-    tile_overlap: float = 0.25
-    max_references: int | None = 200
-    reference_seed: int = 0
-    feature_store: str | None = "auto"
-    scheduler: str | None = None
-    false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE
-    device: str = "auto"
-    rotations: int = 1
-    self_term: str = "off"
-    self_mix: str = "min"
-    self_radius: int = 4
-    self_gate: float = 1.0
-    nearest_images: int | None = None
-    image_top: float = 0.0
-    looks_gate: float | None = 0.89
-    looks_interval: tuple[float, float] = (0.0, 0.3)
-
-    def validate(self) -> None:
-        _check_interval(self.lower, self.upper)
-        from defectscope.methods.pose import check_options
-
-        check_options(self.rotations, self.self_term, self.self_mix, self.self_radius, self.self_gate, self.nearest_images,
-                      self.image_top, self.looks_gate, self.looks_interval)
-        check_false_alarm_rate(self.false_alarm_rate)
-        if self.scheduler is not None and resolve_device(self.device).type != "cpu":
-            raise ConfigError(f"--scheduler runs MuSc on Dask workers' CPUs; it cannot be combined with --device {self.device} (use --device cpu)")
-        if self.border not in BORDERS:
-            raise ConfigError(f"border rule {self.border!r} is unknown; choose one of {', '.join(BORDERS)}")
-        if not self.degrees or any(r < 1 or r % 2 == 0 for r in self.degrees):
-            raise ConfigError(f"aggregation degrees {self.degrees} are invalid: need odd values >= 1")
-        if not self.rscin_ks or any(k < 1 for k in self.rscin_ks):
-            raise ConfigError(f"RsCIN k list {self.rscin_ks} is invalid: need values >= 1")
-        if self.smoothing_sigma < 0:
-            raise ConfigError(f"smoothing sigma must be >= 0, got {self.smoothing_sigma}")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch size must be >= 1, got {self.batch_size}")
-        if isinstance(self.border_depth, bool) or not isinstance(self.border_depth, int) or self.border_depth < 0:
-            raise ConfigError(f"border_depth must be an integer >= 0, got {self.border_depth!r}")
-        if isinstance(self.tiles, bool) or not isinstance(self.tiles, int) or self.tiles < 1:
-            raise ConfigError(f"tiles must be an integer >= 1 (tiles per side), got {self.tiles!r}")
-        if not 0.0 <= self.tile_overlap <= 0.5:
-            raise ConfigError(f"tile_overlap must be in [0, 0.5], got {self.tile_overlap}")
-        if self.max_references is not None and self.max_references < 1:
-            raise ConfigError(f"max_references must be >= 1 (or None for exact scoring), got {self.max_references}")
 
 
 def tile_fractions(tiles: int, overlap: float) -> tuple[float, float]:
@@ -228,6 +101,16 @@ def tile_boxes(tile_shape: tuple[int, int], tiles: int, overlap: float) -> list[
     return [(top, top + height, left, left + width) for top in rows for left in cols]
 
 
+def set_progress(progress: ProgressCallback | None, count: int, sets: int) -> list[Callable[[int], None] | None]:
+    """One callback per feature set for its pairwise work on a batch of ``count`` images, all
+    ``sets`` counted as one "scoring" stage (pairs done of every set's pairs); Nones without
+    ``progress``."""
+    pairs = count * (count - 1) // 2
+    if progress is None:
+        return [None] * sets
+    return [lambda done, base=index * pairs: progress("scoring", base + done, pairs * sets) for index in range(sets)]
+
+
 @dataclass
 class ReferenceBank:
     """Known-good images for reference mode: their LNAMD feature sets (one (M, L, C) per layer
@@ -252,15 +135,12 @@ class MuSc(Detector):
 
     def __init__(self, config: MuScConfig | None = None, backbone=None) -> None:
         super().__init__(config or MuScConfig())
-        self.config.validate()
         self._backbone = backbone
         self.reference: ReferenceBank | None = None
 
     @property
     def backbone(self):
         if self._backbone is None:
-            from defectscope.backbones import get_backbone
-
             cfg = self.config
             layers = list(cfg.layers) if cfg.layers is not None else None
             self._backbone = get_backbone(
@@ -274,7 +154,7 @@ class MuSc(Detector):
         calibrate the verdict on them at ``false_alarm_rate`` (each good image scored
         leave-one-out against the others). Without it the detector is zero-shot (the batch
         scores itself)."""
-        self.config = replace(self.config, false_alarm_rate=check_false_alarm_rate(false_alarm_rate))
+        self.config = replace(self.config, false_alarm_rate=false_alarm_rate)
         require_good_images(len(images), self.config.false_alarm_rate)
         if self.config.tiles != 1:
             raise ConfigError("reference mode scores whole images only: use tiles=1 with good images")
@@ -299,8 +179,6 @@ class MuSc(Detector):
 
     def _banked(self, count: int) -> bool:
         """True when a batch of ``count`` images is scored against a sampled reference bank."""
-        from defectscope.methods.bank import use_bank
-
         return self.reference_bank and use_bank(count, self.config.max_references)
 
     def memory_needed(self, count: int, image_size: int | None = None) -> int:
@@ -324,10 +202,8 @@ class MuSc(Detector):
         """The batch's input (height, width) with ``keep_aspect``; None for the square input."""
         if not self.config.keep_aspect:
             return None
-        from defectscope.backbones._common import input_shape
-
         backbone = self.backbone
-        return input_shape(images, backbone.image_size, getattr(backbone, "size_unit", backbone.image_size))
+        return aspect_input_shape(images, backbone.image_size, getattr(backbone, "size_unit", backbone.image_size))
 
     def feature_sets(
         self, images: Sequence[np.ndarray], progress: ProgressCallback | None = None, *, native_grids: bool = False
@@ -335,8 +211,6 @@ class MuSc(Detector):
         """Backbone features -> LNAMD feature sets, one (N, L, C) per (layer, degree), and the
         finest grid. With ``native_grids`` each set keeps its layer's own grid (scores are
         brought to the finest grid by :func:`to_finest_grid`)."""
-        from defectscope.methods.features import extract_in_batches
-
         shape = self.input_shape(images)
         features = extract_in_batches(
             self.backbone, images, self.config.batch_size, progress, common_grid=not native_grids, shape=shape
@@ -350,8 +224,6 @@ class MuSc(Detector):
         """Features and MSM patch scores (N, L), averaged over layers and degrees."""
         n = len(images)
         check_batch_size(n)
-        from defectscope.methods import pose
-
         self.last_pose_facts: dict[str, Any] = {}
 
         if pose.uses_pose_options(self.config):
@@ -359,24 +231,15 @@ class MuSc(Detector):
                 raise ConfigError("rotations, self_term and nearest_images score a batch exactly: use them without a scheduler and with max_references=None or a batch below the bank size")
             return pose.pose_patch_scores(self, images, progress)
         if self.config.scheduler is not None or self._banked(n):
-            if self.config.scheduler is not None:
-                from defectscope.methods.distributed import dask_patch_scores as elsewhere
-            else:
-                from defectscope.methods.bank import sampled_patch_scores as elsewhere
+            elsewhere = dask_patch_scores if self.config.scheduler is not None else sampled_patch_scores
             scores = elsewhere(self, images, progress)
             scores.patch_scores = calibrate_border(scores.patch_scores, scores.grid, self.config.border_depth)
             return scores
         sets, grid, embeddings = self.feature_sets(images, progress, native_grids=self.config.native_grids)
         lower, upper, self.last_pose_facts = pose.batch_interval(self.config, embeddings)
-        pairs = n * (n - 1) // 2
-        total = pairs * len(sets)
         accumulated = torch.zeros(n, grid[0] * grid[1], device=sets[0].device)
-        for index, feature_set in enumerate(sets):
-            report = None
-            if progress is not None:
-                report = lambda done, base=index * pairs: progress("scoring", base + done, total)  # noqa: E731
-            scores = mutual_scores(feature_set, lower, upper, progress=report)
-            accumulated += to_finest_grid(scores, grid)
+        for feature_set, report in zip(sets, set_progress(progress, n, len(sets))):
+            accumulated += to_finest_grid(mutual_scores(feature_set, lower, upper, progress=report), grid)
         patch_scores = calibrate_border(accumulated / len(sets), grid, self.config.border_depth)
         return MuScScores(patch_scores, grid, embeddings, sets)
 
@@ -409,6 +272,10 @@ class MuSc(Detector):
         mode (after :meth:`calibrate`) against the good images, image score = max of map."""
         if self.reference is not None:
             return self.predict_against_reference(images, paths, progress)
+        return self.score_batch(images, paths, progress)
+
+    def score_batch(self, images: Sequence[np.ndarray], paths: Sequence[str] | None, progress: ProgressCallback | None) -> Result:
+        """Zero-shot scoring of the batch by itself (:meth:`predict` without good images)."""
         if self.config.tiles == 1:
             scores = self.patch_scores(images, progress)
             return self.result_from_patch_scores(scores.patch_scores, scores.grid, scores.embeddings, paths)
@@ -505,9 +372,7 @@ class MuSc(Detector):
         names = default_paths(paths, maps.shape[0], self.method)
         raw = maps.flatten(1).amax(dim=1)
         if self.config.image_top > 0:
-            from defectscope.methods.pose import top_share_scores
-
-            image_scores = rscin(top_share_scores(maps, self.config.image_top), embeddings, self.config.rscin_ks)
+            image_scores = rscin(pose.top_share_scores(maps, self.config.image_top), embeddings, self.config.rscin_ks)
         else:
             image_scores = rscin(raw, embeddings, self.config.rscin_ks)
         raw, maps = raw.cpu(), maps.cpu()

@@ -44,7 +44,6 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from defectscope.errors import ConfigError
 from defectscope.methods.mutual import (
     MuScScores,
     _interval_reduce,
@@ -66,30 +65,6 @@ _GROUPS_SQUARE = {
     8: [(0, False), (1, False), (2, False), (3, False), (0, True), (1, True), (2, True), (3, True)],
 }
 _GROUP_OBLONG = [(0, False), (2, False), (0, True), (2, True)]
-
-
-def check_options(rotations: int, self_term: str, self_mix: str, self_radius: int, self_gate: float,
-                  nearest_images: int | None, image_top: float, looks_gate: float | None = None,
-                  looks_interval: tuple[float, float] = (0.0, 0.3)) -> None:
-    """Refuse invalid pose options with one sentence each."""
-    if looks_gate is not None and not 0.0 < looks_gate <= 1.0:
-        raise ConfigError(f"looks_gate must be a cosine in (0, 1] (or None: off), got {looks_gate}")
-    if len(looks_interval) != 2 or not 0.0 <= looks_interval[0] < looks_interval[1] <= 1.0:
-        raise ConfigError(f"looks_interval {looks_interval} is invalid: need 0 <= lower < upper <= 1")
-    if rotations not in ROTATION_COUNTS:
-        raise ConfigError(f"rotations must be one of {', '.join(map(str, ROTATION_COUNTS))}, got {rotations!r}")
-    if self_term not in SELF_TERMS:
-        raise ConfigError(f"self_term must be one of {', '.join(SELF_TERMS)}, got {self_term!r}")
-    if self_mix not in SELF_MIXES:
-        raise ConfigError(f"self_mix must be one of {', '.join(SELF_MIXES)}, got {self_mix!r}")
-    if isinstance(self_radius, bool) or not isinstance(self_radius, int) or self_radius < 0:
-        raise ConfigError(f"self_radius must be an integer >= 0 (cells of the finest grid), got {self_radius!r}")
-    if not self_gate > 0:
-        raise ConfigError(f"self_gate must be > 0, got {self_gate}")
-    if nearest_images is not None and (isinstance(nearest_images, bool) or not isinstance(nearest_images, int) or nearest_images < 1):
-        raise ConfigError(f"nearest_images must be an integer >= 1 (or None for all images), got {nearest_images!r}")
-    if not 0.0 <= image_top < 1.0:
-        raise ConfigError(f"image_top must be in [0, 1) (0: the map maximum), got {image_top}")
 
 
 def turn_group(rotations: int, square: bool) -> list[tuple[int, bool]]:

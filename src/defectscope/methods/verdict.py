@@ -10,10 +10,10 @@ Two rules, both pure functions of score arrays:
   right tail is longer than a Gaussian's. On the log scores a single Gumbel and a Gumbel +
   Gaussian mixture (EM) are fitted; when BIC prefers the mixture, its Gumbel component is the
   null (the normal images), else the whole batch is. The threshold is an upper confidence bound
-  (``confidence``, default 90 %) of the null's ``1 - alpha`` quantile, from the asymptotic
+  (``confidence``, default 90 %) of the null's ``1 - false_alarm_rate`` quantile, from the asymptotic
   standard error of the maximum-likelihood quantile at the null's effective sample size. So, if
   the mixture finds the normal images, with probability about ``confidence`` the share of them
-  flagged is at most ``alpha``; small batches get a wider margin. A Gumbel component holding
+  flagged is at most ``false_alarm_rate``; small batches get a wider margin. A Gumbel component holding
   less than ``MIN_NULL_SHARE`` of the batch is taken for a handful of unusually clean images and
   a single Gumbel of the whole batch is the null. Log scores make the rule invariant to a
   rescaling of the scores (a different backbone or distance scale). The choices (map maxima as
@@ -21,9 +21,9 @@ Two rules, both pure functions of score arrays:
   categories; see docs/BENCHMARKS.md, "Verdicts".
 - :func:`conformal_threshold` (known-good images): conformal calibration that holds per good
   set. With n good scores the anomalous cut is the smallest order statistic that keeps at most
-  ``alpha`` of normal images above it for 90 % of good sets (or the largest score, with the
-  budget it does keep stated); the split-conformal ``ceil((n + 1)(1 - alpha))``-th smallest
-  (at most ``alpha`` on average) opens a review band below it.
+  ``false_alarm_rate`` of normal images above it for 90 % of good sets (or the largest score, with the
+  budget it does keep stated); the split-conformal ``ceil((n + 1)(1 - false_alarm_rate))``-th smallest
+  (at most ``false_alarm_rate`` on average) opens a review band below it.
 
 An image is anomalous when its statistic is strictly above the threshold (:func:`decide`).
 """
@@ -38,11 +38,17 @@ import numpy as np
 from scipy import optimize, stats
 
 from defectscope.errors import ConfigError
+from defectscope.methods.config import (  # noqa: F401  (the shared defaults are kept importable from here)
+    DEFAULT_FALSE_ALARM_RATE,
+    DEFAULT_REVIEW_BUDGET,
+    FALSE_ALARM_RATE,
+    REVIEW_BUDGET,
+    require,
+)
 
 if TYPE_CHECKING:
     from defectscope.methods.base import Result
 
-DEFAULT_FALSE_ALARM_RATE = 0.05
 CONFIDENCE = 0.9
 MIN_NULL_SHARE = 0.1
 _EM_STARTS = (0.25, 0.5, 0.75)
@@ -53,7 +59,6 @@ EULER = 0.5772156649015329
 
 NORMAL, REVIEW, ANOMALOUS = "normal", "review", "anomalous"
 VERDICT_WORDS = (NORMAL, REVIEW, ANOMALOUS)
-DEFAULT_REVIEW_BUDGET = 0.2
 
 
 @dataclass(frozen=True)
@@ -79,20 +84,19 @@ class NullFit:
     count: float
     components: int
 
-    def quantile_bound(self, alpha: float, confidence: float = CONFIDENCE) -> float:
-        """Upper ``confidence`` bound of the null's ``1 - alpha`` quantile: the fitted quantile
+    def quantile_bound(self, false_alarm_rate: float, confidence: float = CONFIDENCE) -> float:
+        """Upper ``confidence`` bound of the null's ``1 - false_alarm_rate`` quantile: the fitted quantile
         plus the one-sided normal quantile times its asymptotic standard error (maximum
         likelihood, Gumbel: scale^2 / n (1.1087 + 0.5140 y + 0.6079 y^2), y the reduced variate)."""
-        y = -math.log(-math.log(1.0 - alpha))
+        y = -math.log(-math.log(1.0 - false_alarm_rate))
         spread = math.sqrt((1.10866 + 0.51404 * y + 0.60793 * y * y) / max(self.count, 2.0))
         return self.location + self.scale * (y + float(stats.norm.ppf(confidence)) * spread)
 
 
-def check_false_alarm_rate(alpha: float) -> float:
-    """Refuse a false-alarm budget outside (0, 1) in one sentence."""
-    if not (isinstance(alpha, (int, float)) and 0.0 < float(alpha) < 1.0):
-        raise ConfigError(f"--false-alarm-rate must be a number between 0 and 1 (exclusive), got {alpha}")
-    return float(alpha)
+def check_false_alarm_rate(false_alarm_rate: float) -> float:
+    """Refuse a false-alarm budget outside (0, 1) in one sentence (the rule of every config's
+    ``false_alarm_rate``, :data:`defectscope.methods.config.FALSE_ALARM_RATE`)."""
+    return require("--false-alarm-rate", false_alarm_rate, FALSE_ALARM_RATE)
 
 
 def _scores(scores: np.ndarray, what: str) -> np.ndarray:
@@ -200,17 +204,17 @@ def fit_null(x: np.ndarray) -> NullFit:
 
 
 def gumbel_threshold(
-    scores: np.ndarray, alpha: float = DEFAULT_FALSE_ALARM_RATE, *, confidence: float = CONFIDENCE, statistic: str = "scores"
+    scores: np.ndarray, false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE, *, confidence: float = CONFIDENCE, statistic: str = "scores"
 ) -> Threshold:
     """The Gumbel-null cut for an unlabeled batch (see the module docstring; one of the three cuts
     of :func:`defectscope.methods.labelfree.label_free_threshold`). ``scores`` must be positive
     (they are compared on a log scale); ``statistic`` names them in the rule text."""
-    alpha = check_false_alarm_rate(alpha)
+    false_alarm_rate = check_false_alarm_rate(false_alarm_rate)
     values = _scores(scores, "the label-free verdict")
     if np.any(values <= 0):
         raise ConfigError("the label-free verdict needs positive scores (it compares them on a log scale)")
     null = fit_null(np.log(values))
-    value = math.exp(null.quantile_bound(alpha, confidence))
+    value = math.exp(null.quantile_bound(false_alarm_rate, confidence))
     if null.components == 2:
         fitted = (
             f"the Gumbel component (normal images, {null.count / values.size:.0%} of the batch) of a Gumbel + "
@@ -219,38 +223,38 @@ def gumbel_threshold(
     else:
         fitted = f"one Gumbel law of the batch's log {statistic}"
     rule = (
-        f"label-free, false-alarm budget {alpha:g}: {confidence:.0%} upper bound of the {1 - alpha:.0%} quantile of {fitted}"
+        f"label-free, false-alarm budget {false_alarm_rate:g}: {confidence:.0%} upper bound of the {1 - false_alarm_rate:.0%} quantile of {fitted}"
     )
     return Threshold(value, rule)
 
 
-def conformal_count(alpha: float) -> int:
-    """The fewest good images for which split-conformal calibration at ``alpha`` is possible."""
-    alpha = check_false_alarm_rate(alpha)
+def conformal_count(false_alarm_rate: float) -> int:
+    """The fewest good images for which split-conformal calibration at ``false_alarm_rate`` is possible."""
+    false_alarm_rate = check_false_alarm_rate(false_alarm_rate)
     n = 1
-    while math.ceil((n + 1) * (1 - alpha) - 1e-9) > n:
+    while math.ceil((n + 1) * (1 - false_alarm_rate) - 1e-9) > n:
         n += 1
     return n
 
 
-def require_good_images(count: int, alpha: float) -> None:
+def require_good_images(count: int, false_alarm_rate: float) -> None:
     """Refuse, before any heavy work, a --good folder too small for conformal calibration."""
-    needed = conformal_count(alpha)
+    needed = conformal_count(false_alarm_rate)
     if count < needed:
-        raise ConfigError(f"--good holds {count} image(s); a false-alarm rate of {alpha:g} needs at least {needed} good images")
+        raise ConfigError(f"--good holds {count} image(s); a false-alarm rate of {false_alarm_rate:g} needs at least {needed} good images")
 
 
 GOOD_SET_CONFIDENCE = 0.9
 """Known-good mode: the share of good sets for which the false-alarm budget must hold."""
 
 
-def set_rank(n: int, alpha: float, confidence: float = GOOD_SET_CONFIDENCE) -> int | None:
+def set_rank(n: int, false_alarm_rate: float, confidence: float = GOOD_SET_CONFIDENCE) -> int | None:
     """The smallest rank k <= n such that, for exchangeable scores, the k-th smallest of n good
-    scores leaves at most ``alpha`` of normal images above it for at least ``confidence`` of all
+    scores leaves at most ``false_alarm_rate`` of normal images above it for at least ``confidence`` of all
     good sets (the true coverage of the k-th order statistic is Beta(k, n + 1 - k) distributed);
     None when even the largest good score cannot promise that."""
     for k in range(1, n + 1):
-        if float(stats.beta.cdf(1.0 - alpha, k, n + 1 - k)) <= 1.0 - confidence + 1e-12:
+        if float(stats.beta.cdf(1.0 - false_alarm_rate, k, n + 1 - k)) <= 1.0 - confidence + 1e-12:
             return k
     return None
 
@@ -262,44 +266,44 @@ def set_budget(n: int, confidence: float = GOOD_SET_CONFIDENCE) -> float:
 
 
 def conformal_threshold(
-    good_scores: np.ndarray, alpha: float = DEFAULT_FALSE_ALARM_RATE, *, source: str = "good images",
+    good_scores: np.ndarray, false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE, *, source: str = "good images",
     confidence: float = GOOD_SET_CONFIDENCE,
 ) -> Threshold:
     """Conformal calibration on n good scores, holding per good set, not only on average.
 
     The anomalous cut is the :func:`set_rank`-th smallest good score: for ``confidence`` (90 %)
-    of good sets at most ``alpha`` of normal images score above it; where n is too small for
+    of good sets at most ``false_alarm_rate`` of normal images score above it; where n is too small for
     that, the largest good score, whose per-set budget :func:`set_budget` the rule states. The
-    split-conformal cut (the ceil((n + 1)(1 - alpha))-th smallest: at most ``alpha`` on
-    average over good sets) opens the review band below it. Refuses when n < 1/alpha - 1 (no
+    split-conformal cut (the ceil((n + 1)(1 - false_alarm_rate))-th smallest: at most ``false_alarm_rate`` on
+    average over good sets) opens the review band below it. Refuses when n < 1/false_alarm_rate - 1 (no
     order statistic gives even the average guarantee)."""
-    alpha = check_false_alarm_rate(alpha)
+    false_alarm_rate = check_false_alarm_rate(false_alarm_rate)
     values = np.sort(_scores(good_scores, "conformal calibration"))
     n = values.size
-    rank = math.ceil((n + 1) * (1 - alpha) - 1e-9)
+    rank = math.ceil((n + 1) * (1 - false_alarm_rate) - 1e-9)
     if rank > n:
         raise ConfigError(
-            f"calibrating a false-alarm rate of {alpha:g} needs at least {conformal_count(alpha)} {source}, got {n}"
+            f"calibrating a false-alarm rate of {false_alarm_rate:g} needs at least {conformal_count(false_alarm_rate)} {source}, got {n}"
         )
-    strict = set_rank(n, alpha, confidence)
+    strict = set_rank(n, false_alarm_rate, confidence)
     top = n if strict is None else strict
     where = "the largest score" if top == n else f"the {top}-th smallest score"
     if strict is None:
         promise = (
             f"false alarms at most {set_budget(n, confidence):.1%} in {confidence:.0%} of good sets; "
-            f"{goods_for(alpha, confidence)} good images would keep {alpha:g}"
+            f"{goods_for(false_alarm_rate, confidence)} good images would keep {false_alarm_rate:g}"
         )
     else:
-        promise = f"false alarms at most {alpha:g} in {confidence:.0%} of good sets"
+        promise = f"false alarms at most {false_alarm_rate:g} in {confidence:.0%} of good sets"
     review_from = float(values[rank - 1]) if rank < top else None
-    band = f"; review down to the {rank}-th smallest (at most {alpha:g} on average)" if review_from is not None else ""
+    band = f"; review down to the {rank}-th smallest (at most {false_alarm_rate:g} on average)" if review_from is not None else ""
     rule = f"conformal on {n} {source}: anomalous above {where} ({promise}){band}"
     return Threshold(float(values[top - 1]), rule, review_from)
 
 
-def goods_for(alpha: float, confidence: float = GOOD_SET_CONFIDENCE) -> int:
-    """The fewest good images whose largest score keeps ``alpha`` for ``confidence`` of good sets."""
-    return math.ceil(math.log(1.0 - confidence) / math.log(1.0 - alpha))
+def goods_for(false_alarm_rate: float, confidence: float = GOOD_SET_CONFIDENCE) -> int:
+    """The fewest good images whose largest score keeps ``false_alarm_rate`` for ``confidence`` of good sets."""
+    return math.ceil(math.log(1.0 - confidence) / math.log(1.0 - false_alarm_rate))
 
 
 def decide(scores: np.ndarray, threshold: Threshold) -> np.ndarray:
@@ -317,9 +321,7 @@ def in_review(scores: np.ndarray, threshold: Threshold) -> np.ndarray:
 
 def check_review_budget(budget: float) -> float:
     """Refuse a review budget outside [0, 1] in one sentence."""
-    if not (isinstance(budget, (int, float)) and 0.0 <= float(budget) <= 1.0):
-        raise ConfigError(f"--review-budget must be a share between 0 and 1, got {budget}")
-    return float(budget)
+    return require("--review-budget", budget, REVIEW_BUDGET)
 
 
 def cap_review(scores: np.ndarray, threshold: Threshold, budget: float) -> Threshold:

@@ -13,9 +13,9 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
-from defectscope.data.io import _PNG_END, _PROBLEM_ERRORS, _SIGNATURES, _stated_integer_range, _to_rgb_array
+from defectscope.data.io import _PROBLEM_ERRORS, _SIGNATURES, DecodeProblem, _to_rgb_array, decode_opened
 from defectscope.errors import ImageReadError
 
 IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/jpg", "image/bmp", "image/x-ms-bmp", "image/tiff", "application/octet-stream"})
@@ -111,21 +111,15 @@ def decode_image(data: bytes, name: str = "", *, max_pixels: int) -> np.ndarray:
         raise BadRequest(400, "the request body is empty (0 bytes); send the image file as the body or in a multipart field named 'image'")
     if not any(data.startswith(signature) for signature in _SIGNATURES):
         raise BadRequest(400, f"{shown} is not an image (no PNG, JPEG, BMP or TIFF header found)")
-    handle = io.BytesIO(data)
     try:
-        with Image.open(handle) as opened:
-            width, height = opened.size
-            if width * height > max_pixels:
-                raise BadRequest(413, f"{shown} is {width} x {height} pixels, over the cap of {max_pixels} pixels; send a smaller image")
-            opened.load()
-            if opened.format == "PNG" and _PNG_END not in data[-4096:]:
-                raise BadRequest(400, f"{shown} is truncated (its PNG end chunk is missing)")
-            stated = _stated_integer_range(opened)
-            image = ImageOps.exif_transpose(opened)
-            if image is None or image is opened:
-                image = opened.copy()
-    except BadRequest:
-        raise
+        image, stated = decode_opened(io.BytesIO(data), max_pixels)
+    except DecodeProblem as refused:
+        if refused.kind == "too large":
+            width, height = refused.size
+            raise BadRequest(413, f"{shown} is {width} x {height} pixels, over the cap of {max_pixels} pixels; send a smaller image") from None
+        if refused.kind == "truncated":
+            raise BadRequest(400, f"{shown} is truncated (its PNG end chunk is missing)") from None
+        raise BadRequest(400, f"{shown} has no pixels") from None
     except Image.DecompressionBombError as exc:
         raise BadRequest(413, f"{shown} is too large to decode safely ({exc})") from exc
     except UnidentifiedImageError as exc:
@@ -133,8 +127,6 @@ def decode_image(data: bytes, name: str = "", *, max_pixels: int) -> np.ndarray:
     except _PROBLEM_ERRORS as exc:
         detail = "truncated" if "truncated" in str(exc).lower() else f"damaged ({str(exc).strip().rstrip('.') or type(exc).__name__})"
         raise BadRequest(400, f"{shown} is {detail}") from exc
-    if image.width == 0 or image.height == 0:
-        raise BadRequest(400, f"{shown} has no pixels")
     try:
         return _to_rgb_array(image, name or "upload", stated)
     except ImageReadError as exc:
