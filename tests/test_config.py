@@ -105,11 +105,6 @@ def test_free_values_use_the_same_rules():
     assert require("k", 3, Rule(at_least=1), int) == 3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="UFlowConfig and PRNConfig still check in their own __post_init__ (the trained methods' files); "
-    "they are converted at merge as MethodConfig's docstring says: then remove this mark",
-)
 def test_every_registered_config_is_checked_in_the_one_place():
     from defectscope.methods.registry import METHODS
 

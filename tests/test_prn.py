@@ -201,7 +201,7 @@ def test_wrong_method_file_fails_clearly(tmp_path):
 
 
 def test_untrained_predict_and_bad_config_fail_clearly():
-    with pytest.raises(ConfigError, match="final_model must be one of"):
+    with pytest.raises(ConfigError, match="final_model=.* is invalid: expected one of"):
         tiny_config(final_model="sometimes")
     with pytest.raises(NotFittedError, match="not trained"):
         PRN(tiny_config(), backbone=FakeBackbone()).predict([np.zeros((SIZE, SIZE, 3), np.uint8)])

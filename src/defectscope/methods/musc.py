@@ -171,7 +171,7 @@ class MuSc(Detector):
 
     def memory_plan(self) -> tuple[int, int]:
         backbone = self.backbone
-        return int(backbone.image_size), int(getattr(backbone, "patch_size", 32))
+        return int(backbone.image_size), int(backbone.size_unit)
 
     def _tables_held(self, sets: int) -> int:
         """N x N x L tables alive at once: similarities, distances and their sorted part."""
@@ -184,9 +184,8 @@ class MuSc(Detector):
     def memory_needed(self, count: int, image_size: int | None = None) -> int:
         backbone = self.backbone
         size = image_size or backbone.image_size
-        grid = getattr(backbone, "grid", None)
-        side = max(1, grid[0] * size // backbone.image_size) if grid else max(1, size // 8)
-        channels = list(getattr(backbone, "layer_channels", [256] * len(backbone.layer_names)))
+        side = max(1, backbone.grid[0] * size // backbone.image_size)
+        channels = list(backbone.layer_channels)
         degrees = len(self.config.degrees)
         patches = side * side
         return estimate_bytes(
@@ -203,7 +202,7 @@ class MuSc(Detector):
         if not self.config.keep_aspect:
             return None
         backbone = self.backbone
-        return aspect_input_shape(images, backbone.image_size, getattr(backbone, "size_unit", backbone.image_size))
+        return aspect_input_shape(images, backbone.image_size, backbone.size_unit)
 
     def feature_sets(
         self, images: Sequence[np.ndarray], progress: ProgressCallback | None = None, *, native_grids: bool = False

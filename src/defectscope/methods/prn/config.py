@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
-from defectscope.errors import ConfigError, ModelFileError
+from defectscope.errors import ModelFileError
 from defectscope.methods.base import MethodConfig
-from defectscope.methods.verdict import DEFAULT_FALSE_ALARM_RATE, check_false_alarm_rate
+from defectscope.methods.config import DEFAULT_FALSE_ALARM_RATE, FALSE_ALARM_RATE, setting
 
 METHOD = "prn"
 FINAL_MODEL_CHOICES = ("held-back", "always", "never")
@@ -51,51 +51,35 @@ class PRNConfig(MethodConfig):
 
     backbone: str = "efficientnet-lite0"
     weights: str | None = None
-    image_size: int = 256
+    image_size: int = setting(256, at_least=32, multiple_of=32)
     layers: tuple[str, ...] = ("stride4", "stride8", "stride16")
-    prototype_fraction: float = 0.1
-    max_prototypes: int = 32
+    prototype_fraction: float = setting(0.1, above=0.0, at_most=1.0)
+    max_prototypes: int = setting(32, at_least=1)
     widths: tuple[int, ...] = (32, 48, 64)
     attention_scales: tuple[int, ...] = (1, 2)
     attention_divisors: tuple[int, ...] = (1, 2, 4, 8)
-    epochs: int = 16
-    samples_per_epoch: int | None = 192
-    batch_size: int = 8
-    learning_rate: float = 2e-3
+    epochs: int = setting(16, at_least=1)
+    samples_per_epoch: int | None = setting(192, at_least=1)
+    batch_size: int = setting(8, at_least=1)
+    learning_rate: float = setting(2e-3, above=0.0)
     weight_decay: float = 1e-4
     focal_gamma: float = 4.0
-    top_k: int = 100
-    shares: tuple[float, float, float] = (0.5, 0.25, 0.25)
+    top_k: int = setting(100, at_least=1)
+    shares: tuple[float, float, float] = setting((0.5, 0.25, 0.25), at_least=0.0)
     seed: int = 0
-    calibration_fraction: float = 0.1
+    calibration_fraction: float = setting(0.1, at_least=0.0, below=1.0)
     cross_fit_folds: int = 3
-    final_model: str = "held-back"
-    false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE
+    final_model: str = setting("held-back", choices=FINAL_MODEL_CHOICES)
+    false_alarm_rate: float = setting(DEFAULT_FALSE_ALARM_RATE, FALSE_ALARM_RATE)
     device: str = "auto"
 
-    def __post_init__(self) -> None:
-        check_false_alarm_rate(self.false_alarm_rate)
-        if self.final_model not in FINAL_MODEL_CHOICES:
-            raise ConfigError(f"PRN final_model must be one of {', '.join(FINAL_MODEL_CHOICES)}, got {self.final_model!r}.")
-        if not 0 <= self.calibration_fraction < 1:
-            raise ConfigError(f"PRN calibration_fraction must be in [0, 1), got {self.calibration_fraction}.")
-        if self.image_size <= 0 or self.image_size % 32 != 0:
-            raise ConfigError(f"PRN image_size must be a positive multiple of 32, got {self.image_size}.")
+    def check(self) -> None:
         if len(self.layers) < 2:
-            raise ConfigError(f"PRN needs at least two backbone layers (multi-scale), got {list(self.layers)}.")
+            self.refuse(f"needs at least two backbone layers (multi-scale), got {list(self.layers)}")
         if len(self.widths) != len(self.layers):
-            raise ConfigError(f"PRN widths {list(self.widths)} need one entry per layer {list(self.layers)}.")
-        if not 0 < self.prototype_fraction <= 1:
-            raise ConfigError(f"PRN prototype_fraction must be in (0, 1], got {self.prototype_fraction}.")
-        for name in ("max_prototypes", "epochs", "batch_size", "top_k"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"PRN {name} must be at least 1, got {getattr(self, name)}.")
-        if self.samples_per_epoch is not None and self.samples_per_epoch < 1:
-            raise ConfigError(f"PRN samples_per_epoch must be at least 1, got {self.samples_per_epoch}.")
-        if len(self.shares) != 3 or min(self.shares) < 0 or sum(self.shares) <= 0:
-            raise ConfigError(f"PRN shares must be three non-negative numbers (normal, real, pseudo), got {self.shares}.")
-        if self.learning_rate <= 0:
-            raise ConfigError(f"PRN learning_rate must be positive, got {self.learning_rate}.")
+            self.refuse(f"widths {list(self.widths)} need one entry per layer {list(self.layers)}")
+        if sum(self.shares) <= 0:
+            self.refuse(f"shares {list(self.shares)} must not all be 0 (normal, real, pseudo)")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "PRNConfig":

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
-from defectscope.errors import ConfigError, ModelFileError
+from defectscope.errors import ModelFileError
 from defectscope.methods.base import MethodConfig
+from defectscope.methods.config import setting
 from defectscope.methods.uflow import extent
 
 METHOD = "uflow"
@@ -74,80 +75,38 @@ class UFlowConfig(MethodConfig):
 
     backbone: str = "efficientnet-lite0"
     weights: str | None = None
-    image_size: int = 256
-    layers: tuple[str, ...] = ("stride4", "stride8", "stride16")
-    input_sizes: tuple[int, ...] | None = None
-    blocks_per_scale: int = 4
-    affine_clamping: float = 2.0
-    hidden_ratio: float = 1.0
-    epochs: int = 30
-    batch_size: int = 16
-    min_epoch_samples: int = 200
-    learning_rate: float = 2e-3
-    lr_decay: float = 0.97
+    image_size: int = setting(256, at_least=1)
+    layers: tuple[str, ...] = setting(("stride4", "stride8", "stride16"))
+    input_sizes: tuple[int, ...] | None = setting(None, at_least=1)
+    blocks_per_scale: int = setting(4, at_least=1)
+    affine_clamping: float = setting(2.0, above=0.0)
+    hidden_ratio: float = setting(1.0, above=0.0)
+    epochs: int = setting(30, at_least=1)
+    batch_size: int = setting(16, at_least=1)
+    min_epoch_samples: int = setting(200, at_least=1)
+    learning_rate: float = setting(2e-3, above=0.0)
+    lr_decay: float = setting(0.97, above=0.0, at_most=1.0)
     weight_decay: float = 1e-5
     seed: int = 0
-    nfa_method: str = "region"
-    epsilon: float = 1.0
-    max_region_fraction: float = 0.5
-    block_window: int = 3
-    block_alpha: float = 0.05
-    feature_batch_size: int = 16
-    calibration_fraction: float = 0.1
-    smoothing_sigma: float = 4.0
-    mask_extent: str = "calibrated"
-    extent_quantile: float = 0.999
-    extent_cut_rule: str = "otsu"
-    extent_cut: float = 0.3
+    nfa_method: str = setting("region", choices=("region", "block", "none"))
+    epsilon: float = setting(1.0, above=0.0)
+    max_region_fraction: float = setting(0.5, above=0.0, at_most=1.0)
+    block_window: int = setting(3, at_least=1, odd=True)
+    block_alpha: float = setting(0.05, above=0.0, below=1.0)
+    feature_batch_size: int = setting(16, at_least=1)
+    calibration_fraction: float = setting(0.1, at_least=0.0, below=1.0)
+    smoothing_sigma: float = setting(4.0, at_least=0.0)
+    mask_extent: str = setting("calibrated", choices=("calibrated", "nfa"))
+    extent_quantile: float = setting(0.999, above=0.0, at_most=1.0)
+    extent_cut_rule: str = setting("otsu", choices=("otsu", "height"))
+    extent_cut: float = setting(0.3, at_least=0.0, below=1.0)
     device: str = "auto"
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "layers", tuple(self.layers))
-        if self.input_sizes is not None:
-            sizes = self.input_sizes if isinstance(self.input_sizes, (tuple, list)) else (self.input_sizes,)
-            object.__setattr__(self, "input_sizes", tuple(sizes))
-            if len(self.input_sizes) != len(self.layers) or not all(
-                isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in self.input_sizes
-            ):
-                raise ConfigError(
-                    f"U-Flow input_sizes {list(self.input_sizes)} must be one positive integer per layer "
-                    f"({len(self.layers)} layers)"
-                )
-        positive = ("image_size", "blocks_per_scale", "epochs", "batch_size", "feature_batch_size",
-                    "min_epoch_samples")
-        for name in positive:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ConfigError(f"U-Flow setting {name} must be a positive integer, got {value!r}")
-        if not self.layers:
-            raise ConfigError("U-Flow needs at least one backbone layer")
-        for name in ("affine_clamping", "hidden_ratio", "learning_rate", "epsilon"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"U-Flow setting {name} must be > 0, got {getattr(self, name)!r}")
-        if not 0 < self.lr_decay <= 1:
-            raise ConfigError(f"U-Flow setting lr_decay must be in (0, 1], got {self.lr_decay!r}")
-        if self.nfa_method not in ("region", "block", "none"):
-            raise ConfigError(f"U-Flow nfa_method must be 'region', 'block' or 'none', got {self.nfa_method!r}")
-        if self.block_window < 1 or self.block_window % 2 == 0:
-            raise ConfigError(f"U-Flow block_window must be a positive odd number, got {self.block_window!r}")
-        if not 0 <= self.calibration_fraction < 1:
-            raise ConfigError(
-                f"U-Flow calibration_fraction must be in [0, 1), got {self.calibration_fraction!r}"
+    def check(self) -> None:
+        if self.input_sizes is not None and len(self.input_sizes) != len(self.layers):
+            self.refuse(
+                f"input_sizes {list(self.input_sizes)} must be one positive integer per layer ({len(self.layers)} layers)"
             )
-        if not 0 < self.max_region_fraction <= 1:
-            raise ConfigError(f"U-Flow max_region_fraction must be in (0, 1], got {self.max_region_fraction!r}")
-        if self.mask_extent not in ("calibrated", "nfa"):
-            raise ConfigError(f"U-Flow mask_extent must be 'calibrated' or 'nfa', got {self.mask_extent!r}")
-        if not 0 < self.extent_quantile <= 1:
-            raise ConfigError(f"U-Flow extent_quantile must be in (0, 1], got {self.extent_quantile!r}")
-        if self.extent_cut_rule not in ("otsu", "height"):
-            raise ConfigError(f"U-Flow extent_cut_rule must be 'otsu' or 'height', got {self.extent_cut_rule!r}")
-        if not 0 <= self.extent_cut < 1:
-            raise ConfigError(f"U-Flow extent_cut must be in [0, 1), got {self.extent_cut!r}")
-        if not self.smoothing_sigma >= 0:
-            raise ConfigError(f"U-Flow smoothing_sigma must be >= 0, got {self.smoothing_sigma!r}")
-        if not 0 < self.block_alpha < 1:
-            raise ConfigError(f"U-Flow block_alpha must be in (0, 1), got {self.block_alpha!r}")
 
     def extent_rule(self) -> extent.ExtentRule:
         """The :class:`.extent.ExtentRule` of these settings (u units)."""
