@@ -1,14 +1,14 @@
 """The ceiling of any cut: per stored batch, the recall an oracle cut reaches at false alarms <= 5 %.
 
-    python bench/verdict_ceiling.py /tmp/verdict-data2 [--extra /tmp/verdict-data] [--method musc]
+    python bench/verdict_ceiling.py /tmp/verdict-data-pose --extra /tmp/verdict-data2 /tmp/verdict-data [--method musc]
 
 Reads bench/verdict_data.py output (per batch: labels, map maxima, RsCIN scores, anomaly maps
 max-pooled by 4). For each per-image statistic the oracle knows the labels: its cut is the
 smallest value that leaves at most floor(0.05 * normals) normal images strictly above it, and its
 recall is the share of defective images strictly above that cut. No label-free rule can beat it
 with that statistic (a rule that keeps the budget on a batch must cut at or above the oracle's
-cut there). Batches of ``--extra`` are added where the main folder lacks them (elpv_all, the
-pose-proxy batches; those store maxima only, so only the maxima column is filled for them).
+cut there). Batches of the ``--extra`` folders are added where an earlier folder lacks them (a
+batch stored without maps gets only the maxima column). All of it is development data.
 
 Statistics (all from the stored data, no rescoring):
 - ``max``: the map maximum (the verdict statistic today);
@@ -78,19 +78,20 @@ def load(folder: Path, method: str) -> dict[str, dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path)
-    parser.add_argument("--extra", type=Path)
+    parser.add_argument("--extra", type=Path, nargs="*", default=[])
     parser.add_argument("--method", default="musc")
     args = parser.parse_args()
     batches = load(args.folder, args.method)
-    if args.extra is not None:
-        for name, batch in load(args.extra, args.method).items():
+    for extra in args.extra:
+        for name, batch in load(extra, args.method).items():
             batches.setdefault(name, batch)
     rows = {name: statistics(batch) for name, batch in batches.items()}
     columns = ["max", "rscin", "top4", "top16", "top64", "count0.99", "count0.999", "max-med"]
     print("| batch | N (defective) | AUROC max | " + " | ".join(f"ceiling {c}" for c in columns) + " |")
     print("|---|---|---|" + "---|" * len(columns))
     sums: dict[str, list[float]] = {c: [] for c in columns}
-    groups = {"shared + demo": lambda n: not n.startswith("pose_") and n != "elpv_all", "pose proxy": lambda n: n.startswith("pose_")}
+    groups = {"shared + demo": lambda n: not n.startswith("pose_") and n != "elpv_all", "pose proxy": lambda n: n.startswith("pose_"),
+              "elpv, 2,624 cells": lambda n: n == "elpv_all"}
     per_group: dict[str, dict[str, list[float]]] = {g: {c: [] for c in columns} for g in groups}
     for name, stats in rows.items():
         labels = batches[name]["labels"]
@@ -107,6 +108,8 @@ def main() -> None:
                 cells.append("-")
         print(f"| {name} | {len(labels)} ({int(labels.sum())}) | {100 * auroc(stats['max'], labels):.1f} | " + " | ".join(cells) + " |")
     for g, values in per_group.items():
+        if not any(values.values()):
+            continue
         cells = [f"**{100 * np.mean(v):.1f}** ({len(v)})" if v else "-" for v in values.values()]
         print(f"| **mean, {g}** | | | " + " | ".join(cells) + " |")
 

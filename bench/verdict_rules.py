@@ -23,7 +23,15 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from defectscope.methods.labelfree import MIN_GROUP, MIN_SPLIT_SIZE, flat_separation, knee_cut, label_free_threshold, otsu_cut, separation
+from defectscope.methods.labelfree import (
+    MIN_GROUP,
+    MIN_SPLIT_SIZE,
+    flat_separation,
+    knee_cut,
+    label_free_threshold,
+    otsu_cut,
+    separation,
+)
 from defectscope.methods.verdict import Threshold, cap_review, decide, gumbel_threshold, in_review
 
 BUDGET = 0.2
