@@ -32,9 +32,10 @@ find two groups), with the parts above the batch median sent to review.
 Chosen on development data (docs/VERDICTS.md: the nine shared batches, the demo's 60 elpv cells,
 all 2,624 elpv cells, the pose-and-look proxy and batches of their normal images alone, MuSc and
 CoDeGraph): false alarms at most 5 % on each mixed batch, mean recall 61 % on the shared batches and
-the demo (the three-way agreement everywhere: 53 %). Dropping the Gumbel and knee cuts where the
-batch is not clearly two groups would reach 72 %, but flags 12-29 % of the parts of batches of good
-parts; a cut on map maxima cannot tell a batch's upper normal tail from defects there.
+the demo (the three-way agreement everywhere: 53 %). Leaving the Gumbel cut out where the batch
+is not clearly two groups (the highest of Otsu, the knee and a rank-based lower-part cut instead)
+would reach 72 %, but flags 12-29 % of the parts of most batches of good parts; a cut on map
+maxima cannot tell a batch's upper normal tail from defects there.
 """
 
 from __future__ import annotations
