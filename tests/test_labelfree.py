@@ -1,11 +1,19 @@
-"""The label-free verdict: three cuts, anomalous where all agree, review where they disagree."""
+"""The label-free verdict: Otsu's cut for batches of two groups clearly apart, else the highest of three
+cuts; review down to the lowest."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from defectscope.methods.labelfree import MIN_SPLIT_SIZE, knee_cut, label_free_threshold, otsu_cut
+from defectscope.methods.labelfree import (
+    MIN_SPLIT_SIZE,
+    flat_separation,
+    knee_cut,
+    label_free_threshold,
+    otsu_cut,
+    separation,
+)
 from defectscope.methods.verdict import decide, gumbel_threshold, in_review
 
 
@@ -48,15 +56,61 @@ def test_worst_of_many_batches_within_budget(share: float, width: float) -> None
     assert worst <= 0.05 and np.mean(caught) > 0.7, (worst, np.mean(caught))  # defects: anomalous or review
 
 
-def test_anomalous_only_above_every_cut_and_review_between() -> None:
-    scores, _ = _batch(np.random.default_rng(3), 90, 0.4, 0.15)
+def test_anomalous_cut_is_otsu_when_apart_else_the_highest_and_review_down_to_the_lowest() -> None:
+    rng = np.random.default_rng(3)
+    branches = set()
+    flat = np.exp(np.concatenate([rng.uniform(0.0, 0.3, 80), rng.uniform(0.25, 0.45, 10)]))
+    for scores in (flat, np.exp(np.concatenate([rng.normal(0.0, 0.02, 30), rng.normal(0.5, 0.1, 60)]))):
+        threshold = label_free_threshold(scores)
+        logs = np.log(scores)
+        cuts = [otsu_cut(logs), knee_cut(logs), np.log(gumbel_threshold(scores).value)]
+        apart = separation(logs) > flat_separation(logs.size)
+        assert np.log(threshold.value) == pytest.approx(cuts[0] if apart else max(cuts))
+        assert threshold.review_from is None or np.log(threshold.review_from) == pytest.approx(min(cuts))
+        assert not (decide(scores, threshold) & in_review(scores, threshold)).any()
+        assert "Otsu" in threshold.rule and "knee" in threshold.rule and "Gumbel" in threshold.rule
+        branches.add(apart)
+    assert branches == {True, False}  # both branches were exercised
+
+
+def test_two_groups_apart_are_cut_between_them_even_with_a_wide_defect_group() -> None:
+    # A tight normal third and a wide defect group above it (a benchmark test set): the knee falls
+    # inside the defects; the batch is clearly two groups, so Otsu's cut decides.
+    rng = np.random.default_rng(7)
+    normal, defective = rng.normal(-0.33, 0.02, 24), rng.uniform(-0.13, 0.15, 48)
+    scores = np.exp(np.concatenate([normal, defective]))
     threshold = label_free_threshold(scores)
-    logs = np.log(scores)
-    cuts = [np.log(gumbel_threshold(scores).value), otsu_cut(logs), knee_cut(logs)]
-    assert np.log(threshold.value) == pytest.approx(max(cuts))
-    assert threshold.review_from is None or np.log(threshold.review_from) == pytest.approx(min(cuts))
-    assert not (decide(scores, threshold) & in_review(scores, threshold)).any()
-    assert "Otsu" in threshold.rule and "knee" in threshold.rule
+    flagged = decide(scores, threshold)
+    assert separation(np.log(scores)) > flat_separation(scores.size)
+    assert not flagged[:24].any() and flagged[24:].all()
+    assert knee_cut(np.log(scores)) > np.log(threshold.value)  # the knee alone would miss defects
+
+
+def test_separation_of_flat_batches_stays_under_its_level_nine_times_in_ten() -> None:
+    rng = np.random.default_rng(11)
+    for n in (20, 60):
+        over = np.mean([separation(rng.random(n)) > flat_separation(n) for _ in range(300)])
+        assert 0.04 <= over <= 0.17, (n, over)
+    assert separation(np.linspace(0.0, 1.0, 1001)) == pytest.approx(0.75, abs=0.01)
+    assert separation(np.r_[np.zeros(10), np.ones(10)]) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("n", [24, 60, 300])
+def test_a_batch_of_good_parts_of_one_look_is_rarely_split(n: int) -> None:
+    # One look of normal (Gumbel log maxima), no defects: the split test must not hand such
+    # batches to Otsu's cut (which flags the upper part of any batch); they keep the three-cut
+    # agreement, whose anomalous cut is at or above Otsu's.
+    rng = np.random.default_rng(n)
+    apart = 0
+    for _ in range(40):
+        scores = np.exp(-1.0 + rng.gumbel(0.0, 0.05, n))
+        logs = np.log(scores)
+        threshold = label_free_threshold(scores)
+        if separation(logs) > flat_separation(n):
+            apart += 1
+        else:
+            assert np.log(threshold.value) >= otsu_cut(logs) - 1e-12
+    assert apart <= 2, apart
 
 
 def test_scale_invariant() -> None:
