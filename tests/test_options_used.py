@@ -28,6 +28,8 @@ from image_helpers import save_images  # noqa: E402
 
 runner = CliRunner()
 
+SIZE = {"uflow": "64", "prn": "32"}  # U-Flow's region test needs latent maps of at least 3 x 3 cells
+PARAM = {"musc": "upper=0.9", "codegraph": "upper=0.9", "uflow": "seed=5", "prn": "seed=5"}
 UFLOW_FAST = ["-p", "min_epoch_samples=4", "-p", "batch_size=4", "--epochs", "1"]
 PRN_FAST = ["-p", "samples_per_epoch=4", "-p", "top_k=10", "--epochs", "1"]
 FAST_WATCH = ["--settle", "0", "--give-up", "0.5", "--poll", "0.05", "--exit-after-idle", "0.3"]
@@ -36,16 +38,16 @@ FAST_WATCH = ["--settle", "0", "--give-up", "0.5", "--poll", "0.05", "--exit-aft
 TRIED: dict[str, dict[str, list[str]]] = {
     "score": {
         "--method": ["--method", "{other_method}"], "--backbone": ["--backbone", "efficientnet-lite1"],
-        "--weights": ["--weights", "{empty}"], "--image-size": ["--image-size", "32"], "--batch-size": ["--batch-size", "2"],
+        "--weights": ["--weights", "{empty}"], "--image-size": ["--image-size", "96"], "--batch-size": ["--batch-size", "2"],
         "--threads": ["--threads", "1"], "--skip-unreadable": ["--skip-unreadable"], "--smoothing": ["--smoothing", "0"],
-        "--param": ["--param", "upper=0.3"], "--scheduler": ["--scheduler", "nowhere"],
+        "--param": ["--param", "{param}"], "--scheduler": ["--scheduler", "nowhere"],
         "--false-alarm-rate": ["--false-alarm-rate", "0.3"], "--review-budget": ["--review-budget", "0"],
         "--good": ["--good", "{good}"], "--device": ["--device", "cuda:7"],
     },
     "fit": {
-        "--anomalies": ["--anomalies", "{gadget}"], "--backbone": ["--backbone", "efficientnet-lite1"],
-        "--weights": ["--weights", "{empty}"], "--image-size": ["--image-size", "32"], "--batch-size": ["--batch-size", "2"],
-        "--threads": ["--threads", "1"], "--epochs": ["--epochs", "2"], "--param": ["--param", "seed=5"],
+        "--anomalies": ["--anomalies", "{category}"], "--backbone": ["--backbone", "efficientnet-lite1"],
+        "--weights": ["--weights", "{empty}"], "--image-size": ["--image-size", "96"], "--batch-size": ["--batch-size", "2"],
+        "--epochs": ["--epochs", "2"], "--param": ["--param", "{param}"],
         "--device": ["--device", "cuda:7"],
     },
     "predict": {
@@ -54,16 +56,16 @@ TRIED: dict[str, dict[str, list[str]]] = {
     },
     "watch": {
         "--good": ["--good", "{good2}"], "--model": ["--model", "{other_model}"], "--false-alarm-rate": ["--false-alarm-rate", "0.3"],
-        "--bank-size": ["--bank-size", "5"], "--min-bank": ["--min-bank", "3"], "--settle": ["--settle", "0.01"],
+        "--bank-size": ["--bank-size", "4"], "--min-bank": ["--min-bank", "2"], "--settle": ["--settle", "0.01"],
         "--give-up": ["--give-up", "0.6"], "--poll": ["--poll", "0.06"], "--backbone": ["--backbone", "efficientnet-lite1"],
-        "--weights": ["--weights", "{empty}"], "--image-size": ["--image-size", "32"], "--threads": ["--threads", "1"],
-        "--smoothing": ["--smoothing", "0"], "--param": ["--param", "upper=0.3"], "--device": ["--device", "cuda:7"],
+        "--weights": ["--weights", "{empty}"], "--image-size": ["--image-size", "96"], "--threads": ["--threads", "1"],
+        "--smoothing": ["--smoothing", "0"], "--param": ["--param", "{param}"], "--device": ["--device", "cuda:7"],
     },
     "serve": {
         "--model": ["--model", "{other_model}"], "--good": ["--good", "{good2}"], "--method": ["--method", "{other_method}"],
         "--false-alarm-rate": ["--false-alarm-rate", "0.3"], "--backbone": ["--backbone", "efficientnet-lite1"],
-        "--weights": ["--weights", "{empty}"], "--image-size": ["--image-size", "32"], "--batch-size": ["--batch-size", "2"],
-        "--threads": ["--threads", "1"], "--smoothing": ["--smoothing", "0"], "--param": ["--param", "upper=0.3"],
+        "--weights": ["--weights", "{empty}"], "--image-size": ["--image-size", "96"], "--batch-size": ["--batch-size", "2"],
+        "--threads": ["--threads", "1"], "--smoothing": ["--smoothing", "0"], "--param": ["--param", "{param}"],
         "--device": ["--device", "cuda:7"],
     },
 }  # fmt: skip
@@ -78,7 +80,8 @@ CONTROL: dict[str, dict[str, str]] = {
     "evaluate": {"--out": "where the outputs go", "--overwrite": "checked in test_overwrite_is_used",
                  "--category": "chooses the input (categories under ROOT); checked in test_category_is_used"},
     "fit": {"--out": "where the model goes", "--method": "required (uflow or prn); both are run below",
-            "--overwrite": "checked in test_overwrite_is_used", "--resume": "continues a checkpoint (tests/test_training.py)"},
+            "--overwrite": "checked in test_overwrite_is_used", "--resume": "continues a checkpoint (tests/test_training.py)",
+            "--threads": "torch's CPU threads: the training's speed, not the saved model"},
     "predict": {"--out": "where the outputs go", "--overwrite": "checked in test_overwrite_is_used"},
     "watch": {"--out": "where the journals go", "--exit-after-idle": "ends the run (every watch run here uses it)"},
     "serve": {"--out": "where the journal goes", "--host": SERVER, "--port": SERVER, "--token": SERVER, "--no-auth": SERVER,
@@ -116,21 +119,21 @@ def test_every_option_is_tried_or_explained() -> None:
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("options")
-    images, _ = synthetic_images(6, kind="texture", size=64, seed=2, defective=(3,), defect="spot")
+    images, _ = synthetic_images(5, kind="texture", size=32, seed=2, defective=(3,), defect="spot")
     save_images(root / "folder", images)
-    good, _ = synthetic_images(40, kind="texture", size=64, seed=2)
+    good, _ = synthetic_images(40, kind="texture", size=32, seed=2)
     save_images(root / "good", good[:20])
     save_images(root / "good2", good[20:])
     cats = root / "cats"
-    category = write_mvtec_category(cats / "widget", kind="texture", n_train=20, n_test_good=2, n_test_defect=4, size=64, seed=3, defect="spot")
-    gadget = write_mvtec_category(cats / "gadget", kind="texture", n_train=4, n_test_good=2, n_test_defect=4, size=64, seed=4, defect="spot")
+    category = write_mvtec_category(cats / "widget", kind="texture", n_train=20, n_test_good=2, n_test_defect=4, size=32, seed=3, defect="spot")
+    gadget = write_mvtec_category(cats / "gadget", kind="texture", n_train=4, n_test_good=2, n_test_defect=4, size=32, seed=4, defect="spot")
     (root / "empty").mkdir()
     paths = {"folder": root / "folder", "good": root / "good", "good2": root / "good2", "category": category, "gadget": gadget,
              "cats": cats, "empty": root / "empty", "root": root}
     for method, fast in (("uflow", UFLOW_FAST), ("prn", PRN_FAST)):
-        extra = ["--anomalies", str(category)] if method == "prn" else []
+        extra = ["--anomalies", str(gadget)] if method == "prn" else []
         model = root / f"{method}_model"
-        result = runner.invoke(app, ["fit", str(category), "--out", str(model), "-m", method, "--image-size", "32", *fast, *extra])
+        result = runner.invoke(app, ["fit", str(gadget), "--out", str(model), "-m", method, "--image-size", SIZE[method], *fast, *extra])
         assert result.exit_code == 0, result.output
         paths[f"{method}_model"] = model
     return paths
@@ -170,28 +173,28 @@ def _run(args: list[str], out: Path, monkeypatch) -> tuple[str, object]:
     return "ran", _fingerprint(out)
 
 
-def _fill(values: list[str], data: dict[str, Path], other_method: str, other_model: str = "") -> list[str]:
-    names = {**{k: str(v) for k, v in data.items()}, "other_method": other_method, "other_model": other_model}
+def _fill(values: list[str], data: dict[str, Path], other_method: str, other_model: str = "", param: str = "upper=0.9") -> list[str]:
+    names = {**{k: str(v) for k, v in data.items()}, "other_method": other_method, "other_model": other_model, "param": param}
     return [value.format(**names) for value in values]
 
 
 # (command, run) -> the baseline arguments; OUT is replaced by the output folder.
 RUNS: dict[tuple[str, str], list[str]] = {
-    ("score", "musc"): ["score", "{folder}", "--out", "OUT", "--image-size", "64"],
-    ("score", "codegraph"): ["score", "{folder}", "--out", "OUT", "--image-size", "64", "-m", "codegraph"],
-    ("evaluate", "musc"): ["evaluate", "{category}", "--out", "OUT", "--image-size", "64"],
-    ("evaluate", "codegraph"): ["evaluate", "{category}", "--out", "OUT", "--image-size", "64", "-m", "codegraph"],
-    ("evaluate", "uflow"): ["evaluate", "{category}", "--out", "OUT", "--image-size", "32", "-m", "uflow", *UFLOW_FAST],
+    ("score", "musc"): ["score", "{folder}", "--out", "OUT", "--image-size", "32"],
+    ("score", "codegraph"): ["score", "{folder}", "--out", "OUT", "--image-size", "32", "-m", "codegraph"],
+    ("evaluate", "musc"): ["evaluate", "{category}", "--out", "OUT", "--image-size", "32"],
+    ("evaluate", "codegraph"): ["evaluate", "{category}", "--out", "OUT", "--image-size", "32", "-m", "codegraph"],
+    ("evaluate", "uflow"): ["evaluate", "{category}", "--out", "OUT", "--image-size", "64", "-m", "uflow", *UFLOW_FAST],
     ("evaluate", "prn"): ["evaluate", "{category}", "--out", "OUT", "--image-size", "32", "-m", "prn", "--kshot", "1", *PRN_FAST],
-    ("fit", "uflow"): ["fit", "{category}", "--out", "OUT", "--image-size", "32", "-m", "uflow", *UFLOW_FAST],
-    ("fit", "prn"): ["fit", "{category}", "--out", "OUT", "--image-size", "32", "-m", "prn", "--anomalies", "{category}", *PRN_FAST],
+    ("fit", "uflow"): ["fit", "{gadget}", "--out", "OUT", "--image-size", "64", "-m", "uflow", *UFLOW_FAST],
+    ("fit", "prn"): ["fit", "{gadget}", "--out", "OUT", "--image-size", "32", "-m", "prn", "--anomalies", "{gadget}", *PRN_FAST],
     ("predict", "uflow"): ["predict", "{uflow_model}", "{folder}", "--out", "OUT"],
     ("predict", "prn"): ["predict", "{prn_model}", "{folder}", "--out", "OUT"],
-    ("watch", "rolling bank"): ["watch", "{folder}", "--out", "OUT", "--image-size", "64", "--min-bank", "4", "--bank-size", "10", *FAST_WATCH],
-    ("watch", "good"): ["watch", "{folder}", "--out", "OUT", "--image-size", "64", "--good", "{good}", *FAST_WATCH],
+    ("watch", "rolling bank"): ["watch", "{folder}", "--out", "OUT", "--image-size", "32", "--min-bank", "3", "--bank-size", "10", *FAST_WATCH],
+    ("watch", "good"): ["watch", "{folder}", "--out", "OUT", "--image-size", "32", "--good", "{good}", *FAST_WATCH],
     ("watch", "uflow model"): ["watch", "{folder}", "--out", "OUT", "--model", "{uflow_model}", *FAST_WATCH],
     ("watch", "prn model"): ["watch", "{folder}", "--out", "OUT", "--model", "{prn_model}", *FAST_WATCH],
-    ("serve", "musc"): ["serve", "--out", "OUT", "--image-size", "64", "--good", "{good}"],
+    ("serve", "musc"): ["serve", "--out", "OUT", "--image-size", "32", "--good", "{good}"],
     ("serve", "uflow model"): ["serve", "--out", "OUT", "--model", "{uflow_model}"],
     ("serve", "prn model"): ["serve", "--out", "OUT", "--model", "{prn_model}"],
 }  # fmt: skip
@@ -213,16 +216,21 @@ def _variant(base: list[str], flag: str, tried: list[str]) -> list[str]:
 @pytest.mark.slow
 @pytest.mark.parametrize("command, run", list(RUNS), ids=[f"{c}-{r}".replace(" ", "_") for c, r in RUNS])
 def test_each_option_is_used_or_refused(command, run, data, tmp_path, monkeypatch) -> None:
-    other = OTHER_METHOD.get(run.split()[0], "codegraph")
+    method = run.split()[0] if run.split()[0] in PARAM else "musc"
+    other, param = OTHER_METHOD[method], PARAM[method]
     other_model = str(data["prn_model"] if run.startswith("uflow") else data["uflow_model"])
-    base = [value.replace("OUT", str(tmp_path / "base")) for value in _fill(RUNS[command, run], data, other, other_model)]
+    base = [value.replace("OUT", str(tmp_path / "base")) for value in _fill(RUNS[command, run], data, other, other_model, param)]
     kind, baseline = _run(base, tmp_path / "base", monkeypatch)
     assert kind == "ran", baseline
     outcomes = {}
     for number, (flag, tried) in enumerate(TRIED[command].items()):
         out = tmp_path / f"v{number}"
-        tried = _fill(tried, data, other, other_model)
-        args = [value.replace(str(tmp_path / "base"), str(out)) for value in _variant(base, flag, tried)]
+        tried = _fill(tried, data, other, other_model, param)
+        variant = _variant(base, flag, tried)
+        if flag == "--method" and (command, other) in RUNS:  # the other method's run (its own fast settings)
+            variant = _fill(RUNS[command, other], data, other, other_model, PARAM[other])
+            variant = [value.replace("OUT", str(tmp_path / "base")) for value in variant]
+        args = [value.replace(str(tmp_path / "base"), str(out)) for value in variant]
         kind, seen = _run(args, out, monkeypatch)
         if kind == "refused":
             named = [flag] + tried[1:]
@@ -246,7 +254,7 @@ def test_overwrite_is_used(data, tmp_path) -> None:
         assert again.exit_code == 2 and "--overwrite" in again.output
         assert runner.invoke(app, args + ["--overwrite"]).exit_code == 0
     model = tmp_path / "model"
-    fit = ["fit", str(data["category"]), "--out", str(model), "-m", "uflow", "--image-size", "32", *UFLOW_FAST]
+    fit = ["fit", str(data["gadget"]), "--out", str(model), "-m", "uflow", "--image-size", "64", *UFLOW_FAST]
     assert runner.invoke(app, fit).exit_code == 0
     assert runner.invoke(app, fit).exit_code == 2
     assert runner.invoke(app, fit + ["--overwrite"]).exit_code == 0

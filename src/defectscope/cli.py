@@ -8,9 +8,7 @@ and printers: :mod:`defectscope.cli_shared`; the long-running commands (watch, s
 
 from __future__ import annotations
 
-import signal
 import sys
-import threading
 from pathlib import Path
 from typing import Optional
 
@@ -34,32 +32,18 @@ from defectscope.cli_shared import (
     SmoothingOption,
     ThreadsOption,
     WeightsOption,
+    app,
     console,
     parse_params,
     print_metrics,
     print_verdicts,
     progress_display,
     run_options,
-    terminate,
     user_errors,
 )
 
 _parse_params = parse_params  # earlier names, used by tests
 _print_metrics = print_metrics
-
-app = typer.Typer(
-    add_completion=False,
-    no_args_is_help=True,
-    help="Industrial visual inspection: which parts are defective, and where.",
-)
-
-
-@app.callback()
-def _setup() -> None:
-    """Industrial visual inspection: which parts are defective, and where."""
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, terminate)
-
 
 @app.command()
 def score(
@@ -233,6 +217,8 @@ def version() -> None:
 
 
 from defectscope import cli_live  # noqa: E402,F401  (registers watch, serve and review on app)
+
+__all__ = ["app", "main"]
 
 
 def main() -> None:  # pragma: no cover - entry point for `python -m defectscope`

@@ -1,5 +1,5 @@
 """The long-running `defectscope` commands: watch (a folder as images arrive), serve (HTTP) and
-review (decisions in the browser). Registered on :data:`defectscope.cli.app`."""
+review (decisions in the browser). Registered on the one :data:`defectscope.cli_shared.app`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from typing import Optional
 
 import typer
 
-from defectscope.cli import app
 from defectscope.cli_shared import (
     BackboneOption,
     BatchSizeOption,
@@ -21,6 +20,7 @@ from defectscope.cli_shared import (
     SmoothingOption,
     ThreadsOption,
     WeightsOption,
+    app,
     console,
     fail,
     progress_display,

@@ -8,6 +8,8 @@ An option that was not typed reaches the run layer as None ("not given"): the de
 from __future__ import annotations
 
 import contextlib
+import signal
+import threading
 import warnings
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -21,6 +23,13 @@ from defectscope.errors import DefectscopeError
 
 console = Console(stderr=True)
 
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Industrial visual inspection: which parts are defective, and where.",
+)
+"""The `defectscope` command; :mod:`defectscope.cli` and :mod:`defectscope.cli_live` add its commands."""
+
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised in the main thread like Ctrl-C, so that a stopped run cleans up after
@@ -29,6 +38,13 @@ class Terminated(KeyboardInterrupt):
 
 def terminate(signum, frame) -> None:
     raise Terminated()
+
+
+@app.callback()
+def _setup() -> None:
+    """Industrial visual inspection: which parts are defective, and where."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, terminate)
 
 
 MethodOption = typer.Option(None, "--method", "-m", help="musc (zero-shot, default), codegraph (zero-shot, recurring defects); evaluate also takes uflow and prn (trained).")

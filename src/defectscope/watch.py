@@ -17,7 +17,7 @@ conformal p-value is <= alpha = ``false_alarm_rate``. A trained model's verdict 
 (U-Flow: a region was detected).
 
 This module keeps only the polling and the journals: the scorers come from the run layer
-(:mod:`defectscope.runs.stream`, the zero-shot one in :mod:`defectscope.methods.rolling`), the
+(:mod:`defectscope.watch_scorers`, the zero-shot one in :mod:`defectscope.methods.rolling`), the
 overlays and report from :mod:`defectscope.watch_report` (the report code of ``score``).
 
 Files: an image is read only when its size and modification time have not changed for
@@ -44,7 +44,7 @@ from defectscope.errors import ConfigError, DefectscopeError, ImageReadError
 from defectscope.methods.rolling import Scored, ZeroShotScorer, stream_threshold  # noqa: F401  (earlier home)
 from defectscope.options import RunOptions
 from defectscope.report.atomic import cut_torn_line, is_defectscope_folder, write_marker
-from defectscope.runs.stream import WATCH_DEFAULTS, ModelScorer, build_scorer, watch_spec  # noqa: F401
+from defectscope.watch_scorers import WATCH_DEFAULTS, ModelScorer, build_scorer, watch_spec  # noqa: F401
 from defectscope.watch_report import WatchReport
 
 VERDICTS = "verdicts.csv"

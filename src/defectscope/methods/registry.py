@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # options.py sits above the methods (it uses methods.verdict)
     from defectscope.options import RunOptions
 
 _SHARED = {"backbone": "backbone", "weights": "weights", "image_size": "image_size", "device": "device"}
-_ZERO_SHOT = {**_SHARED, "batch_size": "batch_size", "smoothing": "smoothing_sigma", "scheduler": "scheduler", "false_alarm_rate": "false_alarm_rate"}
+_ZERO_SHOT = {**_SHARED, "batch_size": "batch_size", "smoothing": "smoothing_sigma", "false_alarm_rate": "false_alarm_rate"}
 
 
 def _load(target: str) -> Any:
@@ -112,7 +112,7 @@ METHODS: dict[str, MethodEntry] = {
             config="defectscope.methods.musc:MuScConfig",
             needs_training=False,
             summary="zero-shot, default",
-            option_fields=_ZERO_SHOT,
+            option_fields={**_ZERO_SHOT, "scheduler": "scheduler"},
             streams=True,
         ),
         MethodEntry(
@@ -122,7 +122,7 @@ METHODS: dict[str, MethodEntry] = {
             config="defectscope.methods.codegraph:CoDeGraphConfig",
             needs_training=False,
             summary="zero-shot, recurring defects",
-            option_fields=_ZERO_SHOT,
+            option_fields=_ZERO_SHOT,  # no scheduler: CoDeGraph scores in this process
         ),
         MethodEntry(
             name="uflow",

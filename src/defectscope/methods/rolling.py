@@ -26,7 +26,8 @@ import torch
 
 from defectscope.errors import ConfigError
 from defectscope.methods.bank import BLOCK_BYTES, topk_size, topk_to_scores
-from defectscope.methods.mutual import interval_mean, similarities_to_distances
+from defectscope.methods.mutual import interval_mean, similarities_to_distances, to_finest_grid
+from defectscope.methods.verdict import conformal_count, conformal_threshold
 
 
 @dataclass
@@ -141,8 +142,6 @@ class RollingBank:
 def stream_threshold(calibration: Sequence[float], alpha: float) -> float:
     """The conformal threshold of :func:`defectscope.methods.verdict.conformal_threshold` on the
     calibration scores, or inf while there are too few of them for ``alpha`` (nothing flagged)."""
-    from defectscope.methods.verdict import conformal_count, conformal_threshold
-
     if len(calibration) < conformal_count(alpha):
         return math.inf
     return conformal_threshold(np.asarray(calibration, dtype=np.float64), alpha, source="bank images").value
@@ -197,8 +196,6 @@ class ZeroShotScorer:
         return [s[0] for s in sets]
 
     def _maps(self, per_set: list[torch.Tensor]) -> np.ndarray:
-        from defectscope.methods.musc import to_finest_grid
-
         n = per_set[0].shape[0]
         patch = torch.stack([to_finest_grid(s.reshape(n, -1), self.grid) for s in per_set]).mean(dim=0)
         return self.musc.maps_from_patch_scores(patch, self.grid).cpu().numpy()

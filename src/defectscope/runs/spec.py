@@ -133,6 +133,8 @@ def resolve(command: str, options: RunOptions | RunSpec | None = None, *, model_
                 raise _refuse(option, f"is a setting of the method; a --model keeps the settings {entry.label} was trained with")
             if option != "method_options" and option not in entry.option_fields:
                 raise _refuse(option, f"is not a setting of {entry.label} (its settings: --param KEY=VALUE with the fields of {entry.config.rpartition(':')[2]})")
+            if entry.option_fields.get(option) in options.method_options:
+                raise _refuse(option, f"and --param {entry.option_fields[option]}=... set the same setting of {entry.label}; give one of them")
     if "kshot" in given and not (command == "evaluate" and entry.takes_anomalies):
         takers = ", ".join(name for name in method_names(trained=True) if get_method(name).takes_anomalies)
         raise _refuse("kshot", f"moves labelled defects into training for --method {takers}; {entry.label} takes none")

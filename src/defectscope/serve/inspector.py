@@ -339,6 +339,7 @@ def build_inspector(
         "good_images": good_count,
         "false_alarm_rate": alpha,
         "device": device_name(options.device),
+        "threads": options.threads,
     }
     inspector = Inspector(detector, out, description=description, keep_images=keep_images)
     inspector.warm_up(warm)
