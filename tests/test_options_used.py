@@ -71,7 +71,7 @@ TRIED: dict[str, dict[str, list[str]]] = {
 }  # fmt: skip
 TRIED["evaluate"] = {
     **{k: v for k, v in TRIED["score"].items() if k != "--good"},
-    "--good": ["--good", "{category}"], "--seed": ["--seed", "3"], "--kshot": ["--kshot", "2"], "--epochs": ["--epochs", "2"],
+    "--good": ["--good", "{good}"], "--seed": ["--seed", "3"], "--kshot": ["--kshot", "2"], "--epochs": ["--epochs", "2"],
 }  # fmt: skip
 
 SERVER = "the HTTP server's own setting, no setting of the method or the verdict (tests/test_serve.py)"
@@ -125,7 +125,7 @@ def data(tmp_path_factory) -> dict[str, Path]:
     save_images(root / "good", good[:20])
     save_images(root / "good2", good[20:])
     cats = root / "cats"
-    category = write_mvtec_category(cats / "widget", kind="texture", n_train=20, n_test_good=2, n_test_defect=4, size=32, seed=3, defect="spot")
+    category = write_mvtec_category(cats / "widget", kind="texture", n_train=4, n_test_good=2, n_test_defect=4, size=32, seed=3, defect="spot")
     gadget = write_mvtec_category(cats / "gadget", kind="texture", n_train=4, n_test_good=2, n_test_defect=4, size=32, seed=4, defect="spot")
     (root / "empty").mkdir()
     paths = {"folder": root / "folder", "good": root / "good", "good2": root / "good2", "category": category, "gadget": gadget,
@@ -164,8 +164,14 @@ def _fingerprint(out: Path) -> dict[str, object]:
 
 def _run(args: list[str], out: Path, monkeypatch) -> tuple[str, object]:
     """("ran", fingerprint) or ("refused", the printed sentence)."""
+    import torch
+
     monkeypatch.setattr("defectscope.serve.run_server", lambda *a, **k: None)  # serve: build, record, do not listen
-    result = runner.invoke(app, args)
+    threads = torch.get_num_threads()
+    try:
+        result = runner.invoke(app, args)
+    finally:
+        torch.set_num_threads(threads)  # --threads must not leak into the next run (float sums differ)
     if result.exit_code == 2 and "error:" in result.output:
         assert "Traceback" not in result.output
         return "refused", " ".join(result.output.split())
@@ -199,6 +205,10 @@ RUNS: dict[tuple[str, str], list[str]] = {
     ("serve", "prn model"): ["serve", "--out", "OUT", "--model", "{prn_model}"],
 }  # fmt: skip
 OTHER_METHOD = {"musc": "codegraph", "codegraph": "musc", "uflow": "prn", "prn": "uflow"}
+
+
+def _rebase(base: list[str], tmp_path: Path) -> list[str]:
+    return [value.replace(str(tmp_path / "base"), str(tmp_path / "again")) for value in base]
 
 
 def _variant(base: list[str], flag: str, tried: list[str]) -> list[str]:
@@ -238,6 +248,8 @@ def test_each_option_is_used_or_refused(command, run, data, tmp_path, monkeypatc
         else:
             assert seen != baseline, f"{command} ({run}): {' '.join(tried)} was silently ignored (same settings and results)"
         outcomes[flag] = kind if kind == "ran" else f"refused: {seen[:140]}"
+    kind, again = _run(_rebase(base, tmp_path), tmp_path / "again", monkeypatch)
+    assert again == baseline, f"{command} ({run}): the baseline run is not repeatable, so a change cannot show an option was used"
     print(f"\n{command} ({run}):")
     for flag, kind in outcomes.items():
         print(f"  {flag:20s} {kind}")

@@ -11,6 +11,7 @@ from typing import Any, Callable
 import numpy as np
 
 from defectscope.errors import ConfigError
+from defectscope.memory import guard_run
 from defectscope.methods.rolling import Scored, ZeroShotScorer
 from defectscope.options import RunOptions
 from defectscope.runs.inputs import good_images, read_samples
@@ -75,11 +76,14 @@ def build_scorer(
         from defectscope.methods.bank import reference_sample
 
         samples = good_images(spec.good)  # an MVTec category means its train/good, as for score
-        chosen = reference_sample(len(samples), bank_size)
-        batch = read_samples([samples[i] for i in chosen], skip_unreadable=True)
+        chosen = [samples[i] for i in reference_sample(len(samples), bank_size)]
+        guard_run(detector, [s.path for s in chosen])
+        batch = read_samples(chosen, skip_unreadable=True)
         for path, reason in batch.skipped:
             log(f"good image skipped: {reason}")
+        log(f"building the good bank from {len(batch.images)} images of {spec.good} ...")
         scorer.use_good(list(zip(batch.paths, batch.images)))
+        log(f"good bank ready: {len(scorer.bank)} images")
     return scorer
 
 
