@@ -159,9 +159,11 @@ def _check_method(command: str, entry: MethodEntry, model: bool) -> None:
         raise ConfigError(f"watch scores each new image against a rolling bank, which {entry.label} has not; use --method {streaming} or a --model")
 
 
-def resolve_run(command: str, options: RunOptions | None, *, model: Any = None, good: Any = None) -> RunSpec:
+def resolve_run(command: str, options: RunOptions | RunSpec | None, *, model: Any = None, good: Any = None) -> RunSpec:
     """:func:`resolve` for a command that runs either a saved ``model`` (its method read from the
     model folder) or a zero-shot method; ``good`` joins the options."""
+    if isinstance(options, RunSpec):
+        return options
     options = dataclasses.replace(options or RunOptions(), good=good) if good is not None else (options or RunOptions())
     if model is None:
         return resolve(command, options)
