@@ -62,7 +62,7 @@ TRIED: dict[str, dict[str, list[str]]] = {
         "--smoothing": ["--smoothing", "0"], "--param": ["--param", "{param}"], "--device": ["--device", "cuda:7"],
     },
     "serve": {
-        "--model": ["--model", "{other_model}"], "--good": ["--good", "{good2}"], "--method": ["--method", "{other_method}"],
+        "--model": ["--model", "{other_model}"], "--good": ["--good", "{good}"], "--method": ["--method", "{other_method}"],
         "--false-alarm-rate": ["--false-alarm-rate", "0.3"], "--backbone": ["--backbone", "efficientnet-lite1"],
         "--weights": ["--weights", "{empty}"], "--image-size": ["--image-size", "96"], "--batch-size": ["--batch-size", "2"],
         "--threads": ["--threads", "1"], "--smoothing": ["--smoothing", "0"], "--param": ["--param", "{param}"],
@@ -124,12 +124,13 @@ def data(tmp_path_factory) -> dict[str, Path]:
     good, _ = synthetic_images(40, kind="texture", size=32, seed=2)
     save_images(root / "good", good[:20])
     save_images(root / "good2", good[20:])
+    save_images(root / "good_small", good[:6])
     cats = root / "cats"
     category = write_mvtec_category(cats / "widget", kind="texture", n_train=4, n_test_good=2, n_test_defect=4, size=32, seed=3, defect="spot")
     gadget = write_mvtec_category(cats / "gadget", kind="texture", n_train=4, n_test_good=2, n_test_defect=4, size=32, seed=4, defect="spot")
     (root / "empty").mkdir()
     paths = {"folder": root / "folder", "good": root / "good", "good2": root / "good2", "category": category, "gadget": gadget,
-             "cats": cats, "empty": root / "empty", "root": root}
+             "cats": cats, "empty": root / "empty", "root": root, "good_small": root / "good_small"}
     for method, fast in (("uflow", UFLOW_FAST), ("prn", PRN_FAST)):
         extra = ["--anomalies", str(gadget)] if method == "prn" else []
         model = root / f"{method}_model"
@@ -197,10 +198,10 @@ RUNS: dict[tuple[str, str], list[str]] = {
     ("predict", "uflow"): ["predict", "{uflow_model}", "{folder}", "--out", "OUT"],
     ("predict", "prn"): ["predict", "{prn_model}", "{folder}", "--out", "OUT"],
     ("watch", "rolling bank"): ["watch", "{folder}", "--out", "OUT", "--image-size", "32", "--min-bank", "3", "--bank-size", "10", *FAST_WATCH],
-    ("watch", "good"): ["watch", "{folder}", "--out", "OUT", "--image-size", "32", "--good", "{good}", *FAST_WATCH],
+    ("watch", "good"): ["watch", "{folder}", "--out", "OUT", "--image-size", "32", "--good", "{good_small}", *FAST_WATCH],
     ("watch", "uflow model"): ["watch", "{folder}", "--out", "OUT", "--model", "{uflow_model}", *FAST_WATCH],
     ("watch", "prn model"): ["watch", "{folder}", "--out", "OUT", "--model", "{prn_model}", *FAST_WATCH],
-    ("serve", "musc"): ["serve", "--out", "OUT", "--image-size", "32", "--good", "{good}"],
+    ("serve", "musc"): ["serve", "--out", "OUT", "--image-size", "32", "--good", "{good_small}", "--false-alarm-rate", "0.25"],
     ("serve", "uflow model"): ["serve", "--out", "OUT", "--model", "{uflow_model}"],
     ("serve", "prn model"): ["serve", "--out", "OUT", "--model", "{prn_model}"],
 }  # fmt: skip
