@@ -16,9 +16,10 @@ scores; in the first batch, the other images' scores) are at least its score, i.
 conformal p-value is <= alpha = ``false_alarm_rate``. A trained model's verdict is its own
 (U-Flow: a region was detected).
 
-This module keeps only the polling and the journals: the scorers come from the run layer
-(:mod:`defectscope.watch_scorers`, the zero-shot one in :mod:`defectscope.methods.rolling`), the
-overlays and report from :mod:`defectscope.watch_report` (the report code of ``score``).
+This module keeps only the polling and the journals: the scorers are built from the options
+resolved by the run layer (:mod:`defectscope.watch_scorers`; the zero-shot one lives in
+:mod:`defectscope.methods.rolling`), the overlays and report come from
+:mod:`defectscope.watch_report` (the report code of ``score``).
 
 Files: an image is read only when its size and modification time have not changed for
 ``settle`` seconds and it decodes; one that stays undecodable for ``give_up`` seconds is logged
