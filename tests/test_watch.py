@@ -106,11 +106,11 @@ def test_good_mvtec_category_means_its_train_good(tmp_path):
 
     root = write_mvtec_category(tmp_path / "widget", kind="texture", n_train=3, n_test_good=2, n_test_defect=2, size=64, seed=3)
     train = sorted(str(p) for p in (root / "train" / "good").iterdir())
-    scorer = build_scorer(ONE_THREAD, alpha=0.2, bank_size=50, min_bank=2, good=root, model=None, log=lambda line: None)
+    scorer = build_scorer(ONE_THREAD, alpha=0.2, bank_size=50, good=root, model=None, log=lambda line: None)
     assert sorted(scorer.bank.members()) == train
     plain = tmp_path / "plain"
     write_images(plain, 3, seed=4)
-    scorer = build_scorer(ONE_THREAD, alpha=0.2, bank_size=50, min_bank=2, good=plain, model=None, log=lambda line: None)
+    scorer = build_scorer(ONE_THREAD, alpha=0.2, bank_size=50, good=plain, model=None, log=lambda line: None)
     assert sorted(scorer.bank.members()) == sorted(str(p) for p in plain.iterdir())
 
 
@@ -210,7 +210,7 @@ def test_watch_with_a_trained_uflow_model(tmp_path):
     category = write_mvtec_category(tmp_path / "widget", kind="texture", n_train=6, n_test_good=2, n_test_defect=2, size=64, seed=2)
     options = RunOptions(image_size=64, threads=1, method_options={"epochs": 1, "min_epoch_samples": 4, "batch_size": 4})
     model = fit_model("uflow", category, tmp_path / "model", options)
-    summary = watch_folder(category / "test", tmp_path / "out", ONE_THREAD, model=model, exit_after_idle=0.3, log=lambda line: None, **FAST)
+    summary = watch_folder(category / "test", tmp_path / "out", RunOptions(threads=1), model=model, exit_after_idle=0.3, log=lambda line: None, **FAST)
     got = rows(tmp_path / "out")
     assert summary.written == 4 and len(got) == 4
     assert all(row["verdict"] in ("normal", "anomalous") and row["score"] for row in got)

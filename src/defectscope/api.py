@@ -55,7 +55,7 @@ def evaluate(
     options: RunOptions | None = None,
     *,
     categories: Sequence[str] | None = None,
-    seed: int = 0,
+    seed: int | None = None,
     progress: Progress | None = None,
     on_category: Callable[[str, dict[str, float | None]], None] | None = None,
     **settings: Any,
@@ -66,7 +66,8 @@ def evaluate(
     Zero-shot methods score each category's test set as one batch; trained methods (``method=
     "uflow"`` or ``"prn"``) train on ``train/good`` first. Returns ``{category: {metric: value}}``
     (fractions; None where a metric is undefined) and writes metrics.json, metrics.md and each
-    category's outputs under ``out``. ``categories``: only these; ``seed``: the documented splits.
+    category's outputs under ``out``. ``categories``: only these; ``seed``: the documented splits
+    (default 0; refused where there is none). An option the method would ignore is refused.
     """
     from defectscope.pipeline import evaluate_dataset
 

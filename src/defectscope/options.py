@@ -1,7 +1,8 @@
-"""Options shared by every run (score, evaluate, fit, predict) and the thread setting.
+"""The options a user gives a run (score, evaluate, fit, predict, watch, serve), and the thread setting.
 
-Both :mod:`defectscope.pipeline` and :mod:`defectscope.training` take a :class:`RunOptions`;
-they live here so that neither module imports the other for them.
+Every field defaults to None ("not given"): :func:`defectscope.runs.resolve` checks the given
+ones against the command and the chosen method (refusing, in one sentence, one that would be
+ignored) and applies the defaults in one place (:data:`defectscope.runs.spec.DEFAULTS`).
 """
 
 from __future__ import annotations
@@ -15,44 +16,58 @@ import torch
 from defectscope.device import resolve_device
 from defectscope.errors import ConfigError
 from defectscope.memory import check_image_size
-from defectscope.methods.verdict import DEFAULT_FALSE_ALARM_RATE, DEFAULT_REVIEW_BUDGET, check_false_alarm_rate, check_review_budget
+from defectscope.methods.verdict import check_false_alarm_rate, check_review_budget
 
 
 @dataclass(frozen=True)
 class RunOptions:
-    """Options shared by ``score``, ``evaluate`` and ``fit``; ``method_options`` go to the method
-    config (values may be the CLI's strings, see :class:`defectscope.methods.base.MethodConfig`).
+    """What the user asked for; None (or False, or empty) means "not given".
 
-    How ``backbone``, ``weights``, ``image_size`` and ``batch_size`` map onto each method's
-    settings is in :mod:`defectscope.methods.registry`. ``kshot``: for ``evaluate --method prn``,
-    labelled defects per defect type moved from the test set to training (seeded protocol,
-    :func:`defectscope.methods.prn.kshot_split`). ``false_alarm_rate``: the share of normal
-    images a verdict may flag; ``good``: a folder of known-good images to calibrate the verdict
-    on (and, for MuSc/CoDeGraph, to score against); ``review_budget``: the largest share of a
-    batch the verdict may send to review (see :func:`defectscope.methods.verdict.cap_review`).
-    ``device``: where every method computes (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``;
-    :mod:`defectscope.device`): a device this machine lacks is refused here, before any work."""
+    ``method`` (default musc), ``backbone``, ``weights``, ``image_size``, ``batch_size``,
+    ``smoothing`` (map blur sigma), ``scheduler`` (MuSc on Dask), ``epochs`` (trained methods) and
+    ``method_options`` (``--param KEY=VALUE``; values may be the CLI's strings, see
+    :class:`defectscope.methods.base.MethodConfig`) are settings of the method; how each maps onto
+    a method's config is in :mod:`defectscope.methods.registry`, and a method without it refuses it.
+    ``kshot``: for ``evaluate --method prn``, labelled defects per defect type moved from the test
+    set to training (seeded protocol). ``false_alarm_rate``: the share of normal images a verdict
+    may flag; ``good``: a folder of known-good images to calibrate the verdict on (and, for
+    MuSc/CoDeGraph, to score against); ``review_budget``: the largest share of a batch the verdict
+    may send to review. ``device``: where every method computes (``auto``, ``cpu``, ``cuda``,
+    ``cuda:N``, ``mps``): a device this machine lacks is refused here, before any work."""
 
-    method: str = "musc"
+    method: str | None = None
     backbone: str | None = None
     weights: str | None = None
     image_size: int | None = None
-    batch_size: int = 8
+    batch_size: int | None = None
     threads: int | None = None
     skip_unreadable: bool = False
     overwrite: bool = False
-    kshot: int = 10
+    kshot: int | None = None
     method_options: Mapping[str, Any] = field(default_factory=dict)
-    false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE
+    false_alarm_rate: float | None = None
     good: str | Path | None = None
-    review_budget: float = DEFAULT_REVIEW_BUDGET
-    device: str = "auto"
+    review_budget: float | None = None
+    device: str | None = None
+    smoothing: float | None = None
+    scheduler: str | None = None
+    epochs: int | None = None
 
     def __post_init__(self) -> None:
-        resolve_device(self.device)
+        if self.device is not None:
+            resolve_device(self.device)
         check_image_size(self.image_size)
-        check_false_alarm_rate(self.false_alarm_rate)
-        check_review_budget(self.review_budget)
+        if self.false_alarm_rate is not None:
+            check_false_alarm_rate(self.false_alarm_rate)
+        if self.review_budget is not None:
+            check_review_budget(self.review_budget)
+
+    def given(self) -> dict[str, Any]:
+        """The options the user gave: {field: value} for every field not left at "not given"."""
+        from dataclasses import fields
+
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {name: value for name, value in values.items() if not (value is None or value is False or (isinstance(value, Mapping) and not value))}
 
 
 def apply_threads(threads: int | None) -> None:

@@ -8,23 +8,18 @@ half-written outputs, and an existing output folder is replaced only with ``over
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image
 
-from defectscope.calibration import calibrate_on_good, finish_verdict, verdict_settings
-from defectscope.data.batch import read_batch
+from defectscope.data.batch import read_batch  # noqa: F401  (kept importable from here)
 from defectscope.data.io import read_mask
-from defectscope.data.layouts import Category, Sample, discover, plain_folder
+from defectscope.data.layouts import Category, Sample, discover
 from defectscope.errors import ConfigError
-from defectscope.memory import guard_run
 from defectscope.methods.base import Detector, Result
-from defectscope.methods.registry import get_method
 from defectscope.metrics import image_metrics, pixel_metrics, verdict_metrics
 from defectscope.options import RunOptions, apply_threads
 from defectscope.progress import Progress as ProgressCallback
@@ -32,43 +27,29 @@ from defectscope.progress import prefixed
 from defectscope.report.atomic import atomic_write_text, staged_output
 from defectscope.report.batch import write_batch_outputs
 from defectscope.report.tables import metrics_markdown
+from defectscope.runs import RunSpec, folder_images, resolve, run_batch
 
 
-def build_detector(options: RunOptions) -> Detector:
-    """A zero-shot detector (see :mod:`defectscope.methods.registry`) configured from ``options``."""
-    entry = get_method(options.method)
-    if entry.needs_training:
-        raise ConfigError(
-            f"method '{options.method}' needs training: use `defectscope fit --method {options.method}` "
-            f"then `defectscope predict`, or `defectscope evaluate --method {options.method}`"
-        )
-    return entry.build(options)
-
-
-def _settings_with_inputs(result: Result, **inputs: Any) -> None:
-    result.settings = {**result.settings, **{k: str(v) if isinstance(v, Path) else v for k, v in inputs.items()}}
+def build_detector(options: RunOptions | RunSpec, command: str = "score") -> Detector:
+    """A zero-shot detector (see :mod:`defectscope.methods.registry`) configured from ``options``
+    (resolved for ``command`` unless already a :class:`RunSpec`)."""
+    spec = resolve(command, options)
+    return spec.entry.build(spec.options)
 
 
 def score_folder(
-    folder: str | Path, out: str | Path, options: RunOptions = RunOptions(), progress: ProgressCallback | None = None
+    folder: str | Path, out: str | Path, options: RunOptions | RunSpec | None = None, progress: ProgressCallback | None = None
 ) -> Result:
     """Score every image under ``folder`` (recursive) and write ``out``: scores.csv, settings.json,
     maps/, report.html (and skipped.csv when files were skipped). With ``options.good`` the
     verdict is calibrated on those images and each image is scored against them."""
-    apply_threads(options.threads)
-    samples = plain_folder(folder)
-    detector = build_detector(options)
-    guard_run(detector, [s.path for s in samples])
-    with staged_output(out, options.overwrite) as staging:
-        if options.good is not None:
-            calibrate_on_good(detector, options.good, options.false_alarm_rate, progress)
-        images, paths, skipped = read_batch([s.path for s in samples], options.skip_unreadable)
-        if len(images) < 2 and options.good is None:
-            raise ConfigError(f"'{folder}' holds {len(images)} readable image(s); mutual scoring needs at least 2")
-        started = time.perf_counter()
-        result = finish_verdict(detector.predict(images, [str(p) for p in paths], progress=progress), options)
-        _settings_with_inputs(result, input=Path(folder), seconds=round(time.perf_counter() - started, 2), **verdict_settings(options))
-        write_batch_outputs(staging, result, images, title=f"defectscope: {Path(folder).name}", skipped=skipped, communities=result.extras.get("communities"))
+    spec = resolve("score", options)
+    apply_threads(spec.threads)
+    samples = folder_images(folder)
+    detector = build_detector(spec)
+    with staged_output(out, spec.overwrite) as staging:
+        result, batch = run_batch(detector, samples, spec, progress, minimum=2, what=str(folder), input=Path(folder))
+        write_batch_outputs(staging, result, batch.images, title=f"defectscope: {Path(folder).name}", skipped=batch.skipped, communities=result.extras.get("communities"))
     return result
 
 
@@ -125,39 +106,29 @@ def _labels_text(samples: Sequence[Sample]) -> list[str | None]:
 
 
 def evaluate_category(
-    category: Category, options: RunOptions, progress: ProgressCallback | None = None, *, seed: int = 0
+    category: Category, options: RunOptions | RunSpec, progress: ProgressCallback | None = None, *, seed: int = 0
 ) -> tuple[Result, list[np.ndarray], list[Sample], list[tuple[Path, str]], dict[str, float | None]]:
     """Score one category's test set and measure it. Zero-shot methods: the test batch scores
     itself. Trained methods: see :func:`defectscope.training.evaluate_trained_category`."""
-    if get_method(options.method).needs_training:
+    spec = resolve("evaluate", options)
+    if spec.entry.needs_training:
         from defectscope.training import evaluate_trained_category
 
-        started = time.perf_counter()
-        result, images, samples, protocol, skipped = evaluate_trained_category(category, options, kshot=options.kshot, seed=seed, progress=progress)
-        _settings_with_inputs(result, category=category.name, input=category.root, seconds=round(time.perf_counter() - started, 2), protocol=protocol, **verdict_settings(options))
+        result, images, samples, protocol, skipped = evaluate_trained_category(category, spec, seed=seed, progress=progress)
         return result, images, samples, skipped, category_metrics(result, samples, images, category.has_masks)
-    detector = build_detector(options)
-    guard_run(detector, [s.path for s in category.test])
-    if options.good is not None:
-        calibrate_on_good(detector, options.good, options.false_alarm_rate, progress)
-    images, kept, skipped = read_batch([s.path for s in category.test], options.skip_unreadable)
-    by_path = {s.path: s for s in category.test}
-    samples = [by_path[p] for p in kept]
-    ground_truth = load_ground_truth(samples, images) if category.has_masks else None
-    started = time.perf_counter()
-    result = finish_verdict(detector.predict(images, [str(s.path) for s in samples], progress=progress), options)
-    _settings_with_inputs(result, category=category.name, input=category.root, seconds=round(time.perf_counter() - started, 2), **verdict_settings(options))
-    metrics = category_metrics(result, samples, images, category.has_masks, ground_truth=ground_truth)
-    return result, images, samples, skipped, metrics
+    detector = build_detector(spec, "evaluate")
+    result, batch = run_batch(detector, category.test, spec, progress, category=category.name, input=category.root)
+    metrics = category_metrics(result, batch.samples, batch.images, category.has_masks)
+    return result, batch.images, batch.samples, batch.skipped, metrics
 
 
 def evaluate_dataset(
     root: str | Path,
     out: str | Path,
-    options: RunOptions = RunOptions(),
+    options: RunOptions | RunSpec | None = None,
     *,
     categories: Sequence[str] | None = None,
-    seed: int = 0,
+    seed: int | None = None,
     progress: ProgressCallback | None = None,
     on_category: Callable[[str, dict[str, float | None]], None] | None = None,
 ) -> dict[str, dict[str, float | None]]:
@@ -167,30 +138,34 @@ def evaluate_dataset(
 
     ``options.good`` holds the good images of one product, so with several categories it is
     refused, except ``good == root`` for a zero-shot method: then each category is calibrated
-    on (and scored against) its own ``train/good``."""
-    found = discover(root, seed=seed)
+    on (and scored against) its own ``train/good``. ``seed`` (default 0) chooses the seeded splits
+    (magnetic tiles, PRN's k-shot protocol); given where there is none, it is refused."""
+    spec = resolve("evaluate", options)
+    found = discover(root, seed=seed or 0)
+    if seed is not None and not spec.entry.takes_anomalies and all(c.layout != "magnetic_tile" for c in found):
+        raise ConfigError(f"--seed chooses the seeded splits (magnetic tiles, labelled defects for training); '{root}' has none for {spec.entry.label}")
     if categories:
         wanted = set(categories)
         unknown = wanted - {c.name for c in found}
         if unknown:
             raise ConfigError(f"no category named {', '.join(sorted(unknown))} under '{root}'; found {', '.join(c.name for c in found)}")
         found = [c for c in found if c.name in wanted]
-    own_good = options.good is not None and len(found) > 1
+    own_good = spec.good is not None and len(found) > 1
     if own_good:
-        trained = get_method(options.method).needs_training
-        if trained or Path(options.good).resolve() != Path(root).resolve():
+        trained = spec.entry.needs_training
+        if trained or Path(spec.good).resolve() != Path(root).resolve():
             hint = "" if trained else f", or pass --good '{root}' to use each category's own train/good"
             raise ConfigError(
-                f"--good '{options.good}' holds the good images of one product but '{root}' has {len(found)} categories "
+                f"--good '{spec.good}' holds the good images of one product but '{root}' has {len(found)} categories "
                 f"({', '.join(c.name for c in found)}): evaluate one with --category NAME{hint}"
             )
-    return evaluate_categories(found, out, options, progress=progress, on_category=on_category, seed=seed, own_good=own_good)
+    return evaluate_categories(found, out, spec, progress=progress, on_category=on_category, seed=seed or 0, own_good=own_good)
 
 
 def evaluate_categories(
     found: Sequence[Category],
     out: str | Path,
-    options: RunOptions = RunOptions(),
+    options: RunOptions | RunSpec | None = None,
     *,
     progress: ProgressCallback | None = None,
     on_category: Callable[[str, dict[str, float | None]], None] | None = None,
@@ -199,13 +174,14 @@ def evaluate_categories(
 ) -> dict[str, dict[str, float | None]]:
     """Evaluate the given categories into ``out`` (see :func:`evaluate_dataset`); ``own_good``:
     each category's verdict is calibrated on its own folder's ``train/good``."""
-    apply_threads(options.threads)
+    spec = resolve("evaluate", options)
+    apply_threads(spec.threads)
     results: dict[str, dict[str, float | None]] = {}
-    with staged_output(out, options.overwrite) as staging:
+    with staged_output(out, spec.overwrite) as staging:
         for category in found:
             report = prefixed(progress, category.name)
-            category_options = dataclasses.replace(options, good=category.root) if own_good else options
-            result, images, samples, skipped, metrics = evaluate_category(category, category_options, report, seed=seed)
+            category_spec = spec.with_good(category.root) if own_good else spec
+            result, images, samples, skipped, metrics = evaluate_category(category, category_spec, report, seed=seed)
             results[category.name] = metrics
             write_batch_outputs(
                 staging / category.name,

@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # options.py sits above the methods (it uses methods.verdict)
     from defectscope.options import RunOptions
 
 _SHARED = {"backbone": "backbone", "weights": "weights", "image_size": "image_size", "device": "device"}
+_ZERO_SHOT = {**_SHARED, "batch_size": "batch_size", "smoothing": "smoothing_sigma", "false_alarm_rate": "false_alarm_rate"}
 
 
 def _load(target: str) -> Any:
@@ -43,7 +44,10 @@ class MethodEntry:
             batch by itself.
         takes_anomalies: ``fit`` also takes labelled defects as (image, mask) pairs.
         option_fields: RunOptions field -> config field (a RunOptions value of None is not passed,
-            so the config's default applies).
+            so the config's default applies); an option the method has no field for is refused
+            (:func:`defectscope.runs.resolve`).
+        streams: the detector can score one image at a time against a rolling bank of the images
+            judged normal so far (``defectscope watch`` without a model).
         exporter: ``"module:function"`` writing a trained model as ONNX, or None.
         summary: one line for help texts.
     """
@@ -56,6 +60,7 @@ class MethodEntry:
     summary: str
     option_fields: Mapping[str, str] = field(default_factory=dict)
     takes_anomalies: bool = False
+    streams: bool = False
     exporter: str | None = None
 
     @property
@@ -67,7 +72,8 @@ class MethodEntry:
         return _load(self.config)
 
     def make_config(self, options: RunOptions) -> MethodConfig:
-        """The method's config from the shared options plus ``options.method_options``."""
+        """The method's config from the shared options plus ``options.method_options`` (the
+        options were checked against this method by :func:`defectscope.runs.resolve`)."""
         values: dict[str, Any] = {}
         for option, setting in self.option_fields.items():
             value = getattr(options, option)
@@ -106,7 +112,8 @@ METHODS: dict[str, MethodEntry] = {
             config="defectscope.methods.musc:MuScConfig",
             needs_training=False,
             summary="zero-shot, default",
-            option_fields={**_SHARED, "batch_size": "batch_size", "false_alarm_rate": "false_alarm_rate"},
+            option_fields={**_ZERO_SHOT, "scheduler": "scheduler"},
+            streams=True,
         ),
         MethodEntry(
             name="codegraph",
@@ -115,7 +122,7 @@ METHODS: dict[str, MethodEntry] = {
             config="defectscope.methods.codegraph:CoDeGraphConfig",
             needs_training=False,
             summary="zero-shot, recurring defects",
-            option_fields={**_SHARED, "batch_size": "batch_size", "false_alarm_rate": "false_alarm_rate"},
+            option_fields=_ZERO_SHOT,  # no scheduler: CoDeGraph scores in this process
         ),
         MethodEntry(
             name="uflow",
@@ -124,7 +131,7 @@ METHODS: dict[str, MethodEntry] = {
             config="defectscope.methods.uflow.config:UFlowConfig",
             needs_training=True,
             summary="trained on normal images",
-            option_fields={**_SHARED, "batch_size": "feature_batch_size"},
+            option_fields={**_SHARED, "batch_size": "feature_batch_size", "smoothing": "smoothing_sigma", "epochs": "epochs"},
             exporter="defectscope.methods.uflow.export:export_onnx",
         ),
         MethodEntry(
@@ -134,7 +141,7 @@ METHODS: dict[str, MethodEntry] = {
             config="defectscope.methods.prn.config:PRNConfig",
             needs_training=True,
             summary="trained on normal images plus a few labelled defects",
-            option_fields={**_SHARED, "false_alarm_rate": "false_alarm_rate"},
+            option_fields={**_SHARED, "false_alarm_rate": "false_alarm_rate", "epochs": "epochs"},
             takes_anomalies=True,
             exporter="defectscope.methods.prn.export:export_onnx",
         ),

@@ -8,6 +8,10 @@ member scored against the M - 1 others, the calibration of the stream's verdicts
 after every admission without recomputing the bank: admitting an image fills one row and one
 column, evicting the oldest frees its slot. Memory: M^2 L float32 per set (about 120 MB for
 M = 100 with the default two layers at 224 px).
+
+:class:`ZeroShotScorer` is MuSc scoring one image at a time against such a bank (``defectscope
+watch``): the first images wait and are scored together by mutual scoring, later ones against the
+bank; its verdicts are conformal on the members' leave-one-out scores (:func:`stream_threshold`).
 """
 
 from __future__ import annotations
@@ -15,12 +19,15 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass
+from typing import Sequence
 
+import numpy as np
 import torch
 
 from defectscope.errors import ConfigError
 from defectscope.methods.bank import BLOCK_BYTES, topk_size, topk_to_scores
-from defectscope.methods.mutual import interval_mean, similarities_to_distances
+from defectscope.methods.mutual import interval_mean, similarities_to_distances, to_finest_grid
+from defectscope.methods.verdict import conformal_count, conformal_threshold
 
 
 @dataclass
@@ -130,3 +137,133 @@ class RollingBank:
             raise ConfigError("leave-one-out scores need at least 2 images in the bank")
         active = self._active()
         return [interval_mean(similarities_to_distances(t[active][:, active]), self.lower, self.upper) for t in self.tables]
+
+
+def stream_threshold(calibration: Sequence[float], alpha: float) -> float:
+    """The conformal threshold of :func:`defectscope.methods.verdict.conformal_threshold` on the
+    calibration scores, or inf while there are too few of them for ``alpha`` (nothing flagged)."""
+    if len(calibration) < conformal_count(alpha):
+        return math.inf
+    return conformal_threshold(np.asarray(calibration, dtype=np.float64), alpha, source="bank images").value
+
+
+@dataclass
+class Scored:
+    """One image's outcome: ``score`` None when it could not be scored (a lone image at exit)."""
+
+    key: str
+    image: np.ndarray
+    score: float | None
+    anomalous: bool | None
+    anomaly_map: np.ndarray | None
+    ready_at: float
+    review: bool = False
+    """The scorer sent the image to review (its statistic lies in the review band)."""
+
+    @property
+    def verdict(self) -> str:
+        """``anomalous``, ``review`` or ``normal``; empty when there is no verdict."""
+        if self.anomalous is None:
+            return ""
+        return "anomalous" if self.anomalous else ("review" if self.review else "normal")
+
+
+class ZeroShotScorer:
+    """MuSc features of one image at a time, scored against a rolling or a fixed bank."""
+
+    def __init__(self, musc, alpha: float, bank_size: int, min_bank: int) -> None:
+        if not 2 <= min_bank <= bank_size:
+            raise ConfigError(f"--min-bank must lie in [2, --bank-size], got {min_bank} with a bank of {bank_size}")
+        self.musc = musc
+        self.alpha = alpha
+        self.min_bank = min_bank
+        self.bank = RollingBank(bank_size, musc.config.lower, musc.config.upper)
+        self.rolling = True
+        self.started = False
+        self.pending: list[tuple[str, np.ndarray, list[torch.Tensor], float]] = []
+        self.grid: tuple[int, int] = (0, 0)
+        self._calibration: np.ndarray | None = None
+
+    def settings(self) -> dict:
+        """The detector's settings and the bank's (``min_bank`` only for a rolling bank)."""
+        facts = {**self.musc.settings(), "bank_size": self.bank.capacity}
+        if self.rolling:
+            facts["min_bank"] = self.min_bank
+        return facts
+
+    def features(self, image: np.ndarray) -> list[torch.Tensor]:
+        sets, self.grid, _ = self.musc.feature_sets([image], native_grids=self.musc.config.native_grids)
+        return [s[0] for s in sets]
+
+    def _maps(self, per_set: list[torch.Tensor]) -> np.ndarray:
+        n = per_set[0].shape[0]
+        patch = torch.stack([to_finest_grid(s.reshape(n, -1), self.grid) for s in per_set]).mean(dim=0)
+        return self.musc.maps_from_patch_scores(patch, self.grid).cpu().numpy()
+
+    def calibration(self) -> np.ndarray:
+        """Leave-one-out image scores of the bank members (cached until the bank changes)."""
+        if self._calibration is None:
+            maps = self._maps(self.bank.leave_one_out())
+            self._calibration = maps.reshape(len(maps), -1).max(axis=1)
+        return self._calibration
+
+    def use_good(self, keyed_images: Sequence[tuple[str, np.ndarray]]) -> None:
+        """Make the bank the given good images, fixed (no admissions)."""
+        if len(keyed_images) < 2:
+            raise ConfigError(f"--good needs at least 2 readable images, found {len(keyed_images)}")
+        self.bank = RollingBank(len(keyed_images), self.musc.config.lower, self.musc.config.upper)
+        for key, image in keyed_images:
+            self.bank.add(key, self.features(image))
+        self.rolling = False
+        self.started = True
+
+    def restore(self, keyed_images: Sequence[tuple[str, np.ndarray]], any_rows: bool) -> None:
+        """Rebuild the rolling bank after a restart from the images last judged normal."""
+        for key, image in keyed_images:
+            self.bank.add(key, self.features(image))
+        self.started = any_rows and len(self.bank) >= 2
+
+    def score(self, key: str, image: np.ndarray, ready_at: float) -> list[Scored]:
+        """Score one image; returns the rows now decided (none while the first batch waits)."""
+        sets = self.features(image)
+        if not self.started:
+            self.pending.append((key, image, sets, ready_at))
+            return self._first_batch() if len(self.pending) >= self.min_bank else []
+        calibration = self.calibration()
+        comparison = self.bank.compare(sets)
+        anomaly_map = self._maps([s.unsqueeze(0) for s in self.bank.query_scores(comparison)])[0]
+        score = float(anomaly_map.max())
+        anomalous = score > stream_threshold(calibration, self.alpha)
+        if self.rolling and not anomalous:
+            self.bank.add(key, sets, comparison)
+            self._calibration = None
+        return [Scored(key, image, score, anomalous, anomaly_map, ready_at)]
+
+    def _first_batch(self) -> list[Scored]:
+        """Mutual scoring of the waiting images; those judged normal stay in the bank."""
+        for key, _, sets, _ in self.pending:
+            self.bank.add(key, sets)
+        self._calibration = None
+        scores = self.calibration()
+        maps = self._maps(self.bank.leave_one_out())
+        position = {key: index for index, key in enumerate(self.bank.members())}
+        rows = []
+        for key, image, _, ready_at in self.pending:
+            index = position[key]
+            others = np.delete(scores, index)
+            anomalous = bool(scores[index] > stream_threshold(others, self.alpha))
+            rows.append(Scored(key, image, float(scores[index]), anomalous, maps[index], ready_at))
+            if anomalous:
+                self.bank.remove(key)
+        self.pending = []
+        self._calibration = None
+        self.started = len(self.bank) >= 2
+        return rows
+
+    def flush(self) -> list[Scored]:
+        """At exit: score the waiting images together, or report a lone one as unscored."""
+        if len(self.pending) >= 2:
+            return self._first_batch()
+        rows = [Scored(key, image, None, None, None, ready_at) for key, image, _, ready_at in self.pending]
+        self.pending = []
+        return rows

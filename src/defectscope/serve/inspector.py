@@ -296,6 +296,9 @@ def build_inspector(
     from defectscope.device import device_name
     from defectscope.methods.registry import get_method
 
+    from defectscope.runs.spec import resolve_run
+
+    options = resolve_run("serve", options, model=model, good=good)  # defaults applied; ignored options refused
     alpha = options.false_alarm_rate
     check_out(out)
     if model is None and good is None:
@@ -339,6 +342,7 @@ def build_inspector(
         "good_images": good_count,
         "false_alarm_rate": alpha,
         "device": device_name(options.device),
+        "threads": options.threads,
     }
     inspector = Inspector(detector, out, description=description, keep_images=keep_images)
     inspector.warm_up(warm)

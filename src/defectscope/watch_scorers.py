@@ -1,0 +1,108 @@
+"""The scorers of `defectscope watch` built from the run's options: a saved model (the detector
+scores each image by itself) or a zero-shot detector on a rolling or fixed bank
+(:class:`defectscope.methods.rolling.ZeroShotScorer`)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from defectscope.errors import ConfigError
+from defectscope.memory import guard_run
+from defectscope.methods.rolling import Scored, ZeroShotScorer
+from defectscope.options import RunOptions
+from defectscope.runs.inputs import good_images, read_samples
+from defectscope.runs.spec import RunSpec, resolve_run
+
+WATCH_DEFAULTS = {"bank_size": 100, "min_bank": 20}
+"""The rolling bank's size and first batch when not given."""
+
+
+class ModelScorer:
+    """A trained U-Flow or PRN model, one image at a time."""
+
+    rolling = False
+
+    def __init__(self, detector) -> None:
+        self.detector = detector
+
+    def settings(self) -> dict:
+        """The model's settings (for the watch's settings)."""
+        return self.detector.settings()
+
+    def score(self, key: str, image: np.ndarray, ready_at: float) -> list[Scored]:
+        result = self.detector.predict([image], [key])
+        verdict = getattr(result, "is_anomalous", None)
+        if verdict is not None:
+            anomalous: bool | None = bool(verdict[0])
+        elif result.masks is not None:
+            anomalous = bool(result.masks[0].any())
+        else:
+            anomalous = None
+        doubt = getattr(result, "needs_review", None)
+        review = doubt is not None and bool(doubt[0]) and not anomalous
+        return [Scored(key, image, float(result.image_scores[0]), anomalous, result.anomaly_maps[0], ready_at, review)]
+
+    def flush(self) -> list[Scored]:
+        return []
+
+
+def build_scorer(
+    options: RunOptions | RunSpec | None,
+    *,
+    alpha: float | None = None,
+    bank_size: int | None = None,
+    min_bank: int | None = None,
+    good: str | Path | None = None,
+    model: str | Path | None = None,
+    log: Callable[[str], None] = print,
+) -> ModelScorer | ZeroShotScorer:
+    """The scorer a watch run uses: a trained model, a fixed good bank, or the rolling bank.
+    ``alpha`` and ``good`` join the options (the false-alarm rate and the good images);
+    ``bank_size`` and ``min_bank`` are refused where they would be ignored."""
+    spec = watch_spec(options, alpha=alpha, good=good, model=model, bank_size=bank_size, min_bank=min_bank)
+    if model is not None:
+        from defectscope.training import model_spec
+
+        return ModelScorer(model_spec("watch", model, spec)[1])
+    bank_size = WATCH_DEFAULTS["bank_size"] if bank_size is None else bank_size
+    min_bank = WATCH_DEFAULTS["min_bank"] if min_bank is None else min_bank
+    detector = spec.entry.build(spec.options)
+    scorer = ZeroShotScorer(detector, spec.false_alarm_rate, bank_size, min(min_bank, bank_size))
+    if spec.good is not None:
+        from defectscope.methods.bank import reference_sample
+
+        samples = good_images(spec.good)  # an MVTec category means its train/good, as for score
+        chosen = [samples[i] for i in reference_sample(len(samples), bank_size)]
+        guard_run(detector, [s.path for s in chosen])
+        batch = read_samples(chosen, skip_unreadable=True)
+        for path, reason in batch.skipped:
+            log(f"good image skipped: {reason}")
+        log(f"building the good bank from {len(batch.images)} images of {spec.good} ...")
+        scorer.use_good(list(zip(batch.paths, batch.images)))
+        log(f"good bank ready: {len(scorer.bank)} images")
+    return scorer
+
+
+def watch_spec(
+    options: RunOptions | RunSpec | None, *, alpha: float | None = None, good: Any = None, model: Any = None,
+    bank_size: int | None = None, min_bank: int | None = None,
+) -> RunSpec:
+    """The watch run's options resolved (:func:`defectscope.runs.spec.resolve_run`): a --model
+    refuses method settings and the bank options; a fixed --good bank refuses --min-bank."""
+    if isinstance(options, RunSpec):
+        return options
+    options = options or RunOptions()
+    if alpha is not None:
+        options = replace(options, false_alarm_rate=alpha)
+    good = options.good if good is None else good
+    if good is not None and model is not None:
+        raise ConfigError("give either --good or --model, not both")
+    if model is not None and (bank_size is not None or min_bank is not None):
+        raise ConfigError("--bank-size and --min-bank size the zero-shot bank; a --model scores each image by itself")
+    if good is not None and min_bank is not None:
+        raise ConfigError("--min-bank is the rolling bank's first batch; with --good the bank is the good images from the start")
+    return resolve_run("watch", options, model=model, good=good)
