@@ -111,3 +111,12 @@ def test_every_registered_config_is_checked_in_the_one_place():
     for entry in METHODS.values():
         assert "__post_init__" not in vars(entry.config_class), entry.name
         assert "validate" not in vars(entry.config_class), entry.name
+
+
+def test_codegraph_refuses_musc_only_settings_instead_of_ignoring_them():
+    from defectscope.methods.codegraph import CoDeGraphConfig
+
+    with pytest.raises(ConfigError, match="scheduler=.*MuSc option"):
+        CoDeGraphConfig.from_options({"scheduler": "local"})
+    with pytest.raises(ConfigError, match="looks_gate"):
+        CoDeGraphConfig(looks_gate=0.5)

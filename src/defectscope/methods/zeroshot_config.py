@@ -176,3 +176,5 @@ class CoDeGraphConfig(MuScConfig):
         super().check()
         if self.self_term != "off" or self.nearest_images is not None or self.looks_gate is not None:
             self.refuse("settings self_term, nearest_images and looks_gate are MuSc options; CoDeGraph takes rotations (turned references) only")
+        if self.scheduler is not None:
+            self.refuse(f"setting scheduler={self.scheduler} is a MuSc option: CoDeGraph scores in this process (its graph needs every table at once)")
