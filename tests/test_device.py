@@ -275,7 +275,7 @@ def test_the_watch_rolling_bank_stays_on_the_device(spied):
     from defectscope.watch import ZeroShotScorer
 
     spy, stages = spied
-    scorer = ZeroShotScorer(_build("musc"), alpha=0.2, bank_size=6, min_bank=3)
+    scorer = ZeroShotScorer(_build("musc"), false_alarm_rate=0.2, bank_size=6, min_bank=3)
     rows = []
     with spy:
         for number, image in enumerate(_images(5)):

@@ -85,7 +85,7 @@ def test_watch_scores_each_image_once_and_skips_a_corrupt_file(tmp_path):
     paths = write_images(inbox, 16, defective=(11,))
     (inbox / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 20)
     lines: list[str] = []
-    summary = watch_folder(inbox, tmp_path / "out", ONE_THREAD, alpha=0.2, bank_size=12, min_bank=8, exit_after_idle=0.5, log=lines.append, **FAST)
+    summary = watch_folder(inbox, tmp_path / "out", ONE_THREAD, false_alarm_rate=0.2, bank_size=12, min_bank=8, exit_after_idle=0.5, log=lines.append, **FAST)
     got = rows(tmp_path / "out")
     assert sorted(row["path"] for row in got) == sorted(str(p) for p in paths)
     assert all(float(row["score"]) > 0 for row in got)
@@ -106,11 +106,11 @@ def test_good_mvtec_category_means_its_train_good(tmp_path):
 
     root = write_mvtec_category(tmp_path / "widget", kind="texture", n_train=3, n_test_good=2, n_test_defect=2, size=64, seed=3)
     train = sorted(str(p) for p in (root / "train" / "good").iterdir())
-    scorer = build_scorer(ONE_THREAD, alpha=0.2, bank_size=50, good=root, model=None, log=lambda line: None)
+    scorer = build_scorer(ONE_THREAD, false_alarm_rate=0.2, bank_size=50, good=root, model=None, log=lambda line: None)
     assert sorted(scorer.bank.members()) == train
     plain = tmp_path / "plain"
     write_images(plain, 3, seed=4)
-    scorer = build_scorer(ONE_THREAD, alpha=0.2, bank_size=50, good=plain, model=None, log=lambda line: None)
+    scorer = build_scorer(ONE_THREAD, false_alarm_rate=0.2, bank_size=50, good=plain, model=None, log=lambda line: None)
     assert sorted(scorer.bank.members()) == sorted(str(p) for p in plain.iterdir())
 
 
@@ -134,7 +134,7 @@ def test_watch_colour_scale_follows_the_maps_shown_and_the_report_shows_the_inpu
     monkeypatch.setattr(html, "write_report", lambda path, **kw: reports.append(kw) or real_report(path, **kw))
     inbox = tmp_path / "in"
     paths = write_images(inbox, 14, defective=(9, 11, 12, 13))
-    watch_folder(inbox, tmp_path / "out", ONE_THREAD, alpha=0.2, bank_size=10, min_bank=8, exit_after_idle=0.5, log=lambda line: None, **FAST)
+    watch_folder(inbox, tmp_path / "out", ONE_THREAD, false_alarm_rate=0.2, bank_size=10, min_bank=8, exit_after_idle=0.5, log=lambda line: None, **FAST)
     assert len(written) == 14
     maps = np.stack([amap for amap, _, _ in written])
     final = batch_color_range(maps)

@@ -15,6 +15,7 @@ from typing import Optional
 import typer
 
 from defectscope import __version__
+from defectscope.methods.config import DEFAULT_KSHOT
 from defectscope.cli_shared import (
     BackboneOption,
     BatchSizeOption,
@@ -95,7 +96,7 @@ def evaluate(
     smoothing: Optional[float] = SmoothingOption,
     category: Optional[list[str]] = typer.Option(None, "--category", "-c", help="Only these categories (repeatable)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the documented train/test splits (magnetic tile, PRN k-shot; default 0)."),
-    kshot: Optional[int] = typer.Option(None, "--kshot", help="PRN: labelled defects per defect type moved from test to training (default 10)."),
+    kshot: Optional[int] = typer.Option(None, "--kshot", help=f"PRN: labelled defects per defect type moved from test to training (default {DEFAULT_KSHOT})."),
     epochs: Optional[int] = EpochsOption,
     param: Optional[list[str]] = ParamOption,
     scheduler: Optional[str] = SchedulerOption,

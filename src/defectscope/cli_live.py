@@ -28,6 +28,7 @@ from defectscope.cli_shared import (
     user_errors,
 )
 from defectscope.errors import DefectscopeError
+from defectscope.methods.config import DEFAULT_FALSE_ALARM_RATE
 
 
 @app.command()
@@ -65,7 +66,7 @@ def watch(
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: verdicts.csv, maps/, report.html, skipped.csv; a restart resumes it."),
     good: Optional[Path] = typer.Option(None, "--good", help="Score against this folder of good parts (an MVTec category: its train/good) instead of the rolling bank."),
     model: Optional[Path] = typer.Option(None, "--model", help="Score with a trained U-Flow or PRN model folder."),
-    false_alarm_rate: Optional[float] = typer.Option(None, "--false-alarm-rate", help="Zero-shot verdicts: conformal false-alarm rate on the bank's leave-one-out scores (default 0.05)."),
+    false_alarm_rate: Optional[float] = typer.Option(None, "--false-alarm-rate", help=f"Zero-shot verdicts: conformal false-alarm rate on the bank's leave-one-out scores (default {DEFAULT_FALSE_ALARM_RATE:g})."),
     bank_size: Optional[int] = typer.Option(None, "--bank-size", help="Rolling bank: the last N images judged normal (or the size of the --good sample; default 100)."),
     min_bank: Optional[int] = typer.Option(None, "--min-bank", help="Rolling bank: images that wait and are scored together before the first verdict (default 20)."),
     settle: float = typer.Option(1.0, "--settle", help="Seconds a file's size must stay unchanged before it is read."),

@@ -20,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from defectscope.errors import DefectscopeError
+from defectscope.methods.config import DEFAULT_FALSE_ALARM_RATE, DEFAULT_REVIEW_BUDGET
 
 console = Console(stderr=True)
 
@@ -59,8 +60,8 @@ ParamOption = typer.Option(None, "--param", "-p", help="Any method setting as KE
 SchedulerOption = typer.Option(None, "--scheduler", help="Run MuSc's work on Dask: 'dask' (a local cluster) or a scheduler address tcp://HOST:PORT.")
 SmoothingOption = typer.Option(None, "--smoothing", help="Gaussian blur of the anomaly maps, sigma in input pixels (default 4; 0 = off).")
 EpochsOption = typer.Option(None, "--epochs", help="U-Flow/PRN: training epochs (default: the method's).")
-FalseAlarmOption = typer.Option(None, "--false-alarm-rate", help="Share of normal images the verdict may flag as anomalous (default 0.05).")
-ReviewBudgetOption = typer.Option(None, "--review-budget", help="Largest share of the batch the verdict may send to review (the scores cannot tell); 0 = never review (default 0.2).")
+FalseAlarmOption = typer.Option(None, "--false-alarm-rate", help=f"Share of normal images the verdict may flag as anomalous (default {DEFAULT_FALSE_ALARM_RATE:g}).")
+ReviewBudgetOption = typer.Option(None, "--review-budget", help=f"Largest share of the batch the verdict may send to review (the scores cannot tell); 0 = never review (default {DEFAULT_REVIEW_BUDGET:g}).")
 DeviceOption = typer.Option(None, "--device", help="Where to compute: auto (default: a CUDA GPU when there is one, else the CPU), cpu, cuda, cuda:N or mps; an absent device is refused before any work.")
 GoodOption = typer.Option(None, "--good", help="Folder of known-good images (an MVTec category: its train/good): the verdict is calibrated on them (MuSc/CoDeGraph also score against them). evaluate over a root of categories: pass the root itself to use each category's own train/good.")
 

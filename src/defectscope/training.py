@@ -27,7 +27,8 @@ from defectscope.progress import Progress as ProgressCallback
 from defectscope.report.atomic import staged_output
 from defectscope.report.batch import write_batch_outputs
 from defectscope.runs import RunSpec, folder_images, good_images, read_samples, resolve, run_batch
-from defectscope.runs.spec import DEFAULT_KSHOT, resolve_run  # noqa: F401  (DEFAULT_KSHOT kept importable from here)
+from defectscope.methods.config import DEFAULT_KSHOT  # noqa: F401  (kept importable from here)
+from defectscope.runs.spec import resolve_run
 
 
 def _trained_method(method: str) -> MethodEntry:

@@ -263,7 +263,7 @@ def watch_folder(
     out: str | Path,
     options: RunOptions | None = None,
     *,
-    alpha: float | None = None,
+    false_alarm_rate: float | None = None,
     bank_size: int | None = None,
     min_bank: int | None = None,
     good: str | Path | None = None,
@@ -275,12 +275,12 @@ def watch_folder(
     log: Callable[[str], None] = print,
 ) -> WatchSummary:
     """Watch ``in_dir`` and write verdicts into ``out`` until interrupted or idle (library API
-    of `defectscope watch`). ``alpha`` (the false-alarm rate) and ``good`` may also come in
+    of `defectscope watch`). ``false_alarm_rate`` and ``good`` may also come in
     ``options``; ``bank_size`` and ``min_bank`` default to :data:`WATCH_DEFAULTS`."""
     from defectscope.methods.verdict import conformal_count
     from defectscope.options import apply_threads
 
-    spec = watch_spec(options, alpha=alpha, good=good, model=model, bank_size=bank_size, min_bank=min_bank)
+    spec = watch_spec(options, false_alarm_rate=false_alarm_rate, good=good, model=model, bank_size=bank_size, min_bank=min_bank)
     apply_threads(spec.threads)
     scorer = build_scorer(spec, bank_size=bank_size, min_bank=min_bank, model=model, log=log)
     settings = {

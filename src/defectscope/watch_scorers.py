@@ -53,7 +53,7 @@ class ModelScorer:
 def build_scorer(
     options: RunOptions | RunSpec | None,
     *,
-    alpha: float | None = None,
+    false_alarm_rate: float | None = None,
     bank_size: int | None = None,
     min_bank: int | None = None,
     good: str | Path | None = None,
@@ -61,9 +61,9 @@ def build_scorer(
     log: Callable[[str], None] = print,
 ) -> ModelScorer | ZeroShotScorer:
     """The scorer a watch run uses: a trained model, a fixed good bank, or the rolling bank.
-    ``alpha`` and ``good`` join the options (the false-alarm rate and the good images);
+    ``false_alarm_rate`` and ``good`` join the options;
     ``bank_size`` and ``min_bank`` are refused where they would be ignored."""
-    spec = watch_spec(options, alpha=alpha, good=good, model=model, bank_size=bank_size, min_bank=min_bank)
+    spec = watch_spec(options, false_alarm_rate=false_alarm_rate, good=good, model=model, bank_size=bank_size, min_bank=min_bank)
     if model is not None:
         from defectscope.training import model_spec
 
@@ -88,7 +88,7 @@ def build_scorer(
 
 
 def watch_spec(
-    options: RunOptions | RunSpec | None, *, alpha: float | None = None, good: Any = None, model: Any = None,
+    options: RunOptions | RunSpec | None, *, false_alarm_rate: float | None = None, good: Any = None, model: Any = None,
     bank_size: int | None = None, min_bank: int | None = None,
 ) -> RunSpec:
     """The watch run's options resolved (:func:`defectscope.runs.spec.resolve_run`): a --model
@@ -96,8 +96,8 @@ def watch_spec(
     if isinstance(options, RunSpec):
         return options
     options = options or RunOptions()
-    if alpha is not None:
-        options = replace(options, false_alarm_rate=alpha)
+    if false_alarm_rate is not None:
+        options = replace(options, false_alarm_rate=false_alarm_rate)
     good = options.good if good is None else good
     if good is not None and model is not None:
         raise ConfigError("give either --good or --model, not both")

@@ -139,12 +139,12 @@ class RollingBank:
         return [interval_mean(similarities_to_distances(t[active][:, active]), self.lower, self.upper) for t in self.tables]
 
 
-def stream_threshold(calibration: Sequence[float], alpha: float) -> float:
+def stream_threshold(calibration: Sequence[float], false_alarm_rate: float) -> float:
     """The conformal threshold of :func:`defectscope.methods.verdict.conformal_threshold` on the
-    calibration scores, or inf while there are too few of them for ``alpha`` (nothing flagged)."""
-    if len(calibration) < conformal_count(alpha):
+    calibration scores, or inf while there are too few of them for ``false_alarm_rate`` (nothing flagged)."""
+    if len(calibration) < conformal_count(false_alarm_rate):
         return math.inf
-    return conformal_threshold(np.asarray(calibration, dtype=np.float64), alpha, source="bank images").value
+    return conformal_threshold(np.asarray(calibration, dtype=np.float64), false_alarm_rate, source="bank images").value
 
 
 @dataclass
@@ -171,11 +171,11 @@ class Scored:
 class ZeroShotScorer:
     """MuSc features of one image at a time, scored against a rolling or a fixed bank."""
 
-    def __init__(self, musc, alpha: float, bank_size: int, min_bank: int) -> None:
+    def __init__(self, musc, false_alarm_rate: float, bank_size: int, min_bank: int) -> None:
         if not 2 <= min_bank <= bank_size:
             raise ConfigError(f"--min-bank must lie in [2, --bank-size], got {min_bank} with a bank of {bank_size}")
         self.musc = musc
-        self.alpha = alpha
+        self.false_alarm_rate = false_alarm_rate
         self.min_bank = min_bank
         self.bank = RollingBank(bank_size, musc.config.lower, musc.config.upper)
         self.rolling = True
@@ -233,7 +233,7 @@ class ZeroShotScorer:
         comparison = self.bank.compare(sets)
         anomaly_map = self._maps([s.unsqueeze(0) for s in self.bank.query_scores(comparison)])[0]
         score = float(anomaly_map.max())
-        anomalous = score > stream_threshold(calibration, self.alpha)
+        anomalous = score > stream_threshold(calibration, self.false_alarm_rate)
         if self.rolling and not anomalous:
             self.bank.add(key, sets, comparison)
             self._calibration = None
@@ -251,7 +251,7 @@ class ZeroShotScorer:
         for key, image, _, ready_at in self.pending:
             index = position[key]
             others = np.delete(scores, index)
-            anomalous = bool(scores[index] > stream_threshold(others, self.alpha))
+            anomalous = bool(scores[index] > stream_threshold(others, self.false_alarm_rate))
             rows.append(Scored(key, image, float(scores[index]), anomalous, maps[index], ready_at))
             if anomalous:
                 self.bank.remove(key)

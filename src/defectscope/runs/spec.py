@@ -16,14 +16,11 @@ from typing import TYPE_CHECKING, Any
 
 from defectscope.errors import ConfigError
 from defectscope.methods.registry import get_method, method_names
-from defectscope.methods.verdict import DEFAULT_FALSE_ALARM_RATE, DEFAULT_REVIEW_BUDGET
+from defectscope.methods.config import DEFAULT_FALSE_ALARM_RATE, DEFAULT_KSHOT, DEFAULT_REVIEW_BUDGET
 from defectscope.options import RunOptions
 
 if TYPE_CHECKING:
     from defectscope.methods.registry import MethodEntry
-
-DEFAULT_KSHOT = 10
-"""PRN's k-shot protocol: labelled defects per defect type moved from the test set to training."""
 
 DEFAULTS: dict[str, Any] = {
     "method": "musc",

@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from defectscope.errors import ConfigError
+from defectscope.methods.config import DEFAULT_KSHOT
 
 
 def _mask_has_foreground(mask_path: Path | None) -> bool:
@@ -31,7 +32,7 @@ def _mask_has_foreground(mask_path: Path | None) -> bool:
 
 
 def kshot_split(
-    category_test_samples: Sequence[Any], k: int = 10, seed: int = 0
+    category_test_samples: Sequence[Any], k: int = DEFAULT_KSHOT, seed: int = 0
 ) -> tuple[list[Any], list[Any]]:
     """Split test samples into (train_anomalies, test_samples): k labelled defects per type to training.
 
