@@ -74,7 +74,7 @@ class FakeBackbone:
 
 def _config(**changes: object) -> UFlowConfig:
     base = UFlowConfig(backbone="fake", image_size=SIZE, layers=("stride4", "stride8"), epochs=3,
-                       batch_size=4, blocks_per_scale=2, feature_batch_size=8, min_epoch_samples=1)
+                       train_batch_size=4, blocks_per_scale=2, batch_size=8, min_epoch_samples=1)
     return replace(base, **changes)
 
 
@@ -143,7 +143,7 @@ def test_training_reduces_the_loss() -> None:
     shared_coarse = torch.randn(16, 1, 4, 4, generator=generator)
     features = [shared_fine + 0.1 * torch.randn(16, 6, 8, 8, generator=generator),
                 shared_coarse + 0.1 * torch.randn(16, 12, 4, 4, generator=generator)]
-    config = _config(epochs=20, batch_size=16, learning_rate=1e-2, lr_decay=1.0)
+    config = _config(epochs=20, train_batch_size=16, learning_rate=1e-2, lr_decay=1.0)
     model = UFlow(config, backbone=_backbone()).fit_features(features)
     assert len(model.history) == 20
     assert model.history[-1] < model.history[0] - 0.1
@@ -279,7 +279,7 @@ def test_vit_scales_come_from_input_sizes_with_a_tiny_random_dinov2(tmp_path: Pa
         intermediate_size=64))
     tiny.save_pretrained(tmp_path / "dinov2")
     config = UFlowConfig(backbone="dinov2-vits14", weights=str(tmp_path / "dinov2"), image_size=56,
-                         layers=("block2", "block2"), input_sizes=(112, 56), epochs=1, batch_size=4,
+                         layers=("block2", "block2"), input_sizes=(112, 56), epochs=1, train_batch_size=4,
                          blocks_per_scale=2, min_epoch_samples=1, calibration_fraction=0.0)
     model = UFlow(config).fit(_images(4))
     assert model.flow.grids == [8, 4] and model.flow.channels == [32, 32]
@@ -316,3 +316,14 @@ def test_verdict_is_a_detected_region_unless_calibrated_on_good_images(trained: 
     assert np.array_equal(calibrated.is_anomalous, calibrated.image_scores > calibrated.threshold)
     assert np.array_equal(calibrated.decision_scores(), calibrated.image_scores)
     assert calibrated.is_anomalous[2] and calibrated.threshold_rule.startswith("conformal on 12 good images")
+
+
+def test_older_saved_settings_keep_their_batch_sizes_under_the_new_names():
+    # Models saved before the rename wrote the training batch as batch_size and the backbone
+    # batch as feature_batch_size; both must land on the fields that now carry those meanings.
+    old = {**UFlowConfig().to_json()}
+    old.pop("train_batch_size")
+    old.update(batch_size=6, feature_batch_size=3)
+    config = UFlowConfig.from_json(old)
+    assert config.train_batch_size == 6 and config.batch_size == 3
+    assert UFlowConfig.from_json(UFlowConfig(batch_size=5).to_json()).batch_size == 5

@@ -131,7 +131,7 @@ METHODS: dict[str, MethodEntry] = {
             config="defectscope.methods.uflow.config:UFlowConfig",
             needs_training=True,
             summary="trained on normal images",
-            option_fields={**_SHARED, "batch_size": "feature_batch_size", "smoothing": "smoothing_sigma", "epochs": "epochs"},
+            option_fields={**_SHARED, "batch_size": "batch_size", "smoothing": "smoothing_sigma", "epochs": "epochs"},
             exporter="defectscope.methods.uflow.export:export_onnx",
         ),
         MethodEntry(

@@ -31,7 +31,8 @@ class UFlowConfig(MethodConfig):
         affine_clamping: soft clamp of the coupling scales.
         hidden_ratio: subnet hidden channels / subnet input channels.
         epochs: fixed number of training epochs (the last weights are kept).
-        batch_size: training batch size.
+        train_batch_size: flow training batch size (``batch_size`` in models saved before the
+            name was freed for the backbone batch that every method calls ``batch_size``).
         min_epoch_samples: an epoch visits every training image once, and small training sets
             are cycled (fresh shuffles) until at least this many samples are seen.
         learning_rate: Adam learning rate at epoch 0.
@@ -46,7 +47,8 @@ class UFlowConfig(MethodConfig):
             size, so halving it halves the evidence a region needs; still exact on noise.
         block_window: window side of the block NFA.
         block_alpha: per-value exceedance probability of the block NFA.
-        feature_batch_size: images per backbone call.
+        batch_size: images per backbone call (``--batch-size``, as for the other methods;
+            ``feature_batch_size`` in older saved models).
         smoothing_sigma: Gaussian smoothing of the anomaly map, in pixels of the image_size
             input (0: none, as in the paper). The NFA detections are computed from the latents
             and do not depend on it.
@@ -82,7 +84,7 @@ class UFlowConfig(MethodConfig):
     affine_clamping: float = setting(2.0, above=0.0)
     hidden_ratio: float = setting(1.0, above=0.0)
     epochs: int = setting(30, at_least=1)
-    batch_size: int = setting(16, at_least=1)
+    train_batch_size: int = setting(16, at_least=1)
     min_epoch_samples: int = setting(200, at_least=1)
     learning_rate: float = setting(2e-3, above=0.0)
     lr_decay: float = setting(0.97, above=0.0, at_most=1.0)
@@ -93,7 +95,7 @@ class UFlowConfig(MethodConfig):
     max_region_fraction: float = setting(0.5, above=0.0, at_most=1.0)
     block_window: int = setting(3, at_least=1, odd=True)
     block_alpha: float = setting(0.05, above=0.0, below=1.0)
-    feature_batch_size: int = setting(16, at_least=1)
+    batch_size: int = setting(16, at_least=1)
     calibration_fraction: float = setting(0.1, at_least=0.0, below=1.0)
     smoothing_sigma: float = setting(4.0, at_least=0.0)
     mask_extent: str = setting("calibrated", choices=("calibrated", "nfa"))
@@ -120,7 +122,12 @@ class UFlowConfig(MethodConfig):
         existed load with ``smoothing_sigma = 0``, ``mask_extent = "nfa"`` and
         ``max_region_fraction = 1``, files from before the extent settings with
         ``extent_quantile = 1`` and ``extent_cut = 0``, files from before the Otsu cut with
-        ``extent_cut_rule = "height"``, so they give the maps and masks they gave then."""
+        ``extent_cut_rule = "height"``, so they give the maps and masks they gave then; their
+        ``batch_size`` / ``feature_batch_size`` are read as ``train_batch_size`` / ``batch_size``."""
+        if "feature_batch_size" in data:  # saved before the batch sizes were renamed
+            data = dict(data)
+            data["train_batch_size"] = data.pop("batch_size", 16)
+            data["batch_size"] = data.pop("feature_batch_size")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

@@ -109,13 +109,13 @@ class UFlow(Detector):
 
     def extract_features(self, images: Sequence[np.ndarray], progress: ProgressCallback | None = None) -> list[torch.Tensor]:
         """Images -> raw backbone features, one (N, C_s, h_s, w_s) tensor per scale, finest first:
-        one backbone forward per batch of ``feature_batch_size`` images (per input size)."""
+        one backbone forward per batch of ``batch_size`` images (per input size)."""
         if len(images) == 0:
             raise ConfigError("U-Flow got no images")
         backbone = self.backbone
         plan = scale_plan(self.config, backbone)
         per_scale: list[list[torch.Tensor]] = [[] for _ in plan]
-        step = self.config.feature_batch_size
+        step = self.config.batch_size
         for start in range(0, len(images), step):
             chunk = images[start:start + step]
             layers: dict[int, list[torch.Tensor]] = {}
@@ -193,7 +193,7 @@ class UFlow(Detector):
         for input_size, index in scale_plan(self.config, backbone):
             side = input_size // backbone.layer_strides[index] * size // self.config.image_size
             per_image += backbone.layer_channels[index] * side * side
-        return estimate_bytes(count=count, image_size=size, batch_size=self.config.feature_batch_size,
+        return estimate_bytes(count=count, image_size=size, batch_size=self.config.batch_size,
                               feature_floats=3 * per_image)
 
     def latents_from_features(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -268,7 +268,7 @@ class UFlow(Detector):
             raise ConfigError("U-Flow got no images")
         names = default_paths(paths, len(images), self.method)
         results = []
-        step = max(self.config.feature_batch_size, 1)
+        step = max(self.config.batch_size, 1)
         for start in range(0, len(images), step):
             features = self.extract_features(images[start:start + step])
             results.append(self.predict_features(features, None))

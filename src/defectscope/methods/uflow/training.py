@@ -76,8 +76,8 @@ def train(
         order = torch.cat([torch.randperm(count, generator=generator) for _ in range(passes)])
         order = order[:max(count, config.min_epoch_samples)]
         total, seen = 0.0, 0
-        for start in range(0, len(order), config.batch_size):
-            index = order[start:start + config.batch_size]
+        for start in range(0, len(order), config.train_batch_size):
+            index = order[start:start + config.train_batch_size]
             latents, log_det = flow([f[index] for f in normalised])
             loss = flow_loss(latents, log_det)
             if not torch.isfinite(loss):
