@@ -198,7 +198,7 @@ RUNS: dict[tuple[str, str], list[str]] = {
     ("predict", "uflow"): ["predict", "{uflow_model}", "{folder}", "--out", "OUT"],
     ("predict", "prn"): ["predict", "{prn_model}", "{folder}", "--out", "OUT"],
     ("watch", "rolling bank"): ["watch", "{folder}", "--out", "OUT", "--image-size", "32", "--min-bank", "3", "--bank-size", "10", *FAST_WATCH],
-    ("watch", "good"): ["watch", "{folder}", "--out", "OUT", "--image-size", "32", "--good", "{good_small}", *FAST_WATCH],
+    ("watch", "good"): ["watch", "{folder}", "--out", "OUT", "--image-size", "32", "--good", "{good_small}", "--false-alarm-rate", "0.25", *FAST_WATCH],
     ("watch", "uflow model"): ["watch", "{folder}", "--out", "OUT", "--model", "{uflow_model}", *FAST_WATCH],
     ("watch", "prn model"): ["watch", "{folder}", "--out", "OUT", "--model", "{prn_model}", *FAST_WATCH],
     ("serve", "musc"): ["serve", "--out", "OUT", "--image-size", "32", "--good", "{good_small}", "--false-alarm-rate", "0.25"],

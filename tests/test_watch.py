@@ -104,14 +104,30 @@ def test_good_mvtec_category_means_its_train_good(tmp_path):
     # the ground-truth mask PNGs went into the good bank.
     from defectscope.data.synthetic import write_mvtec_category
 
-    root = write_mvtec_category(tmp_path / "widget", kind="texture", n_train=3, n_test_good=2, n_test_defect=2, size=64, seed=3)
+    root = write_mvtec_category(tmp_path / "widget", kind="texture", n_train=4, n_test_good=2, n_test_defect=2, size=64, seed=3)
     train = sorted(str(p) for p in (root / "train" / "good").iterdir())
     scorer = build_scorer(ONE_THREAD, false_alarm_rate=0.2, bank_size=50, good=root, model=None, log=lambda line: None)
-    assert sorted(scorer.bank.members()) == train
+    assert sorted(scorer.good) == train
     plain = tmp_path / "plain"
-    write_images(plain, 3, seed=4)
+    write_images(plain, 4, seed=4)
     scorer = build_scorer(ONE_THREAD, false_alarm_rate=0.2, bank_size=50, good=plain, model=None, log=lambda line: None)
-    assert sorted(scorer.bank.members()) == sorted(str(p) for p in plain.iterdir())
+    assert sorted(scorer.good) == sorted(str(p) for p in plain.iterdir())
+
+
+def test_watch_good_gives_what_score_good_gives(tmp_path):
+    # watch --good re-implemented MuSc's reference mode with its own bank and threshold; it is
+    # now the detector's reference mode, so each image gets score --good's score and verdict.
+    from defectscope.pipeline import score_folder
+
+    good, inbox = tmp_path / "good", tmp_path / "in"
+    write_images(good, 8, seed=5)
+    write_images(inbox, 5, seed=6, defective=(2,))
+    watch_folder(inbox, tmp_path / "out", ONE_THREAD, false_alarm_rate=0.2, good=good, exit_after_idle=0.5, log=lambda line: None, **FAST)
+    scored = score_folder(inbox, tmp_path / "scored", RunOptions(image_size=64, threads=1, good=str(good), false_alarm_rate=0.2))
+    watched = {row["path"]: row for row in rows(tmp_path / "out")}
+    assert len(watched) == 5
+    for path, score, verdict in zip(scored.paths, scored.image_scores, scored.verdicts()):
+        assert abs(float(watched[path]["score"]) - score) < 1e-5 and watched[path]["verdict"] == verdict
 
 
 def test_watch_colour_scale_follows_the_maps_shown_and_the_report_shows_the_input(tmp_path, monkeypatch):
@@ -158,7 +174,7 @@ def test_a_file_written_slowly_in_two_halves_is_read_once_complete(tmp_path):
     source = write_images(tmp_path / "src", 1, seed=2, defective=(0,))[0]
     data = source.read_bytes()
     (inbox / "whole.png").write_bytes(data)
-    options = dict(bank_size=6, good=good, exit_after_idle=1.0, settle=0.3, give_up=5.0, poll=0.1, log=lambda line: None)
+    options = dict(bank_size=6, good=good, false_alarm_rate=0.3, exit_after_idle=1.0, settle=0.3, give_up=5.0, poll=0.1, log=lambda line: None)
     thread = threading.Thread(target=watch_folder, args=(inbox, tmp_path / "out", ONE_THREAD), kwargs=options)
     thread.start()
     with open(inbox / "slow.png", "wb") as handle:

@@ -7,14 +7,15 @@ overlay in ``OUT/maps/``; ``OUT/report.html`` is refreshed as rows come in. Thre
 - zero-shot against a rolling bank (default): the last ``bank_size`` images judged normal
   (:class:`defectscope.methods.rolling.RollingBank`). The first ``min_bank`` images wait and are
   scored together by mutual scoring; later images are scored against the bank as they arrive.
-- zero-shot against a fixed folder of good parts (``good``).
+- zero-shot against a folder of good parts (``good``): the detector's reference mode, calibrated
+  on them once (the same scores, verdicts and review band as ``score --good``).
 - a trained U-Flow or PRN model (``model``).
 
-Verdicts of the zero-shot scorers are conformal: an image is anomalous when at most
+The rolling bank's verdicts are conformal: an image is anomalous when at most
 ``floor(alpha (n + 1)) - 1`` of the n calibration scores (the bank members' leave-one-out
 scores; in the first batch, the other images' scores) are at least its score, i.e. its
-conformal p-value is <= alpha = ``false_alarm_rate``. A trained model's verdict is its own
-(U-Flow: a region was detected).
+conformal p-value is <= alpha = ``false_alarm_rate``. The other scorers' verdicts are the
+detector's own (docs/VERDICTS.md).
 
 This module keeps only the polling and the journals: the scorers are built from the options
 resolved by the run layer (:mod:`defectscope.watch_scorers`; the zero-shot one lives in
@@ -292,7 +293,7 @@ def watch_folder(
         "give_up": give_up,
         "poll": poll,
     }
-    if model is None and scorer.bank.capacity < conformal_count(spec.false_alarm_rate):
+    if isinstance(scorer, ZeroShotScorer) and scorer.bank.capacity < conformal_count(spec.false_alarm_rate):
         log(f"warning: a bank of {scorer.bank.capacity} images is too small to flag anything at false-alarm rate {spec.false_alarm_rate}; it needs at least {conformal_count(spec.false_alarm_rate)}")
     watcher = Watcher(in_dir, out, scorer, settle=settle, give_up=give_up, poll=poll, settings=settings, log=log)
     return watcher.run(exit_after_idle)

@@ -1,6 +1,7 @@
-"""The scorers of `defectscope watch` built from the run's options: a saved model (the detector
-scores each image by itself) or a zero-shot detector on a rolling or fixed bank
-(:class:`defectscope.methods.rolling.ZeroShotScorer`)."""
+"""The scorers of `defectscope watch` built from the run's options: a detector that scores each
+image by itself (a saved model, or a zero-shot detector calibrated on ``--good`` images: its
+reference mode, the same code and verdict as ``score --good``), or a zero-shot detector on the
+rolling bank of the stream (:class:`defectscope.methods.rolling.ZeroShotScorer`)."""
 
 from __future__ import annotations
 
@@ -22,12 +23,14 @@ WATCH_DEFAULTS = {"bank_size": 100, "min_bank": 20}
 
 
 class ModelScorer:
-    """A trained U-Flow or PRN model, one image at a time."""
+    """A fitted detector, one image at a time: a trained U-Flow or PRN model, or MuSc/CoDeGraph
+    in reference mode (calibrated on good images; ``good`` lists them)."""
 
     rolling = False
 
-    def __init__(self, detector) -> None:
+    def __init__(self, detector, good: list[str] | None = None) -> None:
         self.detector = detector
+        self.good = good or []
 
     def settings(self) -> dict:
         """The model's settings (for the watch's settings)."""
@@ -71,20 +74,20 @@ def build_scorer(
     bank_size = WATCH_DEFAULTS["bank_size"] if bank_size is None else bank_size
     min_bank = WATCH_DEFAULTS["min_bank"] if min_bank is None else min_bank
     detector = spec.entry.build(spec.options)
-    scorer = ZeroShotScorer(detector, spec.false_alarm_rate, bank_size, min(min_bank, bank_size))
-    if spec.good is not None:
-        from defectscope.methods.bank import reference_sample
+    if spec.good is None:
+        return ZeroShotScorer(detector, spec.false_alarm_rate, bank_size, min(min_bank, bank_size))
+    from defectscope.methods.bank import reference_sample
 
-        samples = good_images(spec.good)  # an MVTec category means its train/good, as for score
-        chosen = [samples[i] for i in reference_sample(len(samples), bank_size)]
-        guard_run(detector, [s.path for s in chosen])
-        batch = read_samples(chosen, skip_unreadable=True)
-        for path, reason in batch.skipped:
-            log(f"good image skipped: {reason}")
-        log(f"building the good bank from {len(batch.images)} images of {spec.good} ...")
-        scorer.use_good(list(zip(batch.paths, batch.images)))
-        log(f"good bank ready: {len(scorer.bank)} images")
-    return scorer
+    samples = good_images(spec.good)  # an MVTec category means its train/good, as for score
+    chosen = [samples[i] for i in reference_sample(len(samples), bank_size)]
+    guard_run(detector, [s.path for s in chosen])
+    batch = read_samples(chosen, skip_unreadable=True)
+    for path, reason in batch.skipped:
+        log(f"good image skipped: {reason}")
+    log(f"calibrating on {len(batch.images)} good images of {spec.good} ...")
+    detector.calibrate(batch.images, spec.false_alarm_rate)
+    log(f"ready: {detector.calibration.rule if detector.calibration is not None else 'calibrated'}")
+    return ModelScorer(detector, good=[str(p) for p in batch.paths])
 
 
 def watch_spec(
