@@ -207,16 +207,6 @@ class ZeroShotScorer:
             self._calibration = maps.reshape(len(maps), -1).max(axis=1)
         return self._calibration
 
-    def use_good(self, keyed_images: Sequence[tuple[str, np.ndarray]]) -> None:
-        """Make the bank the given good images, fixed (no admissions)."""
-        if len(keyed_images) < 2:
-            raise ConfigError(f"--good needs at least 2 readable images, found {len(keyed_images)}")
-        self.bank = RollingBank(len(keyed_images), self.musc.config.lower, self.musc.config.upper)
-        for key, image in keyed_images:
-            self.bank.add(key, self.features(image))
-        self.rolling = False
-        self.started = True
-
     def restore(self, keyed_images: Sequence[tuple[str, np.ndarray]], any_rows: bool) -> None:
         """Rebuild the rolling bank after a restart from the images last judged normal."""
         for key, image in keyed_images:
