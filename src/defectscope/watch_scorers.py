@@ -14,6 +14,7 @@ import numpy as np
 from defectscope.errors import ConfigError
 from defectscope.memory import guard_run
 from defectscope.methods.rolling import Scored, ZeroShotScorer
+from defectscope.methods.verdict import require_good_images
 from defectscope.options import RunOptions
 from defectscope.runs.inputs import good_images, read_samples
 from defectscope.runs.spec import RunSpec, resolve_run
@@ -80,6 +81,7 @@ def build_scorer(
 
     samples = good_images(spec.good)  # an MVTec category means its train/good, as for score
     chosen = [samples[i] for i in reference_sample(len(samples), bank_size)]
+    require_good_images(len(chosen), spec.false_alarm_rate)  # before any image is decoded
     guard_run(detector, [s.path for s in chosen])
     batch = read_samples(chosen, skip_unreadable=True)
     for path, reason in batch.skipped:
