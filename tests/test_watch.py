@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from defectscope.data.synthetic import synthetic_images
+from defectscope.errors import ConfigError
 from defectscope.methods.bank import bank_scores
 from defectscope.methods.rolling import RollingBank
 from defectscope.options import RunOptions
@@ -265,3 +266,15 @@ def test_watch_rows_log_and_report_carry_review_verdicts(tmp_path):
     grid = report[report.index('id="images"'):]
     order = [grid.index(f"{stem}.png") for stem in ("bad_0", "doubt_1", "doubt_2")]
     assert order[0] < min(order[1:]) and max(order[1:]) < min(grid.index(f"ok_{i}.png") for i in (3, 4, 5))
+
+
+def test_watch_good_takes_codegraph_in_its_reference_mode(tmp_path):
+    # The rolling bank is MuSc's; against known-good images any zero-shot method can watch.
+    good, inbox = tmp_path / "good", tmp_path / "in"
+    write_images(good, 6, seed=5)
+    write_images(inbox, 3, seed=6)
+    options = RunOptions(image_size=64, threads=1, method="codegraph")
+    watch_folder(inbox, tmp_path / "out", options, false_alarm_rate=0.2, good=good, exit_after_idle=0.5, log=lambda line: None, **FAST)
+    assert len(rows(tmp_path / "out")) == 3
+    with pytest.raises(ConfigError, match="rolling bank"):
+        watch_folder(inbox, tmp_path / "out2", options, exit_after_idle=0.5, log=lambda line: None, **FAST)

@@ -123,7 +123,7 @@ def resolve(command: str, options: RunOptions | RunSpec | None = None, *, model_
     if model and "method" in given:
         raise _refuse("method", f"chooses a zero-shot method; a --model is scored by the method that made it ({model_method})")
     entry = get_method(model_method if model else options.method or DEFAULTS["method"])
-    _check_method(command, entry, model)
+    _check_method(command, entry, model, options.good is not None)
     for option in given:
         if option in METHOD_SETTINGS:
             if model:
@@ -142,8 +142,9 @@ def resolve(command: str, options: RunOptions | RunSpec | None = None, *, model_
     return spec
 
 
-def _check_method(command: str, entry: MethodEntry, model: bool) -> None:
-    """Refuse a method the command cannot run."""
+def _check_method(command: str, entry: MethodEntry, model: bool, good: bool = False) -> None:
+    """Refuse a method the command cannot run (watch: a rolling bank needs a streaming method;
+    with ``--good`` any zero-shot method scores each image in its reference mode)."""
     if command in ("score", "serve") and entry.needs_training and not model:
         raise ConfigError(
             f"method '{entry.name}' needs training: use `defectscope fit --method {entry.name}` "
@@ -151,7 +152,7 @@ def _check_method(command: str, entry: MethodEntry, model: bool) -> None:
         )
     if command == "fit" and not entry.needs_training:
         raise ConfigError(f"method '{entry.name}' is not trained; choose one of {', '.join(method_names(trained=True))}")
-    if command == "watch" and not model and not entry.streams:
+    if command == "watch" and not model and not good and not entry.streams:
         streaming = ", ".join(name for name in method_names() if get_method(name).streams)
         raise ConfigError(f"watch scores each new image against a rolling bank, which {entry.label} has not; use --method {streaming} or a --model")
 
