@@ -127,12 +127,12 @@ def knee_cut(x: np.ndarray, min_group: float = MIN_GROUP) -> float:
 
 
 def label_free_threshold(
-    scores: np.ndarray, alpha: float = DEFAULT_FALSE_ALARM_RATE, *, confidence: float = CONFIDENCE, statistic: str = "scores"
+    scores: np.ndarray, false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE, *, confidence: float = CONFIDENCE, statistic: str = "scores"
 ) -> Threshold:
     """The verdict of an unlabeled batch (see the module docstring): anomalous above Otsu's cut of
     the log ``scores`` (which must be positive) when the batch splits into two groups clearly
     apart, else above the highest of the Gumbel, Otsu and knee cuts; review down to the lowest."""
-    alpha = check_false_alarm_rate(alpha)
+    false_alarm_rate = check_false_alarm_rate(false_alarm_rate)
     values = np.asarray(scores, dtype=np.float64).reshape(-1)
     if values.size == 0 or not np.all(np.isfinite(values)):
         raise ConfigError("the label-free verdict needs finite scores")
@@ -141,15 +141,15 @@ def label_free_threshold(
     if values.size < MIN_SPLIT_SIZE:
         logs = np.log(values)
         null = NullFit(*weighted_gumbel(logs, np.ones(logs.size)), float(logs.size), 1) if np.ptp(logs) > 0 else None
-        cut = float(values.max()) if null is None else math.exp(null.quantile_bound(alpha, confidence))
+        cut = float(values.max()) if null is None else math.exp(null.quantile_bound(false_alarm_rate, confidence))
         median = float(np.median(values))
         rule = (
-            f"label-free, false-alarm budget {alpha:g}, a batch of {values.size} (too few to tell a normal group from "
-            f"defects): anomalous above the {confidence:.0%} upper bound of the {1 - alpha:.0%} quantile of one Gumbel "
+            f"label-free, false-alarm budget {false_alarm_rate:g}, a batch of {values.size} (too few to tell a normal group from "
+            f"defects): anomalous above the {confidence:.0%} upper bound of the {1 - false_alarm_rate:.0%} quantile of one Gumbel "
             f"law of the batch's log {statistic}, review above the batch median"
         )
         return Threshold(cut, rule, median if median < cut else None)
-    gumbel = gumbel_threshold(values, alpha, confidence=confidence, statistic=statistic)
+    gumbel = gumbel_threshold(values, false_alarm_rate, confidence=confidence, statistic=statistic)
     logs = np.log(values)
     cuts = {"Gumbel": math.log(gumbel.value), "Otsu": otsu_cut(logs), "knee": knee_cut(logs)}
     split, flat = separation(logs), flat_separation(values.size)
@@ -168,7 +168,7 @@ def label_free_threshold(
             f"stay under {flat:.3f}): anomalous above the highest of three cuts"
         )
     rule = (
-        f"label-free, false-alarm budget {alpha:g}, on the batch's log {statistic}: {how}; review down to the lowest "
+        f"label-free, false-alarm budget {false_alarm_rate:g}, on the batch's log {statistic}: {how}; review down to the lowest "
         f"({listed})"
     )
     return Threshold(math.exp(high), rule, math.exp(low) if low < high else None)
