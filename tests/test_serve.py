@@ -236,6 +236,8 @@ def test_a_token_is_required(uflow_server, category):
     assert httpx.get(f"{url}/v1/model").status_code == 401
     model = httpx.get(f"{url}/v1/model", headers=AUTH).json()
     assert model["method"] == "uflow" and model["version"] and model["settings"]["image_size"] == 96
+    # U-Flow's own verdict (the a contrario test) takes no false-alarm rate without --good: none is recorded
+    assert json.loads((uflow_server.out / "settings.json").read_text())["false_alarm_rate"] is None
     assert httpx.get(f"{url}/v1/health").status_code == 200
     spec = httpx.get(f"{url}/v1/openapi.json").json()
     assert spec["openapi"].startswith("3.") and "/v1/inspect" in spec["paths"]

@@ -296,10 +296,11 @@ def build_inspector(
     from defectscope.device import device_name
     from defectscope.methods.registry import get_method
 
+    from defectscope.runs.inputs import good_images, read_samples
     from defectscope.runs.spec import resolve_run
 
     options = resolve_run("serve", options, model=model, good=good)  # defaults applied; ignored options refused
-    alpha = options.false_alarm_rate
+    false_alarm_rate = options.false_alarm_rate
     check_out(out)
     if model is None and good is None:
         raise ConfigError("serve needs --model DIR (a trained U-Flow or PRN model) or --good DIR (known-good images for MuSc/CoDeGraph)")
@@ -309,28 +310,24 @@ def build_inspector(
         detector = load_detector(model, options.device)
         setting = get_method(detector.method).option_fields.get("false_alarm_rate")
         if setting is not None:
-            detector.config = replace(detector.config, **{setting: alpha})
+            detector.config = replace(detector.config, **{setting: false_alarm_rate})
         good_count = None
         if good is not None:
-            from defectscope.data.layouts import training_images
-
-            calibrate_on_good(detector, good, alpha, progress)
-            good_count = len(training_images(good))
+            calibrate_on_good(detector, good, false_alarm_rate, progress)
+            good_count = len(good_images(good))
         side = int(getattr(detector.config, "image_size", 256) or 256)
         warm = _gray(side)
     else:
-        from defectscope.data.batch import read_batch
-        from defectscope.data.layouts import training_images
         from defectscope.memory import guard_run
         from defectscope.methods.verdict import require_good_images
         from defectscope.pipeline import build_detector
 
         detector = build_detector(options)
-        samples = training_images(good)
-        require_good_images(len(samples), alpha)
+        samples = good_images(good)  # the run layer's input source: an MVTec category means its train/good
+        require_good_images(len(samples), false_alarm_rate)
         guard_run(detector, [s.path for s in samples])
-        images, _, _ = read_batch([s.path for s in samples])
-        detector.calibrate(images, alpha, progress=progress)
+        images = read_samples(samples).images
+        detector.calibrate(images, false_alarm_rate, progress=progress)
         shape = detector.input_shape(images)
         detector.input_shape = lambda batch, _shape=shape: _shape  # one input shape for every batch
         good_count = len(images)
@@ -340,7 +337,7 @@ def build_inspector(
         "model": None if model is None else str(Path(model).absolute()),
         "good": None if good is None else str(Path(good).absolute()),
         "good_images": good_count,
-        "false_alarm_rate": alpha,
+        "false_alarm_rate": false_alarm_rate if options.uses_false_alarm_rate else None,
         "device": device_name(options.device),
         "threads": options.threads,
     }
