@@ -48,7 +48,6 @@ import torch
 from defectscope.data import magnetic_tile, read_image, read_mask
 from defectscope.methods.prn import PRN, PRNConfig, kshot_split
 from defectscope.metrics import image_metrics, pixel_metrics, verdict_metrics
-from defectscope.report.overlay import resize_map
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -216,19 +215,9 @@ def main() -> None:
     detector.save(out / f"{tag}_model", overwrite=True)
 
     started = time.time()
-    maps, masks, scores, labels, verdicts = [], [], [], [], []
-    for start in range(0, len(test_samples), 32):
-        chunk = test_samples[start : start + 32]
-        images = [read_image(s.path) for s in chunk]
-        result = detector.predict(images, [str(s.path) for s in chunk])
-        verdicts.extend(bool(v) for v in result.is_anomalous)
-        for sample, image, anomaly_map, score in zip(chunk, images, result.anomaly_maps, result.image_scores):
-            shape = image.shape[:2]
-            maps.append(resize_map(anomaly_map, shape))
-            masks.append(read_mask(sample.mask_path, shape) if sample.label == 1 else np.zeros(shape, dtype=bool))
-            scores.append(float(score))
-            labels.append(int(sample.label))
-        print(f"predicted {min(start + 32, len(test_samples))}/{len(test_samples)}", flush=True)
+    from prn_benchmark import predict_test
+
+    maps, masks, scores, labels, verdicts, result = predict_test(detector, test_samples, 32, log=lambda line: print(line, flush=True))
     predict_seconds = time.time() - started
     metrics = {**pixel_metrics(maps, masks), **image_metrics(np.array(scores), np.array(labels)),
                **verdict_metrics(np.array(verdicts), np.array(labels))}

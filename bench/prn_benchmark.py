@@ -33,6 +33,27 @@ def load_category(root: str | Path, seed: int = 0) -> Any:
     return magnetic_tile(root, seed=seed) if (root / "MT_Free").is_dir() else mvtec_category(root)
 
 
+
+def predict_test(detector: Any, test: list, batch: int = 16, log: Any = None) -> tuple[list, list, list, list, list, Any]:
+    """Predict the ``test`` samples in chunks of ``batch``: (maps and ground-truth masks at each
+    image's size, image scores, labels, verdict flags, the last chunk's Result); ``log`` (a
+    callable) hears the progress."""
+    maps, masks, scores, labels, flags, result = [], [], [], [], [], None
+    for start in range(0, len(test), batch):
+        chunk = test[start : start + batch]
+        images = [read_image(s.path) for s in chunk]
+        result = detector.predict(images, [str(s.path) for s in chunk])
+        flags.extend(bool(v) for v in result.is_anomalous)
+        for sample, image, anomaly_map, score in zip(chunk, images, result.anomaly_maps, result.image_scores):
+            shape = image.shape[:2]
+            maps.append(resize_map(anomaly_map, shape))
+            masks.append(read_mask(sample.mask_path, shape) if sample.label == 1 else np.zeros(shape, dtype=bool))
+            scores.append(float(score))
+            labels.append(int(sample.label))
+        if log is not None:
+            log(f"predicted {min(start + batch, len(test))}/{len(test)}")
+    return maps, masks, scores, labels, flags, result
+
 def evaluate_category(
     root: str | Path, config: PRNConfig | None = None, *, k: int = 10, seed: int = 0, batch: int = 16
 ) -> dict[str, Any]:
@@ -47,20 +68,8 @@ def evaluate_category(
     )
     train_seconds = time.time() - started
     started = time.time()
-    maps, masks, scores, labels, flags = [], [], [], [], []
-    threshold = None
-    for start in range(0, len(test), batch):
-        chunk = test[start : start + batch]
-        images = [read_image(s.path) for s in chunk]
-        result = detector.predict(images, [str(s.path) for s in chunk])
-        threshold = result.threshold
-        flags.extend(bool(v) for v in result.is_anomalous)
-        for sample, image, anomaly_map, score in zip(chunk, images, result.anomaly_maps, result.image_scores):
-            shape = image.shape[:2]
-            maps.append(resize_map(anomaly_map, shape))
-            masks.append(read_mask(sample.mask_path, shape) if sample.label == 1 else np.zeros(shape, dtype=bool))
-            scores.append(float(score))
-            labels.append(int(sample.label))
+    maps, masks, scores, labels, flags, last = predict_test(detector, test, batch)
+    threshold = last.threshold if last is not None else None
     metrics = {
         **pixel_metrics(maps, masks),
         **image_metrics(np.array(scores), np.array(labels)),
