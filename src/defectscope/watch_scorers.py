@@ -12,11 +12,9 @@ from typing import Any, Callable
 import numpy as np
 
 from defectscope.errors import ConfigError
-from defectscope.memory import guard_run
 from defectscope.methods.rolling import Scored, ZeroShotScorer
-from defectscope.methods.verdict import require_good_images
 from defectscope.options import RunOptions
-from defectscope.runs.inputs import good_images, read_samples
+from defectscope.runs.sequence import calibrate_on_good
 from defectscope.runs.spec import RunSpec, resolve_run
 
 WATCH_DEFAULTS = {"bank_size": 100, "min_bank": 20}
@@ -77,17 +75,10 @@ def build_scorer(
     detector = spec.entry.build(spec.options)
     if spec.good is None:
         return ZeroShotScorer(detector, spec.false_alarm_rate, bank_size, min(min_bank, bank_size))
-    from defectscope.methods.bank import reference_sample
-
-    samples = good_images(spec.good)  # an MVTec category means its train/good, as for score
-    chosen = [samples[i] for i in reference_sample(len(samples), bank_size)]
-    require_good_images(len(chosen), spec.false_alarm_rate)  # before any image is decoded
-    guard_run(detector, [s.path for s in chosen])
-    batch = read_samples(chosen, skip_unreadable=True)
+    log(f"calibrating on the good images of {spec.good} ...")
+    batch = calibrate_on_good(detector, spec.good, spec.false_alarm_rate, most=bank_size, skip_unreadable=True)
     for path, reason in batch.skipped:
         log(f"good image skipped: {reason}")
-    log(f"calibrating on {len(batch.images)} good images of {spec.good} ...")
-    detector.calibrate(batch.images, spec.false_alarm_rate)
     log(f"ready: {detector.calibration.rule if detector.calibration is not None else 'calibrated'}")
     return ModelScorer(detector, good=[str(p) for p in batch.paths])
 

@@ -20,15 +20,29 @@ from defectscope.runs.inputs import Batch, good_images, read_samples
 from defectscope.runs.spec import RunSpec
 
 
-def calibrate_on_good(detector: Detector, good: str | Path, false_alarm_rate: float, progress: Progress | None = None) -> Detector:
-    """Read the good images under ``good`` (:func:`good_images`) and calibrate ``detector`` on
-    them at ``false_alarm_rate`` (:meth:`Detector.calibrate`). A folder too small for that rate,
-    or too large for memory, is refused before any image is decoded."""
+def calibrate_on_good(
+    detector: Detector,
+    good: str | Path,
+    false_alarm_rate: float,
+    progress: Progress | None = None,
+    *,
+    most: int | None = None,
+    skip_unreadable: bool = False,
+) -> Batch:
+    """Read the good images under ``good`` (:func:`good_images`; a seeded sample of at most
+    ``most``) and calibrate ``detector`` on them at ``false_alarm_rate``
+    (:meth:`Detector.calibrate`); returns the images read. A set too small for that rate, or too
+    large for memory, is refused before any image is decoded."""
     samples = good_images(good)
+    if most is not None:
+        from defectscope.methods.bank import reference_sample
+
+        samples = [samples[i] for i in reference_sample(len(samples), most)]
     require_good_images(len(samples), false_alarm_rate)
     guard_run(detector, [s.path for s in samples])
-    batch = read_samples(samples)
-    return detector.calibrate(batch.images, false_alarm_rate, progress=prefixed(progress, "good images"))
+    batch = read_samples(samples, skip_unreadable)
+    detector.calibrate(batch.images, false_alarm_rate, progress=prefixed(progress, "good images"))
+    return batch
 
 
 def run_batch(

@@ -296,7 +296,6 @@ def build_inspector(
     from defectscope.device import device_name
     from defectscope.methods.registry import get_method
 
-    from defectscope.runs.inputs import good_images, read_samples
     from defectscope.runs.spec import resolve_run
 
     options = resolve_run("serve", options, model=model, good=good)  # defaults applied; ignored options refused
@@ -313,21 +312,14 @@ def build_inspector(
             detector.config = replace(detector.config, **{setting: false_alarm_rate})
         good_count = None
         if good is not None:
-            calibrate_on_good(detector, good, false_alarm_rate, progress)
-            good_count = len(good_images(good))
+            good_count = len(calibrate_on_good(detector, good, false_alarm_rate, progress).images)
         side = int(getattr(detector.config, "image_size", 256) or 256)
         warm = _gray(side)
     else:
-        from defectscope.memory import guard_run
-        from defectscope.methods.verdict import require_good_images
         from defectscope.pipeline import build_detector
 
         detector = build_detector(options)
-        samples = good_images(good)  # the run layer's input source: an MVTec category means its train/good
-        require_good_images(len(samples), false_alarm_rate)
-        guard_run(detector, [s.path for s in samples])
-        images = read_samples(samples).images
-        detector.calibrate(images, false_alarm_rate, progress=progress)
+        images = calibrate_on_good(detector, good, false_alarm_rate, progress).images
         shape = detector.input_shape(images)
         detector.input_shape = lambda batch, _shape=shape: _shape  # one input shape for every batch
         good_count = len(images)
