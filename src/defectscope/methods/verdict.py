@@ -35,7 +35,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy import optimize, stats
+from scipy import special
+
+# scipy.stats (about 0.45 s of CPU to import, most of it building the distributions' docstrings)
+# and scipy.optimize are imported where they are used: the label-free rule needs only the normal
+# quantile (``special.ndtri``, the function ``scipy.stats.norm.ppf`` evaluates) and brentq.
 
 from defectscope.errors import ConfigError
 from defectscope.methods.config import (  # noqa: F401  (the shared defaults are kept importable from here)
@@ -90,7 +94,7 @@ class NullFit:
         likelihood, Gumbel: scale^2 / n (1.1087 + 0.5140 y + 0.6079 y^2), y the reduced variate)."""
         y = -math.log(-math.log(1.0 - false_alarm_rate))
         spread = math.sqrt((1.10866 + 0.51404 * y + 0.60793 * y * y) / max(self.count, 2.0))
-        return self.location + self.scale * (y + float(stats.norm.ppf(confidence)) * spread)
+        return self.location + self.scale * (y + float(special.ndtri(confidence)) * spread)
 
 
 def check_false_alarm_rate(false_alarm_rate: float) -> float:
@@ -140,6 +144,8 @@ def weighted_gumbel(x: np.ndarray, weights: np.ndarray) -> tuple[float, float]:
     while equation(low) > 0 and low > 1e-9 * spread:
         low /= 2.0
     if equation(low) * equation(high) < 0:
+        from scipy import optimize
+
         scale = float(optimize.brentq(equation, low, high, xtol=1e-12 * spread))
     else:
         scale = 0.78 * spread  # the moment estimate, sd sqrt(6) / pi
@@ -253,6 +259,8 @@ def set_rank(n: int, false_alarm_rate: float, confidence: float = GOOD_SET_CONFI
     scores leaves at most ``false_alarm_rate`` of normal images above it for at least ``confidence`` of all
     good sets (the true coverage of the k-th order statistic is Beta(k, n + 1 - k) distributed);
     None when even the largest good score cannot promise that."""
+    from scipy import stats
+
     for k in range(1, n + 1):
         if float(stats.beta.cdf(1.0 - false_alarm_rate, k, n + 1 - k)) <= 1.0 - confidence + 1e-12:
             return k

@@ -121,20 +121,38 @@ def colorize(values: np.ndarray, *, vmin: float, vmax: float, colormap: str = DE
         raise ValueError(f"colour range must be finite, got vmin={vmin}, vmax={vmax}")
     if vmax < vmin:
         raise ValueError(f"colour range is inverted: vmin={vmin} > vmax={vmax}")
+    return _lookup(colormap)[_colour_index(values, vmin, vmax)]
+
+
+def _colour_index(values: np.ndarray, vmin: float, vmax: float) -> np.ndarray:
+    """uint8 index into the 256-colour table: round(255 clip((v - vmin) / (vmax - vmin), 0, 1)),
+    NaN -> 0 (float32 throughout, in place on one working array)."""
     values = np.asarray(values, dtype=np.float32)
     span = float(vmax) - float(vmin)
     if span > 0:
-        normalised = np.clip((values - np.float32(vmin)) / np.float32(span), 0.0, 1.0)
+        normalised = np.subtract(values, np.float32(vmin))
+        np.divide(normalised, np.float32(span), out=normalised)
+        np.clip(normalised, 0.0, 1.0, out=normalised)
     else:
         normalised = (values > vmin).astype(np.float32)
-    normalised = np.nan_to_num(normalised, nan=0.0)
-    return _lookup(colormap)[np.round(normalised * 255.0).astype(np.intp)]
+    np.nan_to_num(normalised, copy=False, nan=0.0)
+    np.multiply(normalised, 255.0, out=normalised)
+    np.rint(normalised, out=normalised)
+    return normalised.astype(np.uint8)
 
 
 @functools.lru_cache(maxsize=8)
 def _lookup(colormap: str) -> np.ndarray:
     """The colour map's 256 RGB uint8 colours (read-only; computed once per map)."""
     lookup = (matplotlib.colormaps[colormap](np.linspace(0.0, 1.0, 256))[:, :3] * 255.0 + 0.5).astype(np.uint8)
+    lookup.setflags(write=False)
+    return lookup
+
+
+@functools.lru_cache(maxsize=16)
+def _weighted_lookup(colormap: str, alpha: float) -> np.ndarray:
+    """The colour map's 256 colours as float32 times ``alpha`` (read-only)."""
+    lookup = _lookup(colormap).astype(np.float32) * np.float32(alpha)
     lookup.setflags(write=False)
     return lookup
 
@@ -164,9 +182,18 @@ def heatmap_overlay(
     anomaly_map = np.asarray(anomaly_map, dtype=np.float32)
     if anomaly_map.ndim != 2:
         raise ValueError(f"expected an (H, W) anomaly map, got shape {anomaly_map.shape}")
-    colours = colorize(resize_map(anomaly_map, (height, width)), vmin=vmin, vmax=vmax, colormap=colormap)
-    blended = image.astype(np.float32) * (1.0 - alpha) + colours.astype(np.float32) * alpha
-    overlay = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+    if not (np.isfinite(vmin) and np.isfinite(vmax)):
+        raise ValueError(f"colour range must be finite, got vmin={vmin}, vmax={vmax}")
+    if vmax < vmin:
+        raise ValueError(f"colour range is inverted: vmin={vmin} > vmax={vmax}")
+    index = _colour_index(resize_map(anomaly_map, (height, width)), vmin, vmax)
+    # image (1 - alpha) + colour alpha + 0.5 in float32, as colorize() followed by the blend would
+    # compute it, with the colours' alpha-weighted values looked up from a 256-entry table.
+    blended = np.multiply(image, np.float32(1.0 - alpha), dtype=np.float32)
+    blended += _weighted_lookup(colormap, float(alpha))[index]
+    blended += np.float32(0.5)
+    np.clip(blended, 0, 255, out=blended)
+    overlay = blended.astype(np.uint8)
     if mask is not None:
         mask_array = np.asarray(mask)
         if mask_array.ndim != 2:
