@@ -74,6 +74,7 @@ def main() -> None:
             continue
         if len(pool) > args.pool:
             pool = [pool[i] for i in sorted(np.random.default_rng(0).choice(len(pool), args.pool, replace=False))]
+        from_train = len(pool)  # with --draw-from normals: pool indices below this are training normals
         if args.draw_from == "normals":
             pool = pool + [s for s in test if s.label == 0]
             test = [s for s in test if s.label != 0]
@@ -101,8 +102,17 @@ def main() -> None:
                     draws.append({"refused": str(error)})
                     break
                 result = model.predict(test_index)
-                draws.append({"seed": seed, "test_normals": int((labels == 0).sum()), "test_defects": int((labels != 0).sum()),
-                              **verdict_metrics(result.is_anomalous, labels, result.needs_review), "rule": result.threshold_rule})
+                draw = {"seed": seed, "test_normals": int((labels == 0).sum()), "test_defects": int((labels != 0).sum()),
+                        **verdict_metrics(result.is_anomalous, labels, result.needs_review), "rule": result.threshold_rule,
+                        "threshold": result.threshold}
+                if args.draw_from == "normals":  # where the good set and the false alarms come from (train / test split)
+                    flagged = np.asarray(result.is_anomalous)[: len(left)]
+                    source = np.array([i < from_train for i in left])
+                    draw.update({"good_from_train": int(sum(i < from_train for i in chosen)),
+                                 "false_alarms_train_normals": int(flagged[source].sum()), "left_train_normals": int(source.sum()),
+                                 "false_alarms_test_normals": int(flagged[~source].sum()), "left_test_normals": int((~source).sum()),
+                                 "left_normal_scores": np.round(result.decision_scores()[: len(left)], 5).tolist()})
+                draws.append(draw)
             fars = [d["verdict_false_alarm_rate"] for d in draws if "refused" not in d]
             row = {"category": name, "good": min(size, len(pool)), "pool": len(pool), "draws": len(draws), "refused": draws[0].get("refused")}
             if fars:
