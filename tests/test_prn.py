@@ -402,3 +402,32 @@ def test_final_model_with_a_held_back_share(task):
     assert np.allclose(result.anomaly_maps, plain.predict(images).anomaly_maps, atol=1e-6)
     assert np.allclose(result.verdict_scores, reference.image_scores, atol=1e-6)
     assert result.threshold == reference.threshold and np.array_equal(result.is_anomalous, reference.is_anomalous)
+
+
+def _never_normal_with_a_mask(result) -> None:
+    outlined = result.masks.reshape(len(result.paths), -1).any(axis=1)
+    words = result.verdicts()
+    assert not any(o and w == "normal" for o, w in zip(outlined, words)), list(zip(outlined, words))
+
+
+@pytest.mark.parametrize("final_model", ["never", "always"])
+def test_a_part_with_a_mask_is_never_called_normal_by_prn(task, final_model, monkeypatch):
+    """The cut applies per pixel (mask) and to the top-k mean (verdict): a part whose map peaks
+    above the cut while its statistic stays under it must go to review, never to normal (with a
+    final model the statistic comes from the fold models, the mask from the final one)."""
+    from defectscope.methods.verdict import Threshold
+
+    normals, anomalies, tests = task
+    images = [image for image, _ in tests] + normals[:3]
+    detector = PRN(tiny_config(final_model=final_model), backbone=FakeBackbone()).fit(normals, anomalies)
+    first = detector.predict(images)
+    _never_normal_with_a_mask(first)
+    statistic, peaks = first.decision_scores(), first.anomaly_maps.reshape(len(images), -1).max(axis=1)
+    index = int(np.argmax(peaks - statistic))
+    assert peaks[index] > statistic[index]  # top-k mean under the map's peak
+    cut = Threshold(float(statistic[index] + peaks[index]) / 2, "a cut between the statistic and the peak")
+    monkeypatch.setattr(detector, "threshold", lambda: cut)
+    result = detector.predict(images)
+    assert not result.is_anomalous[index]
+    assert result.verdicts()[index] == "review"
+    _never_normal_with_a_mask(result)

@@ -327,3 +327,29 @@ def test_older_saved_settings_keep_their_batch_sizes_under_the_new_names():
     config = UFlowConfig.from_json(old)
     assert config.train_batch_size == 6 and config.batch_size == 3
     assert UFlowConfig.from_json(UFlowConfig(batch_size=5).to_json()).batch_size == 5
+
+
+def test_a_part_with_a_detected_region_is_never_called_normal(trained: UFlow) -> None:
+    """Default (a contrario) verdict: flagged exactly when a region is outlined. Calibrated on
+    good images the verdict is a cut on the map maximum while the mask stays the NFA detection:
+    a detected part under that cut goes to review, never to normal."""
+    from defectscope.methods.verdict import Threshold
+
+    images = _images(4, seed=1)
+    images[2] = images[2].copy()
+    images[2][8:24, 8:24] = 255
+    plain = trained.predict(images)
+    outlined = plain.masks.reshape(4, -1).any(axis=1)
+    assert outlined[2]
+    assert all(w != "normal" for o, w in zip(outlined, plain.verdicts()) if o)
+    saved = trained.calibration
+    try:
+        trained.calibration = Threshold(float(plain.image_scores.max()) + 1.0, "a cut above every part")
+        high = trained.predict(images)
+    finally:
+        trained.calibration = saved
+    assert not high.is_anomalous.any()
+    words = high.verdicts()
+    assert np.array_equal(high.masks, plain.masks)
+    assert all(w == "review" for o, w in zip(outlined, words) if o)
+    assert all(w == "normal" for o, w in zip(outlined, words) if not o)
