@@ -110,3 +110,55 @@ def test_musc_switches_to_the_bank_above_the_size_and_matches_its_parts():
     exact = MuSc(MuScConfig(image_size=64, max_references=None)).patch_scores(images).patch_scores
     assert not torch.allclose(scores.patch_scores, exact, atol=1e-5)
     assert int(scores.patch_scores.amax(1).argmax()) == 5
+
+
+@pytest.mark.filterwarnings("ignore:mutual scoring of only")
+def test_the_several_looks_gate_applies_on_the_bank_path():
+    """Two looks of normal (textures and objects) in one banked batch: the gate sees the global
+    embeddings disagree and scores the bank with ``looks_interval``; one look keeps [lower, upper)."""
+    from defectscope.data.synthetic import synthetic_images
+    from defectscope.methods import pose
+    from defectscope.methods.musc import to_finest_grid
+
+    textures, _ = synthetic_images(6, kind="texture", size=64, seed=3)
+    objects, _ = synthetic_images(6, kind="object", size=64, seed=4)
+    mixed = [image for pair in zip(textures, objects) for image in pair]
+    chosen = reference_sample(12, 4, seed=0).tolist()
+    skip = self_positions(range(12), chosen)
+
+    def banked(images, gate):
+        musc = MuSc(MuScConfig(image_size=64, max_references=4, looks_gate=gate))
+        scores = musc.patch_scores(images)
+        sets, grid, embeddings = musc.feature_sets(images, native_grids=True)
+        return musc, scores, sets, grid, pose.embedding_agreement(embeddings)
+
+    def expected(sets, grid, lower, upper):
+        return torch.stack([to_finest_grid(bank_scores(s, s[chosen], lower, upper, self_index=skip), grid) for s in sets]).mean(0)
+
+    # a gate between the mixed batch's agreement and the one-look batch's
+    same, _ = synthetic_images(12, kind="texture", size=64, seed=5)
+    mixed_agreement = banked(mixed, None)[4]
+    same_agreement = banked(same, None)[4]
+    assert mixed_agreement < same_agreement
+    gate = 0.5 * (mixed_agreement + same_agreement)
+
+    musc, scores, sets, grid, _ = banked(mixed, gate)
+    assert musc.last_pose_facts["several_looks"] is True and musc.last_pose_facts["interval"] == [0.0, 0.3]
+    assert musc.last_pose_facts["embedding_agreement"] == pytest.approx(mixed_agreement, abs=1e-6)
+    config = musc.config
+    gated = expected(sets, grid, *config.looks_interval)
+    plain = expected(sets, grid, config.lower, config.upper)
+    assert not torch.allclose(gated, plain, atol=1e-4)
+    assert torch.allclose(scores.patch_scores, calibrate(gated, grid, config), atol=1e-5)
+    off = banked(mixed, None)[1]
+    assert torch.allclose(off.patch_scores, calibrate(plain, grid, config), atol=1e-5)
+
+    musc, scores, sets, grid, _ = banked(same, gate)
+    assert musc.last_pose_facts["several_looks"] is False
+    assert torch.allclose(scores.patch_scores, calibrate(expected(sets, grid, config.lower, config.upper), grid, config), atol=1e-5)
+
+
+def calibrate(scores, grid, config):
+    from defectscope.methods.mutual import calibrate_border
+
+    return calibrate_border(scores, grid, config.border_depth)

@@ -276,7 +276,9 @@ def sampled_patch_scores(detector, images: Sequence[np.ndarray], progress: Progr
     The hook :meth:`MuSc.patch_scores` takes when :func:`use_bank` says so: features are
     computed chunk by chunk (:mod:`defectscope.methods.featurestore`), every image is scored
     against ``max_references`` images drawn with ``reference_seed`` (a sampled image leaves
-    itself out), and the "scoring" progress counts equal work: one unit is one image compared
+    itself out) with the batch's MSM interval (:func:`defectscope.methods.pose.batch_interval`:
+    the several-looks gate on the global embeddings of the whole batch, an N x N cosine table of
+    N x D embeddings, cheap beside the features), and the "scoring" progress counts equal work: one unit is one image compared
     with one reference in the cheapest feature set, the others weighted by :func:`set_cost`.
     """
     from defectscope.methods.featurestore import chunked_feature_sets
@@ -286,6 +288,10 @@ def sampled_patch_scores(detector, images: Sequence[np.ndarray], progress: Progr
     features = chunked_feature_sets(
         detector.backbone, images, cfg.degrees, cfg.batch_size, progress, native_grids=cfg.native_grids, store=cfg.feature_store
     )
+    from defectscope.methods.pose import batch_interval
+
+    lower, upper, facts = batch_interval(cfg, features.embeddings)
+    detector.last_pose_facts = facts
     chosen = torch.from_numpy(reference_sample(n, cfg.max_references, cfg.reference_seed))
     self_index = self_positions(range(n), chosen.tolist())
     cheapest = min(set_cost(s) for s in features.sets)
@@ -298,6 +304,6 @@ def sampled_patch_scores(detector, images: Sequence[np.ndarray], progress: Progr
         if progress is not None:
             base = sum(costs[:index]) * n
             report = lambda done, base=base, cost=costs[index]: progress("scoring", base + done * cost, total)  # noqa: E731
-        scores = bank_scores(feature_set, feature_set[chosen].to(device), cfg.lower, cfg.upper, self_index=self_index, progress=report)
+        scores = bank_scores(feature_set, feature_set[chosen].to(device), lower, upper, self_index=self_index, progress=report)
         accumulated += to_finest_grid(scores, features.grid)
     return MuScScores(accumulated / len(features.sets), features.grid, features.embeddings)

@@ -74,9 +74,9 @@ class MuScConfig(MethodConfig):
             MSM interval ``looks_interval`` (the authors' [0, 0.3)) instead of [lower, upper).
             Default 0.89, chosen on the shared batches and the pose proxy (docs/POSE.md): only
             the magnetic tiles (0.868; 0.694 posed) fall below it, every other batch lies at
-            0.911 or above (the gate sits half way between). Exact
-            zero-shot scoring only (not the reference bank, Dask, ``watch`` or reference mode);
-            None turns it off.
+            0.911 or above (the gate sits half way between). Zero-shot
+            batch scoring, exact or against the sampled reference bank (the agreement of the
+            whole batch; docs/SCALE.md); not Dask, ``watch`` or reference mode. None turns it off.
         rotations, self_term, self_mix, self_radius, self_gate, nearest_images, image_top: the
             pose-robust options of :mod:`defectscope.methods.pose` (off by default; zero-shot
             batch scoring only, docs/POSE.md).
