@@ -162,3 +162,26 @@ def calibrate(scores, grid, config):
     from defectscope.methods.mutual import calibrate_border
 
     return calibrate_border(scores, grid, config.border_depth)
+
+
+@pytest.mark.parametrize("lower, upper", [(0.0, 0.3), (0.5, 1.0)])
+def test_bank_scores_against_the_nearest_references_only(lower, upper):
+    from defectscope.methods.bank import nearest_references
+
+    batch = unit(14, 9, 6, seed=21)
+    embeddings = torch.randn(14, 5, generator=torch.Generator().manual_seed(22))
+    chosen = torch.tensor([1, 4, 6, 9, 12])
+    nearest = nearest_references(embeddings, chosen, 3)
+    assert nearest.shape == (14, 3)
+    own = self_positions(range(14), chosen.tolist())
+    e = F.normalize(embeddings, dim=1)
+    for i in range(14):
+        assert int(own[i]) not in nearest[i].tolist()
+        others = [j for j in range(5) if j != int(own[i])]
+        best = sorted(others, key=lambda j: -float(e[i] @ e[chosen[j]]))[:3]
+        assert sorted(best) == sorted(nearest[i].tolist())
+    fast = bank_scores(batch, batch[chosen], lower, upper, nearest=nearest)
+    for i in range(14):
+        expected = brute_force(batch[i : i + 1], batch[chosen[nearest[i]]], [-1], lower, upper)
+        assert torch.allclose(fast[i : i + 1].double(), expected, atol=1e-5)
+    assert not torch.allclose(fast, bank_scores(batch, batch[chosen], lower, upper, self_index=own), atol=1e-4)
