@@ -309,8 +309,9 @@ def sampled_patch_scores(detector, images: Sequence[np.ndarray], progress: Progr
     against ``max_references`` images drawn with ``reference_seed`` (a sampled image leaves
     itself out) with the batch's MSM interval (:func:`defectscope.methods.pose.batch_interval`:
     the several-looks gate on the mean pairwise cosine of all the batch's global embeddings,
-    O(N D)). With ``nearest_images`` = m each image is compared with only the m references
-    nearest to it by global embedding (:func:`nearest_references`). The "scoring" progress
+    O(N D)). With ``nearest_images`` = m, or ``looks_nearest`` = m when the gate finds several
+    looks, each image is compared with only the m references nearest to it by global embedding
+    (:func:`nearest_references`; m below the bank size). The "scoring" progress
     counts equal work: one unit is one image compared with one reference in the cheapest
     feature set, the others weighted by :func:`set_cost`.
     """
@@ -326,8 +327,11 @@ def sampled_patch_scores(detector, images: Sequence[np.ndarray], progress: Progr
     chosen = torch.from_numpy(reference_sample(n, cfg.max_references, cfg.reference_seed))
     self_index = self_positions(range(n), chosen.tolist())
     nearest = None
-    if cfg.nearest_images is not None:
-        nearest = nearest_references(features.embeddings, chosen, cfg.nearest_images)
+    count = cfg.nearest_images
+    if count is None and facts.get("several_looks") and getattr(cfg, "looks_nearest", None) is not None:
+        count = cfg.looks_nearest
+    if count is not None and count < len(chosen) - 1:
+        nearest = nearest_references(features.embeddings, chosen, count)
         facts = {**facts, "nearest_references": int(nearest.shape[1])}
     detector.last_pose_facts = facts
     compared = len(chosen) if nearest is None else nearest.shape[1]

@@ -77,6 +77,11 @@ class MuScConfig(MethodConfig):
             0.911 or above (the gate sits half way between). Zero-shot
             batch scoring, exact or against the sampled reference bank (the agreement of the
             whole batch; docs/SCALE.md); not Dask, ``watch`` or reference mode. None turns it off.
+        looks_nearest: reference bank only: when the gate finds several looks, each image is
+            compared with the ``looks_nearest`` references nearest to it by global embedding
+            (its own look) instead of the whole bank, and ``looks_interval`` applies to those.
+            Default 20, chosen on the 2,624 elpv cells (docs/SCALE.md); None: the whole bank.
+            ``nearest_images``, when set, takes precedence.
         rotations, self_term, self_mix, self_radius, self_gate, nearest_images, image_top: the
             pose-robust options of :mod:`defectscope.methods.pose` (off by default; zero-shot
             batch scoring only, docs/POSE.md).
@@ -114,6 +119,7 @@ class MuScConfig(MethodConfig):
     image_top: float = setting(0.0, at_least=0.0, below=1.0, note="0: the map maximum")
     looks_gate: float | None = setting(0.89, above=0.0, at_most=1.0, note="a cosine; none: off")
     looks_interval: tuple[float, float] = setting((0.0, 0.3), at_least=0.0, at_most=1.0)
+    looks_nearest: int | None = setting(20, at_least=1, note="references; none: all of the bank")
 
     def check(self) -> None:
         if not self.lower < self.upper:
