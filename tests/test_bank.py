@@ -185,3 +185,34 @@ def test_bank_scores_against_the_nearest_references_only(lower, upper):
         expected = brute_force(batch[i : i + 1], batch[chosen[nearest[i]]], [-1], lower, upper)
         assert torch.allclose(fast[i : i + 1].double(), expected, atol=1e-5)
     assert not torch.allclose(fast, bank_scores(batch, batch[chosen], lower, upper, self_index=own), atol=1e-4)
+
+
+@pytest.mark.filterwarnings("ignore:mutual scoring of only")
+def test_several_looks_on_the_bank_compare_each_image_with_its_nearest_references():
+    from defectscope.data.synthetic import synthetic_images
+    from defectscope.methods import pose
+    from defectscope.methods.bank import nearest_references
+    from defectscope.methods.mutual import calibrate_border
+    from defectscope.methods.musc import to_finest_grid
+
+    textures, _ = synthetic_images(6, kind="texture", size=64, seed=3)
+    objects, _ = synthetic_images(6, kind="object", size=64, seed=4)
+    mixed = [image for pair in zip(textures, objects) for image in pair]
+    probe = MuSc(MuScConfig(image_size=64))
+    sets, grid, embeddings = probe.feature_sets(mixed, native_grids=True)
+    gate = pose.embedding_agreement(embeddings) + 0.01  # the batch counts as several looks
+    chosen = torch.from_numpy(reference_sample(12, 5, seed=0))
+    config = MuScConfig(image_size=64, max_references=5, looks_gate=gate, looks_nearest=2)
+    musc = MuSc(config)
+    scores = musc.patch_scores(mixed)
+    assert musc.last_pose_facts["several_looks"] is True and musc.last_pose_facts["nearest_references"] == 2
+    nearest = nearest_references(embeddings, chosen, 2)
+    lower, upper = config.looks_interval
+    expected = torch.stack([to_finest_grid(bank_scores(s, s[chosen], lower, upper, nearest=nearest), grid) for s in sets]).mean(0)
+    assert torch.allclose(scores.patch_scores, calibrate_border(expected, grid, config.border_depth), atol=1e-5)
+    whole = MuSc(MuScConfig(image_size=64, max_references=5, looks_gate=gate, looks_nearest=None)).patch_scores(mixed)
+    assert not torch.allclose(scores.patch_scores, whole.patch_scores, atol=1e-4)
+    # one look: the gate stays off and the whole bank is used whatever looks_nearest says
+    plain = MuSc(MuScConfig(image_size=64, max_references=5, looks_gate=gate - 0.5, looks_nearest=2))
+    plain.patch_scores(mixed)
+    assert plain.last_pose_facts["several_looks"] is False and "nearest_references" not in plain.last_pose_facts
