@@ -113,9 +113,10 @@ def test_musc_switches_to_the_bank_above_the_size_and_matches_its_parts():
 
 
 @pytest.mark.filterwarnings("ignore:mutual scoring of only")
-def test_the_several_looks_gate_applies_on_the_bank_path():
-    """Two looks of normal (textures and objects) in one banked batch: the gate sees the global
-    embeddings disagree and scores the bank with ``looks_interval``; one look keeps [lower, upper)."""
+def test_the_several_looks_gate_applies_on_the_bank_path_with_looks_bank():
+    """Two looks of normal (textures and objects) in one banked batch: with ``looks_bank`` the
+    gate sees the global embeddings disagree and scores the bank with ``looks_interval``; one
+    look, or ``looks_bank`` off (the default), keeps [lower, upper)."""
     from defectscope.data.synthetic import synthetic_images
     from defectscope.methods import pose
     from defectscope.methods.musc import to_finest_grid
@@ -127,7 +128,7 @@ def test_the_several_looks_gate_applies_on_the_bank_path():
     skip = self_positions(range(12), chosen)
 
     def banked(images, gate):
-        musc = MuSc(MuScConfig(image_size=64, max_references=4, looks_gate=gate))
+        musc = MuSc(MuScConfig(image_size=64, max_references=4, looks_gate=gate, looks_bank=True))
         scores = musc.patch_scores(images)
         sets, grid, embeddings = musc.feature_sets(images, native_grids=True)
         return musc, scores, sets, grid, pose.embedding_agreement(embeddings)
@@ -152,6 +153,9 @@ def test_the_several_looks_gate_applies_on_the_bank_path():
     assert torch.allclose(scores.patch_scores, calibrate(gated, grid, config), atol=1e-5)
     off = banked(mixed, None)[1]
     assert torch.allclose(off.patch_scores, calibrate(plain, grid, config), atol=1e-5)
+    default = MuSc(MuScConfig(image_size=64, max_references=4, looks_gate=gate))  # looks_bank off
+    assert torch.allclose(default.patch_scores(mixed).patch_scores, calibrate(plain, grid, config), atol=1e-5)
+    assert default.last_pose_facts == {}
 
     musc, scores, sets, grid, _ = banked(same, gate)
     assert musc.last_pose_facts["several_looks"] is False
@@ -202,7 +206,7 @@ def test_several_looks_on_the_bank_compare_each_image_with_its_nearest_reference
     sets, grid, embeddings = probe.feature_sets(mixed, native_grids=True)
     gate = pose.embedding_agreement(embeddings) + 0.01  # the batch counts as several looks
     chosen = torch.from_numpy(reference_sample(12, 5, seed=0))
-    config = MuScConfig(image_size=64, max_references=5, looks_gate=gate, looks_nearest=2)
+    config = MuScConfig(image_size=64, max_references=5, looks_gate=gate, looks_bank=True, looks_nearest=2)
     musc = MuSc(config)
     scores = musc.patch_scores(mixed)
     assert musc.last_pose_facts["several_looks"] is True and musc.last_pose_facts["nearest_references"] == 2
@@ -210,9 +214,9 @@ def test_several_looks_on_the_bank_compare_each_image_with_its_nearest_reference
     lower, upper = config.looks_interval
     expected = torch.stack([to_finest_grid(bank_scores(s, s[chosen], lower, upper, nearest=nearest), grid) for s in sets]).mean(0)
     assert torch.allclose(scores.patch_scores, calibrate_border(expected, grid, config.border_depth), atol=1e-5)
-    whole = MuSc(MuScConfig(image_size=64, max_references=5, looks_gate=gate, looks_nearest=None)).patch_scores(mixed)
+    whole = MuSc(MuScConfig(image_size=64, max_references=5, looks_gate=gate, looks_bank=True, looks_nearest=None)).patch_scores(mixed)
     assert not torch.allclose(scores.patch_scores, whole.patch_scores, atol=1e-4)
     # one look: the gate stays off and the whole bank is used whatever looks_nearest says
-    plain = MuSc(MuScConfig(image_size=64, max_references=5, looks_gate=gate - 0.5, looks_nearest=2))
+    plain = MuSc(MuScConfig(image_size=64, max_references=5, looks_gate=gate - 0.5, looks_bank=True, looks_nearest=2))
     plain.patch_scores(mixed)
     assert plain.last_pose_facts["several_looks"] is False and "nearest_references" not in plain.last_pose_facts
