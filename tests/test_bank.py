@@ -110,3 +110,113 @@ def test_musc_switches_to_the_bank_above_the_size_and_matches_its_parts():
     exact = MuSc(MuScConfig(image_size=64, max_references=None)).patch_scores(images).patch_scores
     assert not torch.allclose(scores.patch_scores, exact, atol=1e-5)
     assert int(scores.patch_scores.amax(1).argmax()) == 5
+
+
+@pytest.mark.filterwarnings("ignore:mutual scoring of only")
+def test_the_several_looks_gate_applies_on_the_bank_path_with_looks_bank():
+    """Two looks of normal (textures and objects) in one banked batch: with ``looks_bank`` the
+    gate sees the global embeddings disagree and scores the bank with ``looks_interval``; one
+    look, or ``looks_bank`` off (the default), keeps [lower, upper)."""
+    from defectscope.data.synthetic import synthetic_images
+    from defectscope.methods import pose
+    from defectscope.methods.musc import to_finest_grid
+
+    textures, _ = synthetic_images(6, kind="texture", size=64, seed=3)
+    objects, _ = synthetic_images(6, kind="object", size=64, seed=4)
+    mixed = [image for pair in zip(textures, objects) for image in pair]
+    chosen = reference_sample(12, 4, seed=0).tolist()
+    skip = self_positions(range(12), chosen)
+
+    def banked(images, gate):
+        musc = MuSc(MuScConfig(image_size=64, max_references=4, looks_gate=gate, looks_bank=True))
+        scores = musc.patch_scores(images)
+        sets, grid, embeddings = musc.feature_sets(images, native_grids=True)
+        return musc, scores, sets, grid, pose.embedding_agreement(embeddings)
+
+    def expected(sets, grid, lower, upper):
+        return torch.stack([to_finest_grid(bank_scores(s, s[chosen], lower, upper, self_index=skip), grid) for s in sets]).mean(0)
+
+    # a gate between the mixed batch's agreement and the one-look batch's
+    same, _ = synthetic_images(12, kind="texture", size=64, seed=5)
+    mixed_agreement = banked(mixed, None)[4]
+    same_agreement = banked(same, None)[4]
+    assert mixed_agreement < same_agreement
+    gate = 0.5 * (mixed_agreement + same_agreement)
+
+    musc, scores, sets, grid, _ = banked(mixed, gate)
+    assert musc.last_pose_facts["several_looks"] is True and musc.last_pose_facts["interval"] == [0.0, 0.3]
+    assert musc.last_pose_facts["embedding_agreement"] == pytest.approx(mixed_agreement, abs=1e-6)
+    config = musc.config
+    gated = expected(sets, grid, *config.looks_interval)
+    plain = expected(sets, grid, config.lower, config.upper)
+    assert not torch.allclose(gated, plain, atol=1e-4)
+    assert torch.allclose(scores.patch_scores, calibrate(gated, grid, config), atol=1e-5)
+    off = banked(mixed, None)[1]
+    assert torch.allclose(off.patch_scores, calibrate(plain, grid, config), atol=1e-5)
+    default = MuSc(MuScConfig(image_size=64, max_references=4, looks_gate=gate))  # looks_bank off
+    assert torch.allclose(default.patch_scores(mixed).patch_scores, calibrate(plain, grid, config), atol=1e-5)
+    assert default.last_pose_facts == {}
+
+    musc, scores, sets, grid, _ = banked(same, gate)
+    assert musc.last_pose_facts["several_looks"] is False
+    assert torch.allclose(scores.patch_scores, calibrate(expected(sets, grid, config.lower, config.upper), grid, config), atol=1e-5)
+
+
+def calibrate(scores, grid, config):
+    from defectscope.methods.mutual import calibrate_border
+
+    return calibrate_border(scores, grid, config.border_depth)
+
+
+@pytest.mark.parametrize("lower, upper", [(0.0, 0.3), (0.5, 1.0)])
+def test_bank_scores_against_the_nearest_references_only(lower, upper):
+    from defectscope.methods.bank import nearest_references
+
+    batch = unit(14, 9, 6, seed=21)
+    embeddings = torch.randn(14, 5, generator=torch.Generator().manual_seed(22))
+    chosen = torch.tensor([1, 4, 6, 9, 12])
+    nearest = nearest_references(embeddings, chosen, 3)
+    assert nearest.shape == (14, 3)
+    own = self_positions(range(14), chosen.tolist())
+    e = F.normalize(embeddings, dim=1)
+    for i in range(14):
+        assert int(own[i]) not in nearest[i].tolist()
+        others = [j for j in range(5) if j != int(own[i])]
+        best = sorted(others, key=lambda j: -float(e[i] @ e[chosen[j]]))[:3]
+        assert sorted(best) == sorted(nearest[i].tolist())
+    fast = bank_scores(batch, batch[chosen], lower, upper, nearest=nearest)
+    for i in range(14):
+        expected = brute_force(batch[i : i + 1], batch[chosen[nearest[i]]], [-1], lower, upper)
+        assert torch.allclose(fast[i : i + 1].double(), expected, atol=1e-5)
+    assert not torch.allclose(fast, bank_scores(batch, batch[chosen], lower, upper, self_index=own), atol=1e-4)
+
+
+@pytest.mark.filterwarnings("ignore:mutual scoring of only")
+def test_several_looks_on_the_bank_compare_each_image_with_its_nearest_references():
+    from defectscope.data.synthetic import synthetic_images
+    from defectscope.methods import pose
+    from defectscope.methods.bank import nearest_references
+    from defectscope.methods.mutual import calibrate_border
+    from defectscope.methods.musc import to_finest_grid
+
+    textures, _ = synthetic_images(6, kind="texture", size=64, seed=3)
+    objects, _ = synthetic_images(6, kind="object", size=64, seed=4)
+    mixed = [image for pair in zip(textures, objects) for image in pair]
+    probe = MuSc(MuScConfig(image_size=64))
+    sets, grid, embeddings = probe.feature_sets(mixed, native_grids=True)
+    gate = pose.embedding_agreement(embeddings) + 0.01  # the batch counts as several looks
+    chosen = torch.from_numpy(reference_sample(12, 5, seed=0))
+    config = MuScConfig(image_size=64, max_references=5, looks_gate=gate, looks_bank=True, looks_nearest=2)
+    musc = MuSc(config)
+    scores = musc.patch_scores(mixed)
+    assert musc.last_pose_facts["several_looks"] is True and musc.last_pose_facts["nearest_references"] == 2
+    nearest = nearest_references(embeddings, chosen, 2)
+    lower, upper = config.looks_interval
+    expected = torch.stack([to_finest_grid(bank_scores(s, s[chosen], lower, upper, nearest=nearest), grid) for s in sets]).mean(0)
+    assert torch.allclose(scores.patch_scores, calibrate_border(expected, grid, config.border_depth), atol=1e-5)
+    whole = MuSc(MuScConfig(image_size=64, max_references=5, looks_gate=gate, looks_bank=True, looks_nearest=None)).patch_scores(mixed)
+    assert not torch.allclose(scores.patch_scores, whole.patch_scores, atol=1e-4)
+    # one look: the gate stays off and the whole bank is used whatever looks_nearest says
+    plain = MuSc(MuScConfig(image_size=64, max_references=5, looks_gate=gate - 0.5, looks_bank=True, looks_nearest=2))
+    plain.patch_scores(mixed)
+    assert plain.last_pose_facts["several_looks"] is False and "nearest_references" not in plain.last_pose_facts

@@ -101,6 +101,35 @@ def _query_topk(query: torch.Tensor, references: torch.Tensor, k: int, skip: int
     return torch.topk(buffer[:filled], k, dim=0, sorted=True).values
 
 
+def _each_query(n: int, one: Callable[[int], None], device: torch.device, workers: int | None, progress: Callable[[int], None] | None) -> None:
+    """Run ``one(i)`` for every query i, spread over ``workers`` threads on the CPU (each running
+    single-threaded torch ops), calling ``progress(queries_done)`` as they finish."""
+    workers = (workers or torch.get_num_threads()) if device.type == "cpu" else 1
+    if workers <= 1:
+        for i in range(n):
+            one(i)
+            if progress is not None:
+                progress(i + 1)
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            for done, _ in enumerate(pool.map(one, range(n)), start=1):
+                if progress is not None:
+                    progress(done)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _check_shapes(queries: torch.Tensor, references: torch.Tensor) -> None:
+    if queries.ndim != 3 or references.ndim != 3 or queries.shape[2] != references.shape[2]:
+        raise ConfigError(
+            f"bank scoring needs (N, L, C) queries and (M, L, C) references with the same C, got "
+            f"{tuple(queries.shape)} and {tuple(references.shape)}"
+        )
+
+
 def nearest_topk(
     queries: torch.Tensor,
     references: torch.Tensor,
@@ -119,36 +148,16 @@ def nearest_topk(
     ops; ``progress(queries_done)`` is called as they finish. Partial results over disjoint
     reference chunks combine with :func:`merge_topk`.
     """
-    if queries.ndim != 3 or references.ndim != 3 or queries.shape[2] != references.shape[2]:
-        raise ConfigError(
-            f"bank scoring needs (N, L, C) queries and (M, L, C) references with the same C, got "
-            f"{tuple(queries.shape)} and {tuple(references.shape)}"
-        )
+    _check_shapes(queries, references)
     n = queries.shape[0]
     skips = self_index.tolist() if self_index is not None else [-1] * n
-    z = queries.float()
     r = references.float().contiguous()
     out = torch.empty(n, k, queries.shape[1], device=r.device)
 
     def one(i: int) -> None:
-        out[i] = _query_topk(z[i].to(r.device), r, k, skips[i])
+        out[i] = _query_topk(queries[i].float().to(r.device), r, k, skips[i])
 
-    workers = (workers or torch.get_num_threads()) if r.device.type == "cpu" else 1
-    if workers <= 1:
-        for i in range(n):
-            one(i)
-            if progress is not None:
-                progress(i + 1)
-        return out
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with ThreadPoolExecutor(max(1, workers)) as pool:
-            for done, _ in enumerate(pool.map(one, range(n)), start=1):
-                if progress is not None:
-                    progress(done)
-    finally:
-        torch.set_num_threads(previous)
+    _each_query(n, one, r.device, workers, progress)
     return out
 
 
@@ -185,6 +194,7 @@ def bank_scores(
     upper: float = 0.3,
     *,
     self_index: torch.Tensor | None = None,
+    nearest: torch.Tensor | None = None,
     workers: int | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
@@ -192,11 +202,57 @@ def bank_scores(
 
     MuSc's interval mean over the references (see the module docstring); ``self_index``
     marks queries that are themselves references (position in ``references``, else -1).
+    ``nearest`` (Nq, m) long: query i is compared with the references at ``nearest[i]`` only
+    (m of them, none of them itself; see :func:`nearest_references`), and the interval applies
+    to those m; ``self_index`` is then not used.
+    Each query's top-k is reduced to its scores as soon as it is done, so memory stays
+    O(Nq L) beside the features (not the (Nq, k, L) top-k of the whole batch: at the interval
+    [0.5, 1) k is every reference, 1.6 GB per feature set for 2,624 elpv cells and 200
+    references). Values equal :func:`topk_to_scores` of :func:`nearest_topk`.
     """
-    counts = reference_counts(queries.shape[0], references.shape[0], self_index)
+    _check_shapes(queries, references)
+    n = queries.shape[0]
+    r = references.float().contiguous()
+    scores = torch.empty(n, queries.shape[1], device=r.device)
+    if nearest is not None:
+        if nearest.ndim != 2 or nearest.shape[0] != n or nearest.shape[1] < 1:
+            raise ConfigError(f"nearest references need one row of at least one index per query, got {tuple(nearest.shape)}")
+        count = nearest.shape[1]
+        start, end = interval_bounds(count, lower, upper)
+        chosen = nearest.to(r.device)
+
+        def one(i: int) -> None:
+            top = _query_topk(queries[i].float().to(r.device), r[chosen[i]], end, -1)
+            scores[i] = similarities_to_distances(top[start:end]).mean(dim=0)
+
+        _each_query(n, one, r.device, workers, progress)
+        return scores
+    counts = reference_counts(n, references.shape[0], self_index)
     k = topk_size(references.shape[0], lower, upper)
-    topk = nearest_topk(queries, references, k, self_index=self_index, workers=workers, progress=progress)
-    return topk_to_scores(topk, counts, lower, upper)
+    skips = self_index.tolist() if self_index is not None else [-1] * n
+    bounds = {int(c): interval_bounds(int(c), lower, upper) for c in torch.unique(counts).tolist()}
+
+    def one(i: int) -> None:
+        start, end = bounds[int(counts[i])]
+        top = _query_topk(queries[i].float().to(r.device), r, k, skips[i])
+        scores[i] = similarities_to_distances(top[start:end]).mean(dim=0)
+
+    _each_query(n, one, r.device, workers, progress)
+    return scores
+
+
+def nearest_references(embeddings: torch.Tensor, chosen: torch.Tensor, count: int) -> torch.Tensor:
+    """(N, min(count, M')) positions in ``chosen`` of the references nearest to each image by the
+    cosine of the global embeddings, the image itself left out (M' = M, or M - 1 when an image
+    of the batch is itself a reference: every row has the same length)."""
+    e = torch.nn.functional.normalize(embeddings.float(), dim=1)
+    similarity = e @ e[chosen].T
+    own = torch.arange(e.shape[0])[:, None] == chosen[None, :]
+    similarity[own] = -math.inf
+    usable = chosen.shape[0] - (1 if bool(own.any()) else 0)
+    if usable < 1:
+        raise ConfigError("a reference bank needs at least one reference other than the query itself")
+    return torch.topk(similarity, min(count, usable), dim=1).indices
 
 
 def reference_scores(
@@ -251,20 +307,38 @@ def sampled_patch_scores(detector, images: Sequence[np.ndarray], progress: Progr
     The hook :meth:`MuSc.patch_scores` takes when :func:`use_bank` says so: features are
     computed chunk by chunk (:mod:`defectscope.methods.featurestore`), every image is scored
     against ``max_references`` images drawn with ``reference_seed`` (a sampled image leaves
-    itself out), and the "scoring" progress counts equal work: one unit is one image compared
-    with one reference in the cheapest feature set, the others weighted by :func:`set_cost`.
+    itself out) with the MSM interval [lower, upper), or with ``looks_bank`` the batch's
+    interval (:func:`defectscope.methods.pose.batch_interval`: the several-looks gate on the
+    mean pairwise cosine of all the batch's global embeddings, O(N D)). With ``nearest_images``
+    = m, or ``looks_nearest`` = m when ``looks_bank`` is on and the gate finds several looks, each image is compared with only the m references nearest to it by global embedding
+    (:func:`nearest_references`; m below the bank size). The "scoring" progress
+    counts equal work: one unit is one image compared with one reference in the cheapest
+    feature set, the others weighted by :func:`set_cost`.
     """
     from defectscope.methods.featurestore import chunked_feature_sets
+    from defectscope.methods.pose import batch_interval
 
     cfg = detector.config
     n = len(images)
     features = chunked_feature_sets(
         detector.backbone, images, cfg.degrees, cfg.batch_size, progress, native_grids=cfg.native_grids, store=cfg.feature_store
     )
+    lower, upper, facts = cfg.lower, cfg.upper, {}
+    if getattr(cfg, "looks_bank", False):
+        lower, upper, facts = batch_interval(cfg, features.embeddings)
     chosen = torch.from_numpy(reference_sample(n, cfg.max_references, cfg.reference_seed))
     self_index = self_positions(range(n), chosen.tolist())
+    nearest = None
+    count = cfg.nearest_images
+    if count is None and facts.get("several_looks") and getattr(cfg, "looks_nearest", None) is not None:
+        count = cfg.looks_nearest
+    if count is not None and count < len(chosen) - 1:
+        nearest = nearest_references(features.embeddings, chosen, count)
+        facts = {**facts, "nearest_references": int(nearest.shape[1])}
+    detector.last_pose_facts = facts
+    compared = len(chosen) if nearest is None else nearest.shape[1]
     cheapest = min(set_cost(s) for s in features.sets)
-    costs = [max(1, round(set_cost(s) / cheapest)) * len(chosen) for s in features.sets]
+    costs = [max(1, round(set_cost(s) / cheapest)) * compared for s in features.sets]
     total = sum(costs) * n
     device = detector.backbone.device
     accumulated = torch.zeros(n, features.grid[0] * features.grid[1], device=device)
@@ -273,6 +347,8 @@ def sampled_patch_scores(detector, images: Sequence[np.ndarray], progress: Progr
         if progress is not None:
             base = sum(costs[:index]) * n
             report = lambda done, base=base, cost=costs[index]: progress("scoring", base + done * cost, total)  # noqa: E731
-        scores = bank_scores(feature_set, feature_set[chosen].to(device), cfg.lower, cfg.upper, self_index=self_index, progress=report)
+        scores = bank_scores(
+            feature_set, feature_set[chosen].to(device), lower, upper, self_index=self_index, nearest=nearest, progress=report
+        )
         accumulated += to_finest_grid(scores, features.grid)
     return MuScScores(accumulated / len(features.sets), features.grid, features.embeddings)

@@ -226,9 +226,12 @@ class MuSc(Detector):
         self.last_pose_facts: dict[str, Any] = {}
 
         if pose.uses_pose_options(self.config):
-            if self.config.scheduler is not None or self._banked(n):
-                raise ConfigError("rotations, self_term and nearest_images score a batch exactly: use them without a scheduler and with max_references=None or a batch below the bank size")
-            return pose.pose_patch_scores(self, images, progress)
+            if self.config.scheduler is not None:
+                raise ConfigError("rotations, self_term and nearest_images score a batch in this process: use them without a scheduler")
+            if not self._banked(n):
+                return pose.pose_patch_scores(self, images, progress)
+            if self.config.rotations != 1 or self.config.self_term != "off":
+                raise ConfigError("rotations and self_term score a batch exactly: use them with max_references=None or a batch below the bank size (the bank takes nearest_images)")
         if self.config.scheduler is not None or self._banked(n):
             elsewhere = dask_patch_scores if self.config.scheduler is not None else sampled_patch_scores
             scores = elsewhere(self, images, progress)

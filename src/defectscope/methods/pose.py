@@ -204,13 +204,16 @@ def top_share_scores(maps: torch.Tensor, share: float) -> torch.Tensor:
 
 
 def embedding_agreement(embeddings: torch.Tensor) -> float:
-    """Mean pairwise cosine of the batch's global embeddings (the image itself left out)."""
-    e = torch.nn.functional.normalize(embeddings.float(), dim=1)
+    """Mean pairwise cosine of the batch's global embeddings (the image itself left out).
+
+    The sum of all pairwise cosines of unit vectors is the squared norm of their sum, so no
+    N x N table is built (the reference bank computes this for batches of any size)."""
+    e = torch.nn.functional.normalize(embeddings.double(), dim=1)
     n = e.shape[0]
     if n < 2:
         return 1.0
-    similarity = e @ e.T
-    return float((similarity.sum() - similarity.diagonal().sum()) / (n * (n - 1)))
+    total = e.sum(dim=0)
+    return float((total @ total - (e * e).sum()) / (n * (n - 1)))
 
 
 def batch_interval(config, embeddings: torch.Tensor) -> tuple[float, float, dict]:
