@@ -41,3 +41,18 @@ def test_stitch_puts_each_tile_map_on_its_side():
     assert joined.shape == (2, size, size)
     assert torch.equal(joined[0], maps[0])
     assert joined[1][:, : size // 2 - 1].max() == 0 and joined[1][:, size // 2 + 1 :].min() == 1
+
+
+def test_settings_are_checked():
+    import pytest
+
+    from defectscope.errors import ConfigError
+    from defectscope.methods.prn import PRNConfig
+
+    config = PRNConfig.from_options({"pseudo_families": "perlin,thin", "tile_aspect": "1.5"})
+    assert config.pseudo_families == ("perlin", "thin") and config.tile_aspect == 1.5
+    assert PRNConfig().pseudo_families == ("perlin",) and PRNConfig().tile_aspect == 0
+    with pytest.raises(ConfigError, match="pseudo_families"):
+        PRNConfig(pseudo_families=("perlin", "crack"))
+    with pytest.raises(ConfigError, match="tile_aspect"):
+        PRNConfig(tile_aspect=0.5)
