@@ -431,3 +431,29 @@ def test_a_part_with_a_mask_is_never_called_normal_by_prn(task, final_model, mon
     assert not result.is_anomalous[index]
     assert result.verdicts()[index] == "review"
     _never_normal_with_a_mask(result)
+
+
+def test_tiles_for_long_images_stitch_the_halves_maps(trained, task):
+    """With ``tile_aspect`` a 1 x 2 image is mapped as its two square halves put side by side
+    (then resized to S x S); a square image is mapped as without tiles."""
+    normals, _, tests = task
+    tiled = PRN(replace(trained.config, tile_aspect=1.5), backbone=trained.backbone)
+    tiled.heads, tiled.model_info, tiled.held_out_scores = trained.heads, trained.model_info, trained.held_out_scores
+    left, right = tests[0][0], normals[0]
+    long_image = np.concatenate([left, right], axis=1)
+    halves = trained.anomaly_maps([left, right])
+    expected = F.interpolate(torch.cat([halves[0], halves[1]], dim=1)[None, None], size=(SIZE, SIZE),
+                             mode="bilinear", align_corners=False)[0, 0]
+    maps = tiled.anomaly_maps([long_image, left])
+    assert maps.shape == (2, SIZE, SIZE)
+    assert torch.allclose(maps[0], expected, atol=1e-6)
+    assert torch.allclose(maps[1], halves[0], atol=1e-6)
+    assert tiled.predict([long_image]).anomaly_maps.shape == (1, SIZE, SIZE)
+
+
+def test_tiles_cut_the_training_images(task):
+    normals, anomalies, _ = task
+    long_normals = [np.concatenate([a, b], axis=1) for a, b in zip(normals[:4], normals[4:8])] + normals[8:10]
+    config = tiny_config(tile_aspect=1.5, epochs=1, samples_per_epoch=8, calibration_fraction=0.0)
+    detector = PRN(config, backbone=FakeBackbone()).fit(long_normals, anomalies)
+    assert detector.model_info["normal_images"] == 4 * 2 + 2

@@ -113,3 +113,66 @@ def test_generator_samples(kind):
     sample = generator.make(1, kind, np.random.default_rng(0))
     assert sample.image.shape == (32, 32, 3) and sample.mask.shape == (32, 32)
     assert sample.kind == kind and sample.mask.any() == (kind != "normal")
+
+
+# ---- pseudo-defect families (thin, stain, missing) -------------------------------------------
+
+def _skeleton_and_width(mask: np.ndarray) -> tuple[int, float]:
+    """(skeleton length, width): twice the distance to the mask's edge that 95 % of its pixels
+    stay within (a junction or a crossing may be wider)."""
+    from scipy import ndimage
+    from skimage.morphology import skeletonize
+
+    inside = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1][mask]
+    return int(skeletonize(mask).sum()), 2.0 * float(np.percentile(inside, 95))
+
+
+@pytest.mark.parametrize("family", ["thin", "stain", "missing"])
+def test_family_changes_exactly_its_mask_and_is_seeded(family):
+    normal = np.random.default_rng(5).integers(60, 200, size=(96, 96, 3)).astype(np.uint8)
+    for seed in range(6):
+        out, mask, _ = pseudo_defect(normal, np.random.default_rng(seed), families=(family,))
+        again, mask_again, _ = pseudo_defect(normal, np.random.default_rng(seed), families=(family,))
+        assert np.array_equal(out, again) and np.array_equal(mask, mask_again)
+        assert mask.any() and np.array_equal(out[~mask], normal[~mask])
+        assert (out[mask] != normal[mask]).any(axis=-1).all()
+
+
+def test_thin_family_is_narrow_and_long():
+    side = 128
+    normal = np.full((side, side, 3), 128, dtype=np.uint8)
+    for seed in range(8):
+        _, mask, _ = pseudo_defect(normal, np.random.default_rng(seed), families=("thin",))
+        length, width = _skeleton_and_width(mask)
+        assert width <= 5.0, f"seed {seed}: a crack {width} px wide"
+        assert length >= 0.12 * side, f"seed {seed}: a crack only {length} px long"
+        assert mask.mean() < 0.05
+
+
+def test_stain_family_is_low_contrast_and_missing_family_is_large():
+    normal = np.full((128, 128, 3), 120, dtype=np.uint8)
+    for seed in range(6):
+        out, mask, _ = pseudo_defect(normal, np.random.default_rng(seed), families=("stain",))
+        shift = np.abs(out[mask].astype(int) - 120)
+        assert 1 <= shift.min() and shift.max() <= 21
+        _, big, _ = pseudo_defect(normal, np.random.default_rng(seed), families=("missing",))
+        assert big.mean() >= 0.02
+
+
+def test_one_family_keeps_the_perlin_output_and_mixed_families_all_occur():
+    normal = _texture(3)
+    for seed in range(4):
+        plain = pseudo_defect(normal, np.random.default_rng(seed))
+        named = pseudo_defect(normal, np.random.default_rng(seed), families=("perlin",))
+        assert np.array_equal(plain[0], named[0]) and np.array_equal(plain[1], named[1])
+    widths = [_skeleton_and_width(pseudo_defect(np.full((96, 96, 3), 128, np.uint8), np.random.default_rng(s),
+                                                families=("perlin", "thin"))[1])[1] for s in range(16)]
+    assert min(widths) <= 5.0 < max(widths)
+    with pytest.raises(ValueError, match="families"):
+        pseudo_defect(normal, np.random.default_rng(0), families=("cracks",))
+
+
+def test_generator_passes_its_families_on():
+    generator = AnomalyGenerator([np.full((64, 64, 3), 128, np.uint8)], image_size=64, families=("thin",))
+    masks = [generator.make(0, "pseudo", np.random.default_rng(s)).mask for s in range(4)]
+    assert all(_skeleton_and_width(m)[1] <= 5.0 for m in masks)

@@ -11,6 +11,8 @@ from defectscope.methods.config import DEFAULT_FALSE_ALARM_RATE, FALSE_ALARM_RAT
 
 METHOD = "prn"
 FINAL_MODEL_CHOICES = ("held-back", "always", "never")
+PSEUDO_FAMILIES = ("perlin", "thin", "stain", "missing")
+"""Pseudo-defect families (:mod:`.generate`); the same names as ``generate.PSEUDO_FAMILIES``."""
 RENAMED = {"backbone_weights": "weights"}
 """Setting names of older saved models -> their current names."""
 
@@ -24,6 +26,9 @@ class PRNConfig(MethodConfig):
         weights: optional local weights file for the backbone (``backbone_weights`` in models
             saved before the name was shared with the other methods).
         image_size: square input size S; maps are S x S.
+        tile_aspect: 0 (default: every image squashed to S x S) or r >= 1: an image whose long
+            side is at least r times its short side is cut into nearly square tiles along it,
+            each fed at S x S, their maps put back together (:mod:`.tiles`).
         layers: backbone layers, finest first, at strides that double (4/8/16).
         prototype_fraction: prototypes per scale as a fraction of the normal images (at least 1).
         max_prototypes: upper bound on prototypes per scale.
@@ -38,6 +43,8 @@ class PRNConfig(MethodConfig):
         focal_gamma: focal-loss gamma.
         top_k: pixels averaged for the image score.
         shares: (normal, real pasted, pseudo) share of each epoch's samples.
+        pseudo_families: pseudo-defect families drawn uniformly for each pseudo sample
+            (:func:`.generate.pseudo_defect`): "perlin", "thin", "stain", "missing".
         seed: seed for prototypes, initialisation, sampling and generation.
         calibration_fraction: share of the normal images held back from training to calibrate
             the verdict (none when there are fewer than 10 normal images).
@@ -52,6 +59,7 @@ class PRNConfig(MethodConfig):
     backbone: str = "efficientnet-lite0"
     weights: str | None = None
     image_size: int = setting(256, at_least=32, multiple_of=32)
+    tile_aspect: float = setting(0.0, at_least=0.0)
     layers: tuple[str, ...] = ("stride4", "stride8", "stride16")
     prototype_fraction: float = setting(0.1, above=0.0, at_most=1.0)
     max_prototypes: int = setting(32, at_least=1)
@@ -66,6 +74,7 @@ class PRNConfig(MethodConfig):
     focal_gamma: float = 4.0
     top_k: int = setting(100, at_least=1)
     shares: tuple[float, float, float] = setting((0.5, 0.25, 0.25), at_least=0.0)
+    pseudo_families: tuple[str, ...] = setting(("perlin",), choices=PSEUDO_FAMILIES)
     seed: int = 0
     calibration_fraction: float = setting(0.1, at_least=0.0, below=1.0)
     cross_fit_folds: int = 3
@@ -74,6 +83,8 @@ class PRNConfig(MethodConfig):
     device: str = "auto"
 
     def check(self) -> None:
+        if 0 < self.tile_aspect < 1:
+            self.refuse(f"tile_aspect={self.tile_aspect:g} must be 0 (off) or at least 1")
         if len(self.layers) < 2:
             self.refuse(f"needs at least two backbone layers (multi-scale), got {list(self.layers)}")
         if len(self.widths) != len(self.layers):

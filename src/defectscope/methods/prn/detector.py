@@ -53,7 +53,7 @@ from defectscope.errors import ConfigError
 from defectscope.memory import estimate_bytes
 from defectscope.methods.base import Detector, Result, default_paths
 from defectscope.methods.holdout import MIN_POOL as MIN_CALIBRATION_POOL
-from defectscope.methods.prn import persistence, training
+from defectscope.methods.prn import persistence, tiles, training
 from defectscope.methods.prn.config import METHOD, PRNConfig
 from defectscope.methods.prn.features import multiscale_features
 from defectscope.methods.prn.model import PRNHead, top_k_mean
@@ -129,6 +129,9 @@ class PRN(Detector):
     ) -> "PRN":
         """Train on normal images and real (image, mask) anomalies; checkpoints every epoch
         (see :func:`.training.fit`)."""
+        if self.config.tile_aspect > 0:
+            normal_images, _ = tiles.split_images(normal_images, self.config.tile_aspect)
+            anomalies = tiles.split_anomalies(anomalies, self.config.tile_aspect)
         training.fit(self, normal_images, anomalies, progress=progress, checkpoint_dir=checkpoint_dir, resume=resume)
         return self
 
@@ -175,7 +178,11 @@ class PRN(Detector):
         progress: Progress | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The averaged map of ``heads`` and, when given, that of ``fold_heads`` (one backbone
-        pass per batch for both)."""
+        pass per batch for both). Long images are cut into tiles first with ``tile_aspect``
+        (:mod:`.tiles`) and their tiles' maps put back together."""
+        counts, shapes = None, [np.asarray(image).shape for image in images]
+        if self.config.tile_aspect > 0:
+            images, counts = tiles.split_images(images, self.config.tile_aspect)
         maps, fold_maps = [], []
         step = self.config.batch_size
         with torch.no_grad():
@@ -186,7 +193,12 @@ class PRN(Detector):
                     fold_maps.append(torch.stack([torch.sigmoid(h.eval()(*features))[:, 0] for h in fold_heads]).mean(dim=0))
                 if progress is not None:
                     progress("predict", min(start + step, len(images)), len(images))
-        return torch.cat(maps), (torch.cat(fold_maps) if fold_heads else None)
+        joined, fold_joined = torch.cat(maps), (torch.cat(fold_maps) if fold_heads else None)
+        if counts is not None and max(counts) > 1:
+            size = self.config.image_size
+            joined = tiles.stitch(joined, counts, shapes, size)
+            fold_joined = None if fold_joined is None else tiles.stitch(fold_joined, counts, shapes, size)
+        return joined, fold_joined
 
     def threshold(self) -> Threshold:
         """The verdict's probability cut (see the module docstring); good-image calibration first."""

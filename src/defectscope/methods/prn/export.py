@@ -7,7 +7,9 @@ model with ``final_model``) and the top-k image score. Its input
 ``image`` is the output of ``backbone.preprocess`` (N, 3, S, S) float32; outputs are
 ``anomaly_map`` (N, S, S) probabilities and ``image_score`` (N,). With ``include_backbone=False``
 the inputs are the multi-scale feature maps instead (``feature_0`` ..., finest first), for
-backbones that cannot be traced.
+backbones that cannot be traced. A model trained with ``tile_aspect`` exports the map of one
+S x S input: cutting long images into tiles and putting the maps back (:mod:`.tiles`) stays with
+the caller.
 """
 
 from __future__ import annotations

@@ -13,6 +13,13 @@ exact mask of the pixels they changed.
   texture or a shifted, rotated patch of another normal image into it, with one alpha in
   [0.5, 1] per defect: inside the mask ``out = round((1 - alpha) * image + alpha * texture)``,
   outside it the image is unchanged.
+* Other pseudo-defect families (``families`` of :func:`pseudo_defect`, chosen uniformly per
+  defect; the default is the Perlin family alone): ``"thin"`` (:func:`thin_defect`, a crack-like
+  curve 1 to 3 px wide and 15 to 60 % of the image side long, darker or brighter than its
+  surroundings), ``"stain"`` (:func:`stain_defect`, a Perlin blob shifted by only 6 to 20 grey
+  levels) and ``"missing"`` (:func:`missing_region`, a large jagged region, 4 to 30 % of the
+  image, filled with a flat dark, bright or background colour, as a broken-off part). Each
+  changes only the pixels of the mask it returns, and changes all of them.
 * :func:`estimate_foreground` is the simple object estimate used to place defects "on the
   object": each pixel's colour distance to the median border colour, split by Otsu's threshold.
   When the split is weak (the two classes differ by less than 20 grey levels on average, as on
@@ -30,6 +37,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 from skimage.filters import threshold_otsu
+
+from defectscope.methods.prn.config import PSEUDO_FAMILIES
 
 
 def perlin_noise(shape: tuple[int, int], cells: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
@@ -230,17 +239,32 @@ def pseudo_defect(
     *,
     other_images: Sequence[np.ndarray] = (),
     foreground: np.ndarray | None = None,
+    families: Sequence[str] = ("perlin",),
 ) -> tuple[np.ndarray, np.ndarray, float]:
-    """Blend a procedural texture (or a patch of another normal image) into a Perlin mask.
+    """A pseudo defect of a family drawn uniformly from ``families`` (:data:`PSEUDO_FAMILIES`).
 
-    Returns (image, mask, alpha): inside ``mask`` the pixels are
-    ``round((1 - alpha) * normal + alpha * texture)``; outside they are unchanged.
+    ``"perlin"`` (the default, and the only family before 2026-12-03): a procedural texture (or
+    a patch of another normal image) blended into a Perlin mask; inside ``mask`` the pixels are
+    ``round((1 - alpha) * normal + alpha * texture)``, outside they are unchanged. The other
+    families: :func:`thin_defect`, :func:`stain_defect`, :func:`missing_region`. Returns
+    (image, mask, alpha); with one family no random number is spent on the choice, so
+    ``families=("perlin",)`` gives exactly the earlier output.
     """
+    unknown = [f for f in families if f not in PSEUDO_FAMILIES]
+    if not families or unknown:
+        raise ValueError(f"pseudo-defect families must be some of {list(PSEUDO_FAMILIES)}, got {list(families)}")
+    family = families[0] if len(families) == 1 else families[int(rng.integers(len(families)))]
     normal = _as_rgb(normal)
     shape = normal.shape[:2]
     allowed = estimate_foreground(normal) if foreground is None else foreground.astype(bool)
     if not allowed.any():
         allowed = np.ones(shape, dtype=bool)
+    if family == "thin":
+        return thin_defect(normal, rng, allowed=allowed)
+    if family == "stain":
+        return stain_defect(normal, rng, allowed=allowed)
+    if family == "missing":
+        return missing_region(normal, rng, allowed=allowed)
     mask = perlin_mask(shape, rng, allowed=allowed)
     if len(other_images) > 0 and rng.random() < 0.5:
         other = _resize(_as_rgb(other_images[int(rng.integers(len(other_images)))]), shape)
@@ -255,6 +279,129 @@ def pseudo_defect(
     output = normal.copy()
     output[mask] = np.clip(blended, 0, 255).astype(np.uint8)[mask]
     return output, mask, alpha
+
+
+def _shift_inside(normal: np.ndarray, mask: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """``normal`` with ``shift`` (H, W) grey levels added inside ``mask``; every masked pixel
+    changes by at least one level (the shift's sign is kept where clipping would undo it)."""
+    values = normal.astype(np.float64)
+    changed = np.rint(values + shift[..., None])
+    changed = np.where(changed > 255, values - np.abs(shift[..., None]), changed)
+    changed = np.where(changed < 0, values + np.abs(shift[..., None]), changed)
+    changed = np.clip(changed, 0, 255)
+    same = (changed == values).all(axis=-1, keepdims=True)
+    changed = np.where(same, np.where(values < 128, values + 1, values - 1), changed)
+    output = normal.copy()
+    output[mask] = changed.astype(np.uint8)[mask]
+    return output
+
+
+def thin_mask(
+    shape: tuple[int, int], rng: np.random.Generator, *, allowed: np.ndarray | None = None,
+    widths: tuple[int, int] = (1, 3), lengths: tuple[float, float] = (0.15, 0.6),
+) -> np.ndarray:
+    """A crack-like mask: a smooth random curve ``widths`` px wide (inclusive) and ``lengths``
+    (fractions of the shorter side) long, started on an ``allowed`` pixel, with an occasional
+    short branch; clipped to ``allowed`` (never empty unless ``allowed`` is)."""
+    height, width = shape
+    allowed_mask = np.ones(shape, dtype=bool) if allowed is None else allowed.astype(bool)
+    side = min(height, width)
+    stroke = int(rng.integers(widths[0], widths[1] + 1))
+    length = float(rng.uniform(*lengths)) * side
+    centre = np.array(_sample_centre(allowed_mask, rng), dtype=np.float64)
+    heading = float(rng.uniform(0, 2 * np.pi))
+    bend = float(rng.uniform(0.01, 0.05))
+
+    def walk(start: np.ndarray, angle: float, steps: int) -> list[np.ndarray]:
+        points, position = [], start.copy()
+        for _ in range(steps):
+            angle += float(rng.normal(0.0, bend))
+            position = position + 0.5 * np.array([np.sin(angle), np.cos(angle)])
+            points.append(position.copy())
+        return points
+
+    steps = max(4, int(2 * length / 2))
+    points = walk(centre, heading, steps) + walk(centre, heading + np.pi, steps)
+    if rng.random() < 0.3:
+        root = points[int(rng.integers(len(points)))]
+        points += walk(root, heading + float(rng.choice([-1, 1]) * rng.uniform(0.5, 1.2)), steps // 2)
+    coords = np.rint(np.array(points)).astype(int)
+    keep = (coords[:, 0] >= 0) & (coords[:, 0] < height) & (coords[:, 1] >= 0) & (coords[:, 1] < width)
+    mask = np.zeros(shape, dtype=bool)
+    mask[coords[keep, 0], coords[keep, 1]] = True
+    if stroke > 1:
+        mask = ndimage.binary_dilation(mask, structure=np.ones((stroke, stroke), dtype=bool))
+    mask &= allowed_mask
+    if not mask.any():
+        y, x = int(centre[0]), int(centre[1])
+        mask[y, x] = allowed_mask[y, x]
+    return mask
+
+
+def thin_defect(
+    normal: np.ndarray, rng: np.random.Generator, *, allowed: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """A crack: :func:`thin_mask` made darker (three times in four) or brighter by 15 to 60 grey
+    levels, the shift fading slightly along the curve; -> (image, mask, 1.0)."""
+    normal = _as_rgb(normal)
+    shape = normal.shape[:2]
+    mask = thin_mask(shape, rng, allowed=allowed)
+    sign = -1.0 if rng.random() < 0.75 else 1.0
+    depth = rng.uniform(15, 60)
+    shift = sign * depth * (0.6 + 0.4 * fractal_noise(shape, 4, 2, rng))
+    return _shift_inside(normal, mask, shift), mask, 1.0
+
+
+def stain_defect(
+    normal: np.ndarray, rng: np.random.Generator, *, allowed: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """A low-contrast stain: a Perlin blob (:func:`perlin_mask`) whose pixels shift by 6 to 20
+    grey levels (darker or brighter, the shift varying smoothly inside); -> (image, mask, alpha)
+    with alpha the mean shift / 255."""
+    normal = _as_rgb(normal)
+    shape = normal.shape[:2]
+    mask = perlin_mask(shape, rng, allowed=allowed)
+    sign = -1.0 if rng.random() < 0.5 else 1.0
+    depth = rng.uniform(6, 20)
+    shift = sign * depth * (0.7 + 0.3 * fractal_noise(shape, 4, 2, rng))
+    return _shift_inside(normal, mask, shift), mask, float(depth / 255.0)
+
+
+def missing_region(
+    normal: np.ndarray, rng: np.random.Generator, *, allowed: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """A large missing part: a jagged blob (radius 12 to 30 % of the shorter side, edge warped by
+    Perlin noise) centred on an ``allowed`` pixel, clipped to it, filled with one flat colour
+    (the image's dark or bright end, or the median border colour) plus faint noise.
+    -> (image, mask, 1.0)."""
+    normal = _as_rgb(normal)
+    shape = normal.shape[:2]
+    height, width = shape
+    allowed_mask = np.ones(shape, dtype=bool) if allowed is None else allowed.astype(bool)
+    centre_y, centre_x = _sample_centre(allowed_mask, rng)
+    radius = float(rng.uniform(0.12, 0.30)) * min(height, width)
+    ys, xs = np.mgrid[0:height, 0:width]
+    distance = np.sqrt((ys - centre_y) ** 2 + ((xs - centre_x) * rng.uniform(0.6, 1.6)) ** 2)
+    warp = perlin_noise(shape, (4, 4), rng)
+    mask = (distance < radius * (1.0 + 0.35 * warp)) & allowed_mask
+    if not mask.any():
+        mask[centre_y, centre_x] = True
+    grey = normal.astype(np.float64).mean(axis=-1)
+    choice = int(rng.integers(3))
+    if choice == 0:
+        colour = np.full(3, np.percentile(grey, 2) * rng.uniform(0.2, 0.8))
+    elif choice == 1:
+        colour = np.full(3, min(255.0, np.percentile(grey, 98) * rng.uniform(1.0, 1.3)))
+    else:
+        border = np.concatenate([normal[0], normal[-1], normal[:, 0], normal[:, -1]], axis=0)
+        colour = np.median(border, axis=0).astype(np.float64)
+    fill = colour + rng.normal(0.0, 3.0, size=(height, width, 1))
+    fill = np.clip(np.rint(fill), 0, 255).astype(np.uint8)
+    output = normal.copy()
+    output[mask] = fill[mask]
+    same = (output == normal).all(axis=-1) & mask
+    output[same] = np.where(normal[same] < 128, normal[same] + 8, normal[same] - 8)
+    return output, mask, 1.0
 
 
 @dataclass
@@ -303,8 +450,10 @@ class AnomalyGenerator:
         anomalies: Sequence[tuple[np.ndarray, np.ndarray]] = (),
         *,
         image_size: int,
+        families: Sequence[str] = ("perlin",),
     ) -> None:
         shape = (image_size, image_size)
+        self.families = tuple(families)
         self.normals = [_resize(_as_rgb(np.asarray(image)), shape) for image in normal_images]
         self.anomalies = [
             (_resize(_as_rgb(np.asarray(image)), shape), _resize(np.asarray(mask).astype(bool), shape))
@@ -329,5 +478,7 @@ class AnomalyGenerator:
             pasted, pasted_mask = paste_real_defect(normal, image, mask, rng, foreground=self.foreground(index))
             return GeneratedSample(pasted, pasted_mask, "real", 1.0)
         others = [self.normals[int(i)] for i in rng.integers(len(self.normals), size=min(4, len(self.normals)))]
-        image, mask, alpha = pseudo_defect(normal, rng, other_images=others, foreground=self.foreground(index))
+        image, mask, alpha = pseudo_defect(
+            normal, rng, other_images=others, foreground=self.foreground(index), families=self.families
+        )
         return GeneratedSample(image, mask, "pseudo", alpha)
