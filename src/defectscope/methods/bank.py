@@ -310,7 +310,8 @@ def sampled_patch_scores(detector, images: Sequence[np.ndarray], progress: Progr
     itself out) with the MSM interval [lower, upper), or with ``looks_bank`` the batch's
     interval (:func:`defectscope.methods.pose.batch_interval`: the several-looks gate on the
     mean pairwise cosine of all the batch's global embeddings, O(N D)). With ``nearest_images``
-    = m, or ``looks_nearest`` = m when ``looks_bank`` is on and the gate finds several looks, each image is compared with only the m references nearest to it by global embedding
+    = m, or ``looks_nearest`` = m when ``looks_bank`` is on and the gate finds several looks,
+    each image is compared with only the m references nearest to it by global embedding
     (:func:`nearest_references`; m below the bank size). The "scoring" progress
     counts equal work: one unit is one image compared with one reference in the cheapest
     feature set, the others weighted by :func:`set_cost`.
