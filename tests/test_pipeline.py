@@ -71,6 +71,10 @@ def test_score_folder_writes_outputs_and_leaves_inputs_alone(tmp_path):
     assert [verdicts[p] for p in result.paths] == result.verdicts()
     settings = json.loads((out / "settings.json").read_text())
     assert settings["threshold"] == result.threshold and settings["threshold_rule"] == result.threshold_rule
+    # the several-looks gate's decision on this batch is on record beside the settings
+    facts = settings["batch_facts"]
+    assert facts["several_looks"] == result.extras["several_looks"] and facts["interval"] == result.extras["interval"]
+    assert 0.0 < facts["embedding_agreement"] <= 1.0
     flagged, review = int(result.is_anomalous.sum()), int(result.needs_review.sum())
     assert review <= 0.2 * 12  # the default review budget
     assert f"{flagged} of 12 parts anomalous" in html and html.count('class="verdict ') == 12

@@ -378,6 +378,7 @@ class MuSc(Detector):
         else:
             image_scores = rscin(raw, embeddings, self.config.rscin_ks)
         raw, maps = raw.cpu(), maps.cpu()
+        facts = getattr(self, "last_pose_facts", {})
         threshold = label_free_threshold(raw.numpy(), self.config.false_alarm_rate, statistic="map maxima")
         return Result(
             paths=names,
@@ -385,7 +386,12 @@ class MuSc(Detector):
             anomaly_maps=maps.numpy().astype(np.float32),
             masks=pixel_masks(maps.numpy(), threshold),
             settings=self.settings(),
-            extras={"raw_image_scores": raw.tolist(), "grid": list(grid), **getattr(self, "last_pose_facts", {})},
+            extras={
+                "raw_image_scores": raw.tolist(),
+                "grid": list(grid),
+                **facts,
+                "batch_facts": dict(facts),  # written to settings.json: what the batch itself decided
+            },
             is_anomalous=decide(raw.numpy(), threshold),
             threshold=threshold.value,
             threshold_rule=threshold.rule,

@@ -76,7 +76,8 @@ def write_batch_outputs(
     ``OVERLAY_QUALITY``; ``masks/<n>_<name>.png``, lossless, when the method produced masks)
     and a self-contained ``report.html`` for one batch into
     ``folder``. ``settings.json`` holds the run settings plus ``threshold``, ``threshold_rule`` and
-    ``threshold_applies_to`` (:func:`threshold_applies_to`).
+    ``threshold_applies_to`` (:func:`threshold_applies_to`), and ``batch_facts`` when the method
+    took decisions from the batch itself (``result.extras["batch_facts"]``).
 
     Overlays share one colour scale over the batch (1st to 99th percentile of all map values),
     so a hot spot means the same in every picture. Images are rendered in ``workers`` threads.
@@ -141,6 +142,10 @@ def write_batch_outputs(
         "threshold_applies_to": threshold_applies_to(result),
         "review_threshold": result.review_threshold,
     }
+    if result.extras.get("batch_facts"):
+        # Decisions a method took from the batch itself (e.g. MuSc's several-looks gate: the
+        # embedding agreement, whether it fired, the interval used), so a run can be explained.
+        settings["batch_facts"] = result.extras["batch_facts"]
     atomic_write_text(folder / "settings.json", json.dumps(settings, indent=2, default=str) + "\n")
     if skipped:
         _append_skipped(folder / "scores.csv", skipped, with_label=labels is not None)
