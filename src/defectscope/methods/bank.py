@@ -217,24 +217,23 @@ def bank_scores(
     if nearest is not None:
         if nearest.ndim != 2 or nearest.shape[0] != n or nearest.shape[1] < 1:
             raise ConfigError(f"nearest references need one row of at least one index per query, got {tuple(nearest.shape)}")
-        count = nearest.shape[1]
-        start, end = interval_bounds(count, lower, upper)
         chosen = nearest.to(r.device)
+        bounds = interval_bounds(nearest.shape[1], lower, upper)
 
-        def one(i: int) -> None:
-            top = _query_topk(queries[i].float().to(r.device), r[chosen[i]], end, -1)
-            scores[i] = similarities_to_distances(top[start:end]).mean(dim=0)
+        def plan(i: int) -> tuple[torch.Tensor, int, int, tuple[int, int]]:
+            return r[chosen[i]], bounds[1], -1, bounds
+    else:
+        counts = reference_counts(n, references.shape[0], self_index)
+        k = topk_size(references.shape[0], lower, upper)
+        skips = self_index.tolist() if self_index is not None else [-1] * n
+        by_count = {int(c): interval_bounds(int(c), lower, upper) for c in torch.unique(counts).tolist()}
 
-        _each_query(n, one, r.device, workers, progress)
-        return scores
-    counts = reference_counts(n, references.shape[0], self_index)
-    k = topk_size(references.shape[0], lower, upper)
-    skips = self_index.tolist() if self_index is not None else [-1] * n
-    bounds = {int(c): interval_bounds(int(c), lower, upper) for c in torch.unique(counts).tolist()}
+        def plan(i: int) -> tuple[torch.Tensor, int, int, tuple[int, int]]:
+            return r, k, skips[i], by_count[int(counts[i])]
 
     def one(i: int) -> None:
-        start, end = bounds[int(counts[i])]
-        top = _query_topk(queries[i].float().to(r.device), r, k, skips[i])
+        compared, k_i, skip, (start, end) = plan(i)
+        top = _query_topk(queries[i].float().to(r.device), compared, k_i, skip)
         scores[i] = similarities_to_distances(top[start:end]).mean(dim=0)
 
     _each_query(n, one, r.device, workers, progress)

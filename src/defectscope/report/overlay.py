@@ -117,16 +117,16 @@ def mask_contour(mask: np.ndarray, thickness: int = 1) -> np.ndarray:
 
 def colorize(values: np.ndarray, *, vmin: float, vmax: float, colormap: str = DEFAULT_COLORMAP) -> np.ndarray:
     """Map values to RGB uint8 colours with a fixed range ``[vmin, vmax]`` (clipped)."""
-    if not (np.isfinite(vmin) and np.isfinite(vmax)):
-        raise ValueError(f"colour range must be finite, got vmin={vmin}, vmax={vmax}")
-    if vmax < vmin:
-        raise ValueError(f"colour range is inverted: vmin={vmin} > vmax={vmax}")
     return _lookup(colormap)[_colour_index(values, vmin, vmax)]
 
 
 def _colour_index(values: np.ndarray, vmin: float, vmax: float) -> np.ndarray:
     """uint8 index into the 256-colour table: round(255 clip((v - vmin) / (vmax - vmin), 0, 1)),
     NaN -> 0 (float32 throughout, in place on one working array)."""
+    if not (np.isfinite(vmin) and np.isfinite(vmax)):
+        raise ValueError(f"colour range must be finite, got vmin={vmin}, vmax={vmax}")
+    if vmax < vmin:
+        raise ValueError(f"colour range is inverted: vmin={vmin} > vmax={vmax}")
     values = np.asarray(values, dtype=np.float32)
     span = float(vmax) - float(vmin)
     if span > 0:
@@ -182,10 +182,6 @@ def heatmap_overlay(
     anomaly_map = np.asarray(anomaly_map, dtype=np.float32)
     if anomaly_map.ndim != 2:
         raise ValueError(f"expected an (H, W) anomaly map, got shape {anomaly_map.shape}")
-    if not (np.isfinite(vmin) and np.isfinite(vmax)):
-        raise ValueError(f"colour range must be finite, got vmin={vmin}, vmax={vmax}")
-    if vmax < vmin:
-        raise ValueError(f"colour range is inverted: vmin={vmin} > vmax={vmax}")
     index = _colour_index(resize_map(anomaly_map, (height, width)), vmin, vmax)
     # image (1 - alpha) + colour alpha + 0.5 in float32, as colorize() followed by the blend would
     # compute it, with the colours' alpha-weighted values looked up from a 256-entry table.
