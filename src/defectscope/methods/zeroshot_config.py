@@ -175,6 +175,8 @@ class CoDeGraphConfig(MuScConfig):
 
     looks_gate: float | None = None
     """MuSc's several-looks gate is not part of CoDeGraph (it keeps the interval above)."""
+    looks_groups: float | None = None
+    """Nor is the bank's groups rule."""
     tiles: int = setting(1, choices=(1,), note="CoDeGraph scores whole images only")
 
     max_support_fraction: float = setting(0.5, above=0.0, at_most=1.0)
