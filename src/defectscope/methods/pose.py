@@ -240,7 +240,7 @@ def look_groups(embeddings: torch.Tensor, components: int = GROUP_COMPONENTS, it
     z = x @ vt[: max(1, components)].T
     order = torch.sort(z[:, 0]).values
     sums = torch.cumsum(order, dim=0)
-    left = torch.arange(1, n, dtype=torch.float64)
+    left = torch.arange(1, n, dtype=torch.float64, device=z.device)
     between = left * (n - left) / n * ((sums[-1] - sums[:-1]) / (n - left) - sums[:-1] / left) ** 2
     cut = int(torch.argmax(between))
     upper = z[:, 0] > 0.5 * (order[cut] + order[cut + 1])
