@@ -227,8 +227,8 @@ def look_groups(embeddings: torch.Tensor, components: int = GROUP_COMPONENTS, it
     component (Otsu: the cut of the sorted projections with the largest between-group variance)
     is refined by 2-means in the top ``components`` principal components. ``separation``: the
     distance between the two groups' centres over their pooled standard deviation along the line
-    through the centres. A Gaussian spread gives about 2.8 (a median cut of a normal variable:
-    2 x 0.80 / 0.60; about 3.5 on the 868 magnetic tiles), two separated groups much more (6.2 on
+    through the centres. A Gaussian spread gives about 2.8 (2.65 for the median cut of one normal
+    variable, 1.60 / 0.60; 3.5 on the 868 magnetic tiles), two separated groups much more (6.2 on
     the elpv cells, mono vs poly). ``minor``: the smaller group's share. O(N D^2) time, O(N D)
     memory (no N x N table). Fewer than 4 images, or all of them equal: separation 0."""
     e = torch.nn.functional.normalize(embeddings.double(), dim=1)
