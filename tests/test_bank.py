@@ -153,9 +153,9 @@ def test_the_several_looks_gate_applies_on_the_bank_path_with_looks_bank():
     assert torch.allclose(scores.patch_scores, calibrate(gated, grid, config), atol=1e-5)
     off = banked(mixed, None)[1]
     assert torch.allclose(off.patch_scores, calibrate(plain, grid, config), atol=1e-5)
-    default = MuSc(MuScConfig(image_size=64, max_references=4, looks_gate=gate))  # looks_bank off
-    assert torch.allclose(default.patch_scores(mixed).patch_scores, calibrate(plain, grid, config), atol=1e-5)
-    assert default.last_pose_facts == {}
+    off = MuSc(MuScConfig(image_size=64, max_references=4, looks_gate=gate, looks_groups=None))  # looks_bank off, no groups rule
+    assert torch.allclose(off.patch_scores(mixed).patch_scores, calibrate(plain, grid, config), atol=1e-5)
+    assert off.last_pose_facts == {}
 
     musc, scores, sets, grid, _ = banked(same, gate)
     assert musc.last_pose_facts["several_looks"] is False
@@ -220,3 +220,102 @@ def test_several_looks_on_the_bank_compare_each_image_with_its_nearest_reference
     plain = MuSc(MuScConfig(image_size=64, max_references=5, looks_gate=gate - 0.5, looks_bank=True, looks_nearest=2))
     plain.patch_scores(mixed)
     assert plain.last_pose_facts["several_looks"] is False and "nearest_references" not in plain.last_pose_facts
+
+
+def _two_groups(n_first: int, n_second: int, seed: int, dim: int = 112, distance: float = 8.0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(dim, generator=g) * 10.0
+    axis = F.normalize(torch.randn(dim, generator=g), dim=0)
+    first = base + torch.randn(n_first, dim, generator=g)
+    second = base + distance * axis + torch.randn(n_second, dim, generator=g)
+    return torch.cat([first, second])[torch.randperm(n_first + n_second, generator=g)]
+
+
+def test_look_groups_tells_separated_groups_from_one_spread():
+    """Two separated groups (balanced or 1:5) -> separation far above the default 5.5; one
+    Gaussian spread (stretched along one axis), one uniform spread, one tight group -> below it."""
+    from defectscope.methods.pose import look_groups
+
+    threshold = MuScConfig().looks_groups
+    balanced = look_groups(_two_groups(300, 200, seed=1))
+    assert balanced["separation"] > threshold + 1.0 and balanced["minor"] == pytest.approx(0.4, abs=0.01)
+    unbalanced = look_groups(_two_groups(500, 100, seed=2))
+    assert unbalanced["separation"] > threshold + 1.0 and unbalanced["minor"] == pytest.approx(1 / 6, abs=0.01)
+
+    g = torch.Generator().manual_seed(3)
+    base = torch.randn(112, generator=g) * 10.0
+    stretched = base + torch.randn(600, 112, generator=g) * torch.linspace(4.0, 0.5, 112)
+    uniform = base.clone() + torch.randn(600, 112, generator=g) * 0.2
+    uniform[:, 0] += torch.rand(600, generator=g) * 8.0
+    tight = base + torch.randn(600, 112, generator=g) * 0.1
+    for spread in (stretched, uniform, tight):
+        separation = look_groups(spread)["separation"]
+        assert 2.0 < separation < threshold - 1.0
+    # too few images, or all alike: no groups
+    assert look_groups(torch.randn(3, 8))["separation"] == 0.0
+    assert look_groups(torch.ones(10, 8))["separation"] == 0.0
+
+
+def test_bank_looks_takes_the_scoring_only_for_separated_groups_below_the_gate():
+    from defectscope.methods.pose import bank_looks, embedding_agreement
+
+    groups = _two_groups(300, 200, seed=4, distance=40.0)
+    g = torch.Generator().manual_seed(5)
+    spread = torch.randn(500, 112, generator=g) * torch.linspace(4.0, 0.5, 112) + 1.0
+    gate = max(embedding_agreement(groups), embedding_agreement(spread)) + 0.01  # both disagree
+    config = MuScConfig(looks_gate=gate)
+    lower, upper, facts = bank_looks(config, groups)
+    assert (lower, upper) == config.looks_interval and facts["several_looks"] is True
+    assert facts["group_separation"] >= config.looks_groups and facts["embedding_agreement"] < gate
+    lower, upper, facts = bank_looks(config, spread)
+    assert (lower, upper) == (config.lower, config.upper) and facts["several_looks"] is False
+    assert facts["group_separation"] < config.looks_groups and facts["interval"] == [config.lower, config.upper]
+    # separated groups that agree (above the gate) keep the plain interval
+    agreeing = MuScConfig(looks_gate=embedding_agreement(groups) - 0.01)
+    assert bank_looks(agreeing, groups)[2]["several_looks"] is False
+    # looks_bank: the gate alone, as before (the spread fires too); looks_groups=None: off
+    assert bank_looks(MuScConfig(looks_gate=gate, looks_bank=True), spread)[2]["several_looks"] is True
+    assert bank_looks(MuScConfig(looks_gate=gate, looks_groups=None), groups) == (config.lower, config.upper, {})
+
+
+@pytest.mark.filterwarnings("ignore:mutual scoring of only")
+def test_the_bank_path_takes_the_groups_decision():
+    """A banked batch of two looks: with ``looks_groups`` just below the batch's separation the
+    bank is scored with looks_interval against the nearest references; just above it (one spread
+    as far as the rule knows) the scores equal the plain bank's exactly."""
+    from defectscope.data.synthetic import synthetic_images
+    from defectscope.methods import pose
+    from defectscope.methods.bank import nearest_references
+    from defectscope.methods.musc import to_finest_grid
+
+    textures, _ = synthetic_images(6, kind="texture", size=64, seed=3)
+    objects, _ = synthetic_images(6, kind="object", size=64, seed=4)
+    mixed = [image for pair in zip(textures, objects) for image in pair]
+    probe = MuSc(MuScConfig(image_size=64))
+    sets, grid, embeddings = probe.feature_sets(mixed, native_grids=True)
+    gate = pose.embedding_agreement(embeddings) + 0.01
+    separation = pose.look_groups(embeddings)["separation"]
+    assert separation > 0
+    chosen = torch.from_numpy(reference_sample(12, 5, seed=0))
+    skip = self_positions(range(12), chosen.tolist())
+
+    def run(threshold):
+        musc = MuSc(MuScConfig(image_size=64, max_references=5, looks_gate=gate, looks_groups=threshold, looks_nearest=2))
+        return musc, musc.patch_scores(mixed).patch_scores
+
+    config = MuScConfig(image_size=64, max_references=5, looks_nearest=2)
+    musc, on = run(separation * 0.99)
+    facts = musc.last_pose_facts
+    assert facts["several_looks"] is True and facts["nearest_references"] == 2
+    assert facts["group_separation"] == pytest.approx(separation)
+    nearest = nearest_references(embeddings, chosen, 2)
+    expected = torch.stack([to_finest_grid(bank_scores(s, s[chosen], *config.looks_interval, nearest=nearest), grid) for s in sets]).mean(0)
+    assert torch.allclose(on, calibrate(expected, grid, config), atol=1e-5)
+
+    musc, off = run(separation * 1.01)
+    assert musc.last_pose_facts["several_looks"] is False and "nearest_references" not in musc.last_pose_facts
+    plain = torch.stack([to_finest_grid(bank_scores(s, s[chosen], config.lower, config.upper, self_index=skip), grid) for s in sets]).mean(0)
+    assert torch.equal(off, calibrate(plain, grid, config))
+    before = MuSc(MuScConfig(image_size=64, max_references=5, looks_gate=None)).patch_scores(mixed).patch_scores
+    assert torch.equal(off, before)
+    assert not torch.allclose(on, off, atol=1e-4)

@@ -69,7 +69,7 @@ def test_every_way_of_building_a_config_is_checked():
         (MuScConfig, "false_alarm_rate", 1.0), (MuScConfig, "rotations", 3), (MuScConfig, "self_term", "maybe"),
         (MuScConfig, "self_mix", "max"), (MuScConfig, "self_radius", -1), (MuScConfig, "self_gate", 0.0),
         (MuScConfig, "nearest_images", 0), (MuScConfig, "image_top", 1.0), (MuScConfig, "looks_gate", 1.5),
-        (MuScConfig, "looks_interval", (0.0, 1.5)), (MuScConfig, "image_size", 0),
+        (MuScConfig, "looks_interval", (0.0, 1.5)), (MuScConfig, "looks_groups", 0.0), (MuScConfig, "image_size", 0),
         (CoDeGraphConfig, "tiles", 2), (CoDeGraphConfig, "max_support_fraction", 0.0),
         (CoDeGraphConfig, "burnout_threshold", 0.0), (CoDeGraphConfig, "score_quantile", 1.5),
         (CoDeGraphConfig, "resolution", -1.0), (CoDeGraphConfig, "min_pair_weight", -0.5),

@@ -80,6 +80,20 @@ def test_score_folder_writes_outputs_and_leaves_inputs_alone(tmp_path):
     assert f"{flagged} of 12 parts anomalous" in html and html.count('class="verdict ') == 12
 
 
+@pytest.mark.filterwarnings("ignore:mutual scoring of only")
+def test_a_banked_batch_records_the_groups_decision_in_settings(tmp_path):
+    """On the reference bank settings.json's batch_facts carry the groups statistic and the decision."""
+    folder = tmp_path / "parts"
+    _write_folder(folder)
+    result = score_folder(folder, tmp_path / "out", RunOptions(image_size=64, method_options={"max_references": 4}))
+    facts = json.loads((tmp_path / "out" / "settings.json").read_text())["batch_facts"]
+    assert facts["group_separation"] == pytest.approx(result.extras["group_separation"]) and facts["group_separation"] >= 0.0
+    assert 0.0 <= facts["minor_group"] <= 0.5 and isinstance(facts["several_looks"], bool)
+    threshold = MuScConfig().looks_groups
+    expected = facts["embedding_agreement"] < MuScConfig().looks_gate and facts["group_separation"] >= threshold
+    assert facts["several_looks"] == expected
+
+
 def test_existing_output_is_not_overwritten_without_flag(tmp_path):
     folder = tmp_path / "parts"
     _write_folder(folder, count=6)

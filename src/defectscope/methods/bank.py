@@ -306,26 +306,25 @@ def sampled_patch_scores(detector, images: Sequence[np.ndarray], progress: Progr
     The hook :meth:`MuSc.patch_scores` takes when :func:`use_bank` says so: features are
     computed chunk by chunk (:mod:`defectscope.methods.featurestore`), every image is scored
     against ``max_references`` images drawn with ``reference_seed`` (a sampled image leaves
-    itself out) with the MSM interval [lower, upper), or with ``looks_bank`` the batch's
-    interval (:func:`defectscope.methods.pose.batch_interval`: the several-looks gate on the
-    mean pairwise cosine of all the batch's global embeddings, O(N D)). With ``nearest_images``
-    = m, or ``looks_nearest`` = m when ``looks_bank`` is on and the gate finds several looks,
-    each image is compared with only the m references nearest to it by global embedding
+    itself out) with the MSM interval [lower, upper), or the batch's own interval
+    (:func:`defectscope.methods.pose.bank_looks`: by default ``looks_interval`` when the mean
+    pairwise cosine of all the batch's global embeddings is below ``looks_gate`` *and* they form
+    separated groups, :func:`defectscope.methods.pose.look_groups`; with ``looks_bank`` the
+    cosine alone). With ``nearest_images`` = m, or ``looks_nearest`` = m when that decision finds
+    several looks, each image is compared with only the m references nearest to it by global embedding
     (:func:`nearest_references`; m below the bank size). The "scoring" progress
     counts equal work: one unit is one image compared with one reference in the cheapest
     feature set, the others weighted by :func:`set_cost`.
     """
     from defectscope.methods.featurestore import chunked_feature_sets
-    from defectscope.methods.pose import batch_interval
+    from defectscope.methods.pose import bank_looks
 
     cfg = detector.config
     n = len(images)
     features = chunked_feature_sets(
         detector.backbone, images, cfg.degrees, cfg.batch_size, progress, native_grids=cfg.native_grids, store=cfg.feature_store
     )
-    lower, upper, facts = cfg.lower, cfg.upper, {}
-    if getattr(cfg, "looks_bank", False):
-        lower, upper, facts = batch_interval(cfg, features.embeddings)
+    lower, upper, facts = bank_looks(cfg, features.embeddings)
     chosen = torch.from_numpy(reference_sample(n, cfg.max_references, cfg.reference_seed))
     self_index = self_positions(range(n), chosen.tolist())
     nearest = None

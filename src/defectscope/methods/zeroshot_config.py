@@ -77,14 +77,19 @@ class MuScConfig(MethodConfig):
             0.911 or above (the gate sits half way between). Zero-shot
             batch scoring, exact (and on the reference bank with ``looks_bank``); not Dask,
             ``watch`` or reference mode. None turns it off.
-        looks_bank, looks_nearest: the gate on the reference bank (off by default). With
-            ``looks_bank`` the gate decides the bank's interval as well (agreement of the whole
-            batch), and when it finds several looks each image is compared with only the
-            ``looks_nearest`` references nearest to it by global embedding (its own look; None:
-            the whole bank). On the 2,624 elpv cells it raises image AUROC from 0.64 to the
-            figure in docs/SCALE.md; on all 868 magnetic tiles (45 % defective, scored on the
-            bank) it lowers it, so it is not the default (docs/SCALE.md).
-            ``nearest_images``, when set, takes precedence over ``looks_nearest``.
+        looks_groups, looks_bank, looks_nearest: several looks on the reference bank (batches
+            above 2 max_references + 1 images). By default the bank is scored with
+            ``looks_interval``, each image against only the ``looks_nearest`` references nearest
+            to it by global embedding (its own look; None: the whole bank), when the gate's
+            agreement is below ``looks_gate`` *and* the embeddings form separated groups: the
+            separation of their best 2-way split (:func:`defectscope.methods.pose.look_groups`,
+            in pooled standard deviations) is at least ``looks_groups`` (5.5, chosen on the
+            dev data: the 2,624 elpv cells, mono and poly, 6.2; all 868 magnetic tiles, one
+            wide spread, 3.5; every shared batch 5.0 or less but one mixed-looks batch, 9.2;
+            docs/SCALE.md). None: the bank keeps [lower, upper). ``looks_bank`` = true takes the
+            gate alone (the agreement, as in exact scoring), which also fires on the magnetic
+            tiles and lowers them. ``nearest_images``, when set, takes precedence over
+            ``looks_nearest``.
         rotations, self_term, self_mix, self_radius, self_gate, nearest_images, image_top: the
             pose-robust options of :mod:`defectscope.methods.pose` (off by default; zero-shot
             batch scoring only, docs/POSE.md).
@@ -123,6 +128,7 @@ class MuScConfig(MethodConfig):
     looks_gate: float | None = setting(0.89, above=0.0, at_most=1.0, note="a cosine; none: off")
     looks_interval: tuple[float, float] = setting((0.0, 0.3), at_least=0.0, at_most=1.0)
     looks_bank: bool = False
+    looks_groups: float | None = setting(5.5, above=0.0, note="pooled standard deviations; none: off")
     looks_nearest: int | None = setting(20, at_least=1, note="references; none: all of the bank")
 
     def check(self) -> None:
@@ -169,6 +175,8 @@ class CoDeGraphConfig(MuScConfig):
 
     looks_gate: float | None = None
     """MuSc's several-looks gate is not part of CoDeGraph (it keeps the interval above)."""
+    looks_groups: float | None = None
+    """Nor is the bank's groups rule."""
     tiles: int = setting(1, choices=(1,), note="CoDeGraph scores whole images only")
 
     max_support_fraction: float = setting(0.5, above=0.0, at_most=1.0)
