@@ -130,3 +130,67 @@ def mixed_categories(categories: list[Category], seed: int = 0) -> list[Category
     """The mixed-looks batches of :data:`MIXES` whose two categories are in ``categories``."""
     by_name = {c.name: c for c in categories}
     return [mixed_category(by_name[a], by_name[b], seed) for a, b in MIXES if a in by_name and b in by_name]
+
+
+# --- the small-part proxy (docs/PARTCROP.md) -------------------------------------------------
+SMALL_SIDE = (0.30, 0.45)
+"""The part's side as a share of the image side (drawn uniformly per image)."""
+
+
+def border_colour(image: np.ndarray, width: int | None = None) -> np.ndarray:
+    """The median colour of the image's outer band (``width`` pixels; default 2 % of the side)."""
+    height, wide = image.shape[:2]
+    band = width or max(2, round(0.02 * min(height, wide)))
+    pixels = np.concatenate([
+        image[:band].reshape(-1, *image.shape[2:]), image[-band:].reshape(-1, *image.shape[2:]),
+        image[:, :band].reshape(-1, *image.shape[2:]), image[:, -band:].reshape(-1, *image.shape[2:]),
+    ])
+    return np.median(pixels, axis=0).round().astype(np.uint8)
+
+
+def draw_small(rng: np.random.Generator) -> tuple[float, float, tuple[float, float]]:
+    """(side share, angle in degrees, (x, y) position of the turned part's top-left corner as a
+    share of the free room)."""
+    side = float(rng.uniform(*SMALL_SIDE))
+    angle = float(rng.uniform(0.0, 360.0))
+    return side, angle, (float(rng.uniform()), float(rng.uniform()))
+
+
+def place_small(array: np.ndarray, side: float, angle: float, where: tuple[float, float], fill, nearest: bool = False) -> np.ndarray:
+    """``array`` (H, W[, C]) shrunk to ``side`` of its size, turned by ``angle`` degrees and put
+    on a canvas of its own size filled with ``fill``; ``where`` places it inside the free room,
+    so the turned part never leaves the canvas."""
+    height, width = array.shape[:2]
+    image = Image.fromarray(array)
+    small = (max(2, round(side * width)), max(2, round(side * height)))
+    resample = Image.NEAREST if nearest else Image.BILINEAR
+    shrunk = image.resize(small, Image.NEAREST if nearest else Image.LANCZOS)
+    fill_value = tuple(int(v) for v in np.atleast_1d(fill)) if array.ndim == 3 else int(np.atleast_1d(fill)[0])
+    turned = shrunk.rotate(angle, resample=resample, expand=True, fillcolor=fill_value)
+    canvas = Image.new(image.mode, (width, height), fill_value)
+    left = int(where[0] * max(0, width - turned.width))
+    top = int(where[1] * max(0, height - turned.height))
+    canvas.paste(turned, (left, top))
+    return np.asarray(canvas)
+
+
+def small_category(category: Category, seed: int = 0, cache: Path = CACHE) -> Category:
+    """The category's test images as small parts: each (seeded per image) shrunk to 30-45 % of
+    its side, turned by any angle and placed at a random position on a canvas of its own size
+    filled with its own border colour (no corner that differs from the background); masks alike
+    (nearest neighbour, 0/255). Files written once under ``cache``."""
+    folder = cache / f"small-seed{seed}" / category.name
+    samples = []
+    for index, sample in enumerate(category.test):
+        side, angle, where = draw_small(np.random.default_rng(_seed(seed, "small:" + category.name, index)))
+        image_path = folder / "images" / f"{index:04d}.png"
+        mask_path = folder / "masks" / f"{index:04d}.png" if sample.mask_path is not None else None
+        if not image_path.exists():
+            image = np.asarray(Image.open(sample.path).convert("RGB"))
+            _write_png(place_small(image, side, angle, where, border_colour(image)), image_path)
+        if mask_path is not None and not mask_path.exists():
+            mask = (np.asarray(Image.open(sample.mask_path).convert("L")) > 127).astype(np.uint8) * 255
+            placed = place_small(mask, side, angle, where, 0, nearest=True)
+            _write_png(np.where(placed > 127, 255, 0).astype(np.uint8), mask_path)
+        samples.append(Sample(image_path, sample.label, mask_path, sample.defect_type))
+    return Category(category.name, folder, category.layout, [], samples, category.has_masks)
