@@ -190,3 +190,21 @@ def test_codegraph_takes_the_crop_too(backbone96):
     images, _ = small_parts(count=6)
     result = CoDeGraph(CoDeGraphConfig(image_size=96), backbone=backbone96).predict(images)
     assert result.extras["part_crop"]["cropped"] and "communities" in result.extras
+
+
+@pytest.mark.parametrize("folder", ["mvtec_bottle", "hazelnut_toy", "paper_impurities/pa_gla01_tl"])
+def test_auto_stays_off_on_the_shared_parts_and_a_paper_type(shared_datasets, folder):
+    from defectscope.data import mvtec_category
+    from defectscope.data.io import read_image
+
+    category = mvtec_category(shared_datasets / folder)
+    images = [read_image(s.path) for s in category.test[::3]]
+    plan = partcrop.plan_batch(images, "auto")
+    assert not plan.active, plan.facts
+
+
+def test_the_reference_bank_path_takes_the_crop_too(backbone96):
+    images, _ = small_parts(count=8, size=480, part=100, defect=2)
+    result = MuSc(MuScConfig(image_size=96, max_references=2), backbone=backbone96).predict(images)
+    side = result.extras["part_crop"]["side"]
+    assert result.extras["part_crop"]["cropped"] and result.anomaly_maps.shape == (8, round(480 * 96 / side), round(480 * 96 / side))
