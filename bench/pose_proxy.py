@@ -135,6 +135,11 @@ def mixed_categories(categories: list[Category], seed: int = 0) -> list[Category
 # --- the small-part proxy (docs/PARTCROP.md) -------------------------------------------------
 SMALL_SIDE = (0.30, 0.45)
 """The part's side as a share of the image side (drawn uniformly per image)."""
+SMALL_NOISE = 2.0
+"""Sensor noise added to the placed image (standard deviation, grey levels) ..."""
+SMALL_GRADIENT = 4.0
+"""... and a linear illumination gradient of this many grey levels from edge to edge, in a
+random direction, so that the canvas is plain but not perfectly flat."""
 
 
 def border_colour(image: np.ndarray, width: int | None = None) -> np.ndarray:
@@ -177,8 +182,9 @@ def place_small(array: np.ndarray, side: float, angle: float, where: tuple[float
 def small_category(category: Category, seed: int = 0, cache: Path = CACHE) -> Category:
     """The category's test images as small parts: each (seeded per image) shrunk to 30-45 % of
     its side, turned by any angle and placed at a random position on a canvas of its own size
-    filled with its own border colour (no corner that differs from the background); masks alike
-    (nearest neighbour, 0/255). Files written once under ``cache``."""
+    filled with its own border colour (no corner that differs from the background), then a faint
+    illumination gradient and sensor noise over the whole image; masks placed alike (nearest
+    neighbour, 0/255). Files written once under ``cache``."""
     folder = cache / f"small-seed{seed}" / category.name
     samples = []
     for index, sample in enumerate(category.test):
@@ -187,7 +193,14 @@ def small_category(category: Category, seed: int = 0, cache: Path = CACHE) -> Ca
         mask_path = folder / "masks" / f"{index:04d}.png" if sample.mask_path is not None else None
         if not image_path.exists():
             image = np.asarray(Image.open(sample.path).convert("RGB"))
-            _write_png(place_small(image, side, angle, where, border_colour(image)), image_path)
+            placed = place_small(image, side, angle, where, border_colour(image)).astype(np.float64)
+            light = np.random.default_rng(_seed(seed, "small-light:" + category.name, index))
+            height, width = placed.shape[:2]
+            direction = light.uniform(0.0, 2.0 * math.pi)
+            yy, xx = np.mgrid[:height, :width]
+            ramp = (math.cos(direction) * (xx / max(1, width - 1) - 0.5) + math.sin(direction) * (yy / max(1, height - 1) - 0.5))
+            placed += SMALL_GRADIENT * ramp[..., None] + light.normal(0.0, SMALL_NOISE, placed.shape)
+            _write_png(np.clip(np.round(placed), 0, 255).astype(np.uint8), image_path)
         if mask_path is not None and not mask_path.exists():
             mask = (np.asarray(Image.open(sample.mask_path).convert("L")) > 127).astype(np.uint8) * 255
             placed = place_small(mask, side, angle, where, 0, nearest=True)

@@ -30,7 +30,8 @@ import numpy as np
 
 PART_CROPS = ("auto", "off", "on")
 THUMBNAIL = 192
-"""Longest side of the thumbnail the background and the part are found on (pixels)."""
+"""The thumbnail the background and the part are found on: box averages of k x k pixels, k the
+largest integer that keeps its longest side at or above this (pixels)."""
 BAND = 0.03
 """Width of the outer band, a share of the thumbnail's short side."""
 PLAIN_NOISE = 0.06
@@ -84,13 +85,12 @@ def _thumbnail(image: np.ndarray) -> tuple[np.ndarray, float]:
     if array.dtype != np.uint8:
         array = np.clip(array, 0, 255).astype(np.uint8)
     height, width = array.shape[:2]
-    scale = min(1.0, THUMBNAIL / max(height, width))
-    if scale < 1.0:
-        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    factor = max(1, max(height, width) // THUMBNAIL)  # box averages of factor x factor pixels
+    if factor > 1:
         if array.shape[2] == 1:
-            small = np.asarray(Image.fromarray(array[..., 0]).resize(size, Image.BOX))[..., None]
+            small = np.asarray(Image.fromarray(array[..., 0]).reduce(factor))[..., None]
         else:
-            small = np.asarray(Image.fromarray(array).resize(size, Image.BOX))
+            small = np.asarray(Image.fromarray(array).reduce(factor))
     else:
         small = array
     return small.astype(np.float32) / 255.0, small.shape[0] / height
@@ -127,7 +127,8 @@ def find_part(image: np.ndarray) -> PartFacts:
     ring = np.zeros((height, width), dtype=bool)
     ring[:band], ring[-band:], ring[:, :band], ring[:, -band:] = True, True, True, True
     background = np.median(thumb[ring], axis=0)
-    distance = np.abs(thumb - background).max(axis=2)
+    difference = np.abs(thumb - background)
+    distance = np.maximum(np.maximum(difference[..., 0], difference[..., 1]), difference[..., 2])
     noise = float(np.quantile(distance[ring], 0.95))
     plain = noise <= PLAIN_NOISE
     threshold = max(otsu(distance), MIN_CONTRAST, 2.0 * noise)
