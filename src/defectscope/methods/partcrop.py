@@ -11,8 +11,9 @@ size and small defects shrink below a patch. :func:`plan_batch` looks at the bat
 3. one square side for the whole batch (a high quantile of the parts' extents plus a margin on
    each side), so that every crop shows the part at the same scale;
 4. ``part_crop="auto"`` crops only when most images have a plain band, a part, and a part box
-   under half of the image, and the square is clearly smaller than the image; "on" crops
-   whenever parts are found; "off" never looks.
+   under :data:`MAX_PART_AREA` of the image, the parts agree in size, and the square is clearly
+   smaller than the image (:data:`MAX_SIDE`); "on" crops whenever parts are found; "off" never
+   looks. The thresholds were chosen on the shared dev batches and the small-part proxy.
 
 :meth:`CropPlan.crop` cuts each image to its square around its part (shifted to stay inside
 the image); the detector scores the crops as a batch; :meth:`CropPlan.paste` puts each map back
