@@ -130,3 +130,80 @@ def mixed_categories(categories: list[Category], seed: int = 0) -> list[Category
     """The mixed-looks batches of :data:`MIXES` whose two categories are in ``categories``."""
     by_name = {c.name: c for c in categories}
     return [mixed_category(by_name[a], by_name[b], seed) for a, b in MIXES if a in by_name and b in by_name]
+
+
+# --- the small-part proxy (docs/PARTCROP.md) -------------------------------------------------
+SMALL_SIDE = (0.30, 0.45)
+"""The part's side as a share of the image side (drawn uniformly per image)."""
+SMALL_NOISE = 2.0
+"""Sensor noise added to the placed image (standard deviation, grey levels) ..."""
+SMALL_GRADIENT = 4.0
+"""... and a linear illumination gradient of this many grey levels from edge to edge, in a
+random direction, so that the canvas is plain but not perfectly flat."""
+
+
+def border_colour(image: np.ndarray, width: int | None = None) -> np.ndarray:
+    """The median colour of the image's outer band (``width`` pixels; default 2 % of the side)."""
+    height, wide = image.shape[:2]
+    band = width or max(2, round(0.02 * min(height, wide)))
+    pixels = np.concatenate([
+        image[:band].reshape(-1, *image.shape[2:]), image[-band:].reshape(-1, *image.shape[2:]),
+        image[:, :band].reshape(-1, *image.shape[2:]), image[:, -band:].reshape(-1, *image.shape[2:]),
+    ])
+    return np.median(pixels, axis=0).round().astype(np.uint8)
+
+
+def draw_small(rng: np.random.Generator) -> tuple[float, float, tuple[float, float]]:
+    """(side share, angle in degrees, (x, y) position of the turned part's top-left corner as a
+    share of the free room)."""
+    side = float(rng.uniform(*SMALL_SIDE))
+    angle = float(rng.uniform(0.0, 360.0))
+    return side, angle, (float(rng.uniform()), float(rng.uniform()))
+
+
+def place_small(array: np.ndarray, side: float, angle: float, where: tuple[float, float], fill, nearest: bool = False) -> np.ndarray:
+    """``array`` (H, W[, C]) shrunk to ``side`` of its size, turned by ``angle`` degrees and put
+    on a canvas of its own size filled with ``fill``; ``where`` places it inside the free room,
+    so the turned part never leaves the canvas."""
+    height, width = array.shape[:2]
+    image = Image.fromarray(array)
+    small = (max(2, round(side * width)), max(2, round(side * height)))
+    resample = Image.NEAREST if nearest else Image.BILINEAR
+    shrunk = image.resize(small, Image.NEAREST if nearest else Image.LANCZOS)
+    fill_value = tuple(int(v) for v in np.atleast_1d(fill)) if array.ndim == 3 else int(np.atleast_1d(fill)[0])
+    turned = shrunk.rotate(angle, resample=resample, expand=True, fillcolor=fill_value)
+    canvas = Image.new(image.mode, (width, height), fill_value)
+    left = int(where[0] * max(0, width - turned.width))
+    top = int(where[1] * max(0, height - turned.height))
+    canvas.paste(turned, (left, top))
+    return np.asarray(canvas)
+
+
+def small_category(category: Category, seed: int = 0, cache: Path = CACHE) -> Category:
+    """The category's test images as small parts: each (seeded per image) shrunk to 30-45 % of
+    its side, turned by any angle and placed at a random position on a canvas of its own size
+    filled with its own border colour (no corner that differs from the background), then a faint
+    illumination gradient and sensor noise over the whole image; masks placed alike (nearest
+    neighbour, 0/255). Files written once under ``cache``."""
+    folder = cache / f"small-seed{seed}" / category.name
+    samples = []
+    for index, sample in enumerate(category.test):
+        side, angle, where = draw_small(np.random.default_rng(_seed(seed, "small:" + category.name, index)))
+        image_path = folder / "images" / f"{index:04d}.png"
+        mask_path = folder / "masks" / f"{index:04d}.png" if sample.mask_path is not None else None
+        if not image_path.exists():
+            image = np.asarray(Image.open(sample.path).convert("RGB"))
+            placed = place_small(image, side, angle, where, border_colour(image)).astype(np.float64)
+            light = np.random.default_rng(_seed(seed, "small-light:" + category.name, index))
+            height, width = placed.shape[:2]
+            direction = light.uniform(0.0, 2.0 * math.pi)
+            yy, xx = np.mgrid[:height, :width]
+            ramp = (math.cos(direction) * (xx / max(1, width - 1) - 0.5) + math.sin(direction) * (yy / max(1, height - 1) - 0.5))
+            placed += SMALL_GRADIENT * ramp[..., None] + light.normal(0.0, SMALL_NOISE, placed.shape)
+            _write_png(np.clip(np.round(placed), 0, 255).astype(np.uint8), image_path)
+        if mask_path is not None and not mask_path.exists():
+            mask = (np.asarray(Image.open(sample.mask_path).convert("L")) > 127).astype(np.uint8) * 255
+            placed = place_small(mask, side, angle, where, 0, nearest=True)
+            _write_png(np.where(placed > 127, 255, 0).astype(np.uint8), mask_path)
+        samples.append(Sample(image_path, sample.label, mask_path, sample.defect_type))
+    return Category(category.name, folder, category.layout, [], samples, category.has_masks)

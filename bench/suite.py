@@ -24,6 +24,12 @@ on a loaded machine). Rows: every category, the mean over all, the mean over the
 ``--pose``: the pose-and-look *proxy* (bench/pose_proxy.py, docs/POSE.md): the categories and two
 mixed-looks batches, untransformed and with a seeded rotation, scale and shift per image, both
 tables and a side-by-side one (``--pose-only`` skips the untransformed run).
+
+``--small``: the small-part *proxy* (bench/pose_proxy.py, docs/PARTCROP.md): bottle and
+hazelnut_toy, each test image shrunk to 30-45 % of its side, turned by any angle and placed at a
+random position on its own plain background; only that table.
+
+    python bench/suite.py --small --threads 1 --param part_crop=off
 """
 
 from __future__ import annotations
@@ -184,6 +190,7 @@ def main() -> None:
     parser.add_argument("--pose", action="store_true", help="also run the pose-and-look proxy (docs/POSE.md)")
     parser.add_argument("--pose-only", action="store_true", help="run only the pose-and-look proxy")
     parser.add_argument("--pose-seed", type=int, default=0)
+    parser.add_argument("--small", action="store_true", help="run only the small-part proxy (docs/PARTCROP.md)")
     args = parser.parse_args()
     params = {}
     for item in args.param:
@@ -198,6 +205,15 @@ def main() -> None:
     if args.only:
         categories = [c for c in categories if any(c.name.startswith(prefix) for prefix in args.only)]
     described = {"method": args.method, "backbone": args.backbone, "image_size": args.image_size, "params": args.param}
+    if args.small:
+        from pose_proxy import EDGE_PADDED, small_category
+
+        small = [small_category(c, args.pose_seed) for c in categories if c.name in EDGE_PADDED]
+        rows = with_means(run_suite(options, small))
+        print("small-part proxy:\n" + markdown(rows))
+        if args.json is not None:
+            write_json(args.json, {"options": {**described, "small": True, "pose_seed": args.pose_seed}, "rows": rows})
+        return
     if not (args.pose or args.pose_only):
         rows = with_means(run_suite(options, categories))
         print(markdown(rows))

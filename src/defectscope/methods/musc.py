@@ -28,7 +28,7 @@ from defectscope.backbones._common import input_shape as aspect_input_shape
 from defectscope.device import resolve_device
 from defectscope.errors import ConfigError
 from defectscope.memory import estimate_bytes
-from defectscope.methods import pose
+from defectscope.methods import partcrop, pose
 from defectscope.methods.bank import reference_scores, sampled_patch_scores, use_bank
 from defectscope.methods.distributed import dask_patch_scores
 from defectscope.methods.features import extract_in_batches
@@ -274,7 +274,20 @@ class MuSc(Detector):
         mode (after :meth:`calibrate`) against the good images, image score = max of map."""
         if self.reference is not None:
             return self.predict_against_reference(images, paths, progress)
-        return self.score_batch(images, paths, progress)
+        return self.score_cropped(images, paths, progress)
+
+    def score_cropped(self, images: Sequence[np.ndarray], paths: Sequence[str] | None, progress: ProgressCallback | None) -> Result:
+        """:meth:`score_batch` behind ``part_crop`` (:mod:`defectscope.methods.partcrop`): when the
+        batch asks for it, the crops around each part are scored and the maps pasted back into
+        the full images' frame; the decision goes to ``extras["part_crop"]`` and ``batch_facts``."""
+        plan = partcrop.plan_batch(images, self.config.part_crop)
+        if not plan.active:
+            result = self.score_batch(images, paths, progress)
+            if self.config.part_crop != "off":
+                result.extras["part_crop"] = plan.facts
+                result.extras["batch_facts"] = {**result.extras.get("batch_facts", {}), "part_crop": plan.facts}
+            return result
+        return plan.paste(self.score_batch(plan.crop(images), paths, progress), tuple(np.asarray(images[0]).shape[:2]))
 
     def score_batch(self, images: Sequence[np.ndarray], paths: Sequence[str] | None, progress: ProgressCallback | None) -> Result:
         """Zero-shot scoring of the batch by itself (:meth:`predict` without good images)."""

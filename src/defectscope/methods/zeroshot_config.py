@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from defectscope.backbones._common import BORDERS
 from defectscope.device import resolve_device
 from defectscope.methods.config import DEFAULT_FALSE_ALARM_RATE, FALSE_ALARM_RATE, MethodConfig, setting, to_text
+from defectscope.methods.partcrop import PART_CROPS
 from defectscope.methods.pose import ROTATION_COUNTS, SELF_MIXES, SELF_TERMS
 
 
@@ -93,6 +94,11 @@ class MuScConfig(MethodConfig):
         rotations, self_term, self_mix, self_radius, self_gate, nearest_images, image_top: the
             pose-robust options of :mod:`defectscope.methods.pose` (off by default; zero-shot
             batch scoring only, docs/POSE.md).
+        part_crop: crop every image of the batch to a square around its part
+            (:mod:`defectscope.methods.partcrop`, docs/PARTCROP.md): "auto" decides from the
+            batch (a plain background and a small part in most images), "on" crops whenever
+            parts are found, "off" never. Maps come back in the full image's frame. Zero-shot
+            batch scoring (exact, bank, Dask); not reference mode or ``watch``.
     """
 
     backbone: str = "efficientnet-lite0"
@@ -130,6 +136,7 @@ class MuScConfig(MethodConfig):
     looks_bank: bool = False
     looks_groups: float | None = setting(5.5, above=0.0, note="pooled standard deviations; none: off")
     looks_nearest: int | None = setting(20, at_least=1, note="references; none: all of the bank")
+    part_crop: str = setting("auto", choices=PART_CROPS)
 
     def check(self) -> None:
         if not self.lower < self.upper:

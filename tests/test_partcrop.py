@@ -1,0 +1,210 @@
+"""Crop to the part (defectscope.methods.partcrop): the part's box, the batch's decision, maps
+pasted back into the full image's frame, and the fallbacks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from defectscope.methods import partcrop
+from defectscope.methods.base import Result
+from defectscope.methods.codegraph import CoDeGraph, CoDeGraphConfig
+from defectscope.methods.musc import MuSc, MuScConfig
+
+pytestmark = [pytest.mark.filterwarnings("ignore:mutual scoring of only"), pytest.mark.filterwarnings("ignore:CoDeGraph of only")]
+
+BACKGROUND = (90, 110, 130)
+
+
+def small_parts(count: int = 10, size: int = 240, part: int = 48, seed: int = 0, defect: int | None = None):
+    """Plain background, one bright textured square part per image at a random place; the
+    part's true box (top, bottom, left, right) per image. ``defect``: that image's part gets a
+    dark spot."""
+    rng = np.random.default_rng(seed)
+    images, boxes = [], []
+    for index in range(count):
+        image = np.empty((size, size, 3), dtype=np.uint8)
+        image[:] = BACKGROUND
+        top, left = (int(v) for v in rng.integers(0, size - part, 2))
+        stripes = 200 + 40 * (np.arange(part) // 4 % 2)
+        image[top:top + part, left:left + part] = np.stack([stripes[None, :].repeat(part, 0)] * 3, axis=-1)
+        if index == defect:
+            image[top + part // 2 - 3:top + part // 2 + 3, left + part // 2 - 3:left + part // 2 + 3] = 20
+        images.append(image)
+        boxes.append((top, top + part, left, left + part))
+    return images, boxes
+
+
+def texture(count: int = 6, size: int = 160, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    return [(rng.random((size, size, 3)) * 255).astype(np.uint8) for _ in range(count)]
+
+
+def full_frame(count: int = 6, size: int = 160):
+    """A bright disc filling most of a plain frame."""
+    yy, xx = np.mgrid[:size, :size]
+    images = []
+    for k in range(count):
+        image = np.full((size, size, 3), 40, dtype=np.uint8)
+        image[(yy - size / 2 - k) ** 2 + (xx - size / 2) ** 2 < (0.46 * size) ** 2] = 220
+        images.append(image)
+    return images
+
+
+def test_the_part_box_is_found_wherever_the_part_lies():
+    images, boxes = small_parts()
+    for image, (top, bottom, left, right) in zip(images, boxes):
+        facts = partcrop.find_part(image)
+        assert facts.plain
+        assert facts.box is not None
+        # the found box holds the part and is at most a thumbnail pixel or two larger
+        assert facts.box[0] <= top and facts.box[1] >= bottom and facts.box[2] <= left and facts.box[3] >= right
+        assert facts.box[0] >= top - 3 and facts.box[1] <= bottom + 3 and facts.box[2] >= left - 3 and facts.box[3] <= right + 3
+        assert np.allclose(facts.background, np.array(BACKGROUND) / 255.0, atol=1e-3)
+
+
+def test_otsu_splits_two_groups():
+    values = np.concatenate([np.full(100, 0.1), np.full(30, 0.8)])
+    assert 0.1 < partcrop.otsu(values) <= 0.8
+
+
+def test_auto_crops_small_parts_to_one_square_side_around_each_part():
+    images, boxes = small_parts()
+    plan = partcrop.plan_batch(images, "auto")
+    assert plan.active and plan.facts["cropped"]
+    side = plan.facts["side"]
+    assert 48 <= side <= 48 * 1.2 + 8  # the extent plus the margin, far below the image
+    crops = plan.crop(images)
+    for crop, (top, left, square), (b_top, b_bottom, b_left, b_right) in zip(crops, plan.squares, boxes):
+        assert crop.shape == (side, side, 3) and square == side
+        assert top <= b_top and top + side >= b_bottom and left <= b_left and left + side >= b_right
+        assert 0 <= top and top + side <= 240 and 0 <= left and left + side <= 240
+
+
+def test_maps_come_back_in_the_full_frame():
+    images, boxes = small_parts()
+    plan = partcrop.plan_batch(images, "auto")
+    side = plan.facts["side"]
+    n, m = len(images), 32
+    # crop maps (at m x m) with a hot spot at the crop's centre, different minimum per image
+    maps = np.zeros((n, m, m), dtype=np.float32)
+    for k in range(n):
+        maps[k] += 0.1 * k
+        maps[k, m // 2, m // 2] = 5.0
+    result = Result(paths=[f"i{k}" for k in range(n)], image_scores=np.zeros(n), anomaly_maps=maps,
+                    masks=maps > 1.0, extras={"batch_facts": {"interval": [0.5, 1.0]}})
+    pasted = plan.paste(result, (240, 240))
+    scale = m / side
+    frame = round(240 * scale)
+    assert pasted.anomaly_maps.shape == (n, frame, frame) and pasted.masks.shape == (n, frame, frame)
+    for k, (top, left, _) in enumerate(plan.squares):
+        full = pasted.anomaly_maps[k]
+        y, x = np.unravel_index(int(np.argmax(full)), full.shape)
+        # the hot spot sits at the square's centre in the full image's coordinates
+        assert abs(y / scale - (top + side / 2)) <= 2 / scale and abs(x / scale - (left + side / 2)) <= 2 / scale
+        assert full.min() == pytest.approx(0.1 * k) and full.max() == 5.0
+        assert pasted.masks[k].sum() == 1 and pasted.masks[k, y, x]
+    assert pasted.extras["batch_facts"]["interval"] == [0.5, 1.0]
+    assert pasted.extras["batch_facts"]["part_crop"]["cropped"] is True
+
+
+def test_outside_the_crop_the_map_takes_its_minimum():
+    images, _ = small_parts(count=4)
+    plan = partcrop.plan_batch(images, "on")
+    maps = np.random.default_rng(0).random((4, 16, 16)).astype(np.float32) + 1.0
+    pasted = plan.paste(Result(paths=list("abcd"), image_scores=np.zeros(4), anomaly_maps=maps), (240, 240))
+    for k, (top, left, side) in enumerate(plan.squares):
+        scale = 16 / side
+        inside = np.zeros(pasted.anomaly_maps.shape[1:], dtype=bool)
+        inside[round(top * scale):round(top * scale) + 16, round(left * scale):round(left * scale) + 16] = True
+        assert np.all(pasted.anomaly_maps[k][~inside] == maps[k].min())
+        assert np.array_equal(np.sort(pasted.anomaly_maps[k][inside]), np.sort(maps[k].ravel()))
+
+
+def test_auto_stays_off_on_a_texture_and_on_a_full_frame_part():
+    plan = partcrop.plan_batch(texture(), "auto")
+    assert not plan.active and "plain background" in plan.facts["reason"]
+    plan = partcrop.plan_batch(full_frame(), "auto")
+    assert not plan.active and plan.facts["plain_share"] == 1.0 and "short side" in plan.facts["reason"]
+
+
+def test_off_never_looks():
+    images, _ = small_parts(count=3)
+    plan = partcrop.plan_batch(images, "off")
+    assert not plan.active and plan.facts == {"mode": "off", "cropped": False, "reason": "part_crop=off"}
+
+
+def test_an_all_plain_batch_falls_back_to_the_whole_image():
+    plain = [np.full((120, 120, 3), 128, dtype=np.uint8) for _ in range(4)]
+    assert partcrop.find_part(plain[0]).box is None
+    for mode in ("auto", "on"):
+        plan = partcrop.plan_batch(plain, mode)
+        assert not plan.active and plan.facts["cropped"] is False and "part" in plan.facts["reason"]
+
+
+def test_an_image_without_a_part_is_scored_on_its_centred_square_and_named():
+    images, _ = small_parts(count=9)
+    images.append(np.full_like(images[0], 100))
+    plan = partcrop.plan_batch(images, "auto")
+    assert plan.active and plan.facts["no_part"] == [9]
+    assert plan.squares[9] == (0, 0, 240)
+
+
+@pytest.fixture(scope="module")
+def backbone96():
+    return MuSc(MuScConfig(image_size=96)).backbone
+
+
+def test_musc_scores_the_crops_and_reports_the_decision(backbone96):
+    images, _ = small_parts(count=8, size=480, part=100, defect=3)
+    result = MuSc(MuScConfig(image_size=96), backbone=backbone96).predict(images)
+    facts = result.extras["part_crop"]
+    assert facts["cropped"] and result.extras["batch_facts"]["part_crop"] == facts
+    side = facts["side"]
+    assert side > 96  # the crops' maps (96 px) are pasted at their own resolution
+    frame = round(480 * 96 / side)
+    assert result.anomaly_maps.shape == (8, frame, frame) and result.masks.shape == (8, frame, frame)
+    assert int(np.argmax(result.image_scores)) == 3
+    # inside each square the map is the crops' own map, scored as a batch of crops
+    plan = partcrop.plan_batch(images, "auto")
+    crops = MuSc(MuScConfig(image_size=96, part_crop="off"), backbone=backbone96).predict(plan.crop(images))
+    assert np.array_equal(result.image_scores, crops.image_scores)
+    scale = 96 / side
+    for k, (top, left, _) in enumerate(plan.squares):
+        y, x = min(round(top * scale), frame - 96), min(round(left * scale), frame - 96)
+        assert np.allclose(result.anomaly_maps[k, y:y + 96, x:x + 96], crops.anomaly_maps[k], atol=1e-6)
+    off = MuSc(MuScConfig(image_size=96, part_crop="off"), backbone=backbone96).predict(images)
+    assert off.anomaly_maps.shape == (8, 96, 96) and "part_crop" not in off.extras
+    assert result.settings["part_crop"] == "auto"
+
+
+def test_auto_off_leaves_the_scores_identical(backbone96):
+    images = texture(count=5, size=96)
+    auto = MuSc(MuScConfig(image_size=96), backbone=backbone96).predict(images)
+    off = MuSc(MuScConfig(image_size=96, part_crop="off"), backbone=backbone96).predict(images)
+    assert auto.extras["part_crop"]["cropped"] is False
+    assert np.array_equal(auto.image_scores, off.image_scores) and np.array_equal(auto.anomaly_maps, off.anomaly_maps)
+
+
+def test_codegraph_takes_the_crop_too(backbone96):
+    images, _ = small_parts(count=6)
+    result = CoDeGraph(CoDeGraphConfig(image_size=96), backbone=backbone96).predict(images)
+    assert result.extras["part_crop"]["cropped"] and "communities" in result.extras
+
+
+@pytest.mark.parametrize("folder", ["mvtec_bottle", "hazelnut_toy", "paper_impurities/pa_gla01_tl"])
+def test_auto_stays_off_on_the_shared_parts_and_a_paper_type(shared_datasets, folder):
+    from defectscope.data import mvtec_category
+    from defectscope.data.io import read_image
+
+    category = mvtec_category(shared_datasets / folder)
+    images = [read_image(s.path) for s in category.test[::3]]
+    plan = partcrop.plan_batch(images, "auto")
+    assert not plan.active, plan.facts
+
+
+def test_the_reference_bank_path_takes_the_crop_too(backbone96):
+    images, _ = small_parts(count=8, size=480, part=100, defect=2)
+    result = MuSc(MuScConfig(image_size=96, max_references=2), backbone=backbone96).predict(images)
+    side = result.extras["part_crop"]["side"]
+    assert result.extras["part_crop"]["cropped"] and result.anomaly_maps.shape == (8, round(480 * 96 / side), round(480 * 96 / side))
