@@ -324,3 +324,15 @@ def test_dask_takes_the_crop(backbone96):
     assert got.extras["part_crop"]["cropped"] and got.anomaly_maps.shape == local.anomaly_maps.shape
     assert np.allclose(got.anomaly_maps, local.anomaly_maps, atol=1e-5)
     assert np.abs(got.image_scores - local.image_scores).max() < 1e-5
+
+
+def test_a_good_set_of_mixed_sizes_still_crops(backbone96):
+    # hazelnut_toy's train/good holds one 512 x 522 image among 512 x 512 ones: the good images
+    # are never pasted, so their sizes need not agree (the batch path refuses mixed sizes)
+    good, new = _good_and_new()
+    good[3] = np.concatenate([good[3], np.broadcast_to(good[3][-1:], (10, 480, 3))], axis=0)
+    assert not partcrop.plan_batch(good, "auto").active
+    plan = partcrop.plan_batch(good, "auto", one_size=False)
+    assert plan.active and plan.squares[3][2] == plan.side
+    result = MuSc(MuScConfig(image_size=96), backbone=backbone96).calibrate(good, 0.2).predict(new)
+    assert result.extras["part_crop"]["cropped"] and int(np.argmax(result.image_scores)) == 1

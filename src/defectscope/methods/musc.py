@@ -281,8 +281,9 @@ class MuSc(Detector):
     def crop_good(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Reference mode's ``part_crop``: the plan made on the good ``images`` (the decision and
         the square's side), kept for the images scored against them; the good images cut to
-        it (as they are when it does not crop)."""
-        self.reference_crop = partcrop.plan_batch(images, self.config.part_crop)
+        it (as they are when it does not crop). The good images may differ in size (they are
+        never pasted): the side scales with each image's short side."""
+        self.reference_crop = partcrop.plan_batch(images, self.config.part_crop, one_size=False)
         return self.reference_crop.crop(images) if self.reference_crop.active else list(images)
 
     def reference_cropped(self, images: Sequence[np.ndarray], paths: Sequence[str] | None, progress: ProgressCallback | None) -> Result:

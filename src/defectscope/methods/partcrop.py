@@ -256,8 +256,12 @@ def _square(box: tuple[int, int, int, int], side: int, shape: tuple[int, int]) -
     return top, left, side
 
 
-def plan_batch(images: Sequence[np.ndarray], mode: str = "auto") -> CropPlan:
-    """Decide from the batch whether (auto), and where, to crop every image to its part."""
+def plan_batch(images: Sequence[np.ndarray], mode: str = "auto", *, one_size: bool = True) -> CropPlan:
+    """Decide from the batch whether (auto), and where, to crop every image to its part.
+
+    ``one_size``: refuse to crop images of different sizes (their maps are pasted into one
+    frame). Reference mode's good images are never pasted: with False the side is scaled with
+    each image's short side (its ratio to the batch's shortest)."""
     if mode not in PART_CROPS:
         raise ValueError(f"part_crop must be one of {', '.join(PART_CROPS)}, got {mode!r}")
     if mode == "off":
@@ -287,7 +291,7 @@ def plan_batch(images: Sequence[np.ndarray], mode: str = "auto") -> CropPlan:
         "side_share": None if side is None else round(side / short, 4),
     }
     reasons = []
-    if len(set(shapes)) > 1:
+    if one_size and len(set(shapes)) > 1:
         reasons.append("the images differ in size")
     if mode == "auto":
         if plain_share < MOST:
@@ -306,7 +310,10 @@ def plan_batch(images: Sequence[np.ndarray], mode: str = "auto") -> CropPlan:
         facts.update(cropped=False, reason="; ".join(reasons) or "no part found")
         return CropPlan(False, facts)
     # an image without a part keeps its largest centred square (the whole of a square image)
-    squares = [_square(p.box or (0, shape[0], 0, shape[1]), side if p.box else short, shape) for p, shape in zip(parts, shapes)]
+    squares = [
+        _square(p.box, max(1, round(side * min(shape) / short)), shape) if p.box else _square((0, shape[0], 0, shape[1]), min(shape), shape)
+        for p, shape in zip(parts, shapes)
+    ]
     whole = [i for i, p in enumerate(parts) if p.box is None]
     facts.update(
         cropped=True,

@@ -200,7 +200,7 @@ class ZeroShotScorer:
 
     def decide_crop(self, images: Sequence[np.ndarray]) -> None:
         """Plan the part crop on ``images`` (the first batch) and log the decision."""
-        self.crop = partcrop.plan_batch(images, self.musc.config.part_crop)
+        self.crop = partcrop.plan_batch(images, self.musc.config.part_crop, one_size=False)  # pasted one by one
         facts = self.crop.facts
         if facts["cropped"]:
             self.log(f"part crop: on, a {facts['side']} px square around each part ({facts['reason']})")
