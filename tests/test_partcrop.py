@@ -208,3 +208,131 @@ def test_the_reference_bank_path_takes_the_crop_too(backbone96):
     result = MuSc(MuScConfig(image_size=96, max_references=2), backbone=backbone96).predict(images)
     side = result.extras["part_crop"]["side"]
     assert result.extras["part_crop"]["cropped"] and result.anomaly_maps.shape == (8, round(480 * 96 / side), round(480 * 96 / side))
+
+
+# --- reference mode (--good), watch's rolling bank, Dask ---------------------------------------
+
+
+def _good_and_new(defect: int | None = 1):
+    good, _ = small_parts(count=8, size=480, part=100, seed=1)
+    new, _ = small_parts(count=4, size=480, part=100, seed=2, defect=defect)
+    return good, new
+
+
+def test_reference_mode_crops_the_good_and_the_new_images_alike(backbone96):
+    good, new = _good_and_new()
+    musc = MuSc(MuScConfig(image_size=96), backbone=backbone96).calibrate(good, 0.2)
+    result = musc.predict(new)
+    facts = result.extras["part_crop"]
+    plan = partcrop.plan_batch(good, "auto")
+    assert facts["cropped"] and facts["planned_on"] == "good images" and facts["side"] == plan.facts["side"]
+    assert result.extras["batch_facts"]["part_crop"] == facts and len(facts["squares"]) == 4
+    side = facts["side"]
+    frame = round(480 * 96 / side)
+    assert result.anomaly_maps.shape == (4, frame, frame) and result.masks.shape == (4, frame, frame)
+    assert int(np.argmax(result.image_scores)) == 1
+    # the same as cropping by hand and scoring the crops with the crop off: the good images'
+    # leave-one-out calibration and the new images' scores both come from crops of one side
+    follow = plan.follow(new, "good images")
+    assert all(sq[2] == side for sq in follow.squares)
+    by_hand = MuSc(MuScConfig(image_size=96, part_crop="off"), backbone=backbone96).calibrate(plan.crop(good), 0.2)
+    expected = by_hand.predict(follow.crop(new))
+    assert musc.calibration.value == by_hand.calibration.value
+    assert np.array_equal(result.image_scores, expected.image_scores)
+    scale = 96 / side
+    for k, (top, left, _) in enumerate(follow.squares):
+        y, x = min(round(top * scale), frame - 96), min(round(left * scale), frame - 96)
+        assert np.allclose(result.anomaly_maps[k, y:y + 96, x:x + 96], expected.anomaly_maps[k], atol=1e-6)
+    off = MuSc(MuScConfig(image_size=96, part_crop="off"), backbone=backbone96).calibrate(good, 0.2)
+    assert off.calibration.value != musc.calibration.value and "part_crop" not in off.predict(new).extras
+
+
+def test_reference_mode_auto_stays_off_on_a_texture(backbone96):
+    good, new = texture(count=6, size=96, seed=1), texture(count=3, size=96, seed=2)
+    auto = MuSc(MuScConfig(image_size=96), backbone=backbone96).calibrate(good, 0.2)
+    off = MuSc(MuScConfig(image_size=96, part_crop="off"), backbone=backbone96).calibrate(good, 0.2)
+    got, expected = auto.predict(new), off.predict(new)
+    assert got.extras["part_crop"]["cropped"] is False and "plain background" in got.extras["part_crop"]["reason"]
+    assert auto.calibration.value == off.calibration.value
+    assert np.array_equal(got.image_scores, expected.image_scores) and np.array_equal(got.anomaly_maps, expected.anomaly_maps)
+
+
+def test_reference_mode_refuses_mixed_sizes_when_it_crops(backbone96):
+    from defectscope.errors import ConfigError
+
+    good, new = _good_and_new()
+    musc = MuSc(MuScConfig(image_size=96), backbone=backbone96).calibrate(good, 0.2)
+    with pytest.raises(ConfigError, match="differ in size"):
+        musc.predict([new[0], new[1][:400, :400]])
+    # one image of another size alone: the square scales with its short side
+    alone = musc.predict([new[1][:400, :400]])
+    assert alone.extras["part_crop"]["squares"][0][2] == round(musc.reference_crop.side * 400 / 480)
+
+
+def test_codegraph_reference_mode_crops_too(backbone96):
+    good, new = _good_and_new()
+    result = CoDeGraph(CoDeGraphConfig(image_size=96), backbone=backbone96).calibrate(good, 0.2).predict(new)
+    assert result.extras["part_crop"]["cropped"] and int(np.argmax(result.image_scores)) == 1
+
+
+def test_watch_rolling_bank_crops_as_decided_on_its_first_batch(backbone96):
+    from defectscope.methods.rolling import ZeroShotScorer
+
+    images, _ = small_parts(count=10, size=480, part=100, seed=3, defect=8)
+    lines: list[str] = []
+    auto = ZeroShotScorer(MuSc(MuScConfig(image_size=96), backbone=backbone96), 0.2, 10, 6, log=lines.append)
+    rows = [row for k, image in enumerate(images) for row in auto.score(f"i{k}", image, 0.0)]
+    assert auto.crop is not None and auto.crop.active and any("part crop: on" in line for line in lines)
+    plan = partcrop.plan_batch(images[:6], "auto")
+    assert auto.crop.side == plan.side
+    # the same stream cropped by hand (the first batch's side around each part), crop off
+    off = ZeroShotScorer(MuSc(MuScConfig(image_size=96, part_crop="off"), backbone=backbone96), 0.2, 10, 6)
+    crops = plan.follow(images, "the first batch").crop(images)
+    expected = [row for k, crop in enumerate(crops) for row in off.score(f"i{k}", crop, 0.0)]
+    assert [r.key for r in rows] == [r.key for r in expected]
+    frame = round(480 * 96 / plan.side)
+    for got, want in zip(rows, expected):
+        assert got.score == pytest.approx(want.score, abs=1e-6) and got.anomalous == want.anomalous
+        assert got.anomaly_map.shape == (frame, frame) and want.anomaly_map.shape == (96, 96)
+        assert float(got.anomaly_map.max()) == pytest.approx(float(want.anomaly_map.max()), abs=1e-6)
+    assert rows[8].anomalous and rows[8].score == max(r.score for r in rows)
+
+
+def test_watch_rolling_bank_off_computes_features_on_arrival(backbone96):
+    from defectscope.methods.rolling import ZeroShotScorer
+
+    images = texture(count=4, size=96)
+    off = ZeroShotScorer(MuSc(MuScConfig(image_size=96, part_crop="off"), backbone=backbone96), 0.2, 10, 4)
+    off.score("a", images[0], 0.0)
+    assert off.crop is None and off.pending[0][2] is not None
+    auto = ZeroShotScorer(MuSc(MuScConfig(image_size=96), backbone=backbone96), 0.2, 10, 4)
+    for k, image in enumerate(images[:3]):
+        auto.score(f"i{k}", image, 0.0)
+    assert auto.pending[0][2] is None  # waits for the decision
+    rows = auto.score("i3", images[3], 0.0)
+    expected = [r for k, image in enumerate(images[1:]) for r in off.score(f"i{k + 1}", image, 0.0)]
+    assert auto.crop is not None and not auto.crop.active
+    assert len(expected) == 4 and [round(r.score, 6) for r in rows] == [round(r.score, 6) for r in expected]
+
+
+def test_dask_takes_the_crop(backbone96):
+    distributed = pytest.importorskip("distributed")
+    images, _ = small_parts(count=6, size=240, part=48, defect=2)
+    local = MuSc(MuScConfig(image_size=96), backbone=backbone96).predict(images)
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        got = MuSc(MuScConfig(image_size=96, scheduler=cluster.scheduler_address)).predict(images)
+    assert got.extras["part_crop"]["cropped"] and got.anomaly_maps.shape == local.anomaly_maps.shape
+    assert np.allclose(got.anomaly_maps, local.anomaly_maps, atol=1e-5)
+    assert np.abs(got.image_scores - local.image_scores).max() < 1e-5
+
+
+def test_a_good_set_of_mixed_sizes_still_crops(backbone96):
+    # hazelnut_toy's train/good holds one 512 x 522 image among 512 x 512 ones: the good images
+    # are never pasted, so their sizes need not agree (the batch path refuses mixed sizes)
+    good, new = _good_and_new()
+    good[3] = np.concatenate([good[3], np.broadcast_to(good[3][-1:], (10, 480, 3))], axis=0)
+    assert not partcrop.plan_batch(good, "auto").active
+    plan = partcrop.plan_batch(good, "auto", one_size=False)
+    assert plan.active and plan.squares[3][2] == plan.side
+    result = MuSc(MuScConfig(image_size=96), backbone=backbone96).calibrate(good, 0.2).predict(new)
+    assert result.extras["part_crop"]["cropped"] and int(np.argmax(result.image_scores)) == 1

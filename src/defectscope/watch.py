@@ -7,6 +7,7 @@ overlay in ``OUT/maps/``; ``OUT/report.html`` is refreshed as rows come in. Thre
 - zero-shot against a rolling bank (default): the last ``bank_size`` images judged normal
   (:class:`defectscope.methods.rolling.RollingBank`). The first ``min_bank`` images wait and are
   scored together by mutual scoring; later images are scored against the bank as they arrive.
+  ``part_crop`` is decided once on that first batch (docs/PARTCROP.md); the decision is logged.
 - zero-shot against a folder of good parts (``good``): the detector's reference mode, calibrated
   on them once (the same scores, verdicts and review band as ``score --good``).
 - a trained U-Flow or PRN model (``model``).

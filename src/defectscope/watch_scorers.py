@@ -74,7 +74,7 @@ def build_scorer(
     min_bank = WATCH_DEFAULTS["min_bank"] if min_bank is None else min_bank
     detector = spec.entry.build(spec.options)
     if spec.good is None:
-        return ZeroShotScorer(detector, spec.false_alarm_rate, bank_size, min(min_bank, bank_size))
+        return ZeroShotScorer(detector, spec.false_alarm_rate, bank_size, min(min_bank, bank_size), log=log)
     log(f"calibrating on the good images of {spec.good} ...")
     batch = calibrate_on_good(detector, spec.good, spec.false_alarm_rate, most=bank_size, skip_unreadable=True)
     for path, reason in batch.skipped:

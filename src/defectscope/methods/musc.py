@@ -137,6 +137,7 @@ class MuSc(Detector):
         super().__init__(config or MuScConfig())
         self._backbone = backbone
         self.reference: ReferenceBank | None = None
+        self.reference_crop: partcrop.CropPlan | None = None
 
     @property
     def backbone(self):
@@ -158,6 +159,7 @@ class MuSc(Detector):
         require_good_images(len(images), self.config.false_alarm_rate)
         if self.config.tiles != 1:
             raise ConfigError("reference mode scores whole images only: use tiles=1 with good images")
+        images = self.crop_good(images)
         sets, grid, _ = self.feature_sets(images, progress, native_grids=self.config.native_grids)
         scores = self._combine([mutual_scores(s, self.config.lower, self.config.upper) for s in sets], grid)
         maxima = self.maps_from_patch_scores(scores, grid).flatten(1).amax(dim=1).cpu().numpy()
@@ -273,8 +275,34 @@ class MuSc(Detector):
         the stitched maps of the tile positions (see :func:`tile_boxes`); verdicts. In reference
         mode (after :meth:`calibrate`) against the good images, image score = max of map."""
         if self.reference is not None:
-            return self.predict_against_reference(images, paths, progress)
+            return self.reference_cropped(images, paths, progress)
         return self.score_cropped(images, paths, progress)
+
+    def crop_good(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Reference mode's ``part_crop``: the plan made on the good ``images`` (the decision and
+        the square's side), kept for the images scored against them; the good images cut to
+        it (as they are when it does not crop). The good images may differ in size (they are
+        never pasted): the side scales with each image's short side."""
+        self.reference_crop = partcrop.plan_batch(images, self.config.part_crop, one_size=False)
+        return self.reference_crop.crop(images) if self.reference_crop.active else list(images)
+
+    def reference_cropped(self, images: Sequence[np.ndarray], paths: Sequence[str] | None, progress: ProgressCallback | None) -> Result:
+        """:meth:`predict_against_reference` behind the good images' crop plan (:meth:`crop_good`):
+        each image cut to a square of the good images' side around its own part, the maps
+        pasted back into its frame; the plan's facts in ``extras["part_crop"]``."""
+        plan = getattr(self, "reference_crop", None)
+        if plan is None or self.config.part_crop == "off":
+            return self.predict_against_reference(images, paths, progress)
+        if not plan.active:
+            result = self.predict_against_reference(images, paths, progress)
+            return replace(result, extras=plan.record(result.extras))
+        shapes = {tuple(np.asarray(image).shape[:2]) for image in images}
+        if len(shapes) > 1:
+            sizes = ", ".join(f"{w} x {h}" for h, w in sorted(shapes))
+            raise ConfigError(f"part_crop pastes the maps of one call into one frame, but these images differ in size ({sizes} px): score them in groups of one size, or use part_crop=off")
+        follow = plan.follow(images, "good images")
+        result = self.predict_against_reference(follow.crop(images), paths, progress)
+        return follow.paste(result, next(iter(shapes)))
 
     def score_cropped(self, images: Sequence[np.ndarray], paths: Sequence[str] | None, progress: ProgressCallback | None) -> Result:
         """:meth:`score_batch` behind ``part_crop`` (:mod:`defectscope.methods.partcrop`): when the

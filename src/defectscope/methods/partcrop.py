@@ -160,6 +160,9 @@ class CropPlan:
     active: bool
     facts: dict[str, Any]
     squares: list[tuple[int, int, int]] = field(default_factory=list)
+    side: int | None = None
+    """The square's side in pixels, for images of ``short`` pixels on their short side."""
+    short: int | None = None
 
     def crop(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Each image cut to its square."""
@@ -168,21 +171,47 @@ class CropPlan:
             for image, (top, left, side) in zip(images, self.squares)
         ]
 
-    def paste(self, result, shape: tuple[int, int]):
-        """``result`` of the crops -> the same Result with maps (and masks) in the full images'
-        frame (``shape``: their (height, width)): the crop's map at its own resolution (capped
-        at the image's size), the map's minimum outside the crop (masks False there)."""
+    def follow(self, images: Sequence[np.ndarray], source: str) -> "CropPlan":
+        """The same crop for other images (reference mode, watch's bank): a square of this plan's
+        side around each image's own part (the side scaled with the image's short side when it
+        differs from the planned batch's); an image without a part keeps its largest centred
+        square. ``source`` names the batch the plan was made on (recorded as ``planned_on``).
+        An inactive plan stays inactive."""
+        if not self.active or self.side is None or self.short is None:
+            return self
+        squares, whole = [], []
+        for index, image in enumerate(images):
+            shape = tuple(np.asarray(image).shape[:2])
+            short = min(shape)
+            part = find_part(image)
+            if part.box is None:
+                whole.append(index)
+                squares.append(_square((0, shape[0], 0, shape[1]), short, shape))
+            else:
+                side = max(1, min(short, round(self.side * short / self.short)))
+                squares.append(_square(part.box, side, shape))
+        facts = {key: value for key, value in self.facts.items() if key not in ("squares", "no_part", "note")}
+        facts.update(planned_on=source, squares=[list(sq) for sq in squares])
+        if whole:
+            facts["no_part"] = whole
+            facts["note"] = f"{len(whole)} image(s) without a part found are scored on their largest centred square (the whole image when square)"
+        return CropPlan(True, facts, squares, self.side, self.short)
+
+    def paste_maps(self, maps: np.ndarray, masks: np.ndarray | None, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray | None]:
+        """(N, h, w) maps (and masks) of the crops -> the full images' frame (``shape``: their
+        (height, width)): the crop's map at its own resolution (capped at the image's size), the
+        map's minimum outside the crop (masks False there)."""
         import torch
         import torch.nn.functional as F
 
-        maps = np.asarray(result.anomaly_maps)
+        maps = np.asarray(maps)
         map_h, map_w = maps.shape[-2:]
         # map pixels per image pixel: the crop's own resolution, at most 1, the same for the batch
         scale = min(1.0, float(np.median([map_h / square[2] for square in self.squares])))
         height, width = shape
         frame = (max(1, round(height * scale)), max(1, round(width * scale)))
         full = np.empty((maps.shape[0], *frame), dtype=np.float32)
-        masks = None if result.masks is None else np.zeros((maps.shape[0], *frame), dtype=bool)
+        pasted = None if masks is None else np.zeros((maps.shape[0], *frame), dtype=bool)
         for index, (square, crop_map) in enumerate(zip(self.squares, maps)):
             box_h = box_w = min(max(1, round(square[2] * scale)), *frame)
             # rounding may push the square a pixel past the frame: shift it back, never squash it
@@ -194,16 +223,27 @@ class CropPlan:
                                       mode="bilinear", align_corners=False)[0, 0].numpy()
             full[index] = crop_map.min()
             full[index, top:top + box_h, left:left + box_w] = piece
-            if masks is not None:
-                mask = np.asarray(result.masks[index])
+            if pasted is not None:
+                mask = np.asarray(masks[index])
                 if mask.shape != (box_h, box_w):
                     mask = np.asarray(F.interpolate(torch.from_numpy(mask.astype(np.float32))[None, None], size=(box_h, box_w),
                                                     mode="nearest")[0, 0].numpy() > 0.5)
-                masks[index, top:top + box_h, left:left + box_w] = mask
-        extras = dict(result.extras)
+                pasted[index, top:top + box_h, left:left + box_w] = mask
+        return full, pasted
+
+    def paste(self, result, shape: tuple[int, int]):
+        """``result`` of the crops -> the same Result with maps (and masks) in the full images'
+        frame (:meth:`paste_maps`) and the plan's facts in ``extras["part_crop"]`` and
+        ``batch_facts``."""
+        full, masks = self.paste_maps(result.anomaly_maps, result.masks, shape)
+        return replace(result, anomaly_maps=full, masks=masks, extras=self.record(result.extras))
+
+    def record(self, extras: dict[str, Any]) -> dict[str, Any]:
+        """``extras`` with the plan's facts as ``part_crop`` and in ``batch_facts``."""
+        extras = dict(extras)
         extras["part_crop"] = self.facts
         extras["batch_facts"] = {**extras.get("batch_facts", {}), "part_crop": self.facts}
-        return replace(result, anomaly_maps=full, masks=masks, extras=extras)
+        return extras
 
 
 def _square(box: tuple[int, int, int, int], side: int, shape: tuple[int, int]) -> tuple[int, int, int]:
@@ -216,8 +256,12 @@ def _square(box: tuple[int, int, int, int], side: int, shape: tuple[int, int]) -
     return top, left, side
 
 
-def plan_batch(images: Sequence[np.ndarray], mode: str = "auto") -> CropPlan:
-    """Decide from the batch whether (auto), and where, to crop every image to its part."""
+def plan_batch(images: Sequence[np.ndarray], mode: str = "auto", *, one_size: bool = True) -> CropPlan:
+    """Decide from the batch whether (auto), and where, to crop every image to its part.
+
+    ``one_size``: refuse to crop images of different sizes (their maps are pasted into one
+    frame). Reference mode's good images are never pasted: with False the side is scaled with
+    each image's short side (its ratio to the batch's shortest)."""
     if mode not in PART_CROPS:
         raise ValueError(f"part_crop must be one of {', '.join(PART_CROPS)}, got {mode!r}")
     if mode == "off":
@@ -247,7 +291,7 @@ def plan_batch(images: Sequence[np.ndarray], mode: str = "auto") -> CropPlan:
         "side_share": None if side is None else round(side / short, 4),
     }
     reasons = []
-    if len(set(shapes)) > 1:
+    if one_size and len(set(shapes)) > 1:
         reasons.append("the images differ in size")
     if mode == "auto":
         if plain_share < MOST:
@@ -266,7 +310,10 @@ def plan_batch(images: Sequence[np.ndarray], mode: str = "auto") -> CropPlan:
         facts.update(cropped=False, reason="; ".join(reasons) or "no part found")
         return CropPlan(False, facts)
     # an image without a part keeps its largest centred square (the whole of a square image)
-    squares = [_square(p.box or (0, shape[0], 0, shape[1]), side if p.box else short, shape) for p, shape in zip(parts, shapes)]
+    squares = [
+        _square(p.box, max(1, round(side * min(shape) / short)), shape) if p.box else _square((0, shape[0], 0, shape[1]), min(shape), shape)
+        for p, shape in zip(parts, shapes)
+    ]
     whole = [i for i, p in enumerate(parts) if p.box is None]
     facts.update(
         cropped=True,
@@ -276,4 +323,4 @@ def plan_batch(images: Sequence[np.ndarray], mode: str = "auto") -> CropPlan:
     if whole:
         facts["no_part"] = whole
         facts["note"] = f"{len(whole)} image(s) without a part found are scored on their largest centred square (the whole image when square)"
-    return CropPlan(True, facts, squares)
+    return CropPlan(True, facts, squares, side, short)

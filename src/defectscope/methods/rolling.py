@@ -26,6 +26,7 @@ import torch
 
 from defectscope.errors import ConfigError
 from defectscope.methods.bank import BLOCK_BYTES, topk_size, topk_to_scores
+from defectscope.methods import partcrop
 from defectscope.methods.mutual import interval_mean, similarities_to_distances, to_finest_grid
 from defectscope.methods.verdict import conformal_count, conformal_threshold
 
@@ -169,9 +170,14 @@ class Scored:
 
 
 class ZeroShotScorer:
-    """MuSc features of one image at a time, scored against a rolling or a fixed bank."""
+    """MuSc features of one image at a time, scored against a rolling or a fixed bank.
 
-    def __init__(self, musc, false_alarm_rate: float, bank_size: int, min_bank: int) -> None:
+    ``part_crop`` (docs/PARTCROP.md): decided once, on the first batch (or, after a restart, on
+    the images the bank is rebuilt from); when it crops, every image (bank members and new ones)
+    is cut to a square of that batch's side around its own part and its map pasted back into
+    its frame. Until the decision the first images wait without features."""
+
+    def __init__(self, musc, false_alarm_rate: float, bank_size: int, min_bank: int, log=None) -> None:
         if not 2 <= min_bank <= bank_size:
             raise ConfigError(f"--min-bank must lie in [2, --bank-size], got {min_bank} with a bank of {bank_size}")
         self.musc = musc
@@ -183,6 +189,37 @@ class ZeroShotScorer:
         self.pending: list[tuple[str, np.ndarray, list[torch.Tensor], float]] = []
         self.grid: tuple[int, int] = (0, 0)
         self._calibration: np.ndarray | None = None
+        self.crop: partcrop.CropPlan | None = None
+        """The part crop plan; None until decided (and always with ``part_crop=off``)."""
+        self.log = log or (lambda line: None)
+
+    @property
+    def crops(self) -> bool:
+        """True unless ``part_crop=off``: the images pass through :attr:`crop` once decided."""
+        return self.musc.config.part_crop != "off"
+
+    def decide_crop(self, images: Sequence[np.ndarray]) -> None:
+        """Plan the part crop on ``images`` (the first batch) and log the decision."""
+        self.crop = partcrop.plan_batch(images, self.musc.config.part_crop, one_size=False)  # pasted one by one
+        facts = self.crop.facts
+        if facts["cropped"]:
+            self.log(f"part crop: on, a {facts['side']} px square around each part ({facts['reason']})")
+        else:
+            self.log(f"part crop: off ({facts['reason']})")
+
+    def cropped(self, image: np.ndarray) -> tuple[np.ndarray, partcrop.CropPlan | None]:
+        """The image cut to its square (and that one-image plan), or as it is when not cropping."""
+        if self.crop is None or not self.crop.active:
+            return image, None
+        follow = self.crop.follow([image], "the first batch")
+        return follow.crop([image])[0], follow
+
+    @staticmethod
+    def pasted(anomaly_map: np.ndarray, follow: partcrop.CropPlan | None, image: np.ndarray) -> np.ndarray:
+        """A crop's map in its image's frame (unchanged when not cropped)."""
+        if follow is None:
+            return anomaly_map
+        return follow.paste_maps(anomaly_map[None], None, tuple(np.asarray(image).shape[:2]))[0][0]
 
     def settings(self) -> dict:
         """The detector's settings and the bank's (``min_bank`` only for a rolling bank)."""
@@ -209,19 +246,28 @@ class ZeroShotScorer:
 
     def restore(self, keyed_images: Sequence[tuple[str, np.ndarray]], any_rows: bool) -> None:
         """Rebuild the rolling bank after a restart from the images last judged normal."""
+        keyed_images = list(keyed_images)
+        if self.crops:
+            if len(keyed_images) < 2:
+                keyed_images = []  # too few to decide the crop on: the next first batch rebuilds the bank
+            else:
+                self.decide_crop([image for _, image in keyed_images])
         for key, image in keyed_images:
-            self.bank.add(key, self.features(image))
+            self.bank.add(key, self.features(self.cropped(image)[0]))
         self.started = any_rows and len(self.bank) >= 2
 
     def score(self, key: str, image: np.ndarray, ready_at: float) -> list[Scored]:
         """Score one image; returns the rows now decided (none while the first batch waits)."""
-        sets = self.features(image)
         if not self.started:
+            # with part_crop the features wait for the crop, decided on the whole first batch
+            sets = None if self.crops and self.crop is None else self.features(self.cropped(image)[0])
             self.pending.append((key, image, sets, ready_at))
             return self._first_batch() if len(self.pending) >= self.min_bank else []
+        crop, follow = self.cropped(image)
+        sets = self.features(crop)
         calibration = self.calibration()
         comparison = self.bank.compare(sets)
-        anomaly_map = self._maps([s.unsqueeze(0) for s in self.bank.query_scores(comparison)])[0]
+        anomaly_map = self.pasted(self._maps([s.unsqueeze(0) for s in self.bank.query_scores(comparison)])[0], follow, image)
         score = float(anomaly_map.max())
         anomalous = score > stream_threshold(calibration, self.false_alarm_rate)
         if self.rolling and not anomalous:
@@ -231,7 +277,14 @@ class ZeroShotScorer:
 
     def _first_batch(self) -> list[Scored]:
         """Mutual scoring of the waiting images; those judged normal stay in the bank."""
-        for key, _, sets, _ in self.pending:
+        if self.crops and self.crop is None:
+            self.decide_crop([image for _, image, _, _ in self.pending])
+        follows = {}
+        for number, (key, image, sets, ready_at) in enumerate(self.pending):
+            crop, follows[key] = self.cropped(image)
+            if sets is None:
+                sets = self.features(crop)
+                self.pending[number] = (key, image, sets, ready_at)
             self.bank.add(key, sets)
         self._calibration = None
         scores = self.calibration()
@@ -242,7 +295,7 @@ class ZeroShotScorer:
             index = position[key]
             others = np.delete(scores, index)
             anomalous = bool(scores[index] > stream_threshold(others, self.false_alarm_rate))
-            rows.append(Scored(key, image, float(scores[index]), anomalous, maps[index], ready_at))
+            rows.append(Scored(key, image, float(scores[index]), anomalous, self.pasted(maps[index], follows.get(key), image), ready_at))
             if anomalous:
                 self.bank.remove(key)
         self.pending = []

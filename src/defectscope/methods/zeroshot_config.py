@@ -98,7 +98,9 @@ class MuScConfig(MethodConfig):
             (:mod:`defectscope.methods.partcrop`, docs/PARTCROP.md): "auto" decides from the
             batch (a plain background and a small part in most images), "on" crops whenever
             parts are found, "off" never. Maps come back in the full image's frame. Zero-shot
-            batch scoring (exact, bank, Dask); not reference mode or ``watch``.
+            batch scoring (exact, bank, Dask); in reference mode the good images decide and
+            each new image is cut to their side around its own part; ``watch``'s rolling bank
+            decides on its first batch.
     """
 
     backbone: str = "efficientnet-lite0"
