@@ -47,7 +47,10 @@ class CachedMuSc(MuSc):
         super().__init__(config)
         self._cache = cache
 
-    def feature_sets(self, images, progress=None, *, native_grids=False):
+    def input_shape(self, images):
+        return None  # the cached features were computed once, at the whole category's input
+
+    def feature_sets(self, images, progress=None, *, native_grids=False, shape=None):
         sets, grid, embeddings = self._cache
         index = torch.as_tensor(list(images), dtype=torch.long)
         return [s[index] for s in sets], grid, embeddings[index]

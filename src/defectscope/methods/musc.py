@@ -114,10 +114,14 @@ def set_progress(progress: ProgressCallback | None, count: int, sets: int) -> li
 @dataclass
 class ReferenceBank:
     """Known-good images for reference mode: their LNAMD feature sets (one (M, L, C) per layer
-    and degree) and the grid."""
+    and degree), the grid, and the input (height, width) they were resized to (None: the
+    backbone's square input). Images scored against the bank are resized to that same input, so
+    that an image's score depends on the image and the good set only, never on the batch it
+    comes in (with ``keep_aspect`` a batch's input follows its own median aspect)."""
 
     feature_sets: list[torch.Tensor]
     grid: tuple[int, int]
+    shape: tuple[int, int] | None = None
 
 
 class MuSc(Detector):
@@ -160,11 +164,13 @@ class MuSc(Detector):
         if self.config.tiles != 1:
             raise ConfigError("reference mode scores whole images only: use tiles=1 with good images")
         images = self.crop_good(images)
-        sets, grid, _ = self.feature_sets(images, progress, native_grids=self.config.native_grids)
+        shape = self.input_shape(images)
+        sets, grid, _ = self.feature_sets(images, progress, native_grids=self.config.native_grids, shape=shape)
         scores = self._combine([mutual_scores(s, self.config.lower, self.config.upper) for s in sets], grid)
         maxima = self.maps_from_patch_scores(scores, grid).flatten(1).amax(dim=1).cpu().numpy()
+        self.good_scores = maxima.astype(np.float64)  # the calibration scores (map maxima, leave-one-out)
         self.calibration = conformal_threshold(maxima, self.config.false_alarm_rate, source="good images (leave-one-out)")
-        self.reference = ReferenceBank(sets, grid)
+        self.reference = ReferenceBank(sets, grid, shape)
         return self
 
     def backbone_facts(self) -> dict[str, Any]:
@@ -207,12 +213,16 @@ class MuSc(Detector):
         return aspect_input_shape(images, backbone.image_size, backbone.size_unit)
 
     def feature_sets(
-        self, images: Sequence[np.ndarray], progress: ProgressCallback | None = None, *, native_grids: bool = False
+        self, images: Sequence[np.ndarray], progress: ProgressCallback | None = None, *, native_grids: bool = False,
+        shape: tuple[int, int] | None | str = "batch",
     ) -> tuple[list[torch.Tensor], tuple[int, int], torch.Tensor]:
         """Backbone features -> LNAMD feature sets, one (N, L, C) per (layer, degree), and the
         finest grid. With ``native_grids`` each set keeps its layer's own grid (scores are
-        brought to the finest grid by :func:`to_finest_grid`)."""
-        shape = self.input_shape(images)
+        brought to the finest grid by :func:`to_finest_grid`). ``shape``: the input (height,
+        width), None for the backbone's square input, "batch" (default) for :meth:`input_shape`
+        of these images."""
+        if shape == "batch":
+            shape = self.input_shape(images)
         features = extract_in_batches(
             self.backbone, images, self.config.batch_size, progress, common_grid=not native_grids, shape=shape
         )
@@ -366,7 +376,7 @@ class MuSc(Detector):
         if not images:
             raise ConfigError("MuSc got no images to score")
         names = default_paths(paths, len(images), self.method)
-        sets, grid, _ = self.feature_sets(images, progress, native_grids=self.config.native_grids)
+        sets, grid, _ = self.feature_sets(images, progress, native_grids=self.config.native_grids, shape=bank.shape)
         if grid != bank.grid or len(sets) != len(bank.feature_sets):
             raise ConfigError(f"images give a {grid} feature grid but the good images gave {bank.grid}")
         scores = self._combine(
