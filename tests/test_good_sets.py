@@ -47,7 +47,7 @@ def set_gaps(draws: int, size: int, fresh: int, grid=(6, 6)) -> np.ndarray:
     of the good set (both through MuSc's calibrate / predict)."""
     pool = draws * (size + fresh)
     sets = normal_parts(pool, grid, seed=11)
-    detector = FeatureMuSc(MuScConfig(image_size=96, smoothing_sigma=2.0), sets, grid)
+    detector = FeatureMuSc(MuScConfig(image_size=96, smoothing_sigma=2.0, part_crop="off"), sets, grid)
     gaps = []
     for d in range(draws):
         good = list(range(d * (size + fresh), d * (size + fresh) + size))
