@@ -283,11 +283,11 @@ def _square(box: tuple[int, int, int, int], side: int, shape: tuple[int, int]) -
 def plan_batch(images: Sequence[np.ndarray], mode: str = "auto", *, one_size: bool = True) -> CropPlan:
     """Decide from the batch whether (auto), and where, to crop every image to its part.
 
-    ``one_size``: refuse to crop images of different sizes. With False (every caller now: the
-    batch path pastes each map into its own image's frame, :func:`frame_shape`; reference mode's
-    good images are never pasted) the side is a share of the short side: the parts' extents are
-    measured as shares of each image's short side, and each image's square scales with its
-    short side (its ratio to the batch's shortest)."""
+    ``one_size``: refuse to crop images of different sizes. With False (every caller in the
+    package: the batch path pastes each map into its own image's frame, :func:`frame_shape`;
+    reference mode's good images are never pasted) the side is a share of the short side: each
+    part's extent is rescaled to the batch's shortest short side, and each image's square is
+    the side scaled by its own short side (its ratio to the batch's shortest)."""
     if mode not in PART_CROPS:
         raise ValueError(f"part_crop must be one of {', '.join(PART_CROPS)}, got {mode!r}")
     if mode == "off":

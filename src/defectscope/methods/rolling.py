@@ -197,10 +197,10 @@ class ZeroShotScorer:
         self.grid: tuple[int, int] = (0, 0)
         self._calibration: np.ndarray | None = None
         self.crop: partcrop.CropPlan | None = None
+        """The part crop plan; None until decided (and always with ``part_crop=off``)."""
         self.shape: tuple[int, int] | None | str = "batch"
         """The input (height, width) every image is resized to (None: the backbone's square
         input); "batch" until decided (each image at its own aspect)."""
-        """The part crop plan; None until decided (and always with ``part_crop=off``)."""
         self.log = log or (lambda line: None)
 
     @property
