@@ -257,16 +257,22 @@ def test_reference_mode_auto_stays_off_on_a_texture(backbone96):
     assert np.array_equal(got.image_scores, expected.image_scores) and np.array_equal(got.anomaly_maps, expected.anomaly_maps)
 
 
-def test_reference_mode_refuses_mixed_sizes_when_it_crops(backbone96):
-    from defectscope.errors import ConfigError
-
+def test_reference_mode_takes_mixed_sizes_when_it_crops(backbone96):
+    # one predict call with images of two sizes was refused when cropping; each map is now pasted
+    # into its own image's frame (the frame of the most common size, here the first's)
     good, new = _good_and_new()
     musc = MuSc(MuScConfig(image_size=96), backbone=backbone96).calibrate(good, 0.2)
-    with pytest.raises(ConfigError, match="differ in size"):
-        musc.predict([new[0], new[1][:400, :400]])
+    mixed = musc.predict([new[0], new[1][:400, :400]])
     # one image of another size alone: the square scales with its short side
     alone = musc.predict([new[1][:400, :400]])
     assert alone.extras["part_crop"]["squares"][0][2] == round(musc.reference_crop.side * 400 / 480)
+    assert mixed.extras["part_crop"]["squares"][1] == alone.extras["part_crop"]["squares"][0]
+    first = musc.predict(new[:1])
+    # reference mode: an image's score does not depend on the call it comes in
+    assert mixed.image_scores[0] == pytest.approx(first.image_scores[0], abs=1e-6)
+    assert mixed.image_scores[1] == pytest.approx(alone.image_scores[0], abs=1e-6)
+    assert mixed.anomaly_maps.shape[1:] == first.anomaly_maps.shape[1:]
+    assert np.allclose(mixed.anomaly_maps[0], first.anomaly_maps[0], atol=1e-6)
 
 
 def test_codegraph_reference_mode_crops_too(backbone96):
@@ -328,7 +334,7 @@ def test_dask_takes_the_crop(backbone96):
 
 def test_a_good_set_of_mixed_sizes_still_crops(backbone96):
     # hazelnut_toy's train/good holds one 512 x 522 image among 512 x 512 ones: the good images
-    # are never pasted, so their sizes need not agree (the batch path refuses mixed sizes)
+    # are never pasted, so their sizes need not agree (plan_batch's one_size=True still refuses them)
     good, new = _good_and_new()
     good[3] = np.concatenate([good[3], np.broadcast_to(good[3][-1:], (10, 480, 3))], axis=0)
     assert not partcrop.plan_batch(good, "auto").active
@@ -336,3 +342,58 @@ def test_a_good_set_of_mixed_sizes_still_crops(backbone96):
     assert plan.active and plan.squares[3][2] == plan.side
     result = MuSc(MuScConfig(image_size=96), backbone=backbone96).calibrate(good, 0.2).predict(new)
     assert result.extras["part_crop"]["cropped"] and int(np.argmax(result.image_scores)) == 1
+
+
+# --- a batch of mixed image sizes (each map pasted into its own image's frame) -----------------
+
+
+def _wider(image: np.ndarray, extra: int = 10) -> np.ndarray:
+    """The image with ``extra`` columns of background added on the right (480 x 490 from 480 x 480)."""
+    return np.concatenate([image, np.broadcast_to(image[:, -1:], (image.shape[0], extra, 3))], axis=1)
+
+
+def test_a_batch_of_mixed_sizes_crops_and_pastes_each_map_into_its_own_frame(backbone96):
+    # the batch path refused to crop when the sizes differed (one frame for the pasted maps), so a
+    # folder holding one 512 x 522 image among 512 x 512 ones silently stayed uncropped
+    images, _ = small_parts(count=8, size=480, part=100, defect=3)
+    images[5] = _wider(images[5])
+    result = MuSc(MuScConfig(image_size=96), backbone=backbone96).predict(images)
+    facts = result.extras["part_crop"]
+    assert facts["cropped"] and "differ in size" not in facts["reason"]
+    side = facts["side"]
+    frame = round(480 * 96 / side)  # the frame of the most common size (480 x 480)
+    assert result.anomaly_maps.shape == (8, frame, frame) and result.masks.shape == (8, frame, frame)
+    assert int(np.argmax(result.image_scores)) == 3
+    # the scores are the crops' own, each image cut around its part at the batch's side
+    plan = partcrop.plan_batch(images, "auto", one_size=False)
+    assert facts["squares"] == [list(sq) for sq in plan.squares] and all(sq[2] == side for sq in plan.squares)
+    crops = MuSc(MuScConfig(image_size=96, part_crop="off"), backbone=backbone96).predict(plan.crop(images))
+    assert np.array_equal(result.image_scores, crops.image_scores)
+    # the wider image's map: its square scaled into the frame along each axis, its minimum outside
+    top, left, _ = plan.squares[5]
+    inside = np.argwhere(result.anomaly_maps[5] > crops.anomaly_maps[5].min())
+    (y0, x0), (y1, x1) = inside.min(axis=0), inside.max(axis=0) + 1
+    sy, sx = frame / 480, frame / 490
+    assert abs(y0 - top * sy) <= 1 and abs(x0 - left * sx) <= 1
+    assert abs((y1 - y0) - side * sy) <= 1 and abs((x1 - x0) - side * sx) <= 1
+    # the others are pasted as in a batch of one size: the crop's map at the frame's scale
+    scale = 96 / side
+    for k, (top, left, _) in enumerate(plan.squares):
+        if k != 5:
+            y, x = min(round(top * scale), frame - 96), min(round(left * scale), frame - 96)
+            assert np.allclose(result.anomaly_maps[k, y:y + 96, x:x + 96], crops.anomaly_maps[k], atol=1e-6)
+
+
+def test_a_batch_of_one_size_plans_the_same_with_or_without_one_size():
+    images, _ = small_parts(count=8, size=480, part=100, defect=3)
+    one, mixed = partcrop.plan_batch(images, "auto"), partcrop.plan_batch(images, "auto", one_size=False)
+    assert one.active and one.squares == mixed.squares and one.facts == mixed.facts and one.side == mixed.side
+
+
+def test_a_texture_of_mixed_sizes_still_scores_as_with_the_crop_off(backbone96):
+    images = texture(count=5, size=96)
+    images[2] = _wider(images[2], 6)
+    auto = MuSc(MuScConfig(image_size=96), backbone=backbone96).predict(images)
+    off = MuSc(MuScConfig(image_size=96, part_crop="off"), backbone=backbone96).predict(images)
+    assert auto.extras["part_crop"]["cropped"] is False and "differ in size" not in auto.extras["part_crop"]["reason"]
+    assert np.array_equal(auto.image_scores, off.image_scores) and np.array_equal(auto.anomaly_maps, off.anomaly_maps)

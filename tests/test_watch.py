@@ -278,3 +278,63 @@ def test_watch_good_takes_codegraph_in_its_reference_mode(tmp_path):
     assert len(rows(tmp_path / "out")) == 3
     with pytest.raises(ConfigError, match="rolling bank"):
         watch_folder(inbox, tmp_path / "out2", options, exit_after_idle=0.5, log=lambda line: None, **FAST)
+
+
+def _mixed_aspect_stream(count: int = 9) -> list[np.ndarray]:
+    """Textures at 64 x 64, every third one 64 x 128 (the first among them): at image_size=64
+    the square ones go in at 64 x 64, the wide ones at 32 x 96 (their own aspect)."""
+    rng = np.random.default_rng(7)
+    return [(rng.random((64, 128 if k % 3 == 0 else 64, 3)) * 255).astype(np.uint8) for k in range(count)]
+
+
+def test_rolling_bank_scores_a_stream_of_mixed_aspects_at_the_first_batchs_input_shape():
+    # Each image was resized to its own aspect, so a wide image after a square first batch (or the
+    # other way round) gave another feature grid and the bank crashed with a tensor shape error.
+    from PIL import Image
+
+    images = _mixed_aspect_stream()
+    scorer = build_scorer(ONE_THREAD, false_alarm_rate=0.2, bank_size=10, min_bank=4, log=lambda line: None)
+    got = [row for k, image in enumerate(images) for row in scorer.score(f"i{k}", image, 0.0)]
+    height, width = scorer.shape
+    assert scorer.shape == scorer.musc.input_shape(images[:4]) == (64, 64)  # the first batch's median aspect
+    assert [row.key for row in got] == [f"i{k}" for k in range(9)] and all(np.isfinite(row.score) for row in got)
+    # the same as a stream whose images were resized to that shape beforehand
+    resized = [np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR)) for image in images]
+    same = build_scorer(ONE_THREAD, false_alarm_rate=0.2, bank_size=10, min_bank=4, log=lambda line: None)
+    expected = [row for k, image in enumerate(resized) for row in same.score(f"i{k}", image, 0.0)]
+    for a, b in zip(got, expected):
+        assert a.score == pytest.approx(b.score, abs=1e-6) and a.anomalous == b.anomalous
+        assert np.allclose(a.anomaly_map, b.anomaly_map, atol=1e-6)
+
+
+def test_rolling_bank_rebuilt_after_a_restart_keeps_one_input_shape():
+    images = _mixed_aspect_stream()
+    scorer = build_scorer(ONE_THREAD, false_alarm_rate=0.2, bank_size=10, min_bank=4, log=lambda line: None)
+    normal = [images[0], images[3], images[6], images[1]]  # mostly wide: the wide input
+    scorer.restore([(f"i{k}", image) for k, image in enumerate(normal)], any_rows=True)
+    assert scorer.started and scorer.shape == (32, 96)
+    rows = [row for k, image in enumerate(images[7:] + images[:1]) for row in scorer.score(f"j{k}", image, 0.0)]
+    assert len(rows) == 3 and all(np.isfinite(row.score) for row in rows)
+
+
+def test_rolling_bank_of_one_image_size_scores_as_before(monkeypatch):
+    # before the input shape was fixed each image went in at its own shape: for a stream of one
+    # size that is the same shape, so the scores must not move
+    from defectscope.methods.rolling import ZeroShotScorer
+
+    images, _ = synthetic_images(8, kind="texture", size=64, seed=9, defective=(6,), defect="spot")
+    images = [np.concatenate([image, image[:, ::-1]], axis=1) for image in images]  # 64 x 128: not the square input
+    new = build_scorer(ONE_THREAD, false_alarm_rate=0.2, bank_size=10, min_bank=4, log=lambda line: None)
+    got = [row for k, image in enumerate(images) for row in new.score(f"i{k}", image, 0.0)]
+    assert new.shape == new.musc.input_shape(images[:1]) != (64, 64)
+
+    def own_shape(self, image):  # the earlier per-image features
+        sets, self.grid, _ = self.musc.feature_sets([image], native_grids=self.musc.config.native_grids)
+        return [s[0] for s in sets]
+
+    monkeypatch.setattr(ZeroShotScorer, "features", own_shape)
+    old = build_scorer(ONE_THREAD, false_alarm_rate=0.2, bank_size=10, min_bank=4, log=lambda line: None)
+    expected = [row for k, image in enumerate(images) for row in old.score(f"i{k}", image, 0.0)]
+    assert [row.score for row in got] == [row.score for row in expected]
+    assert all(np.array_equal(a.anomaly_map, b.anomaly_map) for a, b in zip(got, expected))
+    assert [row.anomalous for row in got] == [row.anomalous for row in expected]

@@ -306,26 +306,24 @@ class MuSc(Detector):
         if not plan.active:
             result = self.predict_against_reference(images, paths, progress)
             return replace(result, extras=plan.record(result.extras))
-        shapes = {tuple(np.asarray(image).shape[:2]) for image in images}
-        if len(shapes) > 1:
-            sizes = ", ".join(f"{w} x {h}" for h, w in sorted(shapes))
-            raise ConfigError(f"part_crop pastes the maps of one call into one frame, but these images differ in size ({sizes} px): score them in groups of one size, or use part_crop=off")
         follow = plan.follow(images, "good images")
         result = self.predict_against_reference(follow.crop(images), paths, progress)
-        return follow.paste(result, next(iter(shapes)))
+        return follow.paste(result, *partcrop.frame_shape(images))
 
     def score_cropped(self, images: Sequence[np.ndarray], paths: Sequence[str] | None, progress: ProgressCallback | None) -> Result:
         """:meth:`score_batch` behind ``part_crop`` (:mod:`defectscope.methods.partcrop`): when the
         batch asks for it, the crops around each part are scored and the maps pasted back into
-        the full images' frame; the decision goes to ``extras["part_crop"]`` and ``batch_facts``."""
-        plan = partcrop.plan_batch(images, self.config.part_crop)
+        the full images' frame; the decision goes to ``extras["part_crop"]`` and ``batch_facts``.
+        Images of mixed sizes are cropped too (the side a share of each one's short side), their
+        maps pasted into the frame of the most common size (:func:`partcrop.frame_shape`)."""
+        plan = partcrop.plan_batch(images, self.config.part_crop, one_size=False)
         if not plan.active:
             result = self.score_batch(images, paths, progress)
             if self.config.part_crop != "off":
                 result.extras["part_crop"] = plan.facts
                 result.extras["batch_facts"] = {**result.extras.get("batch_facts", {}), "part_crop": plan.facts}
             return result
-        return plan.paste(self.score_batch(plan.crop(images), paths, progress), tuple(np.asarray(images[0]).shape[:2]))
+        return plan.paste(self.score_batch(plan.crop(images), paths, progress), *partcrop.frame_shape(images))
 
     def score_batch(self, images: Sequence[np.ndarray], paths: Sequence[str] | None, progress: ProgressCallback | None) -> Result:
         """Zero-shot scoring of the batch by itself (:meth:`predict` without good images)."""

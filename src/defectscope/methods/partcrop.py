@@ -197,26 +197,42 @@ class CropPlan:
             facts["note"] = f"{len(whole)} image(s) without a part found are scored on their largest centred square (the whole image when square)"
         return CropPlan(True, facts, squares, self.side, self.short)
 
-    def paste_maps(self, maps: np.ndarray, masks: np.ndarray | None, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray | None]:
+    def paste_maps(
+        self, maps: np.ndarray, masks: np.ndarray | None, shape: tuple[int, int], shapes: Sequence[tuple[int, int]] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """(N, h, w) maps (and masks) of the crops -> the full images' frame (``shape``: their
         (height, width)): the crop's map at its own resolution (capped at the image's size), the
-        map's minimum outside the crop (masks False there)."""
+        map's minimum outside the crop (masks False there).
+
+        ``shapes``: each image's own (height, width) when they differ (None: all ``shape``). The
+        frame stays the one of ``shape``; an image of another size has its square scaled into it
+        along each axis by the ratio of the sizes, as an uncropped map stands for its whole
+        image whatever the image's size (the report resizes each map to its image)."""
         import torch
         import torch.nn.functional as F
 
         maps = np.asarray(maps)
         map_h, map_w = maps.shape[-2:]
         # map pixels per image pixel: the crop's own resolution, at most 1, the same for the batch
-        scale = min(1.0, float(np.median([map_h / square[2] for square in self.squares])))
+        # (taken on the images of the frame's size, pasted as in a batch of that size alone)
         height, width = shape
+        shapes = [(height, width)] * len(self.squares) if shapes is None else [tuple(s) for s in shapes]
+        own = [square for square, s in zip(self.squares, shapes) if s == (height, width)] or self.squares
+        scale = min(1.0, float(np.median([map_h / square[2] for square in own])))
         frame = (max(1, round(height * scale)), max(1, round(width * scale)))
         full = np.empty((maps.shape[0], *frame), dtype=np.float32)
         pasted = None if masks is None else np.zeros((maps.shape[0], *frame), dtype=bool)
         for index, (square, crop_map) in enumerate(zip(self.squares, maps)):
-            box_h = box_w = min(max(1, round(square[2] * scale)), *frame)
+            if shapes[index] == (height, width):
+                scale_y = scale_x = scale
+                box_h = box_w = min(max(1, round(square[2] * scale)), *frame)
+            else:  # another size: into this frame, each axis by its own ratio
+                scale_y, scale_x = frame[0] / shapes[index][0], frame[1] / shapes[index][1]
+                box_h = min(max(1, round(square[2] * scale_y)), frame[0])
+                box_w = min(max(1, round(square[2] * scale_x)), frame[1])
             # rounding may push the square a pixel past the frame: shift it back, never squash it
-            top = min(round(square[0] * scale), frame[0] - box_h)
-            left = min(round(square[1] * scale), frame[1] - box_w)
+            top = min(round(square[0] * scale_y), frame[0] - box_h)
+            left = min(round(square[1] * scale_x), frame[1] - box_w)
             piece = crop_map
             if piece.shape != (box_h, box_w):
                 piece = F.interpolate(torch.from_numpy(np.ascontiguousarray(piece))[None, None], size=(box_h, box_w),
@@ -231,11 +247,11 @@ class CropPlan:
                 pasted[index, top:top + box_h, left:left + box_w] = mask
         return full, pasted
 
-    def paste(self, result, shape: tuple[int, int]):
+    def paste(self, result, shape: tuple[int, int], shapes: Sequence[tuple[int, int]] | None = None):
         """``result`` of the crops -> the same Result with maps (and masks) in the full images'
-        frame (:meth:`paste_maps`) and the plan's facts in ``extras["part_crop"]`` and
-        ``batch_facts``."""
-        full, masks = self.paste_maps(result.anomaly_maps, result.masks, shape)
+        frame (:meth:`paste_maps`; ``shapes`` when the images differ in size) and the plan's
+        facts in ``extras["part_crop"]`` and ``batch_facts``."""
+        full, masks = self.paste_maps(result.anomaly_maps, result.masks, shape, shapes)
         return replace(result, anomaly_maps=full, masks=masks, extras=self.record(result.extras))
 
     def record(self, extras: dict[str, Any]) -> dict[str, Any]:
@@ -244,6 +260,14 @@ class CropPlan:
         extras["part_crop"] = self.facts
         extras["batch_facts"] = {**extras.get("batch_facts", {}), "part_crop": self.facts}
         return extras
+
+
+def frame_shape(images: Sequence[np.ndarray]) -> tuple[tuple[int, int], list[tuple[int, int]]]:
+    """(the most common (height, width) of ``images``, the first of them on a tie; each image's
+    own): the frame the maps of a batch of mixed sizes are pasted into, and their sizes."""
+    shapes = [tuple(int(v) for v in np.asarray(image).shape[:2]) for image in images]
+    counts = {s: shapes.count(s) for s in shapes}
+    return max(counts, key=lambda s: (counts[s], -shapes.index(s))), shapes
 
 
 def _square(box: tuple[int, int, int, int], side: int, shape: tuple[int, int]) -> tuple[int, int, int]:
@@ -259,9 +283,11 @@ def _square(box: tuple[int, int, int, int], side: int, shape: tuple[int, int]) -
 def plan_batch(images: Sequence[np.ndarray], mode: str = "auto", *, one_size: bool = True) -> CropPlan:
     """Decide from the batch whether (auto), and where, to crop every image to its part.
 
-    ``one_size``: refuse to crop images of different sizes (their maps are pasted into one
-    frame). Reference mode's good images are never pasted: with False the side is scaled with
-    each image's short side (its ratio to the batch's shortest)."""
+    ``one_size``: refuse to crop images of different sizes. With False (every caller in the
+    package: the batch path pastes each map into its own image's frame, :func:`frame_shape`;
+    reference mode's good images are never pasted) the side is a share of the short side: each
+    part's extent is rescaled to the batch's shortest short side, and each image's square is
+    the side scaled by its own short side (its ratio to the batch's shortest)."""
     if mode not in PART_CROPS:
         raise ValueError(f"part_crop must be one of {', '.join(PART_CROPS)}, got {mode!r}")
     if mode == "off":
@@ -276,7 +302,8 @@ def plan_batch(images: Sequence[np.ndarray], mode: str = "auto", *, one_size: bo
     short = min(min(shape) for shape in shapes)
     side, agreement = None, None
     if found:
-        extents = np.array([p.extent for p in found], dtype=np.float64)
+        # extents in pixels of the batch's shortest short side (the same numbers for one size)
+        extents = np.array([p.extent * short / min(shape) for p, shape in zip(parts, shapes) if p.box is not None], dtype=np.float64)
         high = float(np.quantile(extents, SIDE_QUANTILE))
         side = int(min(short, np.ceil(high * (1.0 + 2.0 * MARGIN))))
         agreement = float(np.quantile(extents, 1.0 - SIDE_QUANTILE)) / high

@@ -175,7 +175,14 @@ class ZeroShotScorer:
     ``part_crop`` (docs/PARTCROP.md): decided once, on the first batch (or, after a restart, on
     the images the bank is rebuilt from); when it crops, every image (bank members and new ones)
     is cut to a square of that batch's side around its own part and its map pasted back into
-    its frame. Until the decision the first images wait without features."""
+    its frame. Until the decision the first images wait without features.
+
+    The input shape (``keep_aspect``: the median aspect of the images, :meth:`MuSc.input_shape`)
+    is decided once too, on the first batch (after a restart, on the images the bank is rebuilt
+    from), as reference mode fixes it on its good images (``ReferenceBank.shape``): every image,
+    bank member or new, goes in at that (height, width), so that images of another aspect give
+    the bank's feature grid. Before the decision the waiting images' features are computed as
+    they arrive at their own shape and computed again at the decided one where it differs."""
 
     def __init__(self, musc, false_alarm_rate: float, bank_size: int, min_bank: int, log=None) -> None:
         if not 2 <= min_bank <= bank_size:
@@ -191,6 +198,9 @@ class ZeroShotScorer:
         self._calibration: np.ndarray | None = None
         self.crop: partcrop.CropPlan | None = None
         """The part crop plan; None until decided (and always with ``part_crop=off``)."""
+        self.shape: tuple[int, int] | None | str = "batch"
+        """The input (height, width) every image is resized to (None: the backbone's square
+        input); "batch" until decided (each image at its own aspect)."""
         self.log = log or (lambda line: None)
 
     @property
@@ -228,8 +238,13 @@ class ZeroShotScorer:
             facts["min_bank"] = self.min_bank
         return facts
 
+    def decide_shape(self, images: Sequence[np.ndarray]) -> None:
+        """Fix the input shape on ``images`` (the first batch, cropped when cropping), once."""
+        if self.shape == "batch" and len(images):
+            self.shape = self.musc.input_shape(images)
+
     def features(self, image: np.ndarray) -> list[torch.Tensor]:
-        sets, self.grid, _ = self.musc.feature_sets([image], native_grids=self.musc.config.native_grids)
+        sets, self.grid, _ = self.musc.feature_sets([image], native_grids=self.musc.config.native_grids, shape=self.shape)
         return [s[0] for s in sets]
 
     def _maps(self, per_set: list[torch.Tensor]) -> np.ndarray:
@@ -252,8 +267,10 @@ class ZeroShotScorer:
                 keyed_images = []  # too few to decide the crop on: the next first batch rebuilds the bank
             else:
                 self.decide_crop([image for _, image in keyed_images])
-        for key, image in keyed_images:
-            self.bank.add(key, self.features(self.cropped(image)[0]))
+        crops = [(key, self.cropped(image)[0]) for key, image in keyed_images]
+        self.decide_shape([crop for _, crop in crops])
+        for key, crop in crops:
+            self.bank.add(key, self.features(crop))
         self.started = any_rows and len(self.bank) >= 2
 
     def score(self, key: str, image: np.ndarray, ready_at: float) -> list[Scored]:
@@ -279,10 +296,13 @@ class ZeroShotScorer:
         """Mutual scoring of the waiting images; those judged normal stay in the bank."""
         if self.crops and self.crop is None:
             self.decide_crop([image for _, image, _, _ in self.pending])
-        follows = {}
+        follows, crops = {}, {}
+        for key, image, _, _ in self.pending:
+            crops[key], follows[key] = self.cropped(image)
+        self.decide_shape(list(crops.values()))
         for number, (key, image, sets, ready_at) in enumerate(self.pending):
-            crop, follows[key] = self.cropped(image)
-            if sets is None:
+            crop = crops[key]
+            if sets is None or self.musc.input_shape([crop]) != self.shape:  # computed on arrival at another shape
                 sets = self.features(crop)
                 self.pending[number] = (key, image, sets, ready_at)
             self.bank.add(key, sets)
