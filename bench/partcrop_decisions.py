@@ -42,7 +42,7 @@ def main() -> None:
     for kind, category in batches:
         images = [read_image(s.path) for s in category.test]
         started = time.perf_counter()
-        plan = plan_batch(images, "auto")
+        plan = plan_batch(images, "auto", one_size=False)  # as every caller in the package
         seconds = (time.perf_counter() - started) / len(images)
         f = plan.facts
         side = "n/a" if f["side_share"] is None else f"{100 * f['side_share']:.0f} %"
