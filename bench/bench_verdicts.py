@@ -47,14 +47,16 @@ def categories() -> dict[str, tuple[list, list]]:
     return out
 
 
-def detector(method: str, false_alarm_rate: float):
+def detector(method: str, false_alarm_rate: float, backbone: str | None = None):
+    """The method at its defaults (``backbone``: another backbone at its own default input)."""
+    extra = {"backbone": backbone} if backbone else {}
     if method == "musc":
         from defectscope.methods.musc import MuSc, MuScConfig
 
-        return MuSc(MuScConfig(false_alarm_rate=false_alarm_rate))
+        return MuSc(MuScConfig(false_alarm_rate=false_alarm_rate, **extra))
     from defectscope.methods.codegraph import CoDeGraph, CoDeGraphConfig
 
-    return CoDeGraph(CoDeGraphConfig(false_alarm_rate=false_alarm_rate))
+    return CoDeGraph(CoDeGraphConfig(false_alarm_rate=false_alarm_rate, **extra))
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """Collect zero-shot verdict data once, so that verdict rules can be compared without rescoring.
 
-    python bench/verdict_data.py --out /tmp/verdict-data [--only NAME ...] [--methods musc codegraph]
+    python bench/verdict_data.py --out /tmp/verdict-data [--only NAME ...] [--methods musc codegraph] [--backbone efficientnet-lite2]
 
 Batches: the nine shared batches of bench/bench_verdicts.py, the demo's 60 elpv cells
 (`defectscope demo`) and, with ``--elpv-all``, all 2,624 elpv cells (defective = the experts'
@@ -59,6 +59,7 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=["musc"])
     parser.add_argument("--elpv-all", action="store_true")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--backbone", default=None, help="another backbone at its own default input (default: the method's)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
@@ -70,7 +71,7 @@ def main() -> None:
             if target.exists():
                 continue
             started = time.perf_counter()
-            result = detector(method, 0.05).predict(images)
+            result = detector(method, 0.05, args.backbone).predict(images)
             maps = torch.from_numpy(result.anomaly_maps).unsqueeze(1)
             pooled = F.max_pool2d(maps, 4).squeeze(1).numpy().astype(np.float16)
             np.savez_compressed(
