@@ -39,10 +39,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from defectscope.data import magnetic_tile  # noqa: E402
 from defectscope.data.batch import read_batch  # noqa: E402
 from defectscope.methods.musc import MuSc, MuScConfig  # noqa: E402
-from defectscope.methods.pose import embedding_agreement, look_groups, pc1_bimodality  # noqa: E402
+from defectscope.methods.pose import embedding_agreement, look_groups  # noqa: E402
 from defectscope.sample import elpv_root  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+
+
+def pc1_bimodality(embeddings: torch.Tensor) -> float:
+    """Sarle's bimodality coefficient of the unit embeddings' first principal component (above
+    5/9 hints at two modes)."""
+    e = torch.nn.functional.normalize(embeddings.double(), dim=1)
+    n = e.shape[0]
+    if n < 4:
+        return 0.0
+    x = e - e.mean(dim=0)
+    p = x @ torch.linalg.svd(x, full_matrices=False)[2][0]
+    p = (p - p.mean()) / p.std(unbiased=False)
+    skew, kurt = float((p**3).mean()), float((p**4).mean()) - 3.0
+    return (skew * skew + 1.0) / (kurt + 3.0 * (n - 1) ** 2 / ((n - 2) * (n - 3)))
 
 
 def batches(shared: Path) -> list[tuple[str, str, list[Path]]]:

@@ -300,7 +300,7 @@ class MuSc(Detector):
         """:meth:`predict_against_reference` behind the good images' crop plan (:meth:`crop_good`):
         each image cut to a square of the good images' side around its own part, the maps
         pasted back into its frame; the plan's facts in ``extras["part_crop"]``."""
-        plan = getattr(self, "reference_crop", None)
+        plan = self.reference_crop
         if plan is None or self.config.part_crop == "off":
             return self.predict_against_reference(images, paths, progress)
         if not plan.active:
@@ -319,10 +319,7 @@ class MuSc(Detector):
         plan = partcrop.plan_batch(images, self.config.part_crop, one_size=False)
         if not plan.active:
             result = self.score_batch(images, paths, progress)
-            if self.config.part_crop != "off":
-                result.extras["part_crop"] = plan.facts
-                result.extras["batch_facts"] = {**result.extras.get("batch_facts", {}), "part_crop": plan.facts}
-            return result
+            return result if self.config.part_crop == "off" else replace(result, extras=plan.record(result.extras))
         return plan.paste(self.score_batch(plan.crop(images), paths, progress), *partcrop.frame_shape(images))
 
     def score_batch(self, images: Sequence[np.ndarray], paths: Sequence[str] | None, progress: ProgressCallback | None) -> Result:

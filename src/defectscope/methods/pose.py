@@ -263,20 +263,6 @@ def look_groups(embeddings: torch.Tensor, components: int = GROUP_COMPONENTS, it
     return {"separation": gap / spread if spread > 0 else math.inf, "minor": min(share, 1.0 - share)}
 
 
-def pc1_bimodality(embeddings: torch.Tensor) -> float:
-    """Sarle's bimodality coefficient of the unit embeddings' first principal component (above
-    5/9 hints at two modes; for the bench's comparison only)."""
-    e = torch.nn.functional.normalize(embeddings.double(), dim=1)
-    n = e.shape[0]
-    if n < 4:
-        return 0.0
-    x = e - e.mean(dim=0)
-    p = x @ torch.linalg.svd(x, full_matrices=False)[2][0]
-    p = (p - p.mean()) / p.std(unbiased=False)
-    skew, kurt = float((p**3).mean()), float((p**4).mean()) - 3.0
-    return (skew * skew + 1.0) / (kurt + 3.0 * (n - 1) ** 2 / ((n - 2) * (n - 3)))
-
-
 def bank_looks(config, embeddings: torch.Tensor) -> tuple[float, float, dict]:
     """The reference bank's interval and facts. ``looks_bank`` on: the several-looks gate alone
     (:func:`batch_interval`). Off (the default): the bank takes ``looks_interval`` (and

@@ -338,6 +338,19 @@ def thin_mask(
     return mask
 
 
+def _shifted(
+    normal: np.ndarray, mask: np.ndarray, rng: np.random.Generator, *, dark_share: float, depths: tuple[float, float],
+    base: float, swing: float,
+) -> tuple[np.ndarray, float]:
+    """``normal`` with the pixels of ``mask`` shifted darker (with probability ``dark_share``) or
+    brighter by a depth drawn from ``depths`` grey levels, varying smoothly as base + swing x
+    fractal noise; -> (image, depth)."""
+    sign = -1.0 if rng.random() < dark_share else 1.0
+    depth = rng.uniform(*depths)
+    shift = sign * depth * (base + swing * fractal_noise(mask.shape, 4, 2, rng))
+    return _shift_inside(normal, mask, shift), depth
+
+
 def thin_defect(
     normal: np.ndarray, rng: np.random.Generator, *, allowed: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, float]:
@@ -346,10 +359,8 @@ def thin_defect(
     normal = _as_rgb(normal)
     shape = normal.shape[:2]
     mask = thin_mask(shape, rng, allowed=allowed)
-    sign = -1.0 if rng.random() < 0.75 else 1.0
-    depth = rng.uniform(15, 60)
-    shift = sign * depth * (0.6 + 0.4 * fractal_noise(shape, 4, 2, rng))
-    return _shift_inside(normal, mask, shift), mask, 1.0
+    image, _ = _shifted(normal, mask, rng, dark_share=0.75, depths=(15, 60), base=0.6, swing=0.4)
+    return image, mask, 1.0
 
 
 def stain_defect(
@@ -361,10 +372,8 @@ def stain_defect(
     normal = _as_rgb(normal)
     shape = normal.shape[:2]
     mask = perlin_mask(shape, rng, allowed=allowed)
-    sign = -1.0 if rng.random() < 0.5 else 1.0
-    depth = rng.uniform(6, 20)
-    shift = sign * depth * (0.7 + 0.3 * fractal_noise(shape, 4, 2, rng))
-    return _shift_inside(normal, mask, shift), mask, float(depth / 255.0)
+    image, depth = _shifted(normal, mask, rng, dark_share=0.5, depths=(6, 20), base=0.7, swing=0.3)
+    return image, mask, float(depth / 255.0)
 
 
 def missing_region(
