@@ -13,6 +13,7 @@ from defectscope.backbones._common import BORDERS
 from defectscope.device import resolve_device
 from defectscope.methods.config import DEFAULT_FALSE_ALARM_RATE, FALSE_ALARM_RATE, MethodConfig, setting, to_text
 from defectscope.methods.partcrop import PART_CROPS
+from defectscope.methods.canonical import CANONICAL_POSES
 from defectscope.methods.pose import ROTATION_COUNTS, SELF_MIXES, SELF_TERMS
 
 
@@ -139,6 +140,9 @@ class MuScConfig(MethodConfig):
     looks_groups: float | None = setting(5.5, above=0.0, note="pooled standard deviations; none: off")
     looks_nearest: int | None = setting(20, at_least=1, note="references; none: all of the bank")
     part_crop: str = setting("auto", choices=PART_CROPS)
+    canonical_pose: str = setting("off", choices=CANONICAL_POSES)
+    canonical_fold: int = setting(2, choices=(2, 4))
+    canonical_expand: bool = False
 
     def check(self) -> None:
         if not self.lower < self.upper:
@@ -186,6 +190,8 @@ class CoDeGraphConfig(MuScConfig):
     """MuSc's several-looks gate is not part of CoDeGraph (it keeps the interval above)."""
     looks_groups: float | None = None
     """Nor is the bank's groups rule."""
+    canonical_pose: str = setting("off", choices=CANONICAL_POSES)
+    """Nor is the canonical pose (CoDeGraph scores the images as they are)."""
     tiles: int = setting(1, choices=(1,), note="CoDeGraph scores whole images only")
 
     max_support_fraction: float = setting(0.5, above=0.0, at_most=1.0)
@@ -203,5 +209,7 @@ class CoDeGraphConfig(MuScConfig):
         super().check()
         if self.self_term != "off" or self.nearest_images is not None or self.looks_gate is not None:
             self.refuse("settings self_term, nearest_images and looks_gate are MuSc options; CoDeGraph takes rotations (turned references) only")
+        if self.canonical_pose != "off":
+            self.refuse(f"setting canonical_pose={self.canonical_pose} is a MuSc option: CoDeGraph scores the images as they are")
         if self.scheduler is not None:
             self.refuse(f"setting scheduler={self.scheduler} is a MuSc option: CoDeGraph scores in this process (its graph needs every table at once)")

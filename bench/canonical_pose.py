@@ -1,0 +1,119 @@
+"""Gate statistics of the canonical pose (docs/CANONICAL_POSE.md) on the suite's batches.
+
+For every batch of bench/suite.py (untransformed) and of its pose proxy (bench/pose_proxy.py),
+per fold (2: angles modulo 180 degrees; 4: modulo 90): the median coherence, the share of
+confident images, the circular spread of their angles and the decision of
+``canonical_pose=auto``. Optionally the small-part proxy and the elpv cells (``--elpv N``: the
+demo's sample of N mono and N poly cells). No backbone runs: this only reads the images.
+
+    python bench/canonical_pose.py
+    python bench/canonical_pose.py --small --elpv 60
+
+``--oracle NAME``: the upper bound of a canonical pose on the proxy. The posed batch NAME is
+scored (library evaluate path, MuSc defaults) with each image turned back by the proxy's own
+(known) angle, exactly, not folded (``--oracle-scale``: and scaled back by its known scale);
+nothing is estimated. Prints the metrics row.
+
+    python bench/canonical_pose.py --oracle magnetic_tile --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from defectscope.methods import canonical  # noqa: E402
+from suite import SHARED, shared_categories  # noqa: E402
+
+
+def read(samples) -> list[np.ndarray]:
+    return [np.asarray(Image.open(s.path).convert("RGB")) for s in samples]
+
+
+def row(name: str, images: list[np.ndarray], folds: tuple[int, ...]) -> str:
+    cells = [name, str(len(images))]
+    for fold in folds:
+        started = time.perf_counter()
+        plan = canonical.plan_batch(images, "auto", fold)
+        seconds = (time.perf_counter() - started) / len(images)
+        f = plan.facts
+        cells += [f"{f['median_coherence']:.3f}", f"{f['confident_share']:.2f}", f"{f['spread_degrees']:.1f}", "**on**" if plan.active else "off", f"{seconds:.3f}"]
+    return "| " + " | ".join(cells) + " |"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--folds", default="2,4")
+    parser.add_argument("--only", action="append", default=[])
+    parser.add_argument("--small", action="store_true", help="also the small-part proxy (bottle, hazelnut_toy)")
+    parser.add_argument("--elpv", type=int, default=0, help="also the demo's N mono and N poly elpv cells (0: skip)")
+    parser.add_argument("--no-plain", action="store_true")
+    parser.add_argument("--oracle", default=None, help="score this posed batch turned back by its known angles")
+    parser.add_argument("--oracle-scale", action="store_true", help="with --oracle: also undo the known scale")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--param", action="append", default=[], help="MuSc setting KEY=VALUE (repeatable)")
+    args = parser.parse_args()
+    if args.oracle:
+        oracle(args)
+        return
+    folds = tuple(int(f) for f in args.folds.split(","))
+    from pose_proxy import EDGE_PADDED, mixed_categories, pose_category, small_category
+
+    categories = shared_categories()
+    batches = [("plain", c) for c in categories + mixed_categories(categories)] if not args.no_plain else []
+    batches += [("pose", pose_category(c)) for c in categories]
+    batches += [("pose", c) for c in mixed_categories([pose_category(c) for c in categories])]
+    if args.small:
+        batches += [("small", small_category(c)) for c in categories if c.name in EDGE_PADDED]
+    if args.only:
+        batches = [(k, c) for k, c in batches if any(c.name.startswith(p) for p in args.only)]
+    head = "| batch | n | " + " | ".join(f"coh{f} | conf{f} | spread{f} | auto{f} | s/img" for f in folds) + " |"
+    print(head)
+    print("|---" * (2 + 5 * len(folds)) + "|")
+    for kind, category in batches:
+        print(row(f"{kind}/{category.name}", read(category.test), folds), flush=True)
+    if args.elpv:
+        from defectscope.sample import elpv_category
+
+        for kind in ("mono", "poly"):
+            demo = elpv_category(args.elpv, kind)
+            print(row(f"elpv demo ({kind})", read(demo.test), folds), flush=True)
+
+def oracle(args) -> None:
+    """Score the posed batch ``args.oracle`` turned back by the proxy's known poses."""
+    from pose_proxy import _seed, draw_pose, pose_category
+
+    from defectscope.pipeline import RunOptions, apply_threads, evaluate_category
+
+    category = next(c for c in shared_categories() if c.name == args.oracle)
+    posed = pose_category(category)
+    poses = [draw_pose(np.random.default_rng(_seed(0, category.name, i))) for i in range(len(posed.test))]
+    # the proxy turns the content by +angle (pixel coordinates, y down) and magnifies it by scale
+    turns = [-angle for angle, _, _ in poses]
+    scales = [1.0 / scale for _, scale, _ in poses] if args.oracle_scale else None
+
+    def known(images, mode="auto", fold=canonical.FOLD, expand=False):
+        assert len(images) == len(turns), "the oracle needs every image of the batch"
+        facts = {"mode": "oracle", "turned": True, "scaled": scales is not None}
+        return canonical.PosePlan(True, facts, list(turns), None if scales is None else list(scales), expand)
+
+    canonical.plan_batch = known
+    params = dict(item.partition("=")[::2] for item in args.param)
+    params["canonical_pose"] = "on"
+    options = RunOptions(method="musc", threads=args.threads, method_options=params)
+    apply_threads(args.threads)
+    result, _, samples, _, metrics = evaluate_category(posed, options)
+    keys = ("image_auroc", "pixel_auroc", "pixel_ap", "pixel_aupro")
+    print(f"oracle{'+scale' if scales else ''} pose/{category.name}: " + ", ".join(f"{k}={100 * metrics[k]:.1f}" for k in keys)
+          + f", s/img={float(result.settings['seconds']) / len(samples):.3f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
