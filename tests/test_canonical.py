@@ -37,6 +37,23 @@ def test_turned_stripes_come_back_to_one_angle(fold):
     assert max(folded_error(a, reference, fold) for a in after) < 3.0
 
 
+def mesh(angle: float, shape=(120, 160)) -> np.ndarray:
+    """A square mesh: two stripe sets at right angles (the two directions cancel at fold 2)."""
+    both = stripes(angle, shape).astype(np.float64) + stripes(angle + 90.0, shape)
+    return (both / 2).astype(np.uint8)
+
+
+def test_a_square_mesh_takes_fold_four():
+    angles = [3.0, 14.0, 26.0, 37.0, 58.0, 71.0]
+    images = [mesh(a) for a in angles]
+    plan = canonical.plan_batch(images, "auto")
+    facts = plan.facts
+    assert facts["median_coherence_by_fold"]["2"] < canonical.MIN_COHERENCE[2]
+    assert plan.active and facts["fold"] == 4
+    after = [canonical.orientation(canonical.thumbnail(image), 4)[0] for image in plan.warp(images)]
+    assert max(folded_error(a, facts["reference_degrees"], 4) for a in after) < 3.0
+
+
 def test_gate_stays_off_on_aligned_and_isotropic_batches():
     aligned = [stripes(a) for a in (0.0, 1.0, -1.5, 0.5)]
     plan = canonical.plan_batch(aligned, "auto")
@@ -119,3 +136,72 @@ def torch_resize(array, shape):
     import torch.nn.functional as F
 
     return F.interpolate(torch.from_numpy(array)[None, None], size=shape, mode="bilinear", align_corners=False)[0, 0].numpy()
+
+
+# --- the detector path --------------------------------------------------------------------------
+
+from defectscope.errors import ConfigError  # noqa: E402
+from defectscope.methods.musc import MuSc  # noqa: E402
+from defectscope.methods.zeroshot_config import CoDeGraphConfig, MuScConfig  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def backbone64():
+    return MuSc(MuScConfig(image_size=64)).backbone
+
+
+def turned_stripes(angles, defect: int | None = None, size: int = 96) -> list[np.ndarray]:
+    images = [stripes(a, (size, size), period=6.0) for a in angles]
+    if defect is not None:
+        images[defect][40:52, 40:52] = 255  # a bright square breaks the stripes
+    return images
+
+
+def test_musc_turns_a_directional_batch_and_reports_it(backbone64):
+    angles = [0.0, 23.0, 47.0, 71.0, 98.0, 122.0, 151.0, 169.0]
+    images = turned_stripes(angles, defect=5)
+    result = MuSc(MuScConfig(image_size=64, canonical_pose="auto"), backbone=backbone64).predict(images)
+    facts = result.extras["canonical_pose"]
+    assert facts["turned"] and result.extras["batch_facts"]["canonical_pose"] == facts
+    assert result.anomaly_maps.shape[0] == 8 and int(np.argmax(result.image_scores)) == 5
+    # the defect's map peak comes back onto the square in its own frame
+    peak = np.unravel_index(np.argmax(result.anomaly_maps[5]), result.anomaly_maps.shape[1:])
+    scale = result.anomaly_maps.shape[1] / 96
+    assert 30 * scale <= peak[0] <= 62 * scale and 30 * scale <= peak[1] <= 62 * scale
+    assert result.settings["canonical_pose"] == "auto"
+
+
+def test_the_reference_bank_path_takes_the_turn_too(backbone64):
+    images = turned_stripes([0.0, 31.0, 62.0, 93.0, 124.0, 155.0], defect=1)
+    musc = MuSc(MuScConfig(image_size=64, canonical_pose="auto", max_references=2), backbone=backbone64)
+    assert musc._banked(len(images))  # six images against a bank of two references
+    result = musc.predict(images)
+    assert result.extras["canonical_pose"]["turned"] and result.anomaly_maps.shape[0] == 6
+    assert np.isfinite(result.anomaly_maps).all()
+
+
+def test_auto_off_on_aligned_stripes_leaves_the_scores_identical(backbone64):
+    images = turned_stripes([0.0, 0.5, -0.5, 1.0, 0.0, -1.0], defect=2)
+    auto = MuSc(MuScConfig(image_size=64, canonical_pose="auto"), backbone=backbone64).predict(images)
+    off = MuSc(MuScConfig(image_size=64, canonical_pose="off"), backbone=backbone64).predict(images)
+    assert auto.extras["canonical_pose"]["turned"] is False and "canonical_pose" not in off.extras
+    assert np.array_equal(auto.image_scores, off.image_scores) and np.array_equal(auto.anomaly_maps, off.anomaly_maps)
+
+
+def test_other_paths_refuse_canonical_pose_on(backbone64):
+    with pytest.raises(ConfigError, match="canonical_pose"):
+        CoDeGraphConfig(canonical_pose="auto")
+    musc = MuSc(MuScConfig(image_size=64, canonical_pose="on"), backbone=backbone64)
+    with pytest.raises(ConfigError, match="reference mode"):
+        musc.calibrate(turned_stripes([0.0] * 6), 0.1)
+
+
+@pytest.mark.parametrize("folder", ["mvtec_bottle", "magnetic_tile", "paper_impurities/pa_fvn01_tl"])
+def test_auto_stays_off_on_the_aligned_shared_batches(shared_datasets, folder):
+    from defectscope.data import discover
+    from defectscope.data.io import read_image
+
+    category = discover(shared_datasets / folder)[0]
+    images = [read_image(s.path) for s in category.test[::4][:40]]
+    plan = canonical.plan_batch(images, "auto")
+    assert not plan.active, plan.facts

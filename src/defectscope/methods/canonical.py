@@ -2,33 +2,38 @@
 (docs/CANONICAL_POSE.md).
 
 Mutual scoring compares each patch with the patches of the *other* images. A directional
-texture (streaks, a mesh, a weave) photographed at another angle in every image has no
+texture (streaks, a mesh, a weave) photographed at another angle in every image has few
 look-alike patches in the other images, and its normal patches score high. :func:`plan_batch`
 looks at the batch itself:
 
 1. per image, on a grey thumbnail (short side :data:`THUMBNAIL` pixels, the central square),
    the dominant orientation from the gradient structure: the magnitude-weighted mean of
    ``exp(i * fold * theta)`` over the gradient directions ``theta`` of the central disc (the
-   double-angle mean of the structure tensor for ``fold`` = 2; ``fold`` = 4 folds the angle
-   modulo 90 degrees, for textures with a four-fold pattern). Its modulus, the *coherence* in
-   [0, 1], says how directional the texture is (0: isotropic);
+   double-angle mean of the structure tensor for ``fold`` = 2, angles modulo 180 degrees;
+   ``fold`` = 4 folds them modulo 90 degrees, for four-fold patterns such as a square mesh,
+   whose two directions cancel at fold 2). Its modulus, the *coherence* in [0, 1], says how
+   directional the texture is (0: isotropic). The batch takes fold 2 when its median coherence
+   there reaches :data:`MIN_COHERENCE`, else fold 4 (``canonical_fold`` fixes it);
 2. the batch's *spread*: the circular standard deviation of the confident images' folded
-   angles (degrees). Aligned textures show a spread of a few degrees, a texture at any angle
+   angles (degrees). Aligned textures show a spread of a degree or two, a texture at any angle
    tens of degrees;
 3. ``canonical_pose="auto"`` turns the images only when the batch is directional (median
-   coherence at least :data:`MIN_COHERENCE`) *and* its images disagree (spread above
-   :data:`MIN_SPREAD`); "on" whenever at least two images are confident; "off" never looks.
-   Each confident image (coherence at least :data:`IMAGE_COHERENCE`) is turned by the folded
-   difference between the batch's circular mean angle and its own (at most 180 / (2 fold)
-   degrees); the others are left as they are. The thresholds were chosen on the shared dev
-   batches and the pose proxy built from them.
+   coherence at least :data:`MIN_COHERENCE` for its fold) *and* its images disagree (spread
+   above :data:`MIN_SPREAD`); "on" whenever at least two images are confident; "off" never
+   looks. Each confident image (coherence at least :data:`IMAGE_COHERENCE`) is turned by the
+   folded difference between the batch's circular mean angle and its own (at most 90 degrees
+   at fold 2); the others are left as they are. The thresholds were chosen on the shared dev
+   batches and the pose proxy built from them (all dev data).
 
-:meth:`PosePlan.warp` turns each image about its centre at its own size, mirroring the image
-beyond its edges (no empty corners); the detector scores the turned images as a batch;
-:meth:`PosePlan.unwarp` turns each anomaly map (and verdict mask) back into its image's frame,
-with the map's minimum where the original frame falls outside the turned one. Image scores and
-verdicts are the turned batch's. The plan's facts go to ``result.extras["canonical_pose"]`` and
-``batch_facts``.
+:meth:`PosePlan.warp` turns each image about its centre at its own size (``expand``: on the
+bounding box of the turned image), mirroring the image beyond its edges, so no corner is empty.
+The detector scores the turned images as a batch (``MuSc.score_posed``): the patches of a
+turned image whose source lies outside the original (the mirrored corners) take the image's
+lowest patch score before the maps are smoothed, so their seams do not spread; each map is then
+turned back into its image's frame (:func:`unturn_maps`; where the frame falls outside the
+turned image, i.e. the corners a same-size turn cuts off, the turned map's nearest edge value,
+:data:`OUTSIDE`), and the image scores, the verdict and the masks are taken on the maps turned
+back. The plan's facts go to ``result.extras["canonical_pose"]`` and ``batch_facts``.
 """
 
 from __future__ import annotations
@@ -55,6 +60,9 @@ OUTSIDE = "edge"
 its map takes the turned map's nearest edge value ("edge"), or the map's minimum ("min").
 Measured on the posed magnetic tiles (docs/CANONICAL_POSE.md): equal image AUROC, better pixels
 with "edge"."""
+MARGIN = 0
+"""Cells of the finest grid next to a turned image's mirrored corners that take its lowest patch
+score too (their features reach into the mirror's seams)."""
 SMOOTHING = 1.0
 """Gaussian sigma (thumbnail pixels) before the gradients."""
 
@@ -83,10 +91,10 @@ def thumbnail(image: np.ndarray, side: int = THUMBNAIL) -> np.ndarray:
     return small[top:top + side, left:left + side]
 
 
-def orientation(grey: np.ndarray, fold: int = FOLD) -> tuple[float, float]:
-    """(dominant gradient direction in degrees in [-180 / fold, 180 / fold), coherence in [0, 1])
-    of a grey image, from the magnitude-weighted mean of exp(i fold theta) over its central disc.
-    Directions are in pixel coordinates (x to the right, y down)."""
+def orientations(grey: np.ndarray, folds: Sequence[int] = (FOLD,)) -> list[tuple[float, float]]:
+    """Per fold: (dominant gradient direction in degrees in [-180 / fold, 180 / fold), coherence
+    in [0, 1]) of a grey image, from the magnitude-weighted mean of exp(i fold theta) over its
+    central disc. Directions are in pixel coordinates (x to the right, y down)."""
     from scipy import ndimage
 
     smooth = ndimage.gaussian_filter(np.asarray(grey, dtype=np.float64), SMOOTHING)
@@ -98,11 +106,19 @@ def orientation(grey: np.ndarray, fold: int = FOLD) -> tuple[float, float]:
     power = gradient.real**2 + gradient.imag**2
     total = float(power.sum())
     if total <= 0.0:
-        return 0.0, 0.0
-    # |g|^2 exp(i fold theta) = g^fold / |g|^(fold - 2), with g = gx + i gy
-    turned = gradient**fold if fold == 2 else gradient**fold / np.maximum(power, 1e-30) ** ((fold - 2) / 2)
-    mean = complex(turned.sum() / total)
-    return math.degrees(math.atan2(mean.imag, mean.real)) / fold, abs(mean)
+        return [(0.0, 0.0) for _ in folds]
+    found = []
+    for fold in folds:
+        # |g|^2 exp(i fold theta) = g^fold / |g|^(fold - 2), with g = gx + i gy
+        turned = gradient**fold if fold == 2 else gradient**fold / np.maximum(power, 1e-30) ** ((fold - 2) / 2)
+        mean = complex(turned.sum() / total)
+        found.append((math.degrees(math.atan2(mean.imag, mean.real)) / fold, abs(mean)))
+    return found
+
+
+def orientation(grey: np.ndarray, fold: int = FOLD) -> tuple[float, float]:
+    """(angle, coherence) of :func:`orientations` for one fold."""
+    return orientations(grey, (fold,))[0]
 
 
 def circular_spread(angles: Sequence[float], fold: int = FOLD) -> float:
@@ -208,13 +224,22 @@ def unturn_maps(
     return out, back
 
 
-def inside_cells(shape: tuple[int, int], grid: tuple[int, int], turn: float, scale: float = 1.0, expand: bool = False) -> np.ndarray:
+def inside_cells(
+    shape: tuple[int, int], grid: tuple[int, int], turn: float, scale: float = 1.0, expand: bool = False, margin: int = 0,
+) -> np.ndarray:
     """(rows, cols) bool on a ``grid`` covering the turned canvas of an image of ``shape``: True
-    where the cell's source point lies inside the original image (False: mirrored content)."""
+    where the cell's source point lies inside the original image (False: mirrored content),
+    shrunk by ``margin`` cells away from the mirrored content (the canvas's own edges do not
+    shrink it)."""
     if turn == 0.0 and scale == 1.0:
         return np.ones(grid, dtype=bool)
     source = _grid(canvas_shape(tuple(shape), turn, scale, expand), tuple(grid), tuple(shape), -turn, 1.0 / scale)
-    return (source.abs() <= 1.0).all(dim=-1)[0].numpy()
+    inside = (source.abs() <= 1.0).all(dim=-1)[0].numpy()
+    if margin > 0 and not inside.all():
+        from scipy import ndimage
+
+        inside = ndimage.binary_erosion(inside, iterations=margin, border_value=1)
+    return inside
 
 
 @dataclass
@@ -257,18 +282,34 @@ def batch_orientations(images: Sequence[np.ndarray], fold: int = FOLD) -> list[t
     return [orientation(thumbnail(image), fold) for image in images]
 
 
-def plan_batch(images: Sequence[np.ndarray], mode: str = "auto", fold: int = FOLD, expand: bool = False) -> PosePlan:
-    """Decide from the batch whether (auto), and by how much, to turn each image (module doc)."""
+def _summary(measured: Sequence[tuple[float, float]], fold: int) -> dict[str, Any]:
+    coherences = np.array([c for _, c in measured], dtype=np.float64)
+    confident = [a for a, c in measured if c >= IMAGE_COHERENCE]
+    return {
+        "median_coherence": float(np.median(coherences)) if len(coherences) else 0.0,
+        "confident": confident,
+        "spread": circular_spread(confident, fold) if confident else 0.0,
+    }
+
+
+def plan_batch(images: Sequence[np.ndarray], mode: str = "auto", fold: int | None = None, expand: bool = False) -> PosePlan:
+    """Decide from the batch whether (auto), and by how much, to turn each image (module doc).
+
+    ``fold`` None: 2 when the batch's median coherence at fold 2 reaches its
+    :data:`MIN_COHERENCE` (one dominant direction), else 4 (a four-fold pattern such as a square
+    mesh, whose two directions cancel at fold 2)."""
     if mode not in CANONICAL_POSES:
         raise ValueError(f"canonical_pose must be one of {', '.join(CANONICAL_POSES)}, got {mode!r}")
     if mode == "off":
         return PosePlan(False, {"mode": "off", "turned": False, "reason": "canonical_pose=off"})
-    measured = batch_orientations(images, fold)
-    angles = [a for a, _ in measured]
-    coherences = np.array([c for _, c in measured], dtype=np.float64)
-    confident = [a for a, c in measured if c >= IMAGE_COHERENCE]
-    median_coherence = float(np.median(coherences)) if len(coherences) else 0.0
-    spread = circular_spread(confident, fold) if confident else 0.0
+    folds = (2, 4) if fold is None else (fold,)
+    per_image = [orientations(thumbnail(image), folds) for image in images]
+    summaries = {f: _summary([found[k] for found in per_image], f) for k, f in enumerate(folds)}
+    if fold is None:
+        fold = 2 if summaries[2]["median_coherence"] >= MIN_COHERENCE[2] else 4
+    measured = [found[folds.index(fold)] for found in per_image]
+    chosen = summaries[fold]
+    confident, median_coherence, spread = chosen["confident"], chosen["median_coherence"], chosen["spread"]
     facts: dict[str, Any] = {
         "mode": mode,
         "fold": fold,
@@ -276,6 +317,9 @@ def plan_batch(images: Sequence[np.ndarray], mode: str = "auto", fold: int = FOL
         "confident_share": round(len(confident) / max(1, len(measured)), 4),
         "spread_degrees": round(spread, 2),
     }
+    if len(folds) > 1:
+        facts["median_coherence_by_fold"] = {str(f): round(summaries[f]["median_coherence"], 4) for f in folds}
+        facts["spread_degrees_by_fold"] = {str(f): round(summaries[f]["spread"], 2) for f in folds}
     reasons = []
     if len(confident) < 2:
         reasons.append(f"{len(confident)} image(s) with a dominant orientation (coherence >= {IMAGE_COHERENCE})")

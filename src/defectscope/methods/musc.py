@@ -159,12 +159,12 @@ class MuSc(Detector):
         calibrate the verdict on them at ``false_alarm_rate`` (each good image scored
         leave-one-out against the others). Without it the detector is zero-shot (the batch
         scores itself)."""
+        if self.config.canonical_pose == "on":
+            raise ConfigError("canonical_pose=on turns the images of a batch scored by itself; reference mode (good images) scores them as they are: use canonical_pose=auto or off")
         self.config = replace(self.config, false_alarm_rate=false_alarm_rate)
         require_good_images(len(images), self.config.false_alarm_rate)
         if self.config.tiles != 1:
             raise ConfigError("reference mode scores whole images only: use tiles=1 with good images")
-        if self.config.canonical_pose == "on":
-            raise ConfigError("canonical_pose=on turns the images of a batch scored by itself; reference mode (good images) scores them as they are: use canonical_pose=auto or off")
         images = self.crop_good(images)
         shape = self.input_shape(images)
         sets, grid, _ = self.feature_sets(images, progress, native_grids=self.config.native_grids, shape=shape)
@@ -344,7 +344,7 @@ class MuSc(Detector):
             # the mirrored corners of a turned image (no source pixel) hold its lowest score, so
             # their seams do not spread into the map by the smoothing
             for index, (turn, shape, scale) in enumerate(zip(plan.turns, shapes, plan.each_scale)):
-                inside = torch.from_numpy(canonical.inside_cells(shape, scores.grid, turn, scale, plan.expand).reshape(-1)).to(patch_scores.device)
+                inside = torch.from_numpy(canonical.inside_cells(shape, scores.grid, turn, scale, plan.expand, canonical.MARGIN).reshape(-1)).to(patch_scores.device)
                 if bool(inside.any()) and not bool(inside.all()):
                     patch_scores[index, ~inside] = patch_scores[index, inside].min()
             maps, embeddings, grid = self.maps_from_patch_scores(patch_scores, scores.grid), scores.embeddings, scores.grid

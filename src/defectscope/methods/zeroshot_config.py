@@ -102,6 +102,15 @@ class MuScConfig(MethodConfig):
             batch scoring (exact, bank, Dask); in reference mode the good images decide and
             each new image is cut to their side around its own part; ``watch``'s rolling bank
             decides on its first batch.
+        canonical_pose, canonical_fold, canonical_expand: a canonical pose per image
+            (:mod:`defectscope.methods.canonical`, docs/CANONICAL_POSE.md): "auto" turns each
+            image of a batch of a directional texture whose images disagree in orientation to
+            the batch's mean angle before scoring and turns the maps back; "on" whenever two
+            images have a dominant orientation; "off" (default) never looks. ``canonical_fold``
+            2 or 4 (angles modulo 180 or 90 degrees; none: chosen per batch);
+            ``canonical_expand`` turns each image onto its turned bounding box instead of its
+            own frame. Zero-shot batch scoring (exact, bank, Dask) only: reference mode and
+            ``watch`` refuse "on" and ignore "auto"; CoDeGraph refuses it.
     """
 
     backbone: str = "efficientnet-lite0"
@@ -141,7 +150,7 @@ class MuScConfig(MethodConfig):
     looks_nearest: int | None = setting(20, at_least=1, note="references; none: all of the bank")
     part_crop: str = setting("auto", choices=PART_CROPS)
     canonical_pose: str = setting("off", choices=CANONICAL_POSES)
-    canonical_fold: int = setting(2, choices=(2, 4))
+    canonical_fold: int | None = setting(None, choices=(2, 4), note="none: chosen per batch")
     canonical_expand: bool = False
 
     def check(self) -> None:
