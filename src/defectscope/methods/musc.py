@@ -28,7 +28,7 @@ from defectscope.backbones._common import input_shape as aspect_input_shape
 from defectscope.device import resolve_device
 from defectscope.errors import ConfigError
 from defectscope.memory import estimate_bytes
-from defectscope.methods import partcrop, pose
+from defectscope.methods import canonical, partcrop, pose
 from defectscope.methods.bank import reference_scores, sampled_patch_scores, use_bank
 from defectscope.methods.distributed import dask_patch_scores
 from defectscope.methods.features import extract_in_batches
@@ -159,6 +159,8 @@ class MuSc(Detector):
         calibrate the verdict on them at ``false_alarm_rate`` (each good image scored
         leave-one-out against the others). Without it the detector is zero-shot (the batch
         scores itself)."""
+        if self.config.canonical_pose == "on":
+            raise ConfigError("canonical_pose=on turns the images of a batch scored by itself; reference mode (good images) scores them as they are: use canonical_pose=auto or off")
         self.config = replace(self.config, false_alarm_rate=false_alarm_rate)
         require_good_images(len(images), self.config.false_alarm_rate)
         if self.config.tiles != 1:
@@ -318,9 +320,41 @@ class MuSc(Detector):
         maps pasted into the frame of the most common size (:func:`partcrop.frame_shape`)."""
         plan = partcrop.plan_batch(images, self.config.part_crop, one_size=False)
         if not plan.active:
-            result = self.score_batch(images, paths, progress)
+            result = self.score_posed(images, paths, progress)
             return result if self.config.part_crop == "off" else replace(result, extras=plan.record(result.extras))
-        return plan.paste(self.score_batch(plan.crop(images), paths, progress), *partcrop.frame_shape(images))
+        return plan.paste(self.score_posed(plan.crop(images), paths, progress), *partcrop.frame_shape(images))
+
+    def score_posed(self, images: Sequence[np.ndarray], paths: Sequence[str] | None, progress: ProgressCallback | None) -> Result:
+        """:meth:`score_batch` behind ``canonical_pose`` (:mod:`defectscope.methods.canonical`): when
+        the batch asks for it, each image is turned to the batch's canonical orientation, the
+        turned images are scored as a batch and each map is turned back into its image's frame;
+        the decision goes to ``extras["canonical_pose"]`` and ``batch_facts``. With "off" the
+        batch is scored as it is and nothing is recorded."""
+        if self.config.canonical_pose == "off":
+            return self.score_batch(images, paths, progress)
+        plan = canonical.plan_batch(images, self.config.canonical_pose, self.config.canonical_fold, self.config.canonical_expand)
+        if not plan.active:
+            result = self.score_batch(images, paths, progress)
+            return replace(result, extras=plan.record(result.extras))
+        shapes = [tuple(int(v) for v in np.asarray(image).shape[:2]) for image in images]
+        turned = plan.warp(images)
+        if self.config.tiles == 1:
+            scores = self.patch_scores(turned, progress)
+            patch_scores = scores.patch_scores.clone()
+            # the mirrored corners of a turned image (no source pixel) hold its lowest score, so
+            # their seams do not spread into the map by the smoothing
+            for index, (turn, shape, scale) in enumerate(zip(plan.turns, shapes, plan.each_scale)):
+                inside = torch.from_numpy(canonical.inside_cells(shape, scores.grid, turn, scale, plan.expand, canonical.MARGIN).reshape(-1)).to(patch_scores.device)
+                if bool(inside.any()) and not bool(inside.all()):
+                    patch_scores[index, ~inside] = patch_scores[index, inside].min()
+            maps, embeddings, grid = self.maps_from_patch_scores(patch_scores, scores.grid), scores.embeddings, scores.grid
+        else:
+            maps, embeddings, grid = self.tiled_maps(turned, progress)
+        # the maps go back to each image's frame before the image scores, the verdict and the
+        # masks are taken: the turned images' mirrored corners never decide an image's score
+        back, _ = canonical.unturn_maps(maps.cpu().numpy(), None, plan.turns, shapes, plan.scales, plan.expand)
+        result = self.result_from_maps(torch.from_numpy(back).to(maps.device), embeddings, grid, paths)
+        return replace(result, extras=plan.record(result.extras))
 
     def score_batch(self, images: Sequence[np.ndarray], paths: Sequence[str] | None, progress: ProgressCallback | None) -> Result:
         """Zero-shot scoring of the batch by itself (:meth:`predict` without good images)."""

@@ -187,6 +187,8 @@ class ZeroShotScorer:
     def __init__(self, musc, false_alarm_rate: float, bank_size: int, min_bank: int, log=None) -> None:
         if not 2 <= min_bank <= bank_size:
             raise ConfigError(f"--min-bank must lie in [2, --bank-size], got {min_bank} with a bank of {bank_size}")
+        if getattr(musc.config, "canonical_pose", "off") == "on":
+            raise ConfigError("canonical_pose=on turns the images of a batch scored by itself; watch scores one image at a time as it is: use canonical_pose=auto or off")
         self.musc = musc
         self.false_alarm_rate = false_alarm_rate
         self.min_bank = min_bank

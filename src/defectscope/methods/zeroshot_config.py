@@ -13,6 +13,7 @@ from defectscope.backbones._common import BORDERS
 from defectscope.device import resolve_device
 from defectscope.methods.config import DEFAULT_FALSE_ALARM_RATE, FALSE_ALARM_RATE, MethodConfig, setting, to_text
 from defectscope.methods.partcrop import PART_CROPS
+from defectscope.methods.canonical import CANONICAL_POSES
 from defectscope.methods.pose import ROTATION_COUNTS, SELF_MIXES, SELF_TERMS
 
 
@@ -101,6 +102,15 @@ class MuScConfig(MethodConfig):
             batch scoring (exact, bank, Dask); in reference mode the good images decide and
             each new image is cut to their side around its own part; ``watch``'s rolling bank
             decides on its first batch.
+        canonical_pose, canonical_fold, canonical_expand: a canonical pose per image
+            (:mod:`defectscope.methods.canonical`, docs/CANONICAL_POSE.md): "auto" turns each
+            image of a batch of a directional texture whose images disagree in orientation to
+            the batch's mean angle before scoring and turns the maps back; "on" whenever two
+            images have a dominant orientation; "off" (default) never looks. ``canonical_fold``
+            2 or 4 (angles modulo 180 or 90 degrees; none: chosen per batch);
+            ``canonical_expand`` turns each image onto its turned bounding box instead of its
+            own frame. Zero-shot batch scoring (exact, bank, Dask) only: reference mode and
+            ``watch`` refuse "on" and ignore "auto"; CoDeGraph refuses it.
     """
 
     backbone: str = "efficientnet-lite0"
@@ -139,6 +149,9 @@ class MuScConfig(MethodConfig):
     looks_groups: float | None = setting(5.5, above=0.0, note="pooled standard deviations; none: off")
     looks_nearest: int | None = setting(20, at_least=1, note="references; none: all of the bank")
     part_crop: str = setting("auto", choices=PART_CROPS)
+    canonical_pose: str = setting("off", choices=CANONICAL_POSES)
+    canonical_fold: int | None = setting(None, choices=(2, 4), note="none: chosen per batch")
+    canonical_expand: bool = False
 
     def check(self) -> None:
         if not self.lower < self.upper:
@@ -186,6 +199,8 @@ class CoDeGraphConfig(MuScConfig):
     """MuSc's several-looks gate is not part of CoDeGraph (it keeps the interval above)."""
     looks_groups: float | None = None
     """Nor is the bank's groups rule."""
+    canonical_pose: str = setting("off", choices=CANONICAL_POSES)
+    """Nor is the canonical pose (CoDeGraph scores the images as they are)."""
     tiles: int = setting(1, choices=(1,), note="CoDeGraph scores whole images only")
 
     max_support_fraction: float = setting(0.5, above=0.0, at_most=1.0)
@@ -203,5 +218,7 @@ class CoDeGraphConfig(MuScConfig):
         super().check()
         if self.self_term != "off" or self.nearest_images is not None or self.looks_gate is not None:
             self.refuse("settings self_term, nearest_images and looks_gate are MuSc options; CoDeGraph takes rotations (turned references) only")
+        if self.canonical_pose != "off":
+            self.refuse(f"setting canonical_pose={self.canonical_pose} is a MuSc option: CoDeGraph scores the images as they are")
         if self.scheduler is not None:
             self.refuse(f"setting scheduler={self.scheduler} is a MuSc option: CoDeGraph scores in this process (its graph needs every table at once)")

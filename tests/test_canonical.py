@@ -1,0 +1,207 @@
+"""The canonical pose (defectscope.methods.canonical): orientation, turn, gate, maps back."""
+
+import math
+
+import numpy as np
+import pytest
+
+from defectscope.methods import canonical
+
+
+def stripes(angle: float, shape=(120, 160), period: float = 9.0) -> np.ndarray:
+    """RGB uint8 stripes whose gradient points at ``angle`` degrees (x right, y down)."""
+    height, width = shape
+    yy, xx = np.mgrid[:height, :width].astype(np.float64)
+    theta = math.radians(angle)
+    phase = ((xx - width / 2) * math.cos(theta) + (yy - height / 2) * math.sin(theta)) / period
+    grey = np.clip(127.5 + 100.0 * np.cos(2.0 * math.pi * phase), 0, 255).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=-1)
+
+
+def folded_error(a: float, b: float, fold: int) -> float:
+    return abs(canonical.folded(a - b, fold))
+
+
+@pytest.mark.parametrize("fold", [2, 4])
+def test_turned_stripes_come_back_to_one_angle(fold):
+    angles = [5.0, 28.0, 51.0, 77.0, 112.0, 143.0]
+    images = [stripes(a) for a in angles]
+    measured = canonical.batch_orientations(images, fold)
+    for angle, (found, coherence) in zip(angles, measured):
+        assert coherence > 0.9
+        assert folded_error(found, angle, fold) < 3.0
+    plan = canonical.plan_batch(images, "auto", fold)
+    assert plan.active and plan.facts["spread_degrees"] > canonical.MIN_SPREAD
+    after = [canonical.orientation(canonical.thumbnail(image), fold)[0] for image in plan.warp(images)]
+    reference = plan.facts["reference_degrees"]
+    assert max(folded_error(a, reference, fold) for a in after) < 3.0
+
+
+def mesh(angle: float, shape=(120, 160)) -> np.ndarray:
+    """A square mesh: two stripe sets at right angles (the two directions cancel at fold 2)."""
+    both = stripes(angle, shape).astype(np.float64) + stripes(angle + 90.0, shape)
+    return (both / 2).astype(np.uint8)
+
+
+def test_a_square_mesh_takes_fold_four():
+    angles = [3.0, 14.0, 26.0, 37.0, 58.0, 71.0]
+    images = [mesh(a) for a in angles]
+    plan = canonical.plan_batch(images, "auto")
+    facts = plan.facts
+    assert facts["median_coherence_by_fold"]["2"] < canonical.MIN_COHERENCE[2]
+    assert plan.active and facts["fold"] == 4
+    after = [canonical.orientation(canonical.thumbnail(image), 4)[0] for image in plan.warp(images)]
+    assert max(folded_error(a, facts["reference_degrees"], 4) for a in after) < 3.0
+
+
+def test_gate_stays_off_on_aligned_and_isotropic_batches():
+    aligned = [stripes(a) for a in (0.0, 1.0, -1.5, 0.5)]
+    plan = canonical.plan_batch(aligned, "auto")
+    assert not plan.active and "agree" in plan.facts["reason"]
+    rng = np.random.default_rng(0)
+    noise = [rng.integers(0, 256, (96, 96, 3), dtype=np.uint8) for _ in range(4)]
+    plan = canonical.plan_batch(noise, "auto")
+    assert not plan.active and "coherence" in plan.facts["reason"]
+    assert not canonical.plan_batch(aligned, "off").active
+    with pytest.raises(ValueError):
+        canonical.plan_batch(aligned, "sometimes")
+
+
+def test_turn_has_no_empty_corners_and_keeps_dtype():
+    image = np.full((64, 96, 3), 200, dtype=np.uint8)
+    turned = canonical.turn_image(image, 37.0)
+    assert turned.dtype == np.uint8 and turned.shape == image.shape
+    assert turned.min() == 200  # mirrored, never filled with black
+
+
+@pytest.mark.parametrize("shape", [(80, 80), (60, 100)])
+def test_maps_return_to_their_frame(shape):
+    """A blob drawn in the image frame, carried into the turned frame like the image, comes back
+    to where it was; outside the turned image the map holds its minimum."""
+    frame = (40, 40)
+    height, width = shape
+    yy, xx = np.mgrid[:frame[0], :frame[1]]
+    ys, xs = (yy + 0.5) * height / frame[0], (xx + 0.5) * width / frame[1]
+    blob_y, blob_x = 0.3 * height, 0.7 * width
+    sigma = 0.08 * min(height, width)  # round in pixels, so turning keeps its shape
+    original = np.exp(-(((ys - blob_y) / sigma) ** 2 + ((xs - blob_x) / sigma) ** 2)).astype(np.float32)
+    turn = 30.0
+    # the image content turned by +turn about the centre moves the blob to c + R(turn)(p - c)
+    theta = math.radians(turn)
+    cx, cy = width / 2.0, height / 2.0
+    tx = cx + math.cos(theta) * (blob_x - cx) - math.sin(theta) * (blob_y - cy)
+    ty = cy + math.sin(theta) * (blob_x - cx) + math.cos(theta) * (blob_y - cy)
+    turned_map = np.exp(-(((ys - ty) / sigma) ** 2 + ((xs - tx) / sigma) ** 2)).astype(np.float32)
+    masks = turned_map[None] > 0.5
+    back, back_masks = canonical.unturn_maps(turned_map[None], masks, [turn], [shape])
+    peak = np.unravel_index(np.argmax(back[0]), frame)
+    want = np.unravel_index(np.argmax(original), frame)
+    assert abs(peak[0] - want[0]) <= 1 and abs(peak[1] - want[1]) <= 1
+    assert np.corrcoef(back[0].ravel(), original.ravel())[0, 1] > 0.95
+    assert back_masks[0].sum() > 0 and (back_masks[0] <= (original > 0.25)).all()
+    # an untouched image keeps its map byte for byte
+    same, _ = canonical.unturn_maps(turned_map[None], None, [0.0], [shape])
+    assert np.array_equal(same, turned_map[None])
+
+
+def test_turned_image_and_unturned_map_agree():
+    """turn_image and unturn_maps use the same geometry: a bright square turned with the image
+    and read back through unturn_maps lands on the square's place."""
+    image = np.zeros((90, 120), dtype=np.uint8)
+    image[20:35, 80:100] = 255
+    turned = canonical.turn_image(image, -50.0)
+    back, _ = canonical.unturn_maps(turned[None].astype(np.float32), None, [-50.0], [image.shape])
+    inside = back[0][20:35, 80:100].mean()
+    assert inside > 150 and back[0][60:, :40].mean() < 20
+
+
+def test_expanded_canvas_keeps_the_whole_image():
+    """With ``expand`` the turned canvas holds the whole image: a map drawn from the turned image
+    comes back everywhere, corners included (nothing falls outside)."""
+    image = np.zeros((50, 110), dtype=np.uint8)
+    image[2:12, 2:20] = 255  # a corner that a same-size turn would cut off
+    turned = canonical.turn_image(image, 70.0, expand=True)
+    assert turned.shape == canonical.canvas_shape(image.shape, 70.0, expand=True)
+    assert turned.shape[0] > image.shape[0]
+    back, _ = canonical.unturn_maps(turned[None].astype(np.float32), None, [70.0], [image.shape], expand=True)
+    assert back.shape == (1, *turned.shape)  # the map keeps its size, now covering the image
+    resized = np.asarray(torch_resize(back[0], image.shape))
+    assert resized[2:12, 2:20].mean() > 120 and resized[25:, 40:].mean() < 20
+    cut, _ = canonical.unturn_maps(canonical.turn_image(image, 70.0)[None].astype(np.float32), None, [70.0], [image.shape])
+    assert cut[0][2:12, 2:20].mean() < 60  # the same-size turn loses that corner
+
+
+def torch_resize(array, shape):
+    import torch
+    import torch.nn.functional as F
+
+    return F.interpolate(torch.from_numpy(array)[None, None], size=shape, mode="bilinear", align_corners=False)[0, 0].numpy()
+
+
+# --- the detector path --------------------------------------------------------------------------
+
+from defectscope.errors import ConfigError  # noqa: E402
+from defectscope.methods.musc import MuSc  # noqa: E402
+from defectscope.methods.zeroshot_config import CoDeGraphConfig, MuScConfig  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def backbone64():
+    return MuSc(MuScConfig(image_size=64)).backbone
+
+
+def turned_stripes(angles, defect: int | None = None, size: int = 96) -> list[np.ndarray]:
+    images = [stripes(a, (size, size), period=6.0) for a in angles]
+    if defect is not None:
+        images[defect][40:52, 40:52] = 255  # a bright square breaks the stripes
+    return images
+
+
+def test_musc_turns_a_directional_batch_and_reports_it(backbone64):
+    angles = [0.0, 23.0, 47.0, 71.0, 98.0, 122.0, 151.0, 169.0]
+    images = turned_stripes(angles, defect=5)
+    result = MuSc(MuScConfig(image_size=64, canonical_pose="auto"), backbone=backbone64).predict(images)
+    facts = result.extras["canonical_pose"]
+    assert facts["turned"] and result.extras["batch_facts"]["canonical_pose"] == facts
+    assert result.anomaly_maps.shape[0] == 8 and int(np.argmax(result.image_scores)) == 5
+    # the defect's map peak comes back onto the square in its own frame
+    peak = np.unravel_index(np.argmax(result.anomaly_maps[5]), result.anomaly_maps.shape[1:])
+    scale = result.anomaly_maps.shape[1] / 96
+    assert 30 * scale <= peak[0] <= 62 * scale and 30 * scale <= peak[1] <= 62 * scale
+    assert result.settings["canonical_pose"] == "auto"
+
+
+def test_the_reference_bank_path_takes_the_turn_too(backbone64):
+    images = turned_stripes([0.0, 31.0, 62.0, 93.0, 124.0, 155.0], defect=1)
+    musc = MuSc(MuScConfig(image_size=64, canonical_pose="auto", max_references=2), backbone=backbone64)
+    assert musc._banked(len(images))  # six images against a bank of two references
+    result = musc.predict(images)
+    assert result.extras["canonical_pose"]["turned"] and result.anomaly_maps.shape[0] == 6
+    assert np.isfinite(result.anomaly_maps).all()
+
+
+def test_auto_off_on_aligned_stripes_leaves_the_scores_identical(backbone64):
+    images = turned_stripes([0.0, 0.5, -0.5, 1.0, 0.0, -1.0], defect=2)
+    auto = MuSc(MuScConfig(image_size=64, canonical_pose="auto"), backbone=backbone64).predict(images)
+    off = MuSc(MuScConfig(image_size=64, canonical_pose="off"), backbone=backbone64).predict(images)
+    assert auto.extras["canonical_pose"]["turned"] is False and "canonical_pose" not in off.extras
+    assert np.array_equal(auto.image_scores, off.image_scores) and np.array_equal(auto.anomaly_maps, off.anomaly_maps)
+
+
+def test_other_paths_refuse_canonical_pose_on(backbone64):
+    with pytest.raises(ConfigError, match="canonical_pose"):
+        CoDeGraphConfig(canonical_pose="auto")
+    musc = MuSc(MuScConfig(image_size=64, canonical_pose="on"), backbone=backbone64)
+    with pytest.raises(ConfigError, match="reference mode"):
+        musc.calibrate(turned_stripes([0.0] * 6), 0.1)
+
+
+@pytest.mark.parametrize("folder", ["mvtec_bottle", "magnetic_tile", "paper_impurities/pa_fvn01_tl"])
+def test_auto_stays_off_on_the_aligned_shared_batches(shared_datasets, folder):
+    from defectscope.data import discover
+    from defectscope.data.io import read_image
+
+    category = discover(shared_datasets / folder)[0]
+    images = [read_image(s.path) for s in category.test[::4][:40]]
+    plan = canonical.plan_batch(images, "auto")
+    assert not plan.active, plan.facts
