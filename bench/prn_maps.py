@@ -10,6 +10,10 @@ For each sigma (map pixels of PRN's S x S map) and each place of the blur:
 * ``image``: resize to the image's size first, then blur with sigma scaled to image pixels
   (sigma x sqrt(H W) / S); pixel metrics only (the image score and verdict stay those of sigma 0).
 
+``--which verdict``: the maps of the model(s) that give the verdict instead of the detector's
+(with ``final_model`` the held-back model, trained without the held-back share: the maps PRN
+gives with ``final_model="never"``), for the pixel metrics and image scores.
+
 ``--at map``: the pixel metrics at the map's resolution instead, with each ground-truth mask
 resized to S x S (bilinear, > 0.5) as ``defectscope evaluate`` computes them (``place`` is then
 ``map`` only). The two protocols weigh images differently: at image size a large image has more
@@ -60,6 +64,7 @@ def main() -> None:
     parser.add_argument("maps", help=".npz from bench_prn.py --save-maps")
     parser.add_argument("--sigmas", type=float, nargs="+", default=[0, 1, 2, 4, 6, 8])
     parser.add_argument("--places", nargs="+", choices=("map", "image"), default=["map", "image"])
+    parser.add_argument("--which", choices=("final", "verdict"), default="final", help="whose maps the pixel metrics read")
     parser.add_argument("--at", choices=("image", "map"), default="image", help="resolution of the pixel metrics")
     parser.add_argument("--false-alarm-rate", type=float, default=0.05)
     parser.add_argument("--out", default=None)
@@ -68,6 +73,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     data = np.load(args.maps)
     maps, verdict_maps, calibration = data["maps"], data["verdict_maps"], data["calibration_maps"]
+    if args.which == "verdict":
+        maps = verdict_maps
     labels, shapes, k = data["labels"], data["shapes"], int(data["top_k"])
     size = maps.shape[-1]
     masks = [read_mask(path, tuple(shape)) if label == 1 else np.zeros(tuple(shape), bool)
@@ -116,7 +123,7 @@ def main() -> None:
                   f"{fmt('image_auroc', 8)} {fmt('cut', 7, 4)} {fmt('verdict_false_alarm_rate', 6)} "
                   f"{fmt('verdict_recall', 7)} {row['seconds']:5.0f}", flush=True)
     out = Path(args.out) if args.out else Path(args.maps).with_suffix(".sweep.json")
-    atomic_write_text(out, json.dumps({"maps": str(args.maps), "at": args.at, "false_alarm_rate": args.false_alarm_rate, "rows": rows}, indent=1) + "\n")
+    atomic_write_text(out, json.dumps({"maps": str(args.maps), "which": args.which, "at": args.at, "false_alarm_rate": args.false_alarm_rate, "rows": rows}, indent=1) + "\n")
     print(f"wrote {out}")
 
 
