@@ -14,6 +14,9 @@ For each sigma (map pixels of PRN's S x S map) and each place of the blur:
 (with ``final_model`` the held-back model, trained without the held-back share: the maps PRN
 gives with ``final_model="never"``), for the pixel metrics and image scores.
 
+``--split FILE --only-type T``: only the test images of defect type T (from the split JSON that
+``bench_prn.py`` writes) and every normal test image (the verdict's FAR stays that of all normals).
+
 ``--at map``: the pixel metrics at the map's resolution instead, with each ground-truth mask
 resized to S x S (bilinear, > 0.5) as ``defectscope evaluate`` computes them (``place`` is then
 ``map`` only). The two protocols weigh images differently: at image size a large image has more
@@ -65,6 +68,8 @@ def main() -> None:
     parser.add_argument("--sigmas", type=float, nargs="+", default=[0, 1, 2, 4, 6, 8])
     parser.add_argument("--places", nargs="+", choices=("map", "image"), default=["map", "image"])
     parser.add_argument("--which", choices=("final", "verdict"), default="final", help="whose maps the pixel metrics read")
+    parser.add_argument("--split", default=None, help="split JSON with each test image's defect type (MTD mode)")
+    parser.add_argument("--only-type", default=None, help="keep this defect type's test images and the normal ones")
     parser.add_argument("--at", choices=("image", "map"), default="image", help="resolution of the pixel metrics")
     parser.add_argument("--false-alarm-rate", type=float, default=0.05)
     parser.add_argument("--out", default=None)
@@ -76,9 +81,18 @@ def main() -> None:
     if args.which == "verdict":
         maps = verdict_maps
     labels, shapes, k = data["labels"], data["shapes"], int(data["top_k"])
+    mask_paths = data["mask_paths"]
+    if args.only_type:
+        if not args.split:
+            parser.error("--only-type needs --split")
+        types = {entry["image"]: entry["type"] for entry in json.loads(Path(args.split).read_text())["test"]}
+        keep = np.array([label == 0 or types.get(str(path)) == args.only_type for path, label in zip(data["paths"], labels)])
+        if not keep[labels == 1].any():
+            parser.error(f"no test image of type {args.only_type!r} in {args.split}")
+        maps, verdict_maps, labels, shapes, mask_paths = maps[keep], verdict_maps[keep], labels[keep], shapes[keep], mask_paths[keep]
     size = maps.shape[-1]
     masks = [read_mask(path, tuple(shape)) if label == 1 else np.zeros(tuple(shape), bool)
-             for path, shape, label in zip(data["mask_paths"], shapes, labels)]
+             for path, shape, label in zip(mask_paths, shapes, labels)]
     if args.at == "map":
         from defectscope.pipeline import _mask_at
 
@@ -123,7 +137,7 @@ def main() -> None:
                   f"{fmt('image_auroc', 8)} {fmt('cut', 7, 4)} {fmt('verdict_false_alarm_rate', 6)} "
                   f"{fmt('verdict_recall', 7)} {row['seconds']:5.0f}", flush=True)
     out = Path(args.out) if args.out else Path(args.maps).with_suffix(".sweep.json")
-    atomic_write_text(out, json.dumps({"maps": str(args.maps), "which": args.which, "at": args.at, "false_alarm_rate": args.false_alarm_rate, "rows": rows}, indent=1) + "\n")
+    atomic_write_text(out, json.dumps({"maps": str(args.maps), "only_type": args.only_type, "which": args.which, "at": args.at, "false_alarm_rate": args.false_alarm_rate, "rows": rows}, indent=1) + "\n")
     print(f"wrote {out}")
 
 
