@@ -111,7 +111,8 @@ def suite(args: argparse.Namespace) -> int:
             except json.JSONDecodeError:
                 overrides[key] = text
         config = PRNConfig.from_dict({**config.to_json(), **overrides}) if overrides else config
-        measured = evaluate_category(categories[name], config, k=args.k, seed=args.seed)
+        measured = evaluate_category(categories[name], config, k=args.k, seed=args.seed, save_model=args.save_model,
+                                     save_maps_to=args.save_maps, log=lambda line: print(line, flush=True))
         m = measured["metrics"]
         row = {"pixel_ap": m["pixel_ap"], "pixel_auroc": m["pixel_auroc"], "pixel_aupro": m["pixel_aupro"],
                "image_auroc": m["image_auroc"], "verdict_far": m["verdict_false_alarm_rate"],
@@ -151,7 +152,11 @@ def main() -> None:
         parser.add_argument("--update", action="store_true")
         parser.add_argument("--param", action="append", default=[], help="KEY=VALUE (JSON value) over the protocol's PRN settings")
         parser.add_argument("--threads", type=int, default=1)
+        parser.add_argument("--save-model", default=None, help="folder for the trained model (one category only)")
+        parser.add_argument("--save-maps", default=None, help=".npz for the test maps etc. (one category only; bench/prn_maps.py)")
         args = parser.parse_args()
+        if (args.save_model or args.save_maps) and len(args.only or []) != 1:
+            parser.error("--save-model / --save-maps need exactly one category in --only")
         torch.set_num_threads(args.threads)
         sys.exit(suite(args))
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -165,6 +170,8 @@ def main() -> None:
     parser.add_argument("--max-test", type=int, default=0, help="smoke runs only: cap the test set")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--save-model", default=None, help="folder for the trained model (default: OUT/prn_mtd_k<k>_model)")
+    parser.add_argument("--save-maps", default=None, help=".npz for the test maps, scores, labels, calibration maps (bench/prn_maps.py)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -212,13 +219,17 @@ def main() -> None:
 
     detector = PRN(config).fit(normal_images, anomalies, progress=progress, checkpoint_dir=out / f"{tag}_checkpoint", resume=True)
     train_seconds = time.time() - started
-    detector.save(out / f"{tag}_model", overwrite=True)
+    detector.save(Path(args.save_model) if args.save_model else out / f"{tag}_model", overwrite=True)
 
     started = time.time()
     from prn_benchmark import predict_test
 
     maps, masks, scores, labels, verdicts, result = predict_test(detector, test_samples, 32, log=lambda line: print(line, flush=True))
     predict_seconds = time.time() - started
+    if args.save_maps:
+        from prn_benchmark import save_maps
+
+        save_maps(detector, test_samples, normals, args.save_maps, 32, log=lambda line: print(line, flush=True))
     metrics = {**pixel_metrics(maps, masks), **image_metrics(np.array(scores), np.array(labels)),
                **verdict_metrics(np.array(verdicts), np.array(labels))}
     report = {

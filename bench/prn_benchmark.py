@@ -54,11 +54,68 @@ def predict_test(detector: Any, test: list, batch: int = 16, log: Any = None) ->
             log(f"predicted {min(start + batch, len(test))}/{len(test)}")
     return maps, masks, scores, labels, flags, result
 
+def save_maps(detector: Any, test: list, normals: list, path: str | Path, batch: int = 16, log: Any = None) -> Path:
+    """Write what the offline map studies need to ``path`` (.npz, atomically): the detector's maps
+    on the ``test`` samples at its map size (float16), the maps of the model(s) that give the
+    verdict on them (``verdict_maps``; the detector's own maps when there is no final model), the
+    calibration maps (each held-back / cross-fitted normal image of ``normals``, the training
+    normals in fit order, under the one model that never saw it), the image scores (top-k of the
+    maps), labels, image sizes, image and mask paths, the cut and the top-k. One more prediction
+    pass over the test images: the benchmark's own figures are left as they were."""
+    import io
+
+    import torch
+
+    from defectscope.methods.prn.model import top_k_mean
+    from defectscope.methods.prn.training import calibration_folds
+    from defectscope.report.atomic import atomic_write_bytes
+
+    with_final = detector.final_head is not None
+    maps, verdict_maps, shapes = [], [], []
+    for start in range(0, len(test), batch):
+        chunk = test[start : start + batch]
+        images = [read_image(s.path) for s in chunk]
+        shapes.extend(image.shape[:2] for image in images)
+        joined, fold = detector._maps_and_fold_maps(detector.map_heads(), detector.heads if with_final else None, images)
+        maps.append(joined.cpu().numpy().astype(np.float16))
+        verdict_maps.append((fold if fold is not None else joined).cpu().numpy().astype(np.float16))
+        if log is not None:
+            log(f"saved maps {min(start + batch, len(test))}/{len(test)}")
+    folds = calibration_folds(len(normals), detector.config)
+    calibration, calibration_paths = [], []
+    for head, excluded in zip(detector.heads, folds):
+        for start in range(0, len(excluded), batch):
+            part = excluded[start : start + batch]
+            calibration.append(detector.maps_of([head], [read_image(normals[i].path) for i in part]).cpu().numpy().astype(np.float16))
+            calibration_paths.extend(str(normals[i].path) for i in part)
+    all_maps = np.concatenate(maps)
+    size = all_maps.shape[-1]
+    buffer = io.BytesIO()
+    np.savez_compressed(
+        buffer,
+        maps=all_maps,
+        verdict_maps=np.concatenate(verdict_maps),
+        calibration_maps=np.concatenate(calibration) if calibration else np.zeros((0, size, size), np.float16),
+        calibration_paths=np.array(calibration_paths, dtype=str),
+        image_scores=top_k_mean(torch.from_numpy(all_maps.astype(np.float32)), detector.config.top_k).numpy(),
+        labels=np.array([int(s.label) for s in test]),
+        shapes=np.array(shapes, dtype=np.int64),
+        paths=np.array([str(s.path) for s in test], dtype=str),
+        mask_paths=np.array([str(s.mask_path) if s.label == 1 and s.mask_path else "" for s in test], dtype=str),
+        threshold=np.float64(detector.threshold().value),
+        top_k=np.int64(detector.config.top_k),
+        held_out_scores=detector.held_out_scores if detector.held_out_scores is not None else np.zeros(0),
+    )
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
 def evaluate_category(
-    root: str | Path, config: PRNConfig | None = None, *, k: int = 10, seed: int = 0, batch: int = 16
+    root: str | Path, config: PRNConfig | None = None, *, k: int = 10, seed: int = 0, batch: int = 16,
+    save_model: str | Path | None = None, save_maps_to: str | Path | None = None, log: Any = None,
 ) -> dict[str, Any]:
     """Train PRN on the category at ``root`` with the protocol above and score its test images;
-    returns the metrics, counts, the cut and seconds."""
+    returns the metrics, counts, the cut and seconds. ``save_model``: a folder to write the
+    trained model to; ``save_maps_to``: an .npz for :func:`save_maps` (after the figures)."""
     config = config or PRNConfig(seed=seed)
     category = load_category(root, seed)
     anomalies, test = kshot_split(category.test, k=k, seed=seed)
@@ -68,8 +125,13 @@ def evaluate_category(
     )
     train_seconds = time.time() - started
     started = time.time()
+    if save_model is not None:
+        detector.save(save_model, overwrite=True)
     maps, masks, scores, labels, flags, last = predict_test(detector, test, batch)
+    predict_seconds = round(time.time() - started, 1)
     threshold = last.threshold if last is not None else None
+    if save_maps_to is not None:
+        save_maps(detector, test, list(category.train), save_maps_to, batch, log)
     metrics = {
         **pixel_metrics(maps, masks),
         **image_metrics(np.array(scores), np.array(labels)),
@@ -84,5 +146,5 @@ def evaluate_category(
         "threshold": threshold,
         "calibration": detector.model_info.get("calibration"),
         "train_seconds": round(train_seconds, 1),
-        "predict_seconds": round(time.time() - started, 1),
+        "predict_seconds": predict_seconds,
     }

@@ -72,6 +72,7 @@ TRIED: dict[str, dict[str, list[str]]] = {
 TRIED["evaluate"] = {
     **{k: v for k, v in TRIED["score"].items() if k != "--good"},
     "--good": ["--good", "{good}"], "--seed": ["--seed", "3"], "--kshot": ["--kshot", "2"], "--epochs": ["--epochs", "2"],
+    "--smoothing": ["--smoothing", "2"],  # not 0: PRN's default is 0, MuSc's and U-Flow's 4
 }  # fmt: skip
 
 SERVER = "the HTTP server's own setting, no setting of the method or the verdict (tests/test_serve.py)"

@@ -457,3 +457,74 @@ def test_tiles_cut_the_training_images(task):
     config = tiny_config(tile_aspect=1.5, epochs=1, samples_per_epoch=8, calibration_fraction=0.0)
     detector = PRN(config, backbone=FakeBackbone()).fit(long_normals, anomalies)
     assert detector.model_info["normal_images"] == 4 * 2 + 2
+
+
+def _blurred_top_k(maps, sigma: float, k: int) -> np.ndarray:
+    from defectscope.methods.smoothing import gaussian_blur
+
+    return top_k_mean(gaussian_blur(torch.as_tensor(maps, dtype=torch.float32), sigma), k).numpy()
+
+
+def test_smoothing_blurs_every_map_prn_reads(task, tmp_path):
+    """smoothing_sigma blurs the maps before the image scores, the masks, the verdict statistic
+    (the fold models' with a final model) and the calibration scores read them; training is
+    unchanged (same heads), the setting is saved, and a file from before it loads with 0."""
+    from defectscope.methods.smoothing import gaussian_blur
+
+    normals, anomalies, tests = task
+    images = [image for image, _ in tests] + normals[:3]
+    config = tiny_config(samples_per_epoch=48, epochs=3, final_model="always")
+    sharp = PRN(config, backbone=FakeBackbone()).fit(normals, anomalies)
+    smooth = PRN(replace(config, smoothing_sigma=2.0), backbone=FakeBackbone()).fit(normals, anomalies)
+    for a, b in zip(sharp.heads + [sharp.final_head], smooth.heads + [smooth.final_head]):
+        assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    raw, result = sharp.predict(images), smooth.predict(images)
+    expected = gaussian_blur(torch.from_numpy(raw.anomaly_maps), 2.0).numpy()
+    assert np.abs(expected - raw.anomaly_maps).max() > 5e-3  # the blur changes these maps
+    assert np.allclose(result.anomaly_maps, expected, atol=1e-6)
+    assert np.allclose(result.image_scores, top_k_mean(torch.from_numpy(expected), config.top_k).numpy(), atol=1e-6)
+    fold_maps = sharp.maps_of(sharp.heads, images)
+    assert np.allclose(result.verdict_scores, _blurred_top_k(fold_maps, 2.0, config.top_k), atol=1e-6)
+    from defectscope.methods.prn.training import calibration_folds
+
+    calibration = np.concatenate([
+        _blurred_top_k(sharp.maps_of([head], [normals[i] for i in fold]), 2.0, config.top_k)
+        for head, fold in zip(sharp.heads, calibration_folds(len(normals), config))
+    ])
+    assert np.allclose(smooth.held_out_scores, calibration, atol=1e-6)
+    assert not np.allclose(smooth.held_out_scores, sharp.held_out_scores, atol=1e-4)
+    flagged = result.is_anomalous
+    assert np.array_equal(result.masks[flagged], result.anomaly_maps[flagged] > result.threshold)
+
+    smooth.save(tmp_path / "model")
+    loaded = PRN.load(tmp_path / "model", backbone=FakeBackbone())
+    assert loaded.config.smoothing_sigma == 2.0
+    assert np.allclose(loaded.predict(images).anomaly_maps, result.anomaly_maps, atol=1e-6)
+    header_path = tmp_path / "model" / "config.json"
+    header = json.loads(header_path.read_text())
+    header["config"]["prn"].pop("smoothing_sigma")
+    header_path.write_text(json.dumps(header))
+    old = PRN.load(tmp_path / "model", backbone=FakeBackbone())
+    assert old.config.smoothing_sigma == 0.0
+    with pytest.raises(ConfigError, match="smoothing_sigma"):
+        tiny_config(smoothing_sigma=-1.0)
+
+
+def test_onnx_export_blurs_like_the_detector(trained, task, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    from defectscope.methods.prn import export_onnx
+
+    smooth = PRN(replace(trained.config, smoothing_sigma=3.0), backbone=trained.backbone)
+    smooth.heads, smooth.final_head, smooth.model_info = trained.heads, trained.final_head, trained.model_info
+    images = [image for image, _ in task[2]] + task[0][:2]
+    path = export_onnx(smooth, tmp_path / "prn.onnx", batch_size=2)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    maps, scores = session.run(None, {"image": smooth.backbone.preprocess(images).numpy()})
+    reference = smooth.predict(images)
+    assert maps.shape == reference.anomaly_maps.shape
+    assert np.abs(maps - reference.anomaly_maps).max() <= 1e-4
+    assert np.abs(scores - reference.image_scores).max() <= 1e-4
+    tiled = PRN(replace(smooth.config, tile_aspect=1.5), backbone=trained.backbone)
+    tiled.heads, tiled.model_info = trained.heads, trained.model_info
+    with pytest.raises(ConfigError, match="cannot export this PRN model to ONNX: it blurs its maps"):
+        export_onnx(tiled, tmp_path / "tiled.onnx")

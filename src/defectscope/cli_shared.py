@@ -58,7 +58,7 @@ OverwriteOption = typer.Option(False, "--overwrite", help="Replace an existing o
 SkipOption = typer.Option(False, "--skip-unreadable", help="Skip unreadable images (listed in every output) instead of stopping.")
 ParamOption = typer.Option(None, "--param", "-p", help="Any method setting as KEY=VALUE (repeatable), e.g. upper=0.2, degrees=1,3, burnout_threshold=25; see the method's config class.")
 SchedulerOption = typer.Option(None, "--scheduler", help="Run MuSc's work on Dask: 'dask' (a local cluster) or a scheduler address tcp://HOST:PORT.")
-SmoothingOption = typer.Option(None, "--smoothing", help="Gaussian blur of the anomaly maps, sigma in input pixels (default 4; 0 = off).")
+SmoothingOption = typer.Option(None, "--smoothing", help="Gaussian blur of the anomaly maps, sigma in input pixels (default 4; PRN: map pixels, default 0; 0 = off).")
 EpochsOption = typer.Option(None, "--epochs", help="U-Flow/PRN: training epochs (default: the method's).")
 FalseAlarmOption = typer.Option(None, "--false-alarm-rate", help=f"Share of normal images the verdict may flag as anomalous (default {DEFAULT_FALSE_ALARM_RATE:g}).")
 ReviewBudgetOption = typer.Option(None, "--review-budget", help=f"Largest share of the batch the verdict may send to review (the scores cannot tell); 0 = never review (default {DEFAULT_REVIEW_BUDGET:g}).")

@@ -141,7 +141,7 @@ METHODS: dict[str, MethodEntry] = {
             config="defectscope.methods.prn.config:PRNConfig",
             needs_training=True,
             summary="trained on normal images plus a few labelled defects",
-            option_fields={**_SHARED, "false_alarm_rate": "false_alarm_rate", "epochs": "epochs"},
+            option_fields={**_SHARED, "false_alarm_rate": "false_alarm_rate", "epochs": "epochs", "smoothing": "smoothing_sigma"},
             takes_anomalies=True,
             exporter="defectscope.methods.prn.export:export_onnx",
         ),

@@ -29,14 +29,25 @@ def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     if sigma <= 0:
         return maps
     kernel = _kernel(sigma, tuple(maps.shape[-2:]), maps.dtype, maps.device)
-    radius = kernel.numel() // 2
     out = torch.empty_like(maps)
     for start in range(0, maps.shape[0], CHUNK):
-        x = maps[start : start + CHUNK].unsqueeze(1)
-        x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="reflect"), kernel.view(1, 1, 1, -1))
-        x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode="reflect"), kernel.view(1, 1, -1, 1))
-        out[start : start + CHUNK] = x.squeeze(1)
+        out[start : start + CHUNK] = blur_with(maps[start : start + CHUNK], kernel)
     return out
+
+
+def blur_with(maps: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """(N, H, W) maps blurred with the 1-D ``kernel`` along both axes (reflect padding), all at
+    once: the step :func:`gaussian_blur` takes per chunk, and one a traced graph can hold."""
+    radius = kernel.numel() // 2
+    x = maps.unsqueeze(1)
+    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="reflect"), kernel.view(1, 1, 1, -1))
+    x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode="reflect"), kernel.view(1, 1, -1, 1))
+    return x.squeeze(1)
+
+
+def gaussian_kernel(sigma: float, shape: tuple[int, int]) -> torch.Tensor:
+    """The 1-D kernel :func:`gaussian_blur` uses for maps of ``shape`` (H, W) at ``sigma`` > 0."""
+    return _kernel(sigma, shape)
 
 
 def upsample(patch_scores: torch.Tensor, grid: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:

@@ -42,6 +42,11 @@ class PRNConfig(MethodConfig):
         weight_decay: AdamW weight decay.
         focal_gamma: focal-loss gamma.
         top_k: pixels averaged for the image score.
+        smoothing_sigma: Gaussian blur of the anomaly maps, sigma in map pixels (of the
+            ``image_size`` x ``image_size`` map; 0 = off), applied before anything reads them:
+            image scores, masks, the verdict statistic and its calibration, ONNX export. Fixed at
+            training (the calibration scores depend on it); models saved before it existed load
+            with 0.
         shares: (normal, real pasted, pseudo) share of each epoch's samples.
         pseudo_families: pseudo-defect families drawn uniformly for each pseudo sample
             (:func:`.generate.pseudo_defect`): "perlin", "thin", "stain", "missing".
@@ -73,6 +78,7 @@ class PRNConfig(MethodConfig):
     weight_decay: float = 1e-4
     focal_gamma: float = 4.0
     top_k: int = setting(100, at_least=1)
+    smoothing_sigma: float = setting(0.0, at_least=0.0, note="map pixels; 0: off")
     shares: tuple[float, float, float] = setting((0.5, 0.25, 0.25), at_least=0.0)
     pseudo_families: tuple[str, ...] = setting(("perlin",), choices=PSEUDO_FAMILIES)
     seed: int = 0
@@ -95,8 +101,9 @@ class PRNConfig(MethodConfig):
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "PRNConfig":
         """Inverse of :meth:`to_dict`; unknown keys fail clearly. Older files' names are read
-        under the current ones (see :data:`RENAMED`)."""
-        values = {RENAMED.get(key, key): value for key, value in values.items()}
+        under the current ones (see :data:`RENAMED`); files from before map smoothing existed
+        load with ``smoothing_sigma = 0`` (their maps and calibration had none)."""
+        values = {"smoothing_sigma": 0.0, **{RENAMED.get(key, key): value for key, value in values.items()}}
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:

@@ -3,7 +3,9 @@ settings: :mod:`.config`; files: :mod:`.persistence`).
 
 The image score is the mean of the ``top_k`` highest pixel scores (default 100 pixels, about
 0.15 % of a 256 x 256 map: large enough to ignore a single hot pixel, small enough for tiny
-defects).
+defects). With ``smoothing_sigma`` > 0 the maps are blurred first (after long images' tiles are
+put back together), in :meth:`PRN._maps_and_fold_maps`, the one place every map comes from:
+image scores, masks, the verdict statistic and the calibration scores all see the blurred maps.
 
 Verdict: a probability cut calibrated on normal images the scoring model never saw. When a
 seeded share ``calibration_fraction`` of the normal training images (when there are at least 10)
@@ -57,6 +59,7 @@ from defectscope.methods.prn import persistence, tiles, training
 from defectscope.methods.prn.config import METHOD, PRNConfig
 from defectscope.methods.prn.features import multiscale_features
 from defectscope.methods.prn.model import PRNHead, top_k_mean
+from defectscope.methods.smoothing import gaussian_blur
 from defectscope.methods.verdict import Threshold, conformal_count, conformal_threshold, pixel_masks, with_verdict
 from defectscope.progress import Progress
 
@@ -198,7 +201,9 @@ class PRN(Detector):
             size = self.config.image_size
             joined = tiles.stitch(joined, counts, shapes, size)
             fold_joined = None if fold_joined is None else tiles.stitch(fold_joined, counts, shapes, size)
-        return joined, fold_joined
+        # The one place maps are smoothed: scores, masks, verdicts and calibration all read them here.
+        sigma = self.config.smoothing_sigma
+        return gaussian_blur(joined, sigma), (None if fold_joined is None else gaussian_blur(fold_joined, sigma))
 
     def threshold(self) -> Threshold:
         """The verdict's probability cut (see the module docstring); good-image calibration first."""

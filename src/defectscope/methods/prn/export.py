@@ -3,13 +3,14 @@
 The exported graph holds the frozen backbone's feature stages (its
 :meth:`~defectscope.backbones.base.Backbone.stages` module), the prototypes, the head that gives
 the detector's maps (the average of the fold models' maps for a cross-fitted model, its final
-model with ``final_model``) and the top-k image score. Its input
+model with ``final_model``), the map smoothing (``smoothing_sigma``) and the top-k image score. Its input
 ``image`` is the output of ``backbone.preprocess`` (N, 3, S, S) float32; outputs are
 ``anomaly_map`` (N, S, S) probabilities and ``image_score`` (N,). With ``include_backbone=False``
 the inputs are the multi-scale feature maps instead (``feature_0`` ..., finest first), for
 backbones that cannot be traced. A model trained with ``tile_aspect`` exports the map of one
 S x S input: cutting long images into tiles and putting the maps back (:mod:`.tiles`) stays with
-the caller.
+the caller; such a model with ``smoothing_sigma`` > 0 is refused, since its maps are blurred only
+after the tiles are put back together.
 """
 
 from __future__ import annotations
@@ -21,21 +22,26 @@ from typing import Any
 import torch
 from torch import nn
 
+from defectscope.errors import ConfigError
 from defectscope.methods.prn.features import multiscale_features, pyramid
 from defectscope.methods.prn.model import PRNHead, top_k_mean
+from defectscope.methods.smoothing import blur_with, gaussian_kernel
 
 
 class _MapsAndScores(nn.Module):
-    def __init__(self, heads: list[PRNHead], top_k: int, stages: nn.Module | None) -> None:
+    def __init__(self, heads: list[PRNHead], top_k: int, stages: nn.Module | None, kernel: torch.Tensor | None = None) -> None:
         super().__init__()
         self.heads = nn.ModuleList(heads)
         self.top_k = top_k
         self.stages = stages
+        self.kernel = kernel
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.stages is not None:
             inputs = tuple(pyramid(self.stages(inputs[0])))
         maps = torch.stack([torch.sigmoid(head(*inputs))[:, 0] for head in self.heads]).mean(dim=0)
+        if self.kernel is not None:
+            maps = blur_with(maps, self.kernel)
         return maps, top_k_mean(maps, self.top_k)
 
 
@@ -47,7 +53,15 @@ def export_onnx(
     The batch dimension is dynamic; ``batch_size`` only sets the tracing example.
     """
     heads = [head.eval() for head in detector.map_heads()]
-    size = detector.config.image_size
+    config = detector.config
+    size = config.image_size
+    if config.smoothing_sigma > 0 and config.tile_aspect > 0:
+        raise ConfigError(
+            f"cannot export this PRN model to ONNX: it blurs its maps (smoothing_sigma={config.smoothing_sigma:g}) after "
+            f"putting the tiles of long images back together (tile_aspect={config.tile_aspect:g}), which the exported "
+            "one-tile graph cannot do"
+        )
+    kernel = gaussian_kernel(config.smoothing_sigma, (size, size)) if config.smoothing_sigma > 0 else None
     image = torch.zeros(batch_size, 3, size, size)
     stages = detector.backbone.stages() if include_backbone else None
     if stages is not None:
@@ -56,7 +70,7 @@ def export_onnx(
     else:
         example = tuple(multiscale_features(detector.backbone, image))
         names = [f"feature_{i}" for i in range(len(example))]
-    wrapper = _MapsAndScores(heads, detector.config.top_k, stages).eval()
+    wrapper = _MapsAndScores(heads, config.top_k, stages, kernel).eval()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp")
