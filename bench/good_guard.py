@@ -30,12 +30,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 
-from defectscope.methods.verdict import fit_null, weighted_gumbel, NullFit
+from defectscope.methods.verdict import NullFit, weighted_gumbel
 
 CANDIDATES = {
     "sd": [0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0],
