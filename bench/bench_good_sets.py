@@ -50,6 +50,10 @@ class CachedMuSc(MuSc):
     def input_shape(self, images):
         return None  # the cached features were computed once, at the whole category's input
 
+    def crop_good(self, images):
+        self.reference_crop = None  # the cached features are of whole images: no part crop (as with part_crop="off")
+        return list(images)
+
     def feature_sets(self, images, progress=None, *, native_grids=False, shape=None):
         sets, grid, embeddings = self._cache
         index = torch.as_tensor(list(images), dtype=torch.long)
@@ -107,7 +111,9 @@ def main() -> None:
                 result = model.predict(test_index)
                 draw = {"seed": seed, "test_normals": int((labels == 0).sum()), "test_defects": int((labels != 0).sum()),
                         **verdict_metrics(result.is_anomalous, labels, result.needs_review), "rule": result.threshold_rule,
-                        "threshold": result.threshold}
+                        "threshold": result.threshold, "review_threshold": result.review_threshold,
+                        "normals_to_review": float(np.asarray(result.needs_review)[labels == 0].mean()),
+                        "defects_to_review": float(np.asarray(result.needs_review)[labels != 0].mean())}
                 if args.draw_from == "normals":  # where the good set and the false alarms come from (train / test split)
                     flagged = np.asarray(result.is_anomalous)[: len(left)]
                     source = np.array([i < from_train for i in left])
@@ -125,20 +131,24 @@ def main() -> None:
                     "mean_far": float(np.mean(fars)),
                     "mean_recall": float(np.mean([d["verdict_recall"] for d in draws])),
                     "mean_review": float(np.mean([d["verdict_review_share"] for d in draws])),
+                    "mean_normals_to_review": float(np.mean([d["normals_to_review"] for d in draws])),
+                    "mean_defects_to_review": float(np.mean([d["defects_to_review"] for d in draws])),
                     "rule": draws[0]["rule"],
                 })
             rows.append({**row, "per_draw": draws})
             print(json.dumps({k: v for k, v in row.items()}), flush=True)
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(rows, indent=1))
-    print("\n| category | good images | draws | test normals / defects | worst FAR | draws > 10 % | mean FAR | mean recall | mean review |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("\n| category | good images | draws | test normals / defects | worst FAR | draws > 10 % | mean FAR | mean recall | mean review | "
+          "normals / defects to review |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if r.get("refused"):
             print(f"| {r['category']} | {r['good']} | - | | refused: {r['refused']} | | | | |")
             continue
         f = lambda v: f"{100 * v:.1f}"  # noqa: E731
-        print(f"| {r['category']} | {r['good']} | {r['draws']} | {r['test_normals']} / {r['test_defects']} | {f(r['worst_far'])} | {r['draws_over_10pct']} | {f(r['mean_far'])} | {f(r['mean_recall'])} | {f(r['mean_review'])} |")
+        print(f"| {r['category']} | {r['good']} | {r['draws']} | {r['test_normals']} / {r['test_defects']} | {f(r['worst_far'])} | {r['draws_over_10pct']} | {f(r['mean_far'])} | {f(r['mean_recall'])} | {f(r['mean_review'])} | "
+              f"{f(r['mean_normals_to_review'])} / {f(r['mean_defects_to_review'])} |")
 
 
 if __name__ == "__main__":

@@ -437,6 +437,24 @@ def test_threshold_sentence_follows_the_settings() -> None:
     free = threshold_sentence({"threshold": 3.0, "good": None, "method": "musc", "false_alarm_rate": 0.05,
                                "review_threshold": 2.5, "review_budget": 0.2})
     assert "this batch alone" in free and "between 2.5 and 3" in free and "at most 20 % of the batch" in free
+    assert "assumes" not in good
+
+
+def test_threshold_sentence_states_the_guard_band_assumption() -> None:
+    """Too few good images: the plain sentence says the cut lies above the highest good score and on what assumption."""
+    import numpy as np
+
+    from defectscope.methods.verdict import conformal_threshold
+    from defectscope.report.html import threshold_sentence
+
+    cut = conformal_threshold(np.random.default_rng(5).gumbel(0.6, 0.02, size=24), 0.05)
+    sentence = threshold_sentence({"threshold": cut.value, "review_threshold": cut.review_from, "threshold_rule": cut.rule,
+                                   "good": "/data/good", "false_alarm_rate": 0.05})
+    assert "above their highest score" in sentence and "assumes good parts do not score much higher" in sentence
+    assert "go to review" in sentence
+    plenty = conformal_threshold(np.random.default_rng(5).gumbel(0.6, 0.02, size=60), 0.05)
+    assert "assumes" not in threshold_sentence({"threshold": plenty.value, "threshold_rule": plenty.rule, "good": "/g",
+                                                "false_alarm_rate": 0.05})
 
 
 def test_batch_outputs_write_jpeg_overlays_png_masks_and_verdict_scores_on_cards(tmp_path: Path) -> None:

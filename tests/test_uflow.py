@@ -16,6 +16,7 @@ from defectscope.backbones.base import Features
 from defectscope.errors import ConfigError, ModelFileError, NotFittedError
 from defectscope.methods.modelfile import save_model
 from defectscope.methods.uflow import UFlow, UFlowConfig, UFlowNet, anomaly_map
+from defectscope.methods.verdict import conformal_threshold
 
 SIZE = 32
 
@@ -312,7 +313,9 @@ def test_verdict_is_a_detected_region_unless_calibrated_on_good_images(trained: 
     model = UFlow(_config(), backbone=_backbone()).fit(_images(8))
     model.calibrate(good, 0.1)
     calibrated = model.predict(images)
-    assert calibrated.threshold == pytest.approx(model.predict(good).image_scores.max())
+    good_scores = model.predict(good).image_scores  # 12 < 22 good images at 0.1: the guard band above the largest
+    assert calibrated.threshold == pytest.approx(conformal_threshold(good_scores, 0.1).value) and calibrated.threshold >= good_scores.max()
+    assert calibrated.review_threshold == pytest.approx(good_scores.max())
     assert np.array_equal(calibrated.is_anomalous, calibrated.image_scores > calibrated.threshold)
     assert np.array_equal(calibrated.decision_scores(), calibrated.image_scores)
     assert calibrated.is_anomalous[2] and calibrated.threshold_rule.startswith("conformal on 12 good images")

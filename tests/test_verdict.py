@@ -140,9 +140,12 @@ def test_conformal_guarantee_per_good_set_by_simulation(n: int, alpha: float) ->
 
 
 def test_conformal_picks_order_statistics_states_the_budget_and_refuses_too_few() -> None:
-    small = conformal_threshold(np.arange(1.0, 25.0), 0.05)  # 24 values: only the largest can hold per set
+    small = conformal_threshold(np.arange(1.0, 25.0), 0.05, guard=False)  # 24 values: only the largest can hold per set
     assert small.value == 24.0 and small.review_from is None
     assert "at most 9.1% in 90% of good sets" in small.rule and "45 good images" in small.rule
+    guarded = conformal_threshold(np.arange(1.0, 25.0), 0.05)  # the default: a guard band above the largest
+    assert guarded.value > 24.0 and guarded.review_from == 24.0
+    assert "at most 9.1% in 90% of good sets, no assumption" in guarded.rule and "45 would be enough" in guarded.rule
     large = conformal_threshold(np.arange(1.0, 201.0), 0.05)
     assert large.value == 195.0 and large.review_from == 191.0  # ranks 195 (per set) and 191 (on average)
     assert "review down to the 191-th" in large.rule

@@ -142,10 +142,12 @@ class RollingBank:
 
 def stream_threshold(calibration: Sequence[float], false_alarm_rate: float) -> float:
     """The conformal threshold of :func:`defectscope.methods.verdict.conformal_threshold` on the
-    calibration scores, or inf while there are too few of them for ``false_alarm_rate`` (nothing flagged)."""
+    calibration scores, or inf while there are too few of them for ``false_alarm_rate`` (nothing flagged).
+    Without the known-good guard band (``guard=False``): the rolling bank is not a known-good set
+    and has no review outcome, so a small bank keeps its largest score as the cut, as before."""
     if len(calibration) < conformal_count(false_alarm_rate):
         return math.inf
-    return conformal_threshold(np.asarray(calibration, dtype=np.float64), false_alarm_rate, source="bank images").value
+    return conformal_threshold(np.asarray(calibration, dtype=np.float64), false_alarm_rate, source="bank images", guard=False).value
 
 
 @dataclass

@@ -21,9 +21,12 @@ Two rules, both pure functions of score arrays:
   categories; see docs/BENCHMARKS.md, "Verdicts".
 - :func:`conformal_threshold` (known-good images): conformal calibration that holds per good
   set. With n good scores the anomalous cut is the smallest order statistic that keeps at most
-  ``false_alarm_rate`` of normal images above it for 90 % of good sets (or the largest score, with the
-  budget it does keep stated); the split-conformal ``ceil((n + 1)(1 - false_alarm_rate))``-th smallest
-  (at most ``false_alarm_rate`` on average) opens a review band below it.
+  ``false_alarm_rate`` of normal images above it for 90 % of good sets; where n is too small for any
+  order statistic to do that (n < 45 at 0.05), a guard band above the largest good score
+  (:func:`guard_cut`: a Gumbel law fitted to the good scores, an assumption about the normal
+  scores' upper tail that the rule states). The split-conformal
+  ``ceil((n + 1)(1 - false_alarm_rate))``-th smallest (at most ``false_alarm_rate`` on average, no
+  assumption) opens a review band below the anomalous cut.
 
 An image is anomalous when its statistic is strictly above the threshold (:func:`decide`).
 """
@@ -273,18 +276,44 @@ def set_budget(n: int, confidence: float = GOOD_SET_CONFIDENCE) -> float:
     return 1.0 - (1.0 - confidence) ** (1.0 / n)
 
 
+GUARD_CONFIDENCE = 0.99
+"""Known-good mode below :func:`goods_for` good images: the confidence of the guard band's upper
+bound (:func:`guard_cut`). Chosen once on all nine shared categories together (development data;
+docs/GOOD_SETS.md, ``bench/good_guard.py``)."""
+
+
+def guard_cut(good_scores: np.ndarray, false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE, confidence: float = GUARD_CONFIDENCE) -> float:
+    """The guard band's anomalous cut for a good set too small for its ranks alone: the upper
+    ``confidence`` bound of the ``1 - false_alarm_rate`` quantile of a Gumbel law fitted by maximum
+    likelihood to the good scores (:meth:`NullFit.quantile_bound`, whose margin widens as n
+    shrinks), never below the largest good score. It extrapolates past the largest good score,
+    so it rests on an assumption: the upper tail of normal parts' scores is no longer than
+    that Gumbel law's. Affine-equivariant: shifting or rescaling the scores moves the cut alike."""
+    values = np.sort(_scores(good_scores, "the guard band"))
+    top = float(values[-1])
+    if values.size < 2 or np.ptp(values) == 0:
+        return top
+    location, scale = weighted_gumbel(values, np.ones(values.size))
+    bound = NullFit(location, scale, float(values.size), 1).quantile_bound(false_alarm_rate, confidence)
+    return max(top, float(bound))
+
+
 def conformal_threshold(
     good_scores: np.ndarray, false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE, *, source: str = "good images",
-    confidence: float = GOOD_SET_CONFIDENCE,
+    confidence: float = GOOD_SET_CONFIDENCE, guard: bool = True, guard_confidence: float = GUARD_CONFIDENCE,
 ) -> Threshold:
     """Conformal calibration on n good scores, holding per good set, not only on average.
 
-    The anomalous cut is the :func:`set_rank`-th smallest good score: for ``confidence`` (90 %)
-    of good sets at most ``false_alarm_rate`` of normal images score above it; where n is too small for
-    that, the largest good score, whose per-set budget :func:`set_budget` the rule states. The
-    split-conformal cut (the ceil((n + 1)(1 - false_alarm_rate))-th smallest: at most ``false_alarm_rate`` on
-    average over good sets) opens the review band below it. Refuses when n < 1/false_alarm_rate - 1 (no
-    order statistic gives even the average guarantee)."""
+    With n >= :func:`goods_for` the anomalous cut is the :func:`set_rank`-th smallest good
+    score: for ``confidence`` (90 %) of good sets at most ``false_alarm_rate`` of normal images
+    score above it. With fewer good images no rank can promise that, and the cut is the guard
+    band's (:func:`guard_cut`): above the largest good score by a margin estimated from the good
+    scores themselves, an assumption about the normal scores' upper tail that the rule states;
+    ``guard=False`` keeps the largest good score instead and states the per-set budget it does
+    keep (:func:`set_budget`; ``watch``'s rolling bank does this). The split-conformal cut (the
+    ceil((n + 1)(1 - false_alarm_rate))-th smallest: at most ``false_alarm_rate`` on average over
+    good sets, no assumption) opens the review band below the anomalous cut. Refuses when
+    n < 1/false_alarm_rate - 1 (no order statistic gives even the average guarantee)."""
     false_alarm_rate = check_false_alarm_rate(false_alarm_rate)
     values = np.sort(_scores(good_scores, "conformal calibration"))
     n = values.size
@@ -294,12 +323,31 @@ def conformal_threshold(
             f"calibrating a false-alarm rate of {false_alarm_rate:g} needs at least {conformal_count(false_alarm_rate)} {source}, got {n}"
         )
     strict = set_rank(n, false_alarm_rate, confidence)
+    needed = goods_for(false_alarm_rate, confidence)
+    split = "the largest score" if rank == n else f"the {rank}-th smallest"
+    if strict is None and guard:
+        value = guard_cut(values, false_alarm_rate, guard_confidence)
+        review_from = float(values[rank - 1]) if values[rank - 1] < value else None
+        ranks_only = (
+            f"at most {set_budget(n, confidence):.1%} in {confidence:.0%} of good sets" if rank == n
+            else f"at most {false_alarm_rate:g} on average"
+        )
+        band = f"; review from {split} ({ranks_only}, no assumption)" if review_from is not None else ""
+        bound = f"the {guard_confidence:.0%} upper bound of the {1 - false_alarm_rate:.0%} quantile of a Gumbel law fitted to their scores"
+        where = f"{value:.6g}, {bound}" if value > values[-1] else f"the largest score, which lies above {bound}"
+        rule = (
+            f"conformal on {n} {source} with a guard band: anomalous above {where} (aims at false alarms at most "
+            f"{false_alarm_rate:g} in {confidence:.0%} of good sets; {n} good images are too few for their ranks alone, "
+            f"{needed} would be enough; this assumes the scores of normal parts have no longer upper tail than that law)"
+            f"{band}"
+        )
+        return Threshold(value, rule, review_from)
     top = n if strict is None else strict
     where = "the largest score" if top == n else f"the {top}-th smallest score"
     if strict is None:
         promise = (
             f"false alarms at most {set_budget(n, confidence):.1%} in {confidence:.0%} of good sets; "
-            f"{goods_for(false_alarm_rate, confidence)} good images would keep {false_alarm_rate:g}"
+            f"{needed} good images would keep {false_alarm_rate:g}"
         )
     else:
         promise = f"false alarms at most {false_alarm_rate:g} in {confidence:.0%} of good sets"

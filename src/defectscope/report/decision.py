@@ -49,6 +49,11 @@ def threshold_sentence(settings: Mapping[str, Any]) -> str:
             f"estimated from this batch alone (no known-good images were given), aiming to flag {budget}; "
             "give --good with known-good images for a cut you can rely on"
         )
+    if "with a guard band" in str(settings.get("threshold_rule", "")):  # too few good images for their ranks alone
+        source += (
+            "; with so few of them the cut lies above their highest score by a margin estimated from their scores, "
+            "which assumes good parts do not score much higher than those images suggest"
+        )
     sentence = f"A part is called anomalous when its verdict score is above {threshold:.4g}, a cut {source}."
     review_from = finite_number(settings.get("review_threshold"))
     if review_from is not None:
