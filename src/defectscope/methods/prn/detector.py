@@ -217,13 +217,17 @@ class PRN(Detector):
                 f"uncalibrated fallback: probability {FALLBACK_PROBABILITY} (no calibration scores: a model saved before "
                 f"verdicts existed, fewer than {MIN_CALIBRATION_POOL} normal training images, or calibration turned off)",
             )
-        if self.model_info.get("calibration") == training.CROSS_FIT:
+        cross_fitted = self.model_info.get("calibration") == training.CROSS_FIT
+        if cross_fitted:
             source = f"cross-fitted normal training images (each scored by the one of {len(self.heads)} fold models that never saw it)"
         else:
             source = "held-back normal training images"
         if scores.size < conformal_count(alpha):
             return Threshold(float(scores.max()), f"largest score of {scores.size} {source} (too few for a false-alarm rate of {alpha:g})")
-        return conformal_threshold(scores, alpha, source=source)
+        # No guard band on cross-fitted scores: each fold model saw a third fewer normal images
+        # than the detector that scores new parts, so its held-out scores already lie high
+        # (pa_btn01_rl: all 24 above every normal test image; docs/PRN_MAPS.md).
+        return conformal_threshold(scores, alpha, source=source, guard=not cross_fitted)
 
     def predict(
         self, images: Sequence[np.ndarray], paths: Sequence[str] | None = None, progress: Progress | None = None
