@@ -39,7 +39,7 @@ back. The plan's facts go to ``result.extras["canonical_pose"]`` and ``batch_fac
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
@@ -262,12 +262,6 @@ class PosePlan:
     @property
     def each_scale(self) -> list[float]:
         return list(self.scales) if self.scales is not None else [1.0] * len(self.turns)
-
-    def unwarp(self, result, shapes: Sequence[tuple[int, int]]):
-        """``result`` of the turned images -> the same Result with maps (and masks) turned back
-        into each image's frame (:func:`unturn_maps`) and the plan's facts recorded."""
-        maps, masks = unturn_maps(result.anomaly_maps, result.masks, self.turns, shapes, self.scales, self.expand)
-        return replace(result, anomaly_maps=maps, masks=masks, extras=self.record(result.extras))
 
     def record(self, extras: dict[str, Any]) -> dict[str, Any]:
         """``extras`` with the plan's facts as ``canonical_pose`` and in ``batch_facts``."""
