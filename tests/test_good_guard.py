@@ -92,3 +92,20 @@ def test_band_between_split_cut_and_guard_for_n_where_they_differ() -> None:
     assert threshold.review_from == good[38] and threshold.value > good[-1]
     assert "review from the 39-th smallest (at most 0.05 on average, no assumption)" in threshold.rule
     assert isinstance(threshold, Threshold)
+
+
+def test_report_sentence_follows_the_rule_the_verdict_module_wrote() -> None:
+    """The report learns "guard band" from verdict.has_guard_band, the module that writes the rule."""
+    from defectscope.methods.verdict import has_guard_band, is_uncalibrated
+    from defectscope.report.decision import threshold_sentence
+
+    small = conformal_threshold(np.random.default_rng(5).gumbel(0.6, 0.02, size=24), 0.05)
+    large = conformal_threshold(np.random.default_rng(2).gumbel(0.6, 0.02, size=60), 0.05)
+    assert has_guard_band(small.rule) and not has_guard_band(large.rule) and not has_guard_band(None)
+    assert not is_uncalibrated(small.rule)
+    said = {}
+    for name, threshold in (("small", small), ("large", large)):
+        said[name] = threshold_sentence({"threshold": threshold.value, "threshold_rule": threshold.rule, "good": "good/",
+                                         "false_alarm_rate": 0.05, "review_threshold": threshold.review_from})
+    assert "by a margin estimated from their scores" in said["small"]
+    assert "margin" not in said["large"]

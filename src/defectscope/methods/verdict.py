@@ -68,6 +68,22 @@ NORMAL, REVIEW, ANOMALOUS = "normal", "review", "anomalous"
 VERDICT_WORDS = (NORMAL, REVIEW, ANOMALOUS)
 
 
+GUARD_BAND = "with a guard band"
+"""The words every guard-band rule carries (:func:`conformal_threshold`); :func:`has_guard_band` reads them."""
+UNCALIBRATED = "uncalibrated"
+"""The first word of a rule that set no cut from data (a model with nothing to calibrate on)."""
+
+
+def has_guard_band(rule: object) -> bool:
+    """Whether a threshold rule (a Threshold's ``rule``, as settings.json stores it) is a guard band's."""
+    return GUARD_BAND in str(rule or "")
+
+
+def is_uncalibrated(rule: object) -> bool:
+    """Whether a threshold rule says the cut was fixed without calibration data."""
+    return str(rule or "").startswith(UNCALIBRATED)
+
+
 @dataclass(frozen=True)
 class Threshold:
     """A cut on a score statistic: ``value`` in the statistic's units, ``rule`` says how it was set.
@@ -336,7 +352,7 @@ def conformal_threshold(
         bound = f"the {guard_confidence:.0%} upper bound of the {1 - false_alarm_rate:.0%} quantile of a Gumbel law fitted to their scores"
         where = f"{value:.6g}, {bound}" if value > values[-1] else f"the largest score, which lies above {bound}"
         rule = (
-            f"conformal on {n} {source} with a guard band: anomalous above {where} (aims at false alarms at most "
+            f"conformal on {n} {source} {GUARD_BAND}: anomalous above {where} (aims at false alarms at most "
             f"{false_alarm_rate:g} in {confidence:.0%} of good sets; {n} good images are too few for their ranks alone, "
             f"{needed} would be enough; this assumes the scores of normal parts have no longer upper tail than that law)"
             f"{band}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
+from defectscope.methods.verdict import has_guard_band, is_uncalibrated
 from defectscope.report.cards import ReportEntry
 from defectscope.report.histogram import verdict_histogram
 from defectscope.report.markup import VERDICT_ORDER, escape, finite_number, key_value_table, percent
@@ -38,7 +39,7 @@ def threshold_sentence(settings: Mapping[str, Any]) -> str:
             "threshold line."
         )
     good = settings.get("good")
-    if str(settings.get("threshold_rule", "")).startswith("uncalibrated"):
+    if is_uncalibrated(settings.get("threshold_rule")):
         source = "fixed by default, because the model had no normal images to calibrate it on: its false-alarm rate is unknown"
     elif good:
         source = f"set on the known-good images in {good} so that {budget} are flagged"
@@ -49,7 +50,7 @@ def threshold_sentence(settings: Mapping[str, Any]) -> str:
             f"estimated from this batch alone (no known-good images were given), aiming to flag {budget}; "
             "give --good with known-good images for a cut you can rely on"
         )
-    if "with a guard band" in str(settings.get("threshold_rule", "")):  # too few good images for their ranks alone
+    if has_guard_band(settings.get("threshold_rule")):  # too few good images for their ranks alone
         source += (
             "; with so few of them the cut lies above their highest score by a margin estimated from their scores, "
             "which assumes good parts do not score much higher than those images suggest"

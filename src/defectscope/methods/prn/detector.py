@@ -60,7 +60,7 @@ from defectscope.methods.prn.config import METHOD, PRNConfig
 from defectscope.methods.prn.features import multiscale_features
 from defectscope.methods.prn.model import PRNHead, top_k_mean
 from defectscope.methods.smoothing import gaussian_blur
-from defectscope.methods.verdict import Threshold, conformal_count, conformal_threshold, pixel_masks, with_verdict
+from defectscope.methods.verdict import UNCALIBRATED, Threshold, conformal_count, conformal_threshold, pixel_masks, with_verdict
 from defectscope.progress import Progress
 
 __all__ = ["METHOD", "PRN", "PRNConfig"]
@@ -214,7 +214,7 @@ class PRN(Detector):
         if scores is None or scores.size == 0:
             return Threshold(
                 FALLBACK_PROBABILITY,
-                f"uncalibrated fallback: probability {FALLBACK_PROBABILITY} (no calibration scores: a model saved before "
+                f"{UNCALIBRATED} fallback: probability {FALLBACK_PROBABILITY} (no calibration scores: a model saved before "
                 f"verdicts existed, fewer than {MIN_CALIBRATION_POOL} normal training images, or calibration turned off)",
             )
         cross_fitted = self.model_info.get("calibration") == training.CROSS_FIT
