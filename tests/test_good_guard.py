@@ -109,3 +109,22 @@ def test_report_sentence_follows_the_rule_the_verdict_module_wrote() -> None:
                                          "false_alarm_rate": 0.05, "review_threshold": threshold.review_from})
     assert "by a margin estimated from their scores" in said["small"]
     assert "margin" not in said["large"]
+
+
+def test_probability_scores_keep_a_reachable_band() -> None:
+    """Fitted on the raw values, probabilities near 1 put the cut above 1 (no part could ever be
+    anomalous); fitted on their log-odds it lies between the largest good score and 1."""
+    good = np.random.default_rng(0).uniform(0.80, 0.97, size=24)
+    assert guard_cut(good) > 1.0
+    cut = guard_cut(good, probability=True)
+    assert good.max() <= cut < 1.0
+    threshold = conformal_threshold(good, 0.05, probability=True)
+    assert threshold.value == pytest.approx(cut) and "log-odds" in threshold.rule
+    assert decide(np.array([0.999]), threshold).tolist() == [True]
+
+
+def test_prn_declares_probability_scores() -> None:
+    from defectscope.methods.base import Detector
+    from defectscope.methods.prn.detector import PRN
+
+    assert PRN.probability_scores and not Detector.probability_scores

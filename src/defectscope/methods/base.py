@@ -94,6 +94,9 @@ class Detector(ABC):
     """
 
     method: ClassVar[str]
+    probability_scores: ClassVar[bool] = False
+    """True where image scores are probabilities in [0, 1]: the known-good guard band is then fitted
+    on their log-odds so its cut stays reachable (:func:`defectscope.methods.verdict.guard_cut`)."""
     config: MethodConfig
 
     def __init__(self, config: MethodConfig) -> None:
@@ -131,7 +134,7 @@ class Detector(ABC):
         require_good_images(len(images), false_alarm_rate)
         self.calibration = None
         scores = self.predict(images, progress=progress).image_scores
-        self.calibration = conformal_threshold(scores, false_alarm_rate)
+        self.calibration = conformal_threshold(scores, false_alarm_rate, probability=self.probability_scores)
         return self
 
     def backbone_facts(self) -> dict[str, Any]:

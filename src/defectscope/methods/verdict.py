@@ -298,14 +298,24 @@ bound (:func:`guard_cut`). Chosen once on all nine shared categories together (d
 docs/GOOD_SETS.md, ``bench/good_guard.py``)."""
 
 
-def guard_cut(good_scores: np.ndarray, false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE, confidence: float = GUARD_CONFIDENCE) -> float:
+def guard_cut(
+    good_scores: np.ndarray, false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE, confidence: float = GUARD_CONFIDENCE,
+    probability: bool = False,
+) -> float:
     """The guard band's anomalous cut for a good set too small for its ranks alone: the upper
     ``confidence`` bound of the ``1 - false_alarm_rate`` quantile of a Gumbel law fitted by maximum
     likelihood to the good scores (:meth:`NullFit.quantile_bound`, whose margin widens as n
     shrinks), never below the largest good score. It extrapolates past the largest good score,
     so it rests on an assumption: the upper tail of normal parts' scores is no longer than
-    that Gumbel law's. Affine-equivariant: shifting or rescaling the scores moves the cut alike."""
+    that Gumbel law's. Affine-equivariant: shifting or rescaling the scores moves the cut alike.
+
+    ``probability=True`` (scores that are probabilities, such as PRN's): the law is fitted to their
+    log-odds and the bound mapped back, so the cut stays below 1 and a part can still reach it."""
     values = np.sort(_scores(good_scores, "the guard band"))
+    if probability:
+        odds = np.clip(values, 1e-12, 1.0 - 1e-12)
+        cut = guard_cut(np.log(odds / (1.0 - odds)), false_alarm_rate, confidence)
+        return max(float(values[-1]), float(1.0 / (1.0 + math.exp(-cut))))
     top = float(values[-1])
     if values.size < 2 or np.ptp(values) == 0:
         return top
@@ -317,6 +327,7 @@ def guard_cut(good_scores: np.ndarray, false_alarm_rate: float = DEFAULT_FALSE_A
 def conformal_threshold(
     good_scores: np.ndarray, false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE, *, source: str = "good images",
     confidence: float = GOOD_SET_CONFIDENCE, guard: bool = True, guard_confidence: float = GUARD_CONFIDENCE,
+    probability: bool = False,
 ) -> Threshold:
     """Conformal calibration on n good scores, holding per good set, not only on average.
 
@@ -325,6 +336,7 @@ def conformal_threshold(
     score above it. With fewer good images no rank can promise that, and the cut is the guard
     band's (:func:`guard_cut`): above the largest good score by a margin estimated from the good
     scores themselves, an assumption about the normal scores' upper tail that the rule states;
+    ``probability=True`` fits the band on the scores' log-odds (:func:`guard_cut`);
     ``guard=False`` keeps the largest good score instead and states the per-set budget it does
     keep (:func:`set_budget`; ``watch``'s rolling bank does this). The split-conformal cut (the
     ceil((n + 1)(1 - false_alarm_rate))-th smallest: at most ``false_alarm_rate`` on average over
@@ -342,14 +354,15 @@ def conformal_threshold(
     needed = goods_for(false_alarm_rate, confidence)
     split = "the largest score" if rank == n else f"the {rank}-th smallest"
     if strict is None and guard:
-        value = guard_cut(values, false_alarm_rate, guard_confidence)
+        value = guard_cut(values, false_alarm_rate, guard_confidence, probability)
         review_from = float(values[rank - 1]) if values[rank - 1] < value else None
         ranks_only = (
             f"at most {set_budget(n, confidence):.1%} in {confidence:.0%} of good sets" if rank == n
             else f"at most {false_alarm_rate:g} on average"
         )
         band = f"; review from {split} ({ranks_only}, no assumption)" if review_from is not None else ""
-        bound = f"the {guard_confidence:.0%} upper bound of the {1 - false_alarm_rate:.0%} quantile of a Gumbel law fitted to their scores"
+        fitted = "the log-odds of their scores" if probability else "their scores"
+        bound = f"the {guard_confidence:.0%} upper bound of the {1 - false_alarm_rate:.0%} quantile of a Gumbel law fitted to {fitted}"
         where = f"{value:.6g}, {bound}" if value > values[-1] else f"the largest score, which lies above {bound}"
         rule = (
             f"conformal on {n} {source} {GUARD_BAND}: anomalous above {where} (aims at false alarms at most "

@@ -87,6 +87,7 @@ class PRN(Detector):
     """
 
     method = METHOD
+    probability_scores = True
     config: PRNConfig
 
     def __init__(self, config: PRNConfig | None = None, *, backbone: Backbone | None = None) -> None:
@@ -227,7 +228,7 @@ class PRN(Detector):
         # No guard band on cross-fitted scores: each fold model saw a third fewer normal images
         # than the detector that scores new parts, so its held-out scores already lie high
         # (pa_btn01_rl: all 24 above every normal test image; docs/PRN_MAPS.md).
-        return conformal_threshold(scores, alpha, source=source, guard=not cross_fitted)
+        return conformal_threshold(scores, alpha, source=source, guard=not cross_fitted, probability=self.probability_scores)
 
     def predict(
         self, images: Sequence[np.ndarray], paths: Sequence[str] | None = None, progress: Progress | None = None
