@@ -113,6 +113,26 @@ def test_musc_switches_to_the_bank_above_the_size_and_matches_its_parts():
 
 
 @pytest.mark.filterwarnings("ignore:mutual scoring of only")
+def test_the_bank_keeps_the_batch_aspect_as_the_exact_path_does():
+    """Long narrow images on the bank path get the batch's aspect input (not a square), so the
+    bank's grid and its parts match the exact path's features at the same shape."""
+    from defectscope.data.synthetic import synthetic_images
+    from defectscope.methods.musc import to_finest_grid
+
+    images, _ = synthetic_images(12, kind="texture", size=128, defective=(5,), seed=7, defect="spot")
+    strips = [image[40:72] for image in images]  # 32 x 128: aspect 4
+    config = MuScConfig(image_size=64, max_references=4, reference_seed=1)
+    musc = MuSc(config)
+    scores = musc.patch_scores(strips)
+    sets, grid, _ = musc.feature_sets(strips, native_grids=True)
+    assert scores.grid == grid and grid[1] >= 3 * grid[0]
+    chosen = reference_sample(12, 4, seed=1).tolist()
+    skip = self_positions(range(12), chosen)
+    expected = torch.stack([to_finest_grid(bank_scores(s, s[chosen], config.lower, config.upper, self_index=skip), grid) for s in sets]).mean(0)
+    assert torch.allclose(scores.patch_scores, expected, atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:mutual scoring of only")
 def test_the_several_looks_gate_applies_on_the_bank_path_with_looks_bank():
     """Two looks of normal (textures and objects) in one banked batch: with ``looks_bank`` the
     gate sees the global embeddings disagree and scores the bank with ``looks_interval``; one

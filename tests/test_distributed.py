@@ -21,14 +21,19 @@ def cluster_address():
         yield cluster.scheduler_address
 
 
-@pytest.mark.parametrize("max_references", [None, 4])
-def test_dask_scores_equal_the_local_run(cluster_address, max_references, monkeypatch):
+@pytest.mark.parametrize("max_references,strip", [(None, False), (4, False), (None, True)])
+def test_dask_scores_equal_the_local_run(cluster_address, max_references, strip, monkeypatch):
+    """Also on 64 x 128 strips: the cluster keeps the batch's aspect as the local run does."""
     from defectscope.methods import distributed as dist
 
     monkeypatch.setattr(dist, "CHUNK", 5)
     images, _ = synthetic_images(13, kind="texture", size=128, defective=(3,), seed=5, defect="spot")
+    if strip:
+        images = [image[32:96] for image in images]
     local = MuScConfig(image_size=128, max_references=max_references, batch_size=4)
     expected = MuSc(local).predict(images)
+    if strip:
+        assert expected.anomaly_maps.shape[1] * 2 == expected.anomaly_maps.shape[2]
     raw = MuSc(dataclasses.replace(local, border_depth=0)).predict(images)
     assert abs(raw.image_scores - expected.image_scores).max() > 1e-3, "the border rule must be active at this size"
     stages: list[str] = []

@@ -322,7 +322,8 @@ def sampled_patch_scores(detector, images: Sequence[np.ndarray], progress: Progr
     cfg = detector.config
     n = len(images)
     features = chunked_feature_sets(
-        detector.backbone, images, cfg.degrees, cfg.batch_size, progress, native_grids=cfg.native_grids, store=cfg.feature_store
+        detector.backbone, images, cfg.degrees, cfg.batch_size, progress, native_grids=cfg.native_grids, store=cfg.feature_store,
+        shape=detector.input_shape(images),
     )
     lower, upper, facts = bank_looks(cfg, features.embeddings)
     chosen = torch.from_numpy(reference_sample(n, cfg.max_references, cfg.reference_seed))

@@ -73,12 +73,17 @@ def _worker_model(detector_class, config):
     return _WORKER_MODELS[config]
 
 
-def extract_chunk(detector_class, config, images: Sequence[np.ndarray]) -> tuple[list[torch.Tensor], torch.Tensor, tuple[int, int]]:
-    """Task: LNAMD feature sets (one (n, L, C) per set), embeddings and grid of a chunk."""
+def extract_chunk(
+    detector_class, config, images: Sequence[np.ndarray], shape: tuple[int, int] | None = None
+) -> tuple[list[torch.Tensor], torch.Tensor, tuple[int, int]]:
+    """Task: LNAMD feature sets (one (n, L, C) per set), embeddings and grid of a chunk, at the
+    whole batch's input ``shape`` (decided once by the client, so every chunk has one grid)."""
     from defectscope.methods.featurestore import chunked_feature_sets
 
     musc = _worker_model(detector_class, config)
-    features = chunked_feature_sets(musc.backbone, images, config.degrees, config.batch_size, native_grids=config.native_grids, store=None)
+    features = chunked_feature_sets(
+        musc.backbone, images, config.degrees, config.batch_size, native_grids=config.native_grids, store=None, shape=shape
+    )
     return features.sets, features.embeddings, features.grid
 
 
@@ -152,7 +157,10 @@ def dask_patch_scores(
     bounds = [(s, min(s + chunk, n)) for s in starts]
     with dask_client(cfg.scheduler) as client:
         started = time.perf_counter()
-        feature_futures = [client.submit(extract_chunk, type(detector), task_config, list(images[a:b]), pure=False) for a, b in bounds]
+        shape = detector.input_shape(images)  # the batch's aspect, as the exact path keeps it
+        feature_futures = [
+            client.submit(extract_chunk, type(detector), task_config, list(images[a:b]), shape, pure=False) for a, b in bounds
+        ]
         sizes = {future.key: b - a for future, (a, b) in zip(feature_futures, bounds)}
         extracted = 0
         for future in as_completed(feature_futures):

@@ -69,12 +69,15 @@ def chunked_feature_sets(
     *,
     native_grids: bool = True,
     store: str | Path | None = "auto",
+    shape: tuple[int, int] | None = None,
 ) -> FeatureSets:
     """Backbone features and LNAMD sets of ``images``, ``batch_size`` images at a time.
 
     ``store``: ``"auto"`` keeps the sets in memory unless they would exceed half of the
     available memory, ``None`` always in memory, a folder memory-maps them to a file there.
-    Values equal :meth:`MuSc.feature_sets` (LNAMD is computed per image).
+    ``shape``: the input (height, width), None for the backbone's square input (the batch's
+    :meth:`MuSc.input_shape` keeps its aspect, as the exact path does). Values equal
+    :meth:`MuSc.feature_sets` at the same shape (LNAMD is computed per image).
     """
     from defectscope.methods.mutual import lnamd
 
@@ -84,7 +87,9 @@ def chunked_feature_sets(
     grid: tuple[int, int] = (0, 0)
     on_disk = False
     for start in range(0, n, batch_size):
-        features = backbone.extract(backbone.preprocess(images[start : start + batch_size]), common_grid=not native_grids)
+        chunk = images[start : start + batch_size]
+        batch = backbone.preprocess(chunk) if shape is None else backbone.preprocess(chunk, shape)
+        features = backbone.extract(batch, common_grid=not native_grids)
         chunk_sets = [s.cpu() for layer in features.layers for s in lnamd(layer.float(), degrees)]
         if not arrays:
             grid = features.grid
