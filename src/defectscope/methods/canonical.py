@@ -33,7 +33,11 @@ lowest patch score before the maps are smoothed, so their seams do not spread; e
 turned back into its image's frame (:func:`unturn_maps`; where the frame falls outside the
 turned image, i.e. the corners a same-size turn cuts off, the turned map's nearest edge value,
 :data:`OUTSIDE`), and the image scores, the verdict and the masks are taken on the maps turned
-back. The plan's facts go to ``result.extras["canonical_pose"]`` and ``batch_facts``.
+back. Where the turn cuts corners off the images' frames (:data:`FILL`), a second pass scores the
+unturned batch: its maps, brought to the turned maps' scale (:func:`fill_corners`), give the
+pixels, the cut-off corners included, while the turned pass gives the image scores
+(docs/CANONICAL_POSE.md section 9). The plan's facts go to ``result.extras["canonical_pose"]``
+and ``batch_facts``.
 """
 
 from __future__ import annotations
