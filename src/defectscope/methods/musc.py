@@ -491,11 +491,12 @@ class MuSc(Detector):
         masks = pixel_masks(maps.numpy(), threshold)
         is_anomalous, needs_review = decide(raw.numpy(), threshold), in_review(raw.numpy(), threshold)
         if score_maps is not None:
-            # the maps and the image scores differ (canonical_pose's filled corners): an image
-            # is outlined where either exceeds the cut, so an anomalous image always has a
-            # mask, and an outlined image that is not anomalous goes to review, never to normal
-            masks = masks | pixel_masks(score_maps.cpu().numpy(), threshold)
-            needs_review = needs_review | (masks.reshape(len(masks), -1).any(axis=1) & ~is_anomalous)
+            # the maps and the image scores differ (canonical_pose: the unturned pass's maps, the
+            # turned pass's scores): the verdict follows the image scores, and an anomalous image
+            # is outlined where either map exceeds the cut (so it always has a mask), the others
+            # not at all (outlines of the unturned pass alone would send a posed batch's normal
+            # images to review: 30 % on the posed magnetic tiles, docs/CANONICAL_POSE.md section 9)
+            masks = (masks | pixel_masks(score_maps.cpu().numpy(), threshold)) & is_anomalous[:, None, None]
         return Result(
             paths=names,
             image_scores=np.asarray(image_scores, dtype=np.float64),
