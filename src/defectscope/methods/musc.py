@@ -348,6 +348,7 @@ class MuSc(Detector):
                 if bool(inside.any()) and not bool(inside.all()):
                     patch_scores[index, ~inside] = patch_scores[index, inside].min()
             maps, embeddings, grid = self.maps_from_patch_scores(patch_scores, scores.grid), scores.embeddings, scores.grid
+            del scores, patch_scores  # the turned pass's features go before the unturned pass's (memory)
         else:
             maps, embeddings, grid = self.tiled_maps(turned, progress)
         # the maps go back to each image's frame before the image scores, the verdict and the
