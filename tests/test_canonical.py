@@ -188,9 +188,29 @@ def test_auto_off_on_aligned_stripes_leaves_the_scores_identical(backbone64):
     assert np.array_equal(auto.image_scores, off.image_scores) and np.array_equal(auto.anomaly_maps, off.anomaly_maps)
 
 
+def test_auto_is_the_default_and_codegraph_reads_it_as_off(backbone64):
+    assert MuScConfig().canonical_pose == "auto" and CoDeGraphConfig().canonical_pose == "auto"
+    from defectscope.methods.codegraph import CoDeGraph
+
+    images = turned_stripes([0.0, 23.0, 47.0, 71.0, 98.0, 122.0, 151.0, 169.0], defect=5)
+    auto = CoDeGraph(CoDeGraphConfig(image_size=64), backbone=backbone64).predict(images)
+    off = CoDeGraph(CoDeGraphConfig(image_size=64, canonical_pose="off"), backbone=backbone64).predict(images)
+    facts = auto.extras["canonical_pose"]
+    assert facts["turned"] is False and "read as off" in facts["reason"] and auto.extras["batch_facts"]["canonical_pose"] == facts
+    assert "canonical_pose" not in off.extras
+    assert np.array_equal(auto.image_scores, off.image_scores) and np.array_equal(auto.anomaly_maps, off.anomaly_maps)
+
+
+def test_reference_mode_runs_with_the_default_auto(backbone64):
+    musc = MuSc(MuScConfig(image_size=64), backbone=backbone64)
+    musc.calibrate(turned_stripes([0.0, 0.5, -0.5, 1.0, 0.0, -1.0, 0.2, -0.2, 0.7, -0.7]), 0.1)
+    result = musc.predict(turned_stripes([0.0, 1.0], defect=1))
+    assert result.anomaly_maps.shape[0] == 2 and "canonical_pose" not in result.extras  # scored as they are
+
+
 def test_other_paths_refuse_canonical_pose_on(backbone64):
     with pytest.raises(ConfigError, match="canonical_pose"):
-        CoDeGraphConfig(canonical_pose="auto")
+        CoDeGraphConfig(canonical_pose="on")
     musc = MuSc(MuScConfig(image_size=64, canonical_pose="on"), backbone=backbone64)
     with pytest.raises(ConfigError, match="reference mode"):
         musc.calibrate(turned_stripes([0.0] * 6), 0.1)
@@ -205,3 +225,93 @@ def test_auto_stays_off_on_the_aligned_shared_batches(shared_datasets, folder):
     images = [read_image(s.path) for s in category.test[::4][:40]]
     plan = canonical.plan_batch(images, "auto")
     assert not plan.active, plan.facts
+
+
+# --- the cut-off corners, filled from the unturned pass ---------------------------------------
+
+
+def test_covered_frames_mark_the_corners_a_turn_cuts_off():
+    covered = canonical.covered_frames([45.0, 0.0], [(96, 96), (96, 96)], (48, 48))
+    assert covered[1].all()  # an image left as it is loses nothing
+    for corner in (covered[0][:4, :4], covered[0][:4, -4:], covered[0][-4:, :4], covered[0][-4:, -4:]):
+        assert not corner.any()
+    assert covered[0][12:36, 12:36].all()
+    # the same region unturn_maps reads from the turned map ("min" shows where it does not)
+    ramp = np.linspace(1.0, 2.0, 48 * 48, dtype=np.float32).reshape(1, 48, 48)
+    back, _ = canonical.unturn_maps(ramp, None, [45.0], [(96, 96)], outside="min")
+    assert np.all(back[0][~covered[0]] == ramp.min())
+
+
+def test_fill_keeps_the_turned_map_inside_and_scales_the_unturned_one_in_the_corners():
+    rng = np.random.default_rng(0)
+    covered = canonical.covered_frames([40.0, -60.0, 0.0], [(64, 64)] * 3, (32, 32))
+    turned = rng.normal(5.0, 2.0, (3, 32, 32)).astype(np.float32)
+    plain = rng.normal(0.3, 0.05, (3, 32, 32)).astype(np.float32)
+    plain[0, 0, 0] = 2.0  # a corner far above anything the covered region holds
+    for matching in ("quantile", "affine"):
+        filled = canonical.fill_corners(turned, plain, covered, matching, "none")
+        assert np.array_equal(filled[covered], turned[covered])
+        corners = filled[~covered]
+        assert abs(float(np.median(corners)) - 5.0) < 1.0  # on the turned maps' scale, not 0.3
+        assert filled[0, 0, 0] > turned[covered].max()  # a corner above everything stays above
+    # the quantile map keeps the unturned pass's order everywhere ("unturned": its map throughout)
+    whole = canonical.fill_corners(turned, plain, covered, "quantile", "unturned")
+    order = np.argsort(plain.reshape(-1), kind="stable")
+    assert np.all(np.diff(whole.reshape(-1)[order]) >= 0)
+    low = canonical.fill_corners(turned, plain, covered, "quantile", "min")
+    assert np.all(low[covered] <= turned[covered])
+    with pytest.raises(ValueError, match="blend"):
+        canonical.fill_corners(turned, plain, covered, "quantile", "max")
+
+
+def corner_defect_batch():
+    """Wide stripes, most of them vertical, three across: the batch turns those three by about
+    90 degrees, and a same-size turn cuts off both ends of a wide image. In one of them a
+    bright square in such an end. Returns the images, that image's index and the square's rows
+    and columns (pixels of the 96 x 160 images)."""
+    angles = [0.0, 1.0, -1.0, 0.5, -0.5, 0.0, 90.0, 91.0, 89.0]
+    images = [stripes(a, (96, 160), period=6.0) for a in angles]
+    plan = canonical.plan_batch(images, "auto")
+    index = 7
+    assert plan.active and abs(abs(plan.turns[index]) - 90.0) < 5.0, plan.facts
+    covered = canonical.covered_frames(plan.turns, [(96, 160)] * len(images), (96, 160))[index]
+    rows, cols = slice(40, 52), slice(6, 18)
+    assert not covered[rows, cols].any()  # the whole square lies in a cut-off end
+    images[index][rows, cols] = 255
+    return images, index, rows, cols
+
+
+def test_a_defect_in_a_cut_off_corner_is_found_only_with_the_fill(backbone64, monkeypatch):
+    images, index, rows, cols = corner_defect_batch()
+
+    def corner_rank(result):
+        """The share of the other images whose same corner peaks below the square's (1: the
+        square stands above all of them) and whether the defect image is outlined there."""
+        down, across = result.anomaly_maps.shape[1] / 96, result.anomaly_maps.shape[2] / 160
+        r = slice(int(rows.start * down), int(np.ceil(rows.stop * down)))
+        c = slice(int(cols.start * across), int(np.ceil(cols.stop * across)))
+        peaks = result.anomaly_maps[:, r, c].reshape(len(images), -1).max(axis=1)
+        return float(np.mean(peaks[index] > np.delete(peaks, index))), bool(result.masks[index][r, c].any())
+
+    config = MuScConfig(image_size=64, canonical_pose="auto")
+    filled = MuSc(config, backbone=backbone64).predict(images)
+    assert filled.extras["canonical_pose"]["turned"] and filled.extras["canonical_pose"]["corner_fill"]["fill"] == canonical.FILL
+    rank, _ = corner_rank(filled)
+    assert rank == 1.0
+    # the verdict follows the turned pass's image scores; an image is outlined exactly when it
+    # is anomalous, as on the default path
+    assert np.array_equal(filled.masks.any(axis=(1, 2)), filled.is_anomalous)
+
+    # every pixel is the unturned pass's (FILL_BLEND "unturned"), brought to the turned pass's
+    # scale by one increasing map: the pixels keep the order of the default path's maps
+    off = MuSc(MuScConfig(image_size=64, canonical_pose="off"), backbone=backbone64).predict(images)
+    order = np.argsort(off.anomaly_maps.reshape(-1), kind="stable")
+    assert np.all(np.diff(filled.anomaly_maps.reshape(-1)[order]) >= 0)
+    assert not np.array_equal(filled.image_scores, off.image_scores)  # the image scores are not the default's
+
+    monkeypatch.setattr(canonical, "FILL", "edge")  # the rule before the fill
+    edge = MuSc(config, backbone=backbone64).predict(images)
+    assert edge.extras["canonical_pose"]["corner_fill"]["fill"] == "edge"
+    assert np.array_equal(edge.image_scores, filled.image_scores)  # the image scores are the turned pass's either way
+    rank, outlined = corner_rank(edge)
+    assert rank <= 0.5 and not outlined

@@ -33,7 +33,11 @@ lowest patch score before the maps are smoothed, so their seams do not spread; e
 turned back into its image's frame (:func:`unturn_maps`; where the frame falls outside the
 turned image, i.e. the corners a same-size turn cuts off, the turned map's nearest edge value,
 :data:`OUTSIDE`), and the image scores, the verdict and the masks are taken on the maps turned
-back. The plan's facts go to ``result.extras["canonical_pose"]`` and ``batch_facts``.
+back. Where the turn cuts corners off the images' frames (:data:`FILL`), a second pass scores the
+unturned batch: its maps, brought to the turned maps' scale (:func:`fill_corners`), give the
+pixels, the cut-off corners included, while the turned pass gives the image scores
+(docs/CANONICAL_POSE.md section 9). The plan's facts go to ``result.extras["canonical_pose"]``
+and ``batch_facts``.
 """
 
 from __future__ import annotations
@@ -65,6 +69,22 @@ MARGIN = 0
 score too (their features reach into the mirror's seams)."""
 SMOOTHING = 1.0
 """Gaussian sigma (thumbnail pixels) before the gradients."""
+FILL = "quantile"
+"""How the corners a same-size turn cuts off an image's frame are scored where the gate opens:
+"edge" (no second pass: :data:`OUTSIDE`), or from a second pass that scores the unturned batch,
+its maps brought to the turned maps' scale on the region both passes cover (:func:`match_scale`:
+"quantile", one quantile map for the batch; "affine", mean and standard deviation per image)."""
+FILL_SCORE = "turned"
+"""Where the image score (map maximum, then RsCIN) is taken when the corners are filled:
+"turned" (the turned pass's region only, as without the fill) or "filled" (the whole filled map)."""
+FILL_BLEND = "unturned"
+"""Inside the covered region: "unturned" takes the unturned pass's map there too (brought to
+scale: every pixel of the map is the default path's, the turned pass gives the image scores);
+"none" keeps the turned pass's map; "min" / "mean" take the minimum / mean of the two passes'
+maps; "meanW" the weighted mean, W on the turned pass. Measured on the posed magnetic tiles
+(docs/CANONICAL_POSE.md section 9)."""
+FILL_LEVELS = 1001
+"""Quantile levels of the quantile map."""
 
 
 def thumbnail(image: np.ndarray, side: int = THUMBNAIL) -> np.ndarray:
@@ -222,6 +242,85 @@ def unturn_maps(
             turned = F.grid_sample(mask, grid, mode="nearest", padding_mode="zeros", align_corners=False)[0, 0].numpy() > 0.5
             back[index] = turned & inside
     return out, back
+
+
+def covered_frames(
+    turns: Sequence[float], shapes: Sequence[tuple[int, int]], frame: tuple[int, int],
+    scales: Sequence[float] | None = None, expand: bool = False,
+) -> np.ndarray:
+    """(N, h, w) bool on maps of size ``frame`` covering each image's own frame: True where the
+    frame lies inside the turned image (the region :func:`unturn_maps` reads from the turned
+    map), False in the corners the turn cut off."""
+    scales = [1.0] * len(turns) if scales is None else list(scales)
+    covered = np.ones((len(turns), *frame), dtype=bool)
+    for index, (turn, shape, scale) in enumerate(zip(turns, shapes, scales)):
+        if turn == 0.0 and scale == 1.0:
+            continue
+        grid = _grid(tuple(shape), tuple(frame), canvas_shape(tuple(shape), turn, scale, expand), turn, scale)
+        covered[index] = (grid.abs() <= 1.0).all(dim=-1)[0].numpy()
+    return covered
+
+
+def _quantile_map(values: np.ndarray, source: np.ndarray, target: np.ndarray, levels: int) -> np.ndarray:
+    """``values`` carried from the distribution of ``source`` to that of ``target`` by their
+    quantiles (piecewise linear); beyond the source's range, linear with the ratio of the two
+    spreads, so that a corner scoring above everything the covered region holds stays above."""
+    qs = np.linspace(0.0, 1.0, levels)
+    src, dst = np.quantile(source, qs), np.quantile(target, qs)
+    ramp = np.arange(levels) * 1e-9 * max(1.0, float(np.abs(src).max()), float(np.abs(dst).max()))
+    src, dst = np.maximum.accumulate(src) + ramp, np.maximum.accumulate(dst) + ramp  # strictly increasing: the map keeps every order
+    slope = float(target.std() / max(float(source.std()), 1e-12))
+    out = np.interp(values, src, dst)
+    out = np.where(values > src[-1], dst[-1] + slope * (values - src[-1]), out)
+    return np.where(values < src[0], dst[0] + slope * (values - src[0]), out)
+
+
+def match_scale(plain: np.ndarray, turned: np.ndarray, covered: np.ndarray, matching: str = "quantile") -> np.ndarray:
+    """(N, h, w) maps of the unturned pass ``plain`` brought to the scale of the turned pass's maps
+    ``turned`` (both in the images' frames) on the region both cover (``covered``):
+    "quantile", one quantile map for the batch (the pooled covered values); "affine", per image
+    the covered values' mean and standard deviation matched."""
+    plain = np.asarray(plain, dtype=np.float64)
+    turned = np.asarray(turned, dtype=np.float64)
+    if matching == "quantile":
+        source, target = plain[covered], turned[covered]
+        if source.size > 2_000_000:  # a regular subsample keeps the quantiles, not the cost
+            step = source.size // 1_000_000
+            source, target = source[::step], target[::step]
+        return _quantile_map(plain, source, target, FILL_LEVELS).astype(np.float32)
+    if matching == "affine":
+        out = np.empty_like(plain)
+        for index in range(len(plain)):
+            region = covered[index] if covered[index].any() else np.ones_like(covered[index])
+            p, t = plain[index][region], turned[index][region]
+            out[index] = (plain[index] - p.mean()) * (t.std() / max(float(p.std()), 1e-12)) + t.mean()
+        return out.astype(np.float32)
+    raise ValueError(f"matching must be quantile or affine, got {matching!r}")
+
+
+def fill_corners(
+    turned: np.ndarray, plain: np.ndarray, covered: np.ndarray, matching: str = "quantile", blend: str = "none",
+) -> np.ndarray:
+    """The turned pass's maps (in the images' frames) with the cut-off corners (``covered``
+    False) taken from the unturned pass's maps ``plain`` brought to their scale
+    (:func:`match_scale`); inside, per ``blend`` (:data:`FILL_BLEND`), the turned pass's map,
+    the unturned one's, or the minimum / (weighted) mean of the two."""
+    mapped = match_scale(plain, turned, covered, matching)
+    turned = np.asarray(turned, dtype=np.float32)
+    if blend == "none":
+        inside = turned
+    elif blend == "unturned":
+        inside = mapped
+    elif blend == "min":
+        inside = np.minimum(turned, mapped)
+    elif blend == "mean":
+        inside = 0.5 * (turned + mapped)
+    elif blend.startswith("mean") and blend[4:].replace(".", "", 1).isdigit():
+        weight = float(blend[4:])  # "mean0.25": that weight on the turned pass
+        inside = weight * turned + (1.0 - weight) * mapped
+    else:
+        raise ValueError(f"blend must be unturned, none, min, mean or meanW (W the turned pass's weight), got {blend!r}")
+    return np.where(covered, inside, mapped).astype(np.float32)
 
 
 def inside_cells(

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import io
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 import numpy as np
@@ -364,6 +364,16 @@ class CoDeGraph(MuSc):
             patch_scores = torch.where(members_all.unsqueeze(1), filtered, musc_scores)
         return CoDeGraphScores(musc_scores, patch_scores, burnout, linking, weights, communities, grid, embeddings,
                                candidates)
+
+    def score_posed(self, images: Sequence[np.ndarray], paths: Sequence[str] | None, progress: ProgressCallback | None) -> Result:
+        """CoDeGraph scores the images as they are (its graph is built on them): ``canonical_pose``
+        "auto" (the default) is read as "off", and the fact goes to ``extras["canonical_pose"]``
+        and ``batch_facts`` ("on" is refused by the config)."""
+        result = self.score_batch(images, paths, progress)
+        if self.config.canonical_pose == "off":
+            return result
+        facts = {"mode": self.config.canonical_pose, "turned": False, "reason": "CoDeGraph scores the images as they are: canonical_pose=auto is read as off"}
+        return replace(result, extras={**result.extras, "canonical_pose": facts, "batch_facts": {**result.extras.get("batch_facts", {}), "canonical_pose": facts}})
 
     def score_batch(self, images: Sequence[np.ndarray], paths: Sequence[str] | None, progress: ProgressCallback | None) -> Result:
         """Score the batch with consistent-anomaly filtering; ``extras["communities"]`` lists the

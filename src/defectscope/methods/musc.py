@@ -348,13 +348,39 @@ class MuSc(Detector):
                 if bool(inside.any()) and not bool(inside.all()):
                     patch_scores[index, ~inside] = patch_scores[index, inside].min()
             maps, embeddings, grid = self.maps_from_patch_scores(patch_scores, scores.grid), scores.embeddings, scores.grid
+            del scores, patch_scores  # the turned pass's features go before the unturned pass's (memory)
         else:
             maps, embeddings, grid = self.tiled_maps(turned, progress)
         # the maps go back to each image's frame before the image scores, the verdict and the
         # masks are taken: the turned images' mirrored corners never decide an image's score
+        frame = tuple(int(v) for v in maps.shape[-2:])
         back, _ = canonical.unturn_maps(maps.cpu().numpy(), None, plan.turns, shapes, plan.scales, plan.expand)
-        result = self.result_from_maps(torch.from_numpy(back).to(maps.device), embeddings, grid, paths)
+        covered = canonical.covered_frames(plan.turns, shapes, frame, plan.scales, plan.expand)
+        score_maps = None
+        if canonical.FILL != "edge" and not covered.all():
+            # the corners the turn cut off are scored by a second pass over the unturned batch
+            # (the default path), brought to the turned maps' scale where both passes see
+            plain = self.plain_maps(images, progress)
+            filled = canonical.fill_corners(back, plain, covered, canonical.FILL, canonical.FILL_BLEND)
+            if canonical.FILL_SCORE == "turned":
+                score_maps = torch.from_numpy(back).to(maps.device)
+            back = filled
+        plan.facts["corner_fill"] = {
+            "fill": canonical.FILL if not covered.all() else "none needed",
+            "image_score": canonical.FILL_SCORE,
+            "blend": canonical.FILL_BLEND,
+            "cut_off_share": round(float(1.0 - covered.mean()), 4),
+        }
+        result = self.result_from_maps(torch.from_numpy(back).to(maps.device), embeddings, grid, paths, score_maps=score_maps)
         return replace(result, extras=plan.record(result.extras))
+
+    def plain_maps(self, images: Sequence[np.ndarray], progress: ProgressCallback | None) -> np.ndarray:
+        """(N, H, W) maps of the batch scored as it is (the default path's maps, before the image
+        scores): :meth:`score_posed`'s second pass for the corners a turn cuts off."""
+        if self.config.tiles == 1:
+            scores = self.patch_scores(images, progress)
+            return self.maps_from_patch_scores(scores.patch_scores, scores.grid).cpu().numpy()
+        return self.tiled_maps(images, progress)[0].cpu().numpy()
 
     def score_batch(self, images: Sequence[np.ndarray], paths: Sequence[str] | None, progress: ProgressCallback | None) -> Result:
         """Zero-shot scoring of the batch by itself (:meth:`predict` without good images)."""
@@ -443,8 +469,10 @@ class MuSc(Detector):
         embeddings: torch.Tensor,
         grid: tuple[int, int],
         paths: Sequence[str] | None = None,
+        score_maps: torch.Tensor | None = None,
     ) -> Result:
-        """(N, H, W) anomaly maps -> Result: image score = max of the map, then RsCIN.
+        """(N, H, W) anomaly maps -> Result: image score = max of the map, then RsCIN
+        (``score_maps``: of these maps instead, e.g. the turned pass's alone).
 
         Verdict: the label-free rule on the map maxima (before RsCIN). RsCIN rescales every
         batch to [0, 1] and mixes each score with its neighbours', so its values are neither
@@ -452,19 +480,29 @@ class MuSc(Detector):
         same threshold per pixel, so an image is anomalous exactly when its mask is non-empty.
         """
         names = default_paths(paths, maps.shape[0], self.method)
-        raw = maps.flatten(1).amax(dim=1)
+        scored = maps if score_maps is None else score_maps
+        raw = scored.flatten(1).amax(dim=1)
         if self.config.image_top > 0:
-            image_scores = rscin(pose.top_share_scores(maps, self.config.image_top), embeddings, self.config.rscin_ks)
+            image_scores = rscin(pose.top_share_scores(scored, self.config.image_top), embeddings, self.config.rscin_ks)
         else:
             image_scores = rscin(raw, embeddings, self.config.rscin_ks)
         raw, maps = raw.cpu(), maps.cpu()
         facts = getattr(self, "last_pose_facts", {})
         threshold = label_free_threshold(raw.numpy(), self.config.false_alarm_rate, statistic="map maxima")
+        masks = pixel_masks(maps.numpy(), threshold)
+        is_anomalous, needs_review = decide(raw.numpy(), threshold), in_review(raw.numpy(), threshold)
+        if score_maps is not None:
+            # the maps and the image scores differ (canonical_pose: the unturned pass's maps, the
+            # turned pass's scores): the verdict follows the image scores, and an anomalous image
+            # is outlined where either map exceeds the cut (so it always has a mask), the others
+            # not at all (outlines of the unturned pass alone would send a posed batch's normal
+            # images to review: 30 % on the posed magnetic tiles, docs/CANONICAL_POSE.md section 9)
+            masks = (masks | pixel_masks(score_maps.cpu().numpy(), threshold)) & is_anomalous[:, None, None]
         return Result(
             paths=names,
             image_scores=np.asarray(image_scores, dtype=np.float64),
             anomaly_maps=maps.numpy().astype(np.float32),
-            masks=pixel_masks(maps.numpy(), threshold),
+            masks=masks,
             settings=self.settings(),
             extras={
                 "raw_image_scores": raw.tolist(),
@@ -472,11 +510,11 @@ class MuSc(Detector):
                 **facts,
                 "batch_facts": dict(facts),  # written to settings.json: what the batch itself decided
             },
-            is_anomalous=decide(raw.numpy(), threshold),
+            is_anomalous=is_anomalous,
             threshold=threshold.value,
             threshold_rule=threshold.rule,
             verdict_scores=raw.numpy().astype(np.float64),
-            needs_review=in_review(raw.numpy(), threshold),
+            needs_review=needs_review,
             review_threshold=threshold.review_from,
         )
 

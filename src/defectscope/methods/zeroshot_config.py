@@ -105,12 +105,16 @@ class MuScConfig(MethodConfig):
         canonical_pose, canonical_fold, canonical_expand: a canonical pose per image
             (:mod:`defectscope.methods.canonical`, docs/CANONICAL_POSE.md): "auto" turns each
             image of a batch of a directional texture whose images disagree in orientation to
-            the batch's mean angle before scoring and turns the maps back; "on" whenever two
-            images have a dominant orientation; "off" (default) never looks. ``canonical_fold``
+            the batch's mean angle before scoring, the image scores from the turned images,
+            the maps from a second pass over the images as they are (every pixel, the corners
+            the turn cuts off included); "auto" (default) looks at every batch (about 0.01-0.02
+            s per image) and changes nothing where its gate stays shut; "on" turns whenever two
+            images have a dominant orientation; "off" never looks. ``canonical_fold``
             2 or 4 (angles modulo 180 or 90 degrees; none: chosen per batch);
             ``canonical_expand`` turns each image onto its turned bounding box instead of its
             own frame. Zero-shot batch scoring (exact, bank, Dask) only: reference mode and
-            ``watch`` refuse "on" and ignore "auto"; CoDeGraph refuses it.
+            ``watch`` refuse "on" and ignore "auto"; CoDeGraph reads "auto" as "off" (a
+            recorded fact) and refuses "on".
     """
 
     backbone: str = "efficientnet-lite0"
@@ -149,7 +153,7 @@ class MuScConfig(MethodConfig):
     looks_groups: float | None = setting(5.5, above=0.0, note="pooled standard deviations; none: off")
     looks_nearest: int | None = setting(20, at_least=1, note="references; none: all of the bank")
     part_crop: str = setting("auto", choices=PART_CROPS)
-    canonical_pose: str = setting("off", choices=CANONICAL_POSES)
+    canonical_pose: str = setting("auto", choices=CANONICAL_POSES)
     canonical_fold: int | None = setting(None, choices=(2, 4), note="none: chosen per batch")
     canonical_expand: bool = False
 
@@ -199,8 +203,9 @@ class CoDeGraphConfig(MuScConfig):
     """MuSc's several-looks gate is not part of CoDeGraph (it keeps the interval above)."""
     looks_groups: float | None = None
     """Nor is the bank's groups rule."""
-    canonical_pose: str = setting("off", choices=CANONICAL_POSES)
-    """Nor is the canonical pose (CoDeGraph scores the images as they are)."""
+    canonical_pose: str = setting("auto", choices=CANONICAL_POSES)
+    """Nor is the canonical pose: CoDeGraph scores the images as they are (its graph is built on
+    them); "auto", MuSc's default, is read as "off" and the fact recorded, "on" is refused."""
     tiles: int = setting(1, choices=(1,), note="CoDeGraph scores whole images only")
 
     max_support_fraction: float = setting(0.5, above=0.0, at_most=1.0)
@@ -218,7 +223,7 @@ class CoDeGraphConfig(MuScConfig):
         super().check()
         if self.self_term != "off" or self.nearest_images is not None or self.looks_gate is not None:
             self.refuse("settings self_term, nearest_images and looks_gate are MuSc options; CoDeGraph takes rotations (turned references) only")
-        if self.canonical_pose != "off":
-            self.refuse(f"setting canonical_pose={self.canonical_pose} is a MuSc option: CoDeGraph scores the images as they are")
+        if self.canonical_pose == "on":
+            self.refuse("setting canonical_pose=on is a MuSc option: CoDeGraph scores the images as they are (auto is read as off)")
         if self.scheduler is not None:
             self.refuse(f"setting scheduler={self.scheduler} is a MuSc option: CoDeGraph scores in this process (its graph needs every table at once)")
