@@ -86,7 +86,7 @@ def _seed(seed: int, name: str, index: int) -> int:
 
 def _write_png(array: np.ndarray, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".part.png")
+    partial = path.with_name(f"{path.name}.{os.getpid()}.part.png")  # two runs filling one cache do not collide
     Image.fromarray(array).save(partial)
     os.replace(partial, path)
 
