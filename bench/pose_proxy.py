@@ -299,16 +299,18 @@ def crop_turned(array: np.ndarray, angle: float, scale: float, shift: tuple[floa
     return np.asarray(image.transform((out, out), Image.AFFINE, coefficients, resample=resample))
 
 
-def crop_category(category: Category, seed: int = 0, turned: bool = True, cache: Path = CACHE) -> tuple[Category, dict[str, int]]:
+def crop_category(category: Category, seed: int = 0, turned: bool = True, cache: Path = CACHE, drop: set[int] | None = None) -> tuple[Category, dict]:
     """The category's test images as crops (files written once under ``cache``, in a folder of
     their own: ``crop-seed{seed}/turned`` or ``crop-seed{seed}/aligned``), and the counts
-    ``{"defective": n, "left_window": m}``: m defective images whose whole defect lies outside
-    the window, which become normal (label 0, empty mask). Turned: the mirror proxy's angle,
-    scale and shift for that image; aligned: the same scale and shift at angle 0."""
+    ``{"defective": n, "left_window": m, "lost": [indices]}``: m defective images whose whole
+    defect lies outside the window, which become normal (label 0, empty mask). Turned: the mirror
+    proxy's angle, scale and shift for that image; aligned: the same scale and shift at angle 0.
+    ``drop``: indices of the category's test images to leave out of the returned batch (the
+    counts still cover every image)."""
     folder = cache / f"crop-seed{seed}" / ("turned" if turned else "aligned") / category.name
     sizes = [Image.open(sample.path).size for sample in category.test]
     out = crop_output_side(sizes)
-    samples, counts = [], {"defective": 0, "left_window": 0}
+    samples, counts, lost = [], {"defective": 0, "left_window": 0}, []
     for index, sample in enumerate(category.test):
         angle, scale, shift = draw_pose(np.random.default_rng(_seed(seed, category.name, index)))
         angle = angle if turned else 0.0
@@ -329,8 +331,12 @@ def crop_category(category: Category, seed: int = 0, turned: bool = True, cache:
                 counts["defective"] += 1
                 if not (np.asarray(Image.open(mask_path)) > 127).any():
                     counts["left_window"] += 1
+                    lost.append(index)
                     label, defect_type = 0, None
         elif sample.label == 1:
             counts["defective"] += 1
         samples.append(Sample(image_path, label, mask_path, defect_type))
+    if drop is not None:
+        samples = [sample for index, sample in enumerate(samples) if index not in drop]
+    counts["lost"] = lost  # type: ignore[assignment]
     return Category(category.name, folder, category.layout, [], samples, category.has_masks), counts

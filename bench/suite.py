@@ -200,6 +200,8 @@ def main() -> None:
     parser.add_argument("--small", action="store_true", help="run only the small-part proxy (docs/PARTCROP.md)")
     parser.add_argument("--pose-crop", action="store_true", help="run the crop proxy: aligned crops and turned crops (docs/POSE_CROP.md)")
     parser.add_argument("--pose-crop-only", action="store_true", help="run only the turned crops of the crop proxy")
+    parser.add_argument("--crop-labels", default="follow", choices=("follow", "common"),
+                        help="crop proxy: a defect that leaves the window makes its image normal (follow), or such images are left out of both the aligned and the turned batch (common)")
     args = parser.parse_args()
     params = {}
     for item in args.param:
@@ -260,18 +262,27 @@ def run_crop_proxy(args, options: RunOptions, categories: list[Category], descri
     window (they are scored as normal) per batch."""
     from pose_proxy import crop_category
 
-    out: dict[str, object] = {"options": {**described, "pose_seed": args.pose_seed, "crop": True}}
+    out: dict[str, object] = {"options": {**described, "pose_seed": args.pose_seed, "crop": True, "crop_labels": args.crop_labels}}
     kinds = [("turned", True)] if args.pose_crop_only else [("aligned", False), ("turned", True)]
+    drops: dict[str, set[int] | None] = {c.name: None for c in categories}
+    if args.crop_labels == "common":
+        for category in categories:
+            both = [crop_category(category, args.pose_seed, turned=turned)[1]["lost"] for turned in (False, True)]
+            drops[category.name] = set(both[0]) | set(both[1])
+        out["crop_dropped"] = {name: sorted(d or ()) for name, d in drops.items()}
+        print("left out of both batches (defect outside the aligned or the turned window): "
+              + ", ".join(f"{name} {len(d or ())}" for name, d in drops.items() if d), flush=True)
     tables = {}
     for kind, turned in kinds:
         cropped, facts = [], {}
         for category in categories:
-            crop, counts = crop_category(category, args.pose_seed, turned=turned)
+            crop, counts = crop_category(category, args.pose_seed, turned=turned, drop=drops[category.name])
             cropped.append(crop)
             facts[category.name] = counts
         lost = sum(c["left_window"] for c in facts.values())
         total = sum(c["defective"] for c in facts.values())
-        print(f"{kind} crops: {lost} of {total} defective images lost their defect to the window (scored as normal): "
+        fate = "left out" if args.crop_labels == "common" else "scored as normal"
+        print(f"{kind} crops: {lost} of {total} defective images lost their defect to the window ({fate}): "
               + ", ".join(f"{name} {c['left_window']}" for name, c in facts.items() if c["left_window"]), flush=True)
         rows = with_means(run_suite(options, cropped))
         tables[kind] = rows

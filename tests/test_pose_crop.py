@@ -127,8 +127,21 @@ def test_crop_category_writes_its_own_folder_and_relabels_lost_defects(tmp_path)
     category = Category("toy", source, "mvtec", [], samples, True)
     turned, counts = crop_category(category, seed=0, turned=True, cache=tmp_path / "cache")
     aligned, counts_aligned = crop_category(category, seed=0, turned=False, cache=tmp_path / "cache")
-    assert counts == counts_aligned == {"defective": 2, "left_window": 1}
+    assert counts == counts_aligned == {"defective": 2, "left_window": 1, "lost": [2]}
     assert [s.label for s in turned.test] == [0, 1, 0, 0]
     assert turned.root != aligned.root and "crop-seed0" in str(turned.root)
     for sample in turned.test + aligned.test:
         assert Image.open(sample.path).size == (51, 51)  # round(0.8 * 90 / sqrt 2)
+
+
+def test_crop_category_drops_the_images_it_is_told_to(tmp_path):
+    source = tmp_path / "src"
+    source.mkdir()
+    samples = []
+    for index in range(3):
+        Image.fromarray(np.full((40, 40), 90 + index, dtype=np.uint8)).save(source / f"{index}.png")
+        samples.append(Sample(source / f"{index}.png", 0))
+    category = Category("toy", source, "mvtec", [], samples, False)
+    kept, counts = crop_category(category, turned=False, cache=tmp_path / "cache", drop={1})
+    assert [int(np.asarray(Image.open(s.path)).mean()) for s in kept.test] == [90, 92]
+    assert counts == {"defective": 0, "left_window": 0, "lost": []}
