@@ -320,7 +320,11 @@ def crop_category(category: Category, seed: int = 0, turned: bool = True, cache:
             image = np.asarray(Image.open(sample.path))
             if image.ndim == 3 and image.shape[2] == 4:
                 image = image[..., :3]
-            _write_png(crop_turned(image, angle, scale, shift, out), image_path)
+            try:
+                cut = crop_turned(image, angle, scale, shift, out)
+            except ValueError as error:
+                raise ValueError(f"{sample.path}: {error}") from None
+            _write_png(cut, image_path)
         label, defect_type = sample.label, sample.defect_type
         if mask_path is not None:
             if not mask_path.exists():

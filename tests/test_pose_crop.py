@@ -145,3 +145,10 @@ def test_crop_category_drops_the_images_it_is_told_to(tmp_path):
     kept, counts = crop_category(category, turned=False, cache=tmp_path / "cache", drop={1})
     assert [int(np.asarray(Image.open(s.path)).mean()) for s in kept.test] == [90, 92]
     assert counts == {"defective": 0, "left_window": 0, "lost": []}
+
+
+def test_a_photograph_too_small_for_the_window_is_named(tmp_path):
+    Image.fromarray(np.zeros((3, 40), dtype=np.uint8)).save(tmp_path / "thin.png")
+    category = Category("toy", tmp_path, "mvtec", [], [Sample(tmp_path / "thin.png", 0)], False)
+    with pytest.raises(ValueError, match="thin.png: an image of 40 x 3 pixels is too small"):
+        crop_category(category, cache=tmp_path / "cache")
