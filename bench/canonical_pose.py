@@ -8,6 +8,7 @@ demo's sample of N mono and N poly cells). No backbone runs: this only reads the
 
     python bench/canonical_pose.py
     python bench/canonical_pose.py --small --elpv 60
+    python bench/canonical_pose.py --no-plain --crop        # the crop proxy's batches too
 
 ``--oracle NAME``: the upper bound of a canonical pose on the proxy. The posed batch NAME is
 scored (library evaluate path, MuSc defaults) with each image turned back by the proxy's own
@@ -64,6 +65,7 @@ def main() -> None:
     parser.add_argument("--small", action="store_true", help="also the small-part proxy (bottle, hazelnut_toy)")
     parser.add_argument("--elpv", type=int, default=0, help="also the demo's N mono and N poly elpv cells (0: skip)")
     parser.add_argument("--no-plain", action="store_true")
+    parser.add_argument("--crop", action="store_true", help="also the crop proxy's aligned and turned crops (docs/POSE_CROP.md)")
     parser.add_argument("--oracle", default=None, help="score this posed batch turned back by its known angles")
     parser.add_argument("--oracle-scale", action="store_true", help="with --oracle: also undo the known scale")
     parser.add_argument("--accuracy", action="append", default=[], help="estimate against the proxy's known poses")
@@ -85,6 +87,11 @@ def main() -> None:
     batches += [("pose", c) for c in mixed_categories([pose_category(c) for c in categories])]
     if args.small:
         batches += [("small", small_category(c)) for c in categories if c.name in EDGE_PADDED]
+    if args.crop:
+        from pose_proxy import crop_category
+
+        batches += [("crop-aligned", crop_category(c, turned=False)[0]) for c in categories]
+        batches += [("crop-turned", crop_category(c, turned=True)[0]) for c in categories]
     if args.only:
         batches = [(k, c) for k, c in batches if any(c.name.startswith(p) for p in args.only)]
     print("| batch | n | coherence (fold 2) | spread (fold 2) | coherence (fold 4) | spread (fold 4) | fold | confident | auto | s/img |")

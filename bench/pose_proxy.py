@@ -86,7 +86,7 @@ def _seed(seed: int, name: str, index: int) -> int:
 
 def _write_png(array: np.ndarray, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".part.png")
+    partial = path.with_name(f"{path.name}.{os.getpid()}.part.png")  # two runs filling one cache do not collide
     Image.fromarray(array).save(partial)
     os.replace(partial, path)
 
@@ -207,3 +207,140 @@ def small_category(category: Category, seed: int = 0, cache: Path = CACHE) -> Ca
             _write_png(np.where(placed > 127, 255, 0).astype(np.uint8), mask_path)
         samples.append(Sample(image_path, sample.label, mask_path, sample.defect_type))
     return Category(category.name, folder, category.layout, [], samples, category.has_masks)
+
+
+# --- the crop proxy (docs/POSE_CROP.md) ------------------------------------------------------
+# The mirror proxy above pads what a turn uncovers; here nothing is padded. Every image keeps the
+# draws of the mirror proxy (same seed: angle, scale, shift) and an axis-aligned square window is
+# cut from the turned photograph. The window lies inside the disc inscribed in the photograph
+# (radius: half its shorter side, less a margin), and a rectangle turned about its centre by any
+# angle contains that disc, so the window is inside the turned photograph whatever the angle:
+# the turned crop and the aligned crop (angle 0, same scale and shift) see fields of view of the
+# same size, and every output pixel is sampled from the photograph.
+CROP_ZOOM_OUT = SCALE_RANGE[0]
+"""The window's side is the disc's inscribed square times ``CROP_ZOOM_OUT / scale``: the whole
+square at the smallest scale (0.8), 64 % of its side at the largest (1.25)."""
+CROP_MAX_SIDE = 512
+"""Largest output side (pixels) of a category's crops."""
+
+
+def crop_output_side(sizes: list[tuple[int, int]]) -> int:
+    """One output side per category: the window's side at scale 1 on the median image (the
+    median shorter side / sqrt(2) * 0.8), at most :data:`CROP_MAX_SIDE`."""
+    shorter = float(np.median([min(width, height) for width, height in sizes]))
+    return int(max(8, min(CROP_MAX_SIDE, round(CROP_ZOOM_OUT * shorter / math.sqrt(2.0)))))
+
+
+def crop_window(height: int, width: int, scale: float, shift: tuple[float, float], out: int) -> tuple[float, tuple[float, float], int]:
+    """(window side in source pixels, (dx, dy) offset of its centre from the photograph's centre,
+    the source reduction factor) for a photograph of ``height`` x ``width``.
+
+    The reduction factor k (an integer, 1 unless the window is more than twice the output side)
+    is the box reduction applied to the photograph before bilinear sampling, against aliasing
+    (what remains for the bilinear step is a reduction by less than 2);
+    the disc keeps a margin of k + 1 source pixels so that no bilinear tap of the reduced image
+    reaches past its edge. The shift (fractions of the width and height, as the mirror proxy
+    draws it) is shortened until the window's far corner lies inside the disc."""
+    full = (min(height, width) / 2.0) / math.sqrt(0.5)  # inscribed square of the whole disc, ignoring the margin
+    estimate = full * CROP_ZOOM_OUT / scale
+    factor = int(estimate / out) if estimate >= 2 * out else 1
+    radius = min(height, width) / 2.0 - (factor + 1)
+    if radius <= 1:
+        raise ValueError(f"an image of {width} x {height} pixels is too small for the crop proxy")
+    side = radius * math.sqrt(2.0) * CROP_ZOOM_OUT / scale
+    half = side / 2.0
+    dx, dy = shift[0] * width, shift[1] * height
+    # largest t in [0, 1] with (t |dx| + half)^2 + (t |dy| + half)^2 <= radius^2
+    ax, ay = abs(dx), abs(dy)
+    qa, qb, qc = ax * ax + ay * ay, 2.0 * half * (ax + ay), 2.0 * half * half - radius * radius
+    t = 1.0 if qa == 0 else min(1.0, max(0.0, (-qb + math.sqrt(max(0.0, qb * qb - 4 * qa * qc))) / (2 * qa)))
+    return side, (t * dx, t * dy), factor
+
+
+def crop_coefficients(height: int, width: int, angle: float, side: float, offset: tuple[float, float], out: int, factor: int = 1) -> tuple[float, ...]:
+    """PIL affine coefficients: output pixel centre (x + 0.5, y + 0.5) of an ``out`` x ``out``
+    crop -> the source point (continuous coordinates, pixel i spans [i, i + 1)) of the photograph
+    reduced by ``factor``. The window (centre: photograph centre + ``offset``, side ``side``) is
+    axis-aligned in the frame of the photograph turned by ``angle`` degrees about its centre; a
+    positive angle is a clockwise turn on screen, as the mirror proxy's."""
+    theta = math.radians(angle)
+    cos, sin = math.cos(theta), math.sin(theta)
+    step = side / out
+    cx, cy = width / 2.0, height / 2.0
+    left, top = offset[0] - side / 2.0, offset[1] - side / 2.0
+    coefficients = (
+        cos * step, sin * step, cx + cos * left + sin * top,
+        -sin * step, cos * step, cy - sin * left + cos * top,
+    )
+    return tuple(c / factor for c in coefficients)
+
+
+def crop_points(height: int, width: int, angle: float, side: float, offset: tuple[float, float], out: int) -> np.ndarray:
+    """(out * out, 2) source points (x, y) the crop samples, in the unreduced photograph's
+    continuous coordinates (for checks)."""
+    a, b, c, d, e, f = crop_coefficients(height, width, angle, side, offset, out)
+    yy, xx = np.mgrid[:out, :out] + 0.5
+    return np.stack([a * xx + b * yy + c, d * xx + e * yy + f], axis=-1).reshape(-1, 2)
+
+
+def crop_turned(array: np.ndarray, angle: float, scale: float, shift: tuple[float, float], out: int, nearest: bool = False) -> np.ndarray:
+    """The ``out`` x ``out`` window of ``array`` (H, W[, C], uint8) turned by ``angle`` degrees;
+    images bilinear (after a box reduction when the window is over twice the output side), masks
+    (``nearest``) sampled at the same points of the full-size array."""
+    height, width = array.shape[:2]
+    side, offset, factor = crop_window(height, width, scale, shift, out)
+    image = Image.fromarray(array)
+    if nearest:
+        factor = 1
+    elif factor > 1:
+        image = image.reduce(factor)
+    coefficients = crop_coefficients(height, width, angle, side, offset, out, factor)
+    resample = Image.NEAREST if nearest else Image.BILINEAR
+    return np.asarray(image.transform((out, out), Image.AFFINE, coefficients, resample=resample))
+
+
+def crop_category(category: Category, seed: int = 0, turned: bool = True, cache: Path = CACHE, drop: set[int] | None = None) -> tuple[Category, dict]:
+    """The category's test images as crops (files written once under ``cache``, in a folder of
+    their own: ``crop-seed{seed}/turned`` or ``crop-seed{seed}/aligned``), and the counts
+    ``{"defective": n, "left_window": m, "lost": [indices]}``: m defective images whose whole
+    defect lies outside the window, which become normal (label 0, empty mask). Turned: the mirror
+    proxy's angle, scale and shift for that image; aligned: the same scale and shift at angle 0.
+    ``drop``: indices of the category's test images to leave out of the returned batch (the
+    counts still cover every image)."""
+    folder = cache / f"crop-seed{seed}" / ("turned" if turned else "aligned") / category.name
+    sizes = [Image.open(sample.path).size for sample in category.test]
+    out = crop_output_side(sizes)
+    samples, counts, lost = [], {"defective": 0, "left_window": 0}, []
+    for index, sample in enumerate(category.test):
+        angle, scale, shift = draw_pose(np.random.default_rng(_seed(seed, category.name, index)))
+        angle = angle if turned else 0.0
+        image_path = folder / "images" / f"{index:04d}.png"
+        mask_path = folder / "masks" / f"{index:04d}.png" if sample.mask_path is not None else None
+        if not image_path.exists():
+            image = np.asarray(Image.open(sample.path))
+            if image.ndim == 3 and image.shape[2] == 4:
+                image = image[..., :3]
+            try:
+                cut = crop_turned(image, angle, scale, shift, out)
+            except ValueError as error:
+                raise ValueError(f"{sample.path}: {error}") from None
+            _write_png(cut, image_path)
+        label, defect_type = sample.label, sample.defect_type
+        if mask_path is not None:
+            if not mask_path.exists():
+                mask = (np.asarray(Image.open(sample.mask_path).convert("L")) > 127).astype(np.uint8) * 255
+                cut = crop_turned(mask, angle, scale, shift, out, nearest=True)
+                _write_png(np.where(cut > 127, 255, 0).astype(np.uint8), mask_path)
+            if sample.label == 1:
+                counts["defective"] += 1
+                if not (np.asarray(Image.open(mask_path)) > 127).any():
+                    counts["left_window"] += 1
+                    lost.append(index)
+                    label, defect_type = 0, None
+        elif sample.label == 1:
+            counts["defective"] += 1
+        samples.append(Sample(image_path, label, mask_path, defect_type))
+    if drop is not None:
+        samples = [sample for index, sample in enumerate(samples) if index not in drop]
+    counts["lost"] = lost  # type: ignore[assignment]
+    return Category(category.name, folder, category.layout, [], samples, category.has_masks), counts

@@ -25,6 +25,13 @@ on a loaded machine). Rows: every category, the mean over all, the mean over the
 mixed-looks batches, untransformed and with a seeded rotation, scale and shift per image, both
 tables and a side-by-side one (``--pose-only`` skips the untransformed run).
 
+``--pose-crop``: the crop proxy (bench/pose_proxy.py, docs/POSE_CROP.md): no padding; a square
+window inside every turn of each photograph, cut from it turned (the mirror proxy's draws) and
+unturned (angle 0, same scale and shift): both tables and a side-by-side one
+(``--pose-crop-only``: the turned crops only).
+
+    python bench/suite.py --pose-crop --threads 1 --json bench/results/pose_crop_default.json
+
 ``--small``: the small-part *proxy* (bench/pose_proxy.py, docs/PARTCROP.md): bottle and
 hazelnut_toy, each test image shrunk to 30-45 % of its side, turned by any angle and placed at a
 random position on its own plain background; only that table.
@@ -191,6 +198,10 @@ def main() -> None:
     parser.add_argument("--pose-only", action="store_true", help="run only the pose-and-look proxy")
     parser.add_argument("--pose-seed", type=int, default=0)
     parser.add_argument("--small", action="store_true", help="run only the small-part proxy (docs/PARTCROP.md)")
+    parser.add_argument("--pose-crop", action="store_true", help="run the crop proxy: aligned crops and turned crops (docs/POSE_CROP.md)")
+    parser.add_argument("--pose-crop-only", action="store_true", help="run only the turned crops of the crop proxy")
+    parser.add_argument("--crop-labels", default="follow", choices=("follow", "common"),
+                        help="crop proxy: a defect that leaves the window makes its image normal (follow), or such images are left out of both the aligned and the turned batch (common)")
     args = parser.parse_args()
     params = {}
     for item in args.param:
@@ -213,6 +224,9 @@ def main() -> None:
         print("small-part proxy:\n" + markdown(rows))
         if args.json is not None:
             write_json(args.json, {"options": {**described, "small": True, "pose_seed": args.pose_seed}, "rows": rows})
+        return
+    if args.pose_crop or args.pose_crop_only:
+        run_crop_proxy(args, options, categories, described)
         return
     if not (args.pose or args.pose_only):
         rows = with_means(run_suite(options, categories))
@@ -238,6 +252,45 @@ def main() -> None:
     print("pose proxy:\n" + markdown(pose_rows))
     if not args.pose_only:
         print("side by side:\n" + side_by_side(plain, pose_rows))
+    if args.json is not None:
+        write_json(args.json, out)
+
+
+def run_crop_proxy(args, options: RunOptions, categories: list[Category], described: dict) -> None:
+    """The crop proxy (docs/POSE_CROP.md): the aligned crops (unless ``--pose-crop-only``), the
+    turned crops, and both side by side; the count of defective images whose defect left the
+    window (they are scored as normal) per batch."""
+    from pose_proxy import crop_category
+
+    out: dict[str, object] = {"options": {**described, "pose_seed": args.pose_seed, "crop": True, "crop_labels": args.crop_labels}}
+    kinds = [("turned", True)] if args.pose_crop_only else [("aligned", False), ("turned", True)]
+    drops: dict[str, set[int] | None] = {c.name: None for c in categories}
+    if args.crop_labels == "common":
+        for category in categories:
+            both = [crop_category(category, args.pose_seed, turned=turned)[1]["lost"] for turned in (False, True)]
+            drops[category.name] = set(both[0]) | set(both[1])
+        out["crop_dropped"] = {name: sorted(d or ()) for name, d in drops.items()}
+        print("left out of both batches (defect outside the aligned or the turned window): "
+              + ", ".join(f"{name} {len(d or ())}" for name, d in drops.items() if d), flush=True)
+    tables = {}
+    for kind, turned in kinds:
+        cropped, facts = [], {}
+        for category in categories:
+            crop, counts = crop_category(category, args.pose_seed, turned=turned, drop=drops[category.name])
+            cropped.append(crop)
+            facts[category.name] = counts
+        lost = sum(c["left_window"] for c in facts.values())
+        total = sum(c["defective"] for c in facts.values())
+        fate = "left out" if args.crop_labels == "common" else "scored as normal"
+        print(f"{kind} crops: {lost} of {total} defective images lost their defect to the window ({fate}): "
+              + ", ".join(f"{name} {c['left_window']}" for name, c in facts.items() if c["left_window"]), flush=True)
+        rows = with_means(run_suite(options, cropped))
+        tables[kind] = rows
+        out[f"{kind}_crop_rows"] = rows
+        out[f"{kind}_crop_counts"] = facts
+        print(f"{kind} crops:\n" + markdown(rows), flush=True)
+    if len(tables) == 2:
+        print("aligned crop vs turned crop:\n" + side_by_side(tables["aligned"], tables["turned"]))
     if args.json is not None:
         write_json(args.json, out)
 
