@@ -188,12 +188,12 @@ def test_auto_off_on_aligned_stripes_leaves_the_scores_identical(backbone64):
     assert np.array_equal(auto.image_scores, off.image_scores) and np.array_equal(auto.anomaly_maps, off.anomaly_maps)
 
 
-def test_auto_is_the_default_and_codegraph_reads_it_as_off(backbone64):
-    assert MuScConfig().canonical_pose == "auto" and CoDeGraphConfig().canonical_pose == "auto"
+def test_off_is_the_default_and_codegraph_reads_auto_as_off(backbone64):
+    assert MuScConfig().canonical_pose == "off" and CoDeGraphConfig().canonical_pose == "off"
     from defectscope.methods.codegraph import CoDeGraph
 
     images = turned_stripes([0.0, 23.0, 47.0, 71.0, 98.0, 122.0, 151.0, 169.0], defect=5)
-    auto = CoDeGraph(CoDeGraphConfig(image_size=64), backbone=backbone64).predict(images)
+    auto = CoDeGraph(CoDeGraphConfig(image_size=64, canonical_pose="auto"), backbone=backbone64).predict(images)
     off = CoDeGraph(CoDeGraphConfig(image_size=64, canonical_pose="off"), backbone=backbone64).predict(images)
     facts = auto.extras["canonical_pose"]
     assert facts["turned"] is False and "read as off" in facts["reason"] and auto.extras["batch_facts"]["canonical_pose"] == facts
@@ -201,8 +201,8 @@ def test_auto_is_the_default_and_codegraph_reads_it_as_off(backbone64):
     assert np.array_equal(auto.image_scores, off.image_scores) and np.array_equal(auto.anomaly_maps, off.anomaly_maps)
 
 
-def test_reference_mode_runs_with_the_default_auto(backbone64):
-    musc = MuSc(MuScConfig(image_size=64), backbone=backbone64)
+def test_reference_mode_runs_with_auto(backbone64):
+    musc = MuSc(MuScConfig(image_size=64, canonical_pose="auto"), backbone=backbone64)
     musc.calibrate(turned_stripes([0.0, 0.5, -0.5, 1.0, 0.0, -1.0, 0.2, -0.2, 0.7, -0.7]), 0.1)
     result = musc.predict(turned_stripes([0.0, 1.0], defect=1))
     assert result.anomaly_maps.shape[0] == 2 and "canonical_pose" not in result.extras  # scored as they are

@@ -367,7 +367,7 @@ class CoDeGraph(MuSc):
 
     def score_posed(self, images: Sequence[np.ndarray], paths: Sequence[str] | None, progress: ProgressCallback | None) -> Result:
         """CoDeGraph scores the images as they are (its graph is built on them): ``canonical_pose``
-        "auto" (the default) is read as "off", and the fact goes to ``extras["canonical_pose"]``
+        "auto" is read as "off", and the fact goes to ``extras["canonical_pose"]``
         and ``batch_facts`` ("on" is refused by the config)."""
         result = self.score_batch(images, paths, progress)
         if self.config.canonical_pose == "off":

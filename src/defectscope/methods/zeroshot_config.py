@@ -107,9 +107,10 @@ class MuScConfig(MethodConfig):
             image of a batch of a directional texture whose images disagree in orientation to
             the batch's mean angle before scoring, the image scores from the turned images,
             the maps from a second pass over the images as they are (every pixel, the corners
-            the turn cuts off included); "auto" (default) looks at every batch (about 0.01-0.02
-            s per image) and changes nothing where its gate stays shut; "on" turns whenever two
-            images have a dominant orientation; "off" never looks. ``canonical_fold``
+            the turn cuts off included); "auto" looks at every batch (about 0.01-0.02 s per
+            image) and changes nothing where its gate stays shut; "on" turns whenever two
+            images have a dominant orientation; "off" (default, docs/CANONICAL_POSE.md section
+            10) never looks. ``canonical_fold``
             2 or 4 (angles modulo 180 or 90 degrees; none: chosen per batch);
             ``canonical_expand`` turns each image onto its turned bounding box instead of its
             own frame. Zero-shot batch scoring (exact, bank, Dask) only: reference mode and
@@ -153,7 +154,7 @@ class MuScConfig(MethodConfig):
     looks_groups: float | None = setting(5.5, above=0.0, note="pooled standard deviations; none: off")
     looks_nearest: int | None = setting(20, at_least=1, note="references; none: all of the bank")
     part_crop: str = setting("auto", choices=PART_CROPS)
-    canonical_pose: str = setting("auto", choices=CANONICAL_POSES)
+    canonical_pose: str = setting("off", choices=CANONICAL_POSES)
     canonical_fold: int | None = setting(None, choices=(2, 4), note="none: chosen per batch")
     canonical_expand: bool = False
 
@@ -203,9 +204,9 @@ class CoDeGraphConfig(MuScConfig):
     """MuSc's several-looks gate is not part of CoDeGraph (it keeps the interval above)."""
     looks_groups: float | None = None
     """Nor is the bank's groups rule."""
-    canonical_pose: str = setting("auto", choices=CANONICAL_POSES)
+    canonical_pose: str = setting("off", choices=CANONICAL_POSES)
     """Nor is the canonical pose: CoDeGraph scores the images as they are (its graph is built on
-    them); "auto", MuSc's default, is read as "off" and the fact recorded, "on" is refused."""
+    them); "auto" is read as "off" and the fact recorded, "on" is refused."""
     tiles: int = setting(1, choices=(1,), note="CoDeGraph scores whole images only")
 
     max_support_fraction: float = setting(0.5, above=0.0, at_most=1.0)
