@@ -37,6 +37,17 @@ def row(name: str, r: dict) -> str:
     )
 
 
+def musc_row(name: str, r: dict) -> str:
+    """MuSc's other figures on the same images (pixel figures: image protocol), PRN's beside them."""
+    m = r["musc"]
+    pixel = m["pixel"]["image"]
+    return (
+        f"| {name} | {_pct(pixel['pixel_auroc'])} / {_pct(r['pixel_auroc'])} | {_pct(pixel['pixel_aupro'])} / {_pct(r['pixel_aupro'])} "
+        f"| {_pct(m['image_auroc'])} / {_pct(r['image_auroc'])} | {_pct(m['verdict_false_alarm_rate'])} / {_pct(r['verdict_far'])} "
+        f"| {_pct(m['verdict_recall'])} / {_pct(r['verdict_recall'])} | {m['seconds']:.0f} / {r['seconds']:.0f} |"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("files", nargs="+", type=Path)
@@ -44,10 +55,14 @@ def main() -> None:
     print("| category | test (normal) | PRN P-AP | MuSc P-AP | margin (points) | margin, map protocol | >= 5 points | PRN P-AUROC "
           "| PRN AUPRO | PRN I-AUROC | verdict FAR % | FAR <= 5 % | recall % | review % | PRN s | commit |")
     print("|---" * 16 + "|")
-    for path in args.files:
-        data = json.loads(path.read_text())
-        for name, r in data["rows"].items():
-            print(row(name, r))
+    measured = [(name, r) for path in args.files for name, r in json.loads(path.read_text())["rows"].items()]
+    for name, r in measured:
+        print(row(name, r))
+    print()
+    print("| category | P-AUROC MuSc / PRN | AUPRO MuSc / PRN | I-AUROC MuSc / PRN | verdict FAR % MuSc / PRN | recall % MuSc / PRN | seconds MuSc / PRN |")
+    print("|---" * 7 + "|")
+    for name, r in measured:
+        print(musc_row(name, r))
 
 
 if __name__ == "__main__":
