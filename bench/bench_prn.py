@@ -13,6 +13,14 @@ or its verdict false-alarm rate is above 5 %. ``--update`` stores the measured f
     python bench/bench_prn.py --suite --protocol guard --only pa_btn01_rl --threads 1
     python bench/bench_prn.py --suite --threads 1                     # defaults, all nine (hours on 2 cores)
     python bench/bench_prn.py --suite --only magnetic_tile --param final_model=never  # a setting against the stored figures
+    python bench/bench_prn.py --suite --only pa_bdp01_tl --musc --threads 1 --json bench/results/prn_paper_pa_bdp01_tl.json
+
+``--musc`` also scores zero-shot MuSc at its defaults on exactly PRN's test images (the same
+images, masks and metric code; `prn_benchmark.musc_on_test`) and prints both methods' pixel AP
+under both pixel protocols: ``img`` (maps resized to each image's own size, the figure compared
+with the stored reference) and ``map`` (masks resized to the method's map size, as
+``defectscope evaluate`` and bench/suite.py measure), and the margin PRN - MuSc in points on the
+``img`` protocol. ``--json PATH`` writes every row measured (atomically).
 
 MTD mode (without ``--suite``): PRN on the Magnetic Tile Defect set (MTD) with k labelled
 defects per class.
@@ -89,6 +97,7 @@ def _commit() -> str:
 
 
 def suite(args: argparse.Namespace) -> int:
+    from prn_benchmark import PROTOCOLS as PIXEL_PROTOCOLS
     from prn_benchmark import evaluate_category
     from defectscope.report.atomic import atomic_write_text
 
@@ -100,7 +109,9 @@ def suite(args: argparse.Namespace) -> int:
     reference = json.loads(REFERENCE.read_text()) if REFERENCE.is_file() else {}
     stored = reference.setdefault(args.protocol, {})
     failed = []
-    print(f"{'category':<14} {'P-AP':>6} {'ref':>6} {'I-AUROC':>8} {'FAR':>6} {'recall':>7} {'s':>6}")
+    print(f"{'category':<14} {'P-AP':>6} {'ref':>6} {'I-AUROC':>8} {'FAR':>6} {'recall':>7} {'s':>6}"
+          + ("   [pixel AP: PRN img / map, MuSc img / map, margin img in points]" if args.musc else ""))
+    measured_rows = {}
     for name in names:
         config = protocol_config(args.protocol, args.seed)
         overrides = {}
@@ -111,12 +122,19 @@ def suite(args: argparse.Namespace) -> int:
             except json.JSONDecodeError:
                 overrides[key] = text
         config = PRNConfig.from_dict({**config.to_json(), **overrides}) if overrides else config
+        musc = None
+        if args.musc:
+            from defectscope.options import RunOptions
+
+            musc = RunOptions(method="musc", threads=args.threads)
         measured = evaluate_category(categories[name], config, k=args.k, seed=args.seed, save_model=args.save_model,
-                                     save_maps_to=args.save_maps, log=lambda line: print(line, flush=True))
+                                     save_maps_to=args.save_maps, log=lambda line: print(line, flush=True), musc=musc)
         m = measured["metrics"]
         row = {"pixel_ap": m["pixel_ap"], "pixel_auroc": m["pixel_auroc"], "pixel_aupro": m["pixel_aupro"],
                "image_auroc": m["image_auroc"], "verdict_far": m["verdict_false_alarm_rate"],
-               "verdict_recall": m["verdict_recall"], "test": measured["test"], "calibration": measured["calibration"],
+               "verdict_recall": m["verdict_recall"], "verdict_review_share": m.get("verdict_review_share"),
+               "test": measured["test"], "test_defective": measured["test_defective"], "calibration": measured["calibration"],
+               "threshold": measured["threshold"], "pixel_protocols": measured["pixel_protocols"], "map_size": measured["map_size"],
                "seconds": round(measured["train_seconds"] + measured["predict_seconds"], 1), "commit": _commit(),
                "overrides": overrides,
                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
@@ -127,8 +145,21 @@ def suite(args: argparse.Namespace) -> int:
         if row["verdict_far"] is not None and row["verdict_far"] > MAX_FAR:
             problems.append(f"verdict false-alarm rate {row['verdict_far']:.3f} above {MAX_FAR}")
         ref_text = f"{before:6.3f}" if before is not None else "     -"
+        extra = ""
+        if measured.get("musc") is not None:
+            zero = measured["musc"]
+            row["musc"] = zero
+            row["margin_points_image_protocol"] = round(100 * (row["pixel_ap"] - zero["pixel"]["image"]["pixel_ap"]), 1)
+            row["margin_points_map_protocol"] = round(100 * (row["pixel_protocols"]["map"]["pixel_ap"] - zero["pixel"]["map"]["pixel_ap"]), 1)
+            extra = (f"   [PRN {row['pixel_ap']:.3f} / {row['pixel_protocols']['map']['pixel_ap']:.3f}, MuSc "
+                     f"{zero['pixel']['image']['pixel_ap']:.3f} / {zero['pixel']['map']['pixel_ap']:.3f}, "
+                     f"margin {row['margin_points_image_protocol']:+.1f}]")
         print(f"{name:<14} {row['pixel_ap']:6.3f} {ref_text} {row['image_auroc']:8.3f} {row['verdict_far']:6.3f} "
-              f"{row['verdict_recall']:7.3f} {row['seconds']:6.0f}" + ("  FAIL: " + "; ".join(problems) if problems else ""), flush=True)
+              f"{row['verdict_recall']:7.3f} {row['seconds']:6.0f}" + extra + ("  FAIL: " + "; ".join(problems) if problems else ""), flush=True)
+        measured_rows[name] = row
+        if args.json:
+            atomic_write_text(Path(args.json), json.dumps({"protocol": args.protocol, "k": args.k, "seed": args.seed, "threads": args.threads,
+                                                          "pixel_protocols": PIXEL_PROTOCOLS, "rows": measured_rows}, indent=1) + "\n")
         failed.extend(f"{name}: {p}" for p in problems)
         if args.update:
             stored[name] = row
@@ -150,6 +181,8 @@ def main() -> None:
         parser.add_argument("--seed", type=int, default=0)
         parser.add_argument("--tolerance", type=float, default=0.02)
         parser.add_argument("--update", action="store_true")
+        parser.add_argument("--musc", action="store_true", help="also zero-shot MuSc (defaults) on exactly PRN's test images")
+        parser.add_argument("--json", default=None, help="write the measured rows to this JSON file")
         parser.add_argument("--param", action="append", default=[], help="KEY=VALUE (JSON value) over the protocol's PRN settings")
         parser.add_argument("--threads", type=int, default=1)
         parser.add_argument("--save-model", default=None, help="folder for the trained model (one category only)")

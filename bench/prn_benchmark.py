@@ -6,7 +6,14 @@ category trains on all its ``train/good`` images, a magnetic-tile root on the se
 labelled defects per type into training, and every other test image is scored. Pixel metrics are
 pooled over the test images with each map resized bilinearly to its image's own size
 (:mod:`defectscope.metrics`; masks: value > 127), image metrics on the image scores, the verdict's
-false-alarm rate and recall on its decisions.
+false-alarm rate, recall and review share on its decisions.
+
+Two pixel protocols (:func:`pixel_figures`): ``image`` (each map resized bilinearly to its image's
+own size, full-resolution masks: the figure this benchmark has always reported) and ``map`` (each
+mask resized to the method's map size, bilinear then > 0.5, as ``defectscope evaluate`` and
+bench/suite.py measure). ``musc=RunOptions(method="musc")`` also scores zero-shot MuSc, through
+the library's evaluate path, on exactly PRN's test images (the batch scores itself), with the same
+masks and metric code under both protocols, so that "PRN minus MuSc" is on one image set.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from defectscope.data import magnetic_tile, mvtec_category, read_image, read_mask
+from defectscope.data.layouts import Category
 from defectscope.errors import ConfigError
 from defectscope.methods.prn.detector import PRN, PRNConfig
 from defectscope.methods.prn.protocol import kshot_split
@@ -34,16 +42,76 @@ def load_category(root: str | Path, seed: int = 0) -> Any:
 
 
 
-def predict_test(detector: Any, test: list, batch: int = 16, log: Any = None) -> tuple[list, list, list, list, list, Any]:
+PROTOCOLS = {
+    "image": "maps resized (bilinear) to each image's own size; full-resolution masks",
+    "map": "masks resized (bilinear, > 0.5) to the method's map size; maps as they are",
+}
+
+
+def sample_masks(samples: list, shapes: list[tuple[int, int]]) -> list[np.ndarray]:
+    """Full-resolution boolean ground truth of ``samples`` (value > 127; all False for normal
+    images), each checked against its image's (height, width) in ``shapes``."""
+    return [read_mask(s.mask_path, shape) if s.label == 1 else np.zeros(shape, dtype=bool) for s, shape in zip(samples, shapes)]
+
+
+def pixel_figures(maps: Any, masks: list[np.ndarray], protocol: str) -> dict[str, Any]:
+    """Pixel AUROC / AP / F1 / AUPRO of ``maps`` (at the method's map size) against the
+    full-resolution ``masks`` under ``protocol`` (a key of :data:`PROTOCOLS`)."""
+    from defectscope.pipeline import _mask_at
+
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"pixel protocol must be one of {sorted(PROTOCOLS)}, got {protocol!r}")
+    if len(maps) != len(masks):
+        raise ValueError(f"got {len(maps)} maps for {len(masks)} masks")
+    if protocol == "image":
+        return pixel_metrics([resize_map(m, k.shape) for m, k in zip(maps, masks)], masks)
+    return pixel_metrics([np.asarray(m, dtype=np.float32) for m in maps], [_mask_at(k, tuple(np.shape(m)[-2:])) for m, k in zip(maps, masks)])
+
+
+def musc_on_test(category: Any, test: list, options: Any = None) -> dict[str, Any]:
+    """Zero-shot MuSc (``options``: a :class:`defectscope.options.RunOptions`, default MuSc at its
+    defaults) on exactly the ``test`` samples of ``category`` as one batch, through the library's
+    evaluate path; pixel figures under both protocols with :func:`pixel_figures`."""
+    from defectscope.options import RunOptions
+    from defectscope.pipeline import evaluate_category as evaluate_zero_shot
+
+    options = options or RunOptions(method="musc")
+    batch = Category(category.name, category.root, category.layout, [], list(test), category.has_masks)
+    started = time.time()
+    result, images, samples, skipped, metrics = evaluate_zero_shot(batch, options)
+    seconds = round(time.time() - started, 1)
+    if skipped or [str(s.path) for s in samples] != [str(s.path) for s in test]:
+        raise RuntimeError(f"MuSc scored {len(samples)} of the {len(test)} test images of {category.name}")
+    masks = sample_masks(samples, [image.shape[:2] for image in images])
+    return {
+        "method": options.method or "musc",
+        "test": len(samples),
+        "map_size": list(result.anomaly_maps.shape[-2:]),
+        "pixel": {protocol: pixel_figures(result.anomaly_maps, masks, protocol) for protocol in PROTOCOLS},
+        "image_auroc": metrics.get("image_auroc"),
+        "verdict_false_alarm_rate": metrics.get("verdict_false_alarm_rate"),
+        "verdict_recall": metrics.get("verdict_recall"),
+        "seconds": seconds,
+    }
+
+
+def predict_test(
+    detector: Any, test: list, batch: int = 16, log: Any = None, *, raw_maps: list | None = None, review: list | None = None,
+) -> tuple[list, list, list, list, list, Any]:
     """Predict the ``test`` samples in chunks of ``batch``: (maps and ground-truth masks at each
     image's size, image scores, labels, verdict flags, the last chunk's Result); ``log`` (a
-    callable) hears the progress."""
+    callable) hears the progress. ``raw_maps`` / ``review`` (lists), when given, receive each
+    map at the detector's map size and each review flag."""
     maps, masks, scores, labels, flags, result = [], [], [], [], [], None
     for start in range(0, len(test), batch):
         chunk = test[start : start + batch]
         images = [read_image(s.path) for s in chunk]
         result = detector.predict(images, [str(s.path) for s in chunk])
         flags.extend(bool(v) for v in result.is_anomalous)
+        if review is not None:
+            review.extend(bool(v) for v in (result.needs_review if result.needs_review is not None else np.zeros(len(chunk), bool)))
+        if raw_maps is not None:
+            raw_maps.extend(np.asarray(m, dtype=np.float32) for m in result.anomaly_maps)
         for sample, image, anomaly_map, score in zip(chunk, images, result.anomaly_maps, result.image_scores):
             shape = image.shape[:2]
             maps.append(resize_map(anomaly_map, shape))
@@ -111,14 +179,20 @@ def save_maps(detector: Any, test: list, normals: list, path: str | Path, batch:
 
 def evaluate_category(
     root: str | Path, config: PRNConfig | None = None, *, k: int = 10, seed: int = 0, batch: int = 16,
-    save_model: str | Path | None = None, save_maps_to: str | Path | None = None, log: Any = None,
+    save_model: str | Path | None = None, save_maps_to: str | Path | None = None, log: Any = None, musc: Any = None,
 ) -> dict[str, Any]:
     """Train PRN on the category at ``root`` with the protocol above and score its test images;
-    returns the metrics, counts, the cut and seconds. ``save_model``: a folder to write the
-    trained model to; ``save_maps_to``: an .npz for :func:`save_maps` (after the figures)."""
+    returns the metrics (pixel figures under the ``image`` protocol; ``pixel_protocols`` holds
+    both), counts, the cut and seconds. ``save_model``: a folder to write the trained model to;
+    ``save_maps_to``: an .npz for :func:`save_maps` (after the figures); ``musc``: RunOptions of
+    a zero-shot method to score on the same test images first (:func:`musc_on_test`)."""
     config = config or PRNConfig(seed=seed)
     category = load_category(root, seed)
     anomalies, test = kshot_split(category.test, k=k, seed=seed)
+    zero_shot = musc_on_test(category, test, musc) if musc is not None else None
+    if zero_shot is not None and log is not None:
+        log(f"{zero_shot['method']} on the same {zero_shot['test']} test images: pixel AP "
+            f"{zero_shot['pixel']['image']['pixel_ap']:.3f} (image size) / {zero_shot['pixel']['map']['pixel_ap']:.3f} (map size), {zero_shot['seconds']} s")
     started = time.time()
     detector = PRN(config).fit(
         [read_image(s.path) for s in category.train], [(read_image(s.path), read_mask(s.mask_path)) for s in anomalies]
@@ -127,7 +201,9 @@ def evaluate_category(
     started = time.time()
     if save_model is not None:
         detector.save(save_model, overwrite=True)
-    maps, masks, scores, labels, flags, last = predict_test(detector, test, batch)
+    raw_maps: list = []
+    review: list = []
+    maps, masks, scores, labels, flags, last = predict_test(detector, test, batch, raw_maps=raw_maps, review=review)
     predict_seconds = round(time.time() - started, 1)
     threshold = last.threshold if last is not None else None
     if save_maps_to is not None:
@@ -135,10 +211,15 @@ def evaluate_category(
     metrics = {
         **pixel_metrics(maps, masks),
         **image_metrics(np.array(scores), np.array(labels)),
-        **verdict_metrics(np.array(flags), np.array(labels)),
+        **verdict_metrics(np.array(flags), np.array(labels), np.array(review, dtype=bool)),
     }
+    pixel_protocols = {"image": {key: metrics[key] for key in ("pixel_auroc", "pixel_ap", "pixel_f1_max", "pixel_aupro")},
+                       "map": pixel_figures(raw_maps, masks, "map")}
     return {
         "metrics": metrics,
+        "pixel_protocols": pixel_protocols,
+        "map_size": list(np.shape(raw_maps[0])[-2:]) if raw_maps else None,
+        "musc": zero_shot,
         "train_normal": len(category.train),
         "train_defective": len(anomalies),
         "test": len(test),
