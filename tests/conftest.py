@@ -19,3 +19,12 @@ def shared_datasets() -> Path:
     if not SHARED_DATASETS.is_dir():
         pytest.skip(f"real datasets not available: {SHARED_DATASETS} is absent")
     return SHARED_DATASETS
+
+
+@pytest.fixture()
+def one_thread():
+    """torch on one thread for the test that asks for it (steady figures on a shared CPU)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

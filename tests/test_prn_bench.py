@@ -22,14 +22,6 @@ sys.path.insert(0, str(ROOT / "bench"))
 from prn_benchmark import PROTOCOLS, musc_on_test, pixel_figures  # noqa: E402
 
 
-@pytest.fixture()
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_pixel_protocols_differ_only_in_where_the_sizes_meet():
     mask = np.zeros((8, 12), dtype=bool)
     mask[2:6, 4:8] = True  # a 4 x 4 square on a 2:3 image

@@ -22,14 +22,6 @@ TOLERANCE = 0.02
 pytestmark = [pytest.mark.shared, pytest.mark.slow]
 
 
-@pytest.fixture()
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_prn_pixel_ap_has_not_regressed(shared_datasets, one_thread):
     sys.path.insert(0, str(ROOT / "bench"))
     try:
