@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from defectscope.data import mvtec_category
 from defectscope.data.layouts import Category
