@@ -91,6 +91,17 @@ def _write_png(array: np.ndarray, path: Path) -> None:
     os.replace(partial, path)
 
 
+def _read_image(path: Path) -> np.ndarray:
+    """A test image as stored (grey or RGB), an alpha channel dropped."""
+    image = np.asarray(Image.open(path))
+    return image[..., :3] if image.ndim == 3 and image.shape[2] == 4 else image
+
+
+def _read_mask(path: Path) -> np.ndarray:
+    """A defect mask as 0/255 uint8 (pixels above 127 count as defect)."""
+    return (np.asarray(Image.open(path).convert("L")) > 127).astype(np.uint8) * 255
+
+
 def pose_category(category: Category, seed: int = 0, cache: Path = CACHE) -> Category:
     """The category's test images with one seeded pose each (files written once under ``cache``)."""
     pad = "edge" if category.name in EDGE_PADDED else "reflect"
@@ -101,13 +112,10 @@ def pose_category(category: Category, seed: int = 0, cache: Path = CACHE) -> Cat
         image_path = folder / "images" / f"{index:04d}.png"
         mask_path = folder / "masks" / f"{index:04d}.png" if sample.mask_path is not None else None
         if not image_path.exists():
-            image = np.asarray(Image.open(sample.path))
-            if image.ndim == 3 and image.shape[2] == 4:
-                image = image[..., :3]
+            image = _read_image(sample.path)
             _write_png(warp(image, angle, scale, shift, pad), image_path)
         if mask_path is not None and not mask_path.exists():
-            mask = np.asarray(Image.open(sample.mask_path).convert("L")) > 127
-            warped = warp(mask.astype(np.uint8) * 255, angle, scale, shift, pad, nearest=True)
+            warped = warp(_read_mask(sample.mask_path), angle, scale, shift, pad, nearest=True)
             _write_png(np.where(warped > 127, 255, 0).astype(np.uint8), mask_path)
         samples.append(Sample(image_path, sample.label, mask_path, sample.defect_type))
     return Category(category.name, folder, category.layout, [], samples, category.has_masks)
@@ -317,9 +325,7 @@ def crop_category(category: Category, seed: int = 0, turned: bool = True, cache:
         image_path = folder / "images" / f"{index:04d}.png"
         mask_path = folder / "masks" / f"{index:04d}.png" if sample.mask_path is not None else None
         if not image_path.exists():
-            image = np.asarray(Image.open(sample.path))
-            if image.ndim == 3 and image.shape[2] == 4:
-                image = image[..., :3]
+            image = _read_image(sample.path)
             try:
                 cut = crop_turned(image, angle, scale, shift, out)
             except ValueError as error:
@@ -328,8 +334,7 @@ def crop_category(category: Category, seed: int = 0, turned: bool = True, cache:
         label, defect_type = sample.label, sample.defect_type
         if mask_path is not None:
             if not mask_path.exists():
-                mask = (np.asarray(Image.open(sample.mask_path).convert("L")) > 127).astype(np.uint8) * 255
-                cut = crop_turned(mask, angle, scale, shift, out, nearest=True)
+                cut = crop_turned(_read_mask(sample.mask_path), angle, scale, shift, out, nearest=True)
                 _write_png(np.where(cut > 127, 255, 0).astype(np.uint8), mask_path)
             if sample.label == 1:
                 counts["defective"] += 1
