@@ -29,6 +29,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from defectscope.methods.base import with_batch_fact
+
 PART_CROPS = ("auto", "off", "on")
 THUMBNAIL = 192
 """The thumbnail the background and the part are found on: box averages of k x k pixels, k the
@@ -256,10 +258,7 @@ class CropPlan:
 
     def record(self, extras: dict[str, Any]) -> dict[str, Any]:
         """``extras`` with the plan's facts as ``part_crop`` and in ``batch_facts``."""
-        extras = dict(extras)
-        extras["part_crop"] = self.facts
-        extras["batch_facts"] = {**extras.get("batch_facts", {}), "part_crop": self.facts}
-        return extras
+        return with_batch_fact(extras, "part_crop", self.facts)
 
 
 def frame_shape(images: Sequence[np.ndarray]) -> tuple[tuple[int, int], list[tuple[int, int]]]:
