@@ -68,6 +68,24 @@ def test_otsu_splits_two_groups():
     assert 0.1 < partcrop.otsu(values) <= 0.8
 
 
+def test_otsu_is_the_upper_edge_of_its_bin_not_skimages_centre_nor_labelfrees_data_value():
+    """partcrop.otsu, scikit-image's threshold_otsu and labelfree.otsu_cut differ in what they
+    return (bench/partcrop_otsu.py on real images): a swap would move find_part's foreground."""
+    from skimage.filters import threshold_otsu
+
+    from defectscope.methods.labelfree import otsu_cut
+
+    rng = np.random.default_rng(0)
+    values = np.concatenate([rng.normal(0.1, 0.02, 900), rng.normal(0.6, 0.05, 100)]).astype(np.float32)
+    edges = np.histogram_bin_edges(values, bins=256, range=(float(values.min()), float(values.max())))
+    ours = partcrop.otsu(values)
+    assert ours in edges[1:-1]  # a bin's upper edge
+    assert ours == pytest.approx(float(threshold_otsu(values, nbins=256)) + (edges[1] - edges[0]) / 2, abs=1e-6)  # half a bin higher
+    assert ours != float(threshold_otsu(values, nbins=256))
+    exact = otsu_cut(values)
+    assert exact in values and exact != ours and np.array_equal(values > exact, values > ours)  # same split here, another cut
+
+
 def test_auto_crops_small_parts_to_one_square_side_around_each_part():
     images, boxes = small_parts()
     plan = partcrop.plan_batch(images, "auto")
