@@ -3,6 +3,8 @@ pasted back into the full image's frame, and the fallbacks."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -415,3 +417,31 @@ def test_a_texture_of_mixed_sizes_still_scores_as_with_the_crop_off(backbone96):
     off = MuSc(MuScConfig(image_size=96, part_crop="off"), backbone=backbone96).predict(images)
     assert auto.extras["part_crop"]["cropped"] is False and "differ in size" not in auto.extras["part_crop"]["reason"]
     assert np.array_equal(auto.image_scores, off.image_scores) and np.array_equal(auto.anomaly_maps, off.anomaly_maps)
+
+
+def test_watch_records_its_part_crop_decision_in_its_marker_and_report(backbone96, tmp_path):
+    """The rolling bank's crop decision (made on the first batch, and again on the rebuilt bank
+    after a restart) goes to the watch's settings as batch_facts: the marker file and report.html."""
+    from image_helpers import save_images
+
+    from defectscope.methods.rolling import ZeroShotScorer
+    from defectscope.watch import Watcher
+
+    images, _ = small_parts(count=8, size=480, part=100, seed=3, defect=7)
+    save_images(tmp_path / "in", images, "part_{:03d}.png")
+    out = tmp_path / "out"
+
+    def watch() -> ZeroShotScorer:
+        scorer = ZeroShotScorer(MuSc(MuScConfig(image_size=96), backbone=backbone96), 0.2, 10, 6)
+        watcher = Watcher(tmp_path / "in", out, scorer, settle=0.0, give_up=1.0, poll=0.05, settings={"scorer": "rolling bank"},
+                          log=lambda line: None)
+        assert "batch_facts" not in json.loads((out / "defectscope-run.json").read_text())  # written at start, before the decision
+        assert watcher.run(exit_after_idle=0.2).interrupted is False
+        return scorer
+
+    for run in ("first", "restart"):
+        scorer = watch()
+        marker = json.loads((out / "defectscope-run.json").read_text())
+        assert scorer.crop is not None and scorer.crop.active, run
+        assert marker["batch_facts"] == {"part_crop": scorer.crop.facts} and marker["batch_facts"]["part_crop"]["cropped"], run
+        assert "batch_facts" in (out / "report.html").read_text() and "plain background and a small part" in (out / "report.html").read_text()
