@@ -24,11 +24,9 @@ from defectscope.methods import labelfree, partcrop
 def skimage_edge(values: np.ndarray, bins: int = 256) -> float:
     """scikit-image's Otsu bin on partcrop.otsu's histogram, as that bin's upper edge."""
     values = values.ravel()
-    low, high = float(values.min()), float(values.max())
-    if high <= low:
-        return high
-    counts, edges = np.histogram(values, bins=bins, range=(low, high))
-    centres = 0.5 * (edges[:-1] + edges[1:])
+    if float(values.max()) <= float(values.min()):
+        return float(values.max())
+    counts, edges, centres = partcrop.histogram(values, bins)
     cut = threshold_otsu(hist=(counts, centres))
     return float(edges[int(np.searchsorted(centres, cut)) + 1])
 

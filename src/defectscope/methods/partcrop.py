@@ -99,6 +99,12 @@ def _thumbnail(image: np.ndarray) -> tuple[np.ndarray, float]:
     return small.astype(np.float32) / 255.0, small.shape[0] / height
 
 
+def histogram(values: np.ndarray, bins: int = 256) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(counts, edges, centres) of ``bins`` bins over the range of ``values`` (not all equal)."""
+    counts, edges = np.histogram(values, bins=bins, range=(float(values.min()), float(values.max())))
+    return counts, edges, 0.5 * (edges[:-1] + edges[1:])
+
+
 def otsu(values: np.ndarray, bins: int = 256) -> float:
     """Otsu's threshold of ``values`` (the cut that maximises the between-class variance) on a
     ``bins``-bin histogram over their range: the upper edge of the last bin of the lower class.
@@ -109,11 +115,9 @@ def otsu(values: np.ndarray, bins: int = 256) -> float:
     (no histogram, a lower group of at least 20 %, the cut a value of the data): either would
     move this cut (``python bench/partcrop_otsu.py ../shared/datasets``)."""
     values = values.ravel()
-    low, high = float(values.min()), float(values.max())
-    if high <= low:
-        return high
-    counts, edges = np.histogram(values, bins=bins, range=(low, high))
-    centres = 0.5 * (edges[:-1] + edges[1:])
+    if float(values.max()) <= float(values.min()):
+        return float(values.max())
+    counts, edges, centres = histogram(values, bins)
     weight = np.cumsum(counts).astype(np.float64)
     mass = np.cumsum(counts * centres)
     total, total_mass = weight[-1], mass[-1]
