@@ -427,12 +427,12 @@ def test_watch_records_its_part_crop_decision_in_its_marker_and_report(backbone9
     from defectscope.methods.rolling import ZeroShotScorer
     from defectscope.watch import Watcher
 
-    images, _ = small_parts(count=8, size=480, part=100, seed=3, defect=7)
+    images, _ = small_parts(count=6, size=240, part=48, seed=3, defect=5)
     save_images(tmp_path / "in", images, "part_{:03d}.png")
     out = tmp_path / "out"
 
     def watch() -> ZeroShotScorer:
-        scorer = ZeroShotScorer(MuSc(MuScConfig(image_size=96), backbone=backbone96), 0.2, 10, 6)
+        scorer = ZeroShotScorer(MuSc(MuScConfig(image_size=96), backbone=backbone96), 0.2, 10, 5)
         watcher = Watcher(tmp_path / "in", out, scorer, settle=0.0, give_up=1.0, poll=0.05, settings={"scorer": "rolling bank"},
                           log=lambda line: None)
         assert "batch_facts" not in json.loads((out / "defectscope-run.json").read_text())  # written at start, before the decision
