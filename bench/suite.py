@@ -166,10 +166,15 @@ def markdown(rows: dict[str, dict[str, float | None]]) -> str:
     return "\n".join(lines)
 
 
-def side_by_side(plain: dict[str, dict[str, float | None]], posed: dict[str, dict[str, float | None]]) -> str:
-    """I-AUROC, P-AUROC and P-AP (percent) untransformed vs pose proxy, per row of both."""
+def side_by_side(
+    plain: dict[str, dict[str, float | None]], posed: dict[str, dict[str, float | None]], names: tuple[str, str] = ("", "pose"),
+) -> str:
+    """I-AUROC, P-AUROC and P-AP (percent) of two tables, per row of both: the columns of the
+    first named ``names[0]`` (nothing: untransformed), of the second ``names[1]`` (the pose proxy;
+    the crop proxy's tables are "aligned" and "turned")."""
     keys = ("image_auroc", "pixel_auroc", "pixel_ap")
-    lines = ["| category | I-AUROC | I-AUROC pose | P-AUROC | P-AUROC pose | P-AP | P-AP pose |", "|---" * 7 + "|"]
+    titles = [f"{title} {name}".rstrip() for title in ("I-AUROC", "P-AUROC", "P-AP") for name in names]
+    lines = ["| category | " + " | ".join(titles) + " |", "|---" * 7 + "|"]
     for name in posed:
         if name not in plain:
             continue
@@ -290,7 +295,7 @@ def run_crop_proxy(args, options: RunOptions, categories: list[Category], descri
         out[f"{kind}_crop_counts"] = facts
         print(f"{kind} crops:\n" + markdown(rows), flush=True)
     if len(tables) == 2:
-        print("aligned crop vs turned crop:\n" + side_by_side(tables["aligned"], tables["turned"]))
+        print("aligned crop vs turned crop:\n" + side_by_side(tables["aligned"], tables["turned"], ("aligned", "turned")))
     if args.json is not None:
         write_json(args.json, out)
 

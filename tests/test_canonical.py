@@ -315,3 +315,22 @@ def test_a_defect_in_a_cut_off_corner_is_found_only_with_the_fill(backbone64, mo
     assert np.array_equal(edge.image_scores, filled.image_scores)  # the image scores are the turned pass's either way
     rank, outlined = corner_rank(edge)
     assert rank <= 0.5 and not outlined
+
+
+def test_the_recorded_batch_facts_are_the_turned_passs(backbone64):
+    """With the corner fill two passes run (turned, then unturned); the MSM interval recorded in
+    extras and batch_facts is the one of the turned pass, which gives the image scores, and the
+    unturned pass's facts are recorded apart, under corner_fill."""
+    images, _, _, _ = corner_defect_batch()
+    result = MuSc(MuScConfig(image_size=64, canonical_pose="auto"), backbone=backbone64).predict(images)
+    probe = MuSc(MuScConfig(image_size=64), backbone=backbone64)
+    probe.patch_scores(canonical.plan_batch(images, "auto").warp(images))
+    turned = dict(probe.last_pose_facts)
+    probe.patch_scores(images)
+    unturned = dict(probe.last_pose_facts)
+    # the gate opens on the unturned batch only: the two passes' intervals differ
+    assert unturned["several_looks"] and not turned["several_looks"] and unturned["interval"] != turned["interval"]
+    for facts in (result.extras, result.extras["batch_facts"]):
+        assert {key: facts[key] for key in turned} == turned
+    assert result.extras["canonical_pose"]["corner_fill"]["unturned_pass_facts"] == unturned
+    assert result.extras["batch_facts"]["canonical_pose"]["corner_fill"]["unturned_pass_facts"] == unturned

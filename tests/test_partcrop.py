@@ -3,6 +3,8 @@ pasted back into the full image's frame, and the fallbacks."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -66,6 +68,24 @@ def test_the_part_box_is_found_wherever_the_part_lies():
 def test_otsu_splits_two_groups():
     values = np.concatenate([np.full(100, 0.1), np.full(30, 0.8)])
     assert 0.1 < partcrop.otsu(values) <= 0.8
+
+
+def test_otsu_is_the_upper_edge_of_its_bin_not_skimages_centre_nor_labelfrees_data_value():
+    """partcrop.otsu, scikit-image's threshold_otsu and labelfree.otsu_cut differ in what they
+    return (bench/partcrop_otsu.py on real images): a swap would move find_part's foreground."""
+    from skimage.filters import threshold_otsu
+
+    from defectscope.methods.labelfree import otsu_cut
+
+    rng = np.random.default_rng(0)
+    values = np.concatenate([rng.normal(0.1, 0.02, 900), rng.normal(0.6, 0.05, 100)]).astype(np.float32)
+    edges = np.histogram_bin_edges(values, bins=256, range=(float(values.min()), float(values.max())))
+    ours = partcrop.otsu(values)
+    assert ours in edges[1:-1]  # a bin's upper edge
+    assert ours == pytest.approx(float(threshold_otsu(values, nbins=256)) + (edges[1] - edges[0]) / 2, abs=1e-6)  # half a bin higher
+    assert ours != float(threshold_otsu(values, nbins=256))
+    exact = otsu_cut(values)
+    assert exact in values and exact != ours and np.array_equal(values > exact, values > ours)  # same split here, another cut
 
 
 def test_auto_crops_small_parts_to_one_square_side_around_each_part():
@@ -397,3 +417,31 @@ def test_a_texture_of_mixed_sizes_still_scores_as_with_the_crop_off(backbone96):
     off = MuSc(MuScConfig(image_size=96, part_crop="off"), backbone=backbone96).predict(images)
     assert auto.extras["part_crop"]["cropped"] is False and "differ in size" not in auto.extras["part_crop"]["reason"]
     assert np.array_equal(auto.image_scores, off.image_scores) and np.array_equal(auto.anomaly_maps, off.anomaly_maps)
+
+
+def test_watch_records_its_part_crop_decision_in_its_marker_and_report(backbone96, tmp_path):
+    """The rolling bank's crop decision (made on the first batch, and again on the rebuilt bank
+    after a restart) goes to the watch's settings as batch_facts: the marker file and report.html."""
+    from image_helpers import save_images
+
+    from defectscope.methods.rolling import ZeroShotScorer
+    from defectscope.watch import Watcher
+
+    images, _ = small_parts(count=6, size=240, part=48, seed=3, defect=5)
+    save_images(tmp_path / "in", images, "part_{:03d}.png")
+    out = tmp_path / "out"
+
+    def watch() -> ZeroShotScorer:
+        scorer = ZeroShotScorer(MuSc(MuScConfig(image_size=96), backbone=backbone96), 0.2, 10, 5)
+        watcher = Watcher(tmp_path / "in", out, scorer, settle=0.0, give_up=1.0, poll=0.05, settings={"scorer": "rolling bank"},
+                          log=lambda line: None)
+        assert "batch_facts" not in json.loads((out / "defectscope-run.json").read_text())  # written at start, before the decision
+        assert watcher.run(exit_after_idle=0.2).interrupted is False
+        return scorer
+
+    for run in ("first", "restart"):
+        scorer = watch()
+        marker = json.loads((out / "defectscope-run.json").read_text())
+        assert scorer.crop is not None and scorer.crop.active, run
+        assert marker["batch_facts"] == {"part_crop": scorer.crop.facts} and marker["batch_facts"]["part_crop"]["cropped"], run
+        assert "batch_facts" in (out / "report.html").read_text() and "plain background and a small part" in (out / "report.html").read_text()

@@ -152,3 +152,16 @@ def test_a_photograph_too_small_for_the_window_is_named(tmp_path):
     category = Category("toy", tmp_path, "mvtec", [], [Sample(tmp_path / "thin.png", 0)], False)
     with pytest.raises(ValueError, match="thin.png: an image of 40 x 3 pixels is too small"):
         crop_category(category, cache=tmp_path / "cache")
+
+
+def test_the_crop_proxys_side_by_side_table_names_aligned_and_turned():
+    from suite import side_by_side
+
+    row = {"image_auroc": 0.9, "pixel_auroc": 0.8, "pixel_ap": 0.5}
+    crop = side_by_side({"bottle": row}, {"bottle": row}, ("aligned", "turned")).splitlines()
+    assert crop[0] == ("| category | I-AUROC aligned | I-AUROC turned | P-AUROC aligned | P-AUROC turned "
+                       "| P-AP aligned | P-AP turned |")
+    assert "pose" not in crop[0] and crop[2] == "| bottle | 90.0 | 90.0 | 80.0 | 80.0 | 50.0 | 50.0 |"
+    # the pose proxy's table keeps its header
+    assert side_by_side({"bottle": row}, {"bottle": row}).splitlines()[0] == (
+        "| category | I-AUROC | I-AUROC pose | P-AUROC | P-AUROC pose | P-AP | P-AP pose |")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import re
 import signal
@@ -129,6 +130,10 @@ def test_watch_good_gives_what_score_good_gives(tmp_path):
     assert len(watched) == 5
     for path, score, verdict in zip(scored.paths, scored.image_scores, scored.verdicts()):
         assert abs(float(watched[path]["score"]) - score) < 1e-5 and watched[path]["verdict"] == verdict
+    # the part-crop decision on the good images is recorded as score --good records it
+    recorded = json.loads((tmp_path / "out" / "defectscope-run.json").read_text())["batch_facts"]["part_crop"]
+    assert recorded == json.loads((tmp_path / "scored" / "settings.json").read_text())["batch_facts"]["part_crop"]
+    assert recorded["cropped"] is False
 
 
 def test_watch_colour_scale_follows_the_maps_shown_and_the_report_shows_the_input(tmp_path, monkeypatch):

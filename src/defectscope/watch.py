@@ -7,7 +7,9 @@ overlay in ``OUT/maps/``; ``OUT/report.html`` is refreshed as rows come in. Thre
 - zero-shot against a rolling bank (default): the last ``bank_size`` images judged normal
   (:class:`defectscope.methods.rolling.RollingBank`). The first ``min_bank`` images wait and are
   scored together by mutual scoring; later images are scored against the bank as they arrive.
-  ``part_crop`` is decided once on that first batch (docs/PARTCROP.md); the decision is logged.
+  ``part_crop`` is decided once on that first batch (docs/PARTCROP.md); the decision is logged
+  and recorded as the settings' ``batch_facts`` (the marker file and the report; with ``good``:
+  the decision on the good images).
 - zero-shot against a folder of good parts (``good``): the detector's reference mode, calibrated
   on them once (the same scores, verdicts and review band as ``score --good``).
 - a trained U-Flow or PRN model (``model``).
@@ -141,13 +143,24 @@ class Watcher:
         self.report = WatchReport(self.out, self.in_dir, self.settings)
         self.report.load_top(done)
 
+    def note_batch_facts(self) -> None:
+        """Record what the scorer decided from the stream (``part_crop``, once decided) as the
+        settings' ``batch_facts``: in the folder's marker file and the report's settings."""
+        facts = self.scorer.batch_facts() if hasattr(self.scorer, "batch_facts") else {}
+        if facts and facts != self.settings.get("batch_facts"):
+            self.settings["batch_facts"] = facts  # the report holds this dict
+            self._write_marker()
+
+    def _write_marker(self) -> None:
+        write_marker(self.out, data={"command": "watch", "input": str(self.in_dir), **self.settings})
+
     def _prepare_out(self) -> None:
         if self.out.exists() and any(self.out.iterdir()) and not is_defectscope_folder(self.out):
             raise DefectscopeError(f"output folder '{self.out}' holds files that defectscope did not write; choose another or an empty folder")
         if self.out.exists() and any(self.out.iterdir()) and not (self.out / VERDICTS).exists():
             raise DefectscopeError(f"output folder '{self.out}' holds another defectscope run, not a watch; choose another folder")
         (self.out / "maps").mkdir(parents=True, exist_ok=True)
-        write_marker(self.out, data={"command": "watch", "input": str(self.in_dir), **self.settings})
+        self._write_marker()
 
     def restore_bank(self) -> None:
         """After a restart: feed the rolling bank the last normal images of the journal."""
@@ -191,6 +204,7 @@ class Watcher:
         return self.report.color_range()
 
     def _write(self, rows: Sequence[Scored]) -> None:
+        self.note_batch_facts()
         for row in rows:  # rows decided together (a first batch) share one scale, as in score
             if row.anomaly_map is not None:
                 self.report.note_map(row.anomaly_map)
@@ -239,6 +253,7 @@ class Watcher:
         waiting are scored together), or until Ctrl-C / SIGTERM (``KeyboardInterrupt``: the rows
         written so far stay, the report is refreshed and the summary says ``interrupted``)."""
         self.restore_bank()
+        self.note_batch_facts()  # decided before the stream (--good) or on the rebuilt bank (restart)
         idle_since = time.monotonic()
         try:
             while True:

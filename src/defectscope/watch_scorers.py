@@ -35,6 +35,11 @@ class ModelScorer:
         """The model's settings (for the watch's settings)."""
         return self.detector.settings()
 
+    def batch_facts(self) -> dict:
+        """Reference mode's ``part_crop`` decision on the good images (none for a trained model)."""
+        plan = getattr(self.detector, "reference_crop", None)
+        return {} if plan is None or self.detector.config.part_crop == "off" else {"part_crop": plan.facts}
+
     def score(self, key: str, image: np.ndarray, ready_at: float) -> list[Scored]:
         result = self.detector.predict([image], [key])
         verdict = getattr(result, "is_anomalous", None)

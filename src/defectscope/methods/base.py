@@ -76,6 +76,16 @@ class Result:
         return self.image_scores if self.verdict_scores is None else self.verdict_scores
 
 
+def with_batch_fact(extras: dict[str, Any], key: str, facts: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a Result's ``extras`` with ``facts`` (a decision the method took from the batch
+    itself: ``part_crop``, ``canonical_pose``) under ``key`` and in ``batch_facts`` (written to
+    settings.json), the other batch facts kept."""
+    extras = dict(extras)
+    extras[key] = facts
+    extras["batch_facts"] = {**extras.get("batch_facts", {}), key: facts}
+    return extras
+
+
 def default_paths(paths: Sequence[str] | None, count: int, method: str) -> list[str]:
     """The caller's paths as strings, or ``image_0``, ``image_1``, ...; refuses a count mismatch."""
     if paths is None:

@@ -48,6 +48,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from defectscope.methods.base import with_batch_fact
+
 CANONICAL_POSES = ("auto", "off", "on")
 THUMBNAIL = 256
 """Short side of the grey thumbnail the orientation is measured on (pixels)."""
@@ -364,10 +366,7 @@ class PosePlan:
 
     def record(self, extras: dict[str, Any]) -> dict[str, Any]:
         """``extras`` with the plan's facts as ``canonical_pose`` and in ``batch_facts``."""
-        extras = dict(extras)
-        extras["canonical_pose"] = self.facts
-        extras["batch_facts"] = {**extras.get("batch_facts", {}), "canonical_pose": self.facts}
-        return extras
+        return with_batch_fact(extras, "canonical_pose", self.facts)
 
 
 def batch_orientations(images: Sequence[np.ndarray], fold: int = FOLD) -> list[tuple[float, float]]:

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from defectscope.errors import ConfigError
-from defectscope.methods.base import Result
+from defectscope.methods.base import Result, with_batch_fact
 from defectscope.methods.musc import (
     MuSc,
     ProgressCallback,
@@ -373,7 +373,7 @@ class CoDeGraph(MuSc):
         if self.config.canonical_pose == "off":
             return result
         facts = {"mode": self.config.canonical_pose, "turned": False, "reason": "CoDeGraph scores the images as they are: canonical_pose=auto is read as off"}
-        return replace(result, extras={**result.extras, "canonical_pose": facts, "batch_facts": {**result.extras.get("batch_facts", {}), "canonical_pose": facts}})
+        return replace(result, extras=with_batch_fact(result.extras, "canonical_pose", facts))
 
     def score_batch(self, images: Sequence[np.ndarray], paths: Sequence[str] | None, progress: ProgressCallback | None) -> Result:
         """Score the batch with consistent-anomaly filtering; ``extras["communities"]`` lists the

@@ -351,16 +351,20 @@ class MuSc(Detector):
             del scores, patch_scores  # the turned pass's features go before the unturned pass's (memory)
         else:
             maps, embeddings, grid = self.tiled_maps(turned, progress)
+        # the batch's own facts (the MSM interval, pose.batch_interval) are the turned pass's, which
+        # gives the image scores; the corners' second pass below sets its own in last_pose_facts
+        turned_facts = dict(getattr(self, "last_pose_facts", {}))
         # the maps go back to each image's frame before the image scores, the verdict and the
         # masks are taken: the turned images' mirrored corners never decide an image's score
         frame = tuple(int(v) for v in maps.shape[-2:])
         back, _ = canonical.unturn_maps(maps.cpu().numpy(), None, plan.turns, shapes, plan.scales, plan.expand)
         covered = canonical.covered_frames(plan.turns, shapes, frame, plan.scales, plan.expand)
-        score_maps = None
+        score_maps, unturned_facts = None, None
         if canonical.FILL != "edge" and not covered.all():
             # the corners the turn cut off are scored by a second pass over the unturned batch
             # (the default path), brought to the turned maps' scale where both passes see
             plain = self.plain_maps(images, progress)
+            unturned_facts, self.last_pose_facts = dict(getattr(self, "last_pose_facts", {})), turned_facts
             filled = canonical.fill_corners(back, plain, covered, canonical.FILL, canonical.FILL_BLEND)
             if canonical.FILL_SCORE == "turned":
                 score_maps = torch.from_numpy(back).to(maps.device)
@@ -371,6 +375,8 @@ class MuSc(Detector):
             "blend": canonical.FILL_BLEND,
             "cut_off_share": round(float(1.0 - covered.mean()), 4),
         }
+        if unturned_facts is not None:  # the second pass's own facts (its pixels fill the maps)
+            plan.facts["corner_fill"]["unturned_pass_facts"] = unturned_facts
         result = self.result_from_maps(torch.from_numpy(back).to(maps.device), embeddings, grid, paths, score_maps=score_maps)
         return replace(result, extras=plan.record(result.extras))
 

@@ -213,7 +213,8 @@ class ZeroShotScorer:
         return self.musc.config.part_crop != "off"
 
     def decide_crop(self, images: Sequence[np.ndarray]) -> None:
-        """Plan the part crop on ``images`` (the first batch) and log the decision."""
+        """Plan the part crop on ``images`` (the first batch) and log the decision (the watch
+        also records it: :meth:`batch_facts`)."""
         self.crop = partcrop.plan_batch(images, self.musc.config.part_crop, one_size=False)  # pasted one by one
         facts = self.crop.facts
         if facts["cropped"]:
@@ -241,6 +242,11 @@ class ZeroShotScorer:
         if self.rolling:
             facts["min_bank"] = self.min_bank
         return facts
+
+    def batch_facts(self) -> dict:
+        """What the scorer decided from the stream itself, once decided: ``part_crop`` (the
+        plan's facts, as ``score`` records them in settings.json's ``batch_facts``)."""
+        return {} if self.crop is None else {"part_crop": self.crop.facts}
 
     def decide_shape(self, images: Sequence[np.ndarray]) -> None:
         """Fix the input shape on ``images`` (the first batch, cropped when cropping), once."""
