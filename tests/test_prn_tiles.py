@@ -51,7 +51,7 @@ def test_settings_are_checked():
 
     config = PRNConfig.from_options({"pseudo_families": "perlin,thin", "tile_aspect": "1.5"})
     assert config.pseudo_families == ("perlin", "thin") and config.tile_aspect == 1.5
-    assert PRNConfig().pseudo_families == ("perlin",) and PRNConfig().tile_aspect == 0
+    assert PRNConfig().pseudo_families == ("perlin", "thin") and PRNConfig().tile_aspect == 0
     with pytest.raises(ConfigError, match="pseudo_families"):
         PRNConfig(pseudo_families=("perlin", "crack"))
     with pytest.raises(ConfigError, match="tile_aspect"):
