@@ -365,7 +365,8 @@ def test_calibrate_on_good_images_uses_conformal_cut(trained, task):
     calibrated.calibrate(normals, 0.1)
     result = calibrated.predict([image for image, _ in tests])
     assert result.threshold_rule.startswith("conformal on 12 good images")
-    expected = conformal_threshold(trained.predict(normals).image_scores, 0.1)  # 12 < 22 good images: the guard band
+    # 12 < 22 good images: the guard band, fitted to the probabilities' log-odds (PRN's scores are probabilities)
+    expected = conformal_threshold(trained.predict(normals).image_scores, 0.1, probability=True)
     assert "guard band" in expected.rule and result.threshold == pytest.approx(expected.value)
     assert result.review_threshold == pytest.approx(np.sort(trained.predict(normals).image_scores)[11])  # the split-conformal cut
 
