@@ -60,3 +60,12 @@ def test_musc_is_scored_on_exactly_the_k_shot_test_images(tmp_path, one_thread):
     # and the defects moved to PRN's training are not in MuSc's batch: the full test set is scored differently
     full = evaluate_zero_shot(category, options)[2]
     assert len(full) == len(category.test) > measured["test"]
+
+
+def test_magnetic_tile_split_types_come_from_the_mt_folder():
+    from prn_mt_split import defect_type
+
+    assert defect_type("/data/magnetic_tile/MT_Crack/Imgs/exp1_num_4.jpg") == "Crack"
+    assert defect_type("/data/magnetic_tile/MT_Free/Imgs/exp1_num_9.jpg") is None
+    with pytest.raises(ValueError):
+        defect_type("/data/mvtec_bottle/test/broken_large/000.png")
