@@ -87,6 +87,19 @@ def protocol_config(protocol: str, seed: int = 0) -> PRNConfig:
     return PRNConfig(seed=seed, **(GUARD if protocol == "guard" else {}))
 
 
+def with_params(config: PRNConfig, params: list[str]) -> PRNConfig:
+    """``config`` with ``--param KEY=VALUE`` items over it: a JSON value, or the CLI's text
+    (``pseudo_families=perlin,thin``), checked as ``defectscope --param`` checks it."""
+    overrides = {}
+    for item in params:
+        key, _, text = item.partition("=")
+        try:
+            overrides[key] = json.loads(text)
+        except json.JSONDecodeError:
+            overrides[key] = text
+    return PRNConfig.from_options({**config.to_json(), **overrides}) if overrides else config
+
+
 def _commit() -> str:
     import subprocess
 
@@ -113,15 +126,7 @@ def suite(args: argparse.Namespace) -> int:
           + ("   [pixel AP: PRN img / map, MuSc img / map, margin img in points]" if args.musc else ""))
     measured_rows = {}
     for name in names:
-        config = protocol_config(args.protocol, args.seed)
-        overrides = {}
-        for item in args.param:
-            key, _, text = item.partition("=")
-            try:
-                overrides[key] = json.loads(text)
-            except json.JSONDecodeError:
-                overrides[key] = text
-        config = PRNConfig.from_dict({**config.to_json(), **overrides}) if overrides else config
+        config = with_params(protocol_config(args.protocol, args.seed), args.param)
         musc = None
         if args.musc:
             from defectscope.options import RunOptions

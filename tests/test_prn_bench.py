@@ -69,3 +69,20 @@ def test_magnetic_tile_split_types_come_from_the_mt_folder():
     assert defect_type("/data/magnetic_tile/MT_Free/Imgs/exp1_num_9.jpg") is None
     with pytest.raises(ValueError):
         defect_type("/data/mvtec_bottle/test/broken_large/000.png")
+
+
+def test_bench_prn_params_take_json_or_the_cli_text():
+    from bench_prn import protocol_config, with_params
+
+    from defectscope.errors import ConfigError
+    from defectscope.methods.prn import PRNConfig
+
+    base = protocol_config("defaults")
+    assert with_params(base, []) is base
+    for text in ('pseudo_families=["perlin","thin"]', "pseudo_families=perlin,thin"):
+        assert with_params(base, [text]).pseudo_families == ("perlin", "thin")
+    changed = with_params(protocol_config("guard"), ["pseudo_families=perlin", "epochs=3", "final_model=never"])
+    assert (changed.pseudo_families, changed.epochs, changed.final_model, changed.image_size) == (("perlin",), 3, "never", 128)
+    assert with_params(base, ["epochs=32"]) == PRNConfig(epochs=32)
+    with pytest.raises(ConfigError, match="pseudo_families"):
+        with_params(base, ["pseudo_families=perlin,crack"])
