@@ -87,9 +87,8 @@ def protocol_config(protocol: str, seed: int = 0) -> PRNConfig:
     return PRNConfig(seed=seed, **(GUARD if protocol == "guard" else {}))
 
 
-def with_params(config: PRNConfig, params: list[str]) -> PRNConfig:
-    """``config`` with ``--param KEY=VALUE`` items over it: a JSON value, or the CLI's text
-    (``pseudo_families=perlin,thin``), checked as ``defectscope --param`` checks it."""
+def param_overrides(params: list[str]) -> dict:
+    """``--param KEY=VALUE`` items as ``{key: value}``: a JSON value, or else the text as given."""
     overrides = {}
     for item in params:
         key, _, text = item.partition("=")
@@ -97,6 +96,13 @@ def with_params(config: PRNConfig, params: list[str]) -> PRNConfig:
             overrides[key] = json.loads(text)
         except json.JSONDecodeError:
             overrides[key] = text
+    return overrides
+
+
+def with_params(config: PRNConfig, params: list[str]) -> PRNConfig:
+    """``config`` with ``--param KEY=VALUE`` items over it: a JSON value, or the CLI's text
+    (``pseudo_families=perlin,thin``), checked as ``defectscope --param`` checks it."""
+    overrides = param_overrides(params)
     return PRNConfig.from_options({**config.to_json(), **overrides}) if overrides else config
 
 
@@ -141,7 +147,7 @@ def suite(args: argparse.Namespace) -> int:
                "test": measured["test"], "test_defective": measured["test_defective"], "calibration": measured["calibration"],
                "threshold": measured["threshold"], "pixel_protocols": measured["pixel_protocols"], "map_size": measured["map_size"],
                "seconds": round(measured["train_seconds"] + measured["predict_seconds"], 1), "commit": _commit(),
-               "overrides": overrides,
+               "overrides": param_overrides(args.param),
                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
         before = stored.get(name, {}).get("pixel_ap")
         problems = []
