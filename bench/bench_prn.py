@@ -130,7 +130,7 @@ def suite(args: argparse.Namespace) -> int:
     failed = []
     print(f"{'category':<14} {'P-AP':>6} {'ref':>6} {'I-AUROC':>8} {'FAR':>6} {'recall':>7} {'s':>6}"
           + ("   [pixel AP: PRN img / map, MuSc img / map, margin img in points]" if args.musc else ""))
-    measured_rows = {}
+    measured_rows, overrides = {}, param_overrides(args.param)
     for name in names:
         config = with_params(protocol_config(args.protocol, args.seed), args.param)
         musc = None
@@ -147,7 +147,7 @@ def suite(args: argparse.Namespace) -> int:
                "test": measured["test"], "test_defective": measured["test_defective"], "calibration": measured["calibration"],
                "threshold": measured["threshold"], "pixel_protocols": measured["pixel_protocols"], "map_size": measured["map_size"],
                "seconds": round(measured["train_seconds"] + measured["predict_seconds"], 1), "commit": _commit(),
-               "overrides": param_overrides(args.param),
+               "overrides": overrides,
                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
         before = stored.get(name, {}).get("pixel_ap")
         problems = []

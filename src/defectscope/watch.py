@@ -146,7 +146,7 @@ class Watcher:
     def note_batch_facts(self) -> None:
         """Record what the scorer decided from the stream (``part_crop``, once decided) as the
         settings' ``batch_facts``: in the folder's marker file and the report's settings."""
-        facts = self.scorer.batch_facts() if hasattr(self.scorer, "batch_facts") else {}
+        facts = self.scorer.batch_facts()
         if facts and facts != self.settings.get("batch_facts"):
             self.settings["batch_facts"] = facts  # the report holds this dict
             self._write_marker()
