@@ -65,9 +65,9 @@ def main() -> None:
         seen.update(turned=np.array(turned), plain=np.array(plain), covered=np.array(covered))
         return fill(turned, plain, covered, *rest, **named)
 
-    def keep_result(self, maps, embeddings, grid, paths=None, score_maps=None):
-        seen.update(detector=self, embeddings=embeddings, grid=grid, paths=paths)
-        return result_from_maps(self, maps, embeddings, grid, paths, score_maps=score_maps)
+    def keep_result(self, maps, embeddings, grid, paths=None, score_maps=None, facts=None):
+        seen.update(detector=self, embeddings=embeddings, grid=grid, paths=paths, facts=facts)
+        return result_from_maps(self, maps, embeddings, grid, paths, score_maps=score_maps, facts=facts)
 
     canonical.fill_corners, MuSc.result_from_maps = keep_fill, keep_result
     blend, score = canonical.FILL_BLEND, "a" if canonical.FILL_SCORE == "turned" else "b"
@@ -84,7 +84,7 @@ def main() -> None:
             print("  no corners filled (gate shut or nothing cut off): no variants", flush=True)
             continue
         back, plain, covered = seen["turned"], seen["plain"], seen["covered"]
-        detector, embeddings, grid, paths = seen["detector"], seen["embeddings"], seen["grid"], seen["paths"]
+        detector, embeddings, grid, paths, batch_facts = seen["detector"], seen["embeddings"], seen["grid"], seen["paths"], seen["facts"]
         variants: dict[str, tuple[np.ndarray, np.ndarray]] = {"edge": (back, back), "unturned": (plain, plain)}
         for matching in ("quantile", "affine"):
             filled = canonical.fill_corners(back, plain, covered, matching, "none")
@@ -100,7 +100,7 @@ def main() -> None:
         print(f"  cut-off share {1.0 - covered.mean():.3f}; I-AUROC / P-AUROC / P-AP / AUPRO", flush=True)
         print("| variant | I-AUROC | P-AUROC | P-AP | AUPRO |\n|---|---|---|---|---|")
         for name, (maps, score) in variants.items():
-            redone = detector.result_from_maps(torch.from_numpy(np.ascontiguousarray(maps)), embeddings, grid, paths, score_maps=torch.from_numpy(np.ascontiguousarray(score)))
+            redone = detector.result_from_maps(torch.from_numpy(np.ascontiguousarray(maps)), embeddings, grid, paths, score_maps=torch.from_numpy(np.ascontiguousarray(score)), facts=batch_facts)
             found = category_metrics(redone, samples, images, category.has_masks)
             if name == own:
                 same = all(found[k] == metrics[k] for k in KEYS)

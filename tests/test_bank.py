@@ -164,8 +164,8 @@ def test_the_several_looks_gate_applies_on_the_bank_path_with_looks_bank():
     gate = 0.5 * (mixed_agreement + same_agreement)
 
     musc, scores, sets, grid, _ = banked(mixed, gate)
-    assert musc.last_pose_facts["several_looks"] is True and musc.last_pose_facts["interval"] == [0.0, 0.3]
-    assert musc.last_pose_facts["embedding_agreement"] == pytest.approx(mixed_agreement, abs=1e-6)
+    assert scores.facts["several_looks"] is True and scores.facts["interval"] == [0.0, 0.3]
+    assert scores.facts["embedding_agreement"] == pytest.approx(mixed_agreement, abs=1e-6)
     config = musc.config
     gated = expected(sets, grid, *config.looks_interval)
     plain = expected(sets, grid, config.lower, config.upper)
@@ -174,11 +174,12 @@ def test_the_several_looks_gate_applies_on_the_bank_path_with_looks_bank():
     off = banked(mixed, None)[1]
     assert torch.allclose(off.patch_scores, calibrate(plain, grid, config), atol=1e-5)
     off = MuSc(MuScConfig(image_size=64, max_references=4, looks_gate=gate, looks_groups=None))  # looks_bank off, no groups rule
-    assert torch.allclose(off.patch_scores(mixed).patch_scores, calibrate(plain, grid, config), atol=1e-5)
-    assert off.last_pose_facts == {}
+    ungated = off.patch_scores(mixed)
+    assert torch.allclose(ungated.patch_scores, calibrate(plain, grid, config), atol=1e-5)
+    assert ungated.facts == {}
 
     musc, scores, sets, grid, _ = banked(same, gate)
-    assert musc.last_pose_facts["several_looks"] is False
+    assert scores.facts["several_looks"] is False
     assert torch.allclose(scores.patch_scores, calibrate(expected(sets, grid, config.lower, config.upper), grid, config), atol=1e-5)
 
 
@@ -229,7 +230,7 @@ def test_several_looks_on_the_bank_compare_each_image_with_its_nearest_reference
     config = MuScConfig(image_size=64, max_references=5, looks_gate=gate, looks_bank=True, looks_nearest=2)
     musc = MuSc(config)
     scores = musc.patch_scores(mixed)
-    assert musc.last_pose_facts["several_looks"] is True and musc.last_pose_facts["nearest_references"] == 2
+    assert scores.facts["several_looks"] is True and scores.facts["nearest_references"] == 2
     nearest = nearest_references(embeddings, chosen, 2)
     lower, upper = config.looks_interval
     expected = torch.stack([to_finest_grid(bank_scores(s, s[chosen], lower, upper, nearest=nearest), grid) for s in sets]).mean(0)
@@ -238,8 +239,8 @@ def test_several_looks_on_the_bank_compare_each_image_with_its_nearest_reference
     assert not torch.allclose(scores.patch_scores, whole.patch_scores, atol=1e-4)
     # one look: the gate stays off and the whole bank is used whatever looks_nearest says
     plain = MuSc(MuScConfig(image_size=64, max_references=5, looks_gate=gate - 0.5, looks_bank=True, looks_nearest=2))
-    plain.patch_scores(mixed)
-    assert plain.last_pose_facts["several_looks"] is False and "nearest_references" not in plain.last_pose_facts
+    facts = plain.patch_scores(mixed).facts
+    assert facts["several_looks"] is False and "nearest_references" not in facts
 
 
 def _two_groups(n_first: int, n_second: int, seed: int, dim: int = 112, distance: float = 8.0) -> torch.Tensor:
@@ -321,19 +322,19 @@ def test_the_bank_path_takes_the_groups_decision():
 
     def run(threshold):
         musc = MuSc(MuScConfig(image_size=64, max_references=5, looks_gate=gate, looks_groups=threshold, looks_nearest=2))
-        return musc, musc.patch_scores(mixed).patch_scores
+        scores = musc.patch_scores(mixed)
+        return scores.facts, scores.patch_scores
 
     config = MuScConfig(image_size=64, max_references=5, looks_nearest=2)
-    musc, on = run(separation * 0.99)
-    facts = musc.last_pose_facts
+    facts, on = run(separation * 0.99)
     assert facts["several_looks"] is True and facts["nearest_references"] == 2
     assert facts["group_separation"] == pytest.approx(separation)
     nearest = nearest_references(embeddings, chosen, 2)
     expected = torch.stack([to_finest_grid(bank_scores(s, s[chosen], *config.looks_interval, nearest=nearest), grid) for s in sets]).mean(0)
     assert torch.allclose(on, calibrate(expected, grid, config), atol=1e-5)
 
-    musc, off = run(separation * 1.01)
-    assert musc.last_pose_facts["several_looks"] is False and "nearest_references" not in musc.last_pose_facts
+    facts, off = run(separation * 1.01)
+    assert facts["several_looks"] is False and "nearest_references" not in facts
     plain = torch.stack([to_finest_grid(bank_scores(s, s[chosen], config.lower, config.upper, self_index=skip), grid) for s in sets]).mean(0)
     assert torch.equal(off, calibrate(plain, grid, config))
     before = MuSc(MuScConfig(image_size=64, max_references=5, looks_gate=None)).patch_scores(mixed).patch_scores

@@ -324,10 +324,8 @@ def test_the_recorded_batch_facts_are_the_turned_passs(backbone64):
     images, _, _, _ = corner_defect_batch()
     result = MuSc(MuScConfig(image_size=64, canonical_pose="auto"), backbone=backbone64).predict(images)
     probe = MuSc(MuScConfig(image_size=64), backbone=backbone64)
-    probe.patch_scores(canonical.plan_batch(images, "auto").warp(images))
-    turned = dict(probe.last_pose_facts)
-    probe.patch_scores(images)
-    unturned = dict(probe.last_pose_facts)
+    turned = probe.patch_scores(canonical.plan_batch(images, "auto").warp(images)).facts
+    unturned = probe.patch_scores(images).facts
     # the gate opens on the unturned batch only: the two passes' intervals differ
     assert unturned["several_looks"] and not turned["several_looks"] and unturned["interval"] != turned["interval"]
     for facts in (result.extras, result.extras["batch_facts"]):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -185,3 +186,34 @@ def test_reference_mode_scores_against_good_images():
     assert result.settings["reference_images"] == 6
     with pytest.raises(ConfigError, match="needs at least 19 good images"):
         MuSc(MuScConfig(image_size=96)).calibrate(good, 0.05)
+
+
+def test_a_tiled_batch_records_every_tile_positions_facts():
+    """With tiles each tile position is scored as its own batch and decides its own MSM interval
+    (the several-looks gate): the Result's batch_facts keep every position's facts, row by row,
+    not the last position's alone, and they are the facts of scoring that position's crops."""
+    from defectscope.data.synthetic import synthetic_images
+    from defectscope.methods import pose
+    from defectscope.methods.musc import MuSc, crop_tile
+
+    # top half: one texture look; bottom half: textures and objects alternating (several looks)
+    textures, _ = synthetic_images(12, kind="texture", size=64, seed=5)
+    others, _ = synthetic_images(6, kind="texture", size=64, seed=3)
+    objects, _ = synthetic_images(6, kind="object", size=64, seed=4)
+    mixed = [image for pair in zip(others, objects) for image in pair]
+    images = [np.concatenate([np.concatenate([top, top], axis=1), np.concatenate([low, low], axis=1)]) for top, low in zip(textures, mixed)]
+    probe = MuSc(MuScConfig(image_size=64, tiles=2))
+    positions = [(0, 0), (0, 1), (1, 0), (1, 1)]
+    crops = {p: [crop_tile(image, 2, probe.config.tile_overlap, *p) for image in images] for p in positions}
+    agreements = [pose.embedding_agreement(probe.feature_sets(crops[p])[2]) for p in positions]
+    assert min(agreements[:2]) > max(agreements[2:])
+    config = MuScConfig(image_size=64, tiles=2, looks_gate=0.5 * (max(agreements[2:]) + min(agreements[:2])))
+    result = MuSc(config).predict(images)
+    recorded = result.extras["batch_facts"]
+    assert [facts["several_looks"] for facts in recorded["tiles"]] == [False, False, True, True]
+    assert "interval" not in recorded  # no one position's interval stands for the batch's
+    one = MuSc(replace(config, tiles=1))
+    expected = [{"tile": list(p), **one.patch_scores(crops[p]).facts} for p in positions]
+    assert recorded["tiles"] == expected and result.extras["tiles"] == expected
+    # no gate: nothing decided, nothing recorded
+    assert "tiles" not in MuSc(replace(config, looks_gate=None)).predict(images).extras["batch_facts"]

@@ -170,8 +170,8 @@ def test_pose_options_find_a_spot_on_a_texture_at_random_angles(backbone96):
         assert result.anomaly_maps.shape == (10, 96, 96)
         peak = np.unravel_index(np.argmax(result.anomaly_maps[6]), (96, 96))
         assert abs(peak[0] - 40) <= 12 and abs(peak[1] - 55) <= 12
-    assert detector.last_pose_facts["reference_copies"] == 2
-    assert detector.last_pose_facts["own_image_ratio"] > 0
+    assert result.extras["batch_facts"]["reference_copies"] == 2
+    assert result.extras["batch_facts"]["own_image_ratio"] > 0
 
 
 def test_pose_options_refuse_the_reference_bank():

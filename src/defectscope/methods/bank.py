@@ -335,7 +335,6 @@ def sampled_patch_scores(detector, images: Sequence[np.ndarray], progress: Progr
     if count is not None and count < len(chosen) - 1:
         nearest = nearest_references(features.embeddings, chosen, count)
         facts = {**facts, "nearest_references": int(nearest.shape[1])}
-    detector.last_pose_facts = facts
     compared = len(chosen) if nearest is None else nearest.shape[1]
     cheapest = min(set_cost(s) for s in features.sets)
     costs = [max(1, round(set_cost(s) / cheapest)) * compared for s in features.sets]
@@ -351,4 +350,4 @@ def sampled_patch_scores(detector, images: Sequence[np.ndarray], progress: Progr
             feature_set, feature_set[chosen].to(device), lower, upper, self_index=self_index, nearest=nearest, progress=report
         )
         accumulated += to_finest_grid(scores, features.grid)
-    return MuScScores(accumulated / len(features.sets), features.grid, features.embeddings)
+    return MuScScores(accumulated / len(features.sets), features.grid, features.embeddings, facts=facts)

@@ -234,10 +234,10 @@ class MuSc(Detector):
         return sets, features.grid, features.embedding
 
     def patch_scores(self, images: Sequence[np.ndarray], progress: ProgressCallback | None = None) -> MuScScores:
-        """Features and MSM patch scores (N, L), averaged over layers and degrees."""
+        """Features and MSM patch scores (N, L), averaged over layers and degrees; what the batch
+        decided while it was scored (the MSM interval...) in the scores' ``facts``."""
         n = len(images)
         check_batch_size(n)
-        self.last_pose_facts: dict[str, Any] = {}
 
         if pose.uses_pose_options(self.config):
             if self.config.scheduler is not None:
@@ -252,12 +252,12 @@ class MuSc(Detector):
             scores.patch_scores = calibrate_border(scores.patch_scores, scores.grid, self.config.border_depth)
             return scores
         sets, grid, embeddings = self.feature_sets(images, progress, native_grids=self.config.native_grids)
-        lower, upper, self.last_pose_facts = pose.batch_interval(self.config, embeddings)
+        lower, upper, facts = pose.batch_interval(self.config, embeddings)
         accumulated = torch.zeros(n, grid[0] * grid[1], device=sets[0].device)
         for feature_set, report in zip(sets, set_progress(progress, n, len(sets))):
             accumulated += to_finest_grid(mutual_scores(feature_set, lower, upper, progress=report), grid)
         patch_scores = calibrate_border(accumulated / len(sets), grid, self.config.border_depth)
-        return MuScScores(patch_scores, grid, embeddings, sets)
+        return MuScScores(patch_scores, grid, embeddings, sets, facts)
 
     def _combine(self, per_set: Sequence[torch.Tensor], grid: tuple[int, int]) -> torch.Tensor:
         """Patch scores of each feature set -> their mean on the finest ``grid``, border-calibrated."""
@@ -347,13 +347,12 @@ class MuSc(Detector):
                 inside = torch.from_numpy(canonical.inside_cells(shape, scores.grid, turn, scale, plan.expand, canonical.MARGIN).reshape(-1)).to(patch_scores.device)
                 if bool(inside.any()) and not bool(inside.all()):
                     patch_scores[index, ~inside] = patch_scores[index, inside].min()
-            maps, embeddings, grid = self.maps_from_patch_scores(patch_scores, scores.grid), scores.embeddings, scores.grid
+            maps, embeddings, grid, facts = self.maps_from_patch_scores(patch_scores, scores.grid), scores.embeddings, scores.grid, scores.facts
             del scores, patch_scores  # the turned pass's features go before the unturned pass's (memory)
         else:
-            maps, embeddings, grid = self.tiled_maps(turned, progress)
+            maps, embeddings, grid, facts = self.tiled_maps(turned, progress)
         # the batch's own facts (the MSM interval, pose.batch_interval) are the turned pass's, which
-        # gives the image scores; the corners' second pass below sets its own in last_pose_facts
-        turned_facts = dict(getattr(self, "last_pose_facts", {}))
+        # gives the image scores; the corners' second pass below records its own under corner_fill
         # the maps go back to each image's frame before the image scores, the verdict and the
         # masks are taken: the turned images' mirrored corners never decide an image's score
         frame = tuple(int(v) for v in maps.shape[-2:])
@@ -363,8 +362,7 @@ class MuSc(Detector):
         if canonical.FILL != "edge" and not covered.all():
             # the corners the turn cut off are scored by a second pass over the unturned batch
             # (the default path), brought to the turned maps' scale where both passes see
-            plain = self.plain_maps(images, progress)
-            unturned_facts, self.last_pose_facts = dict(getattr(self, "last_pose_facts", {})), turned_facts
+            plain, unturned_facts = self.plain_maps(images, progress)
             filled = canonical.fill_corners(back, plain, covered, canonical.FILL, canonical.FILL_BLEND)
             if canonical.FILL_SCORE == "turned":
                 score_maps = torch.from_numpy(back).to(maps.device)
@@ -377,38 +375,45 @@ class MuSc(Detector):
         }
         if unturned_facts is not None:  # the second pass's own facts (its pixels fill the maps)
             plan.facts["corner_fill"]["unturned_pass_facts"] = unturned_facts
-        result = self.result_from_maps(torch.from_numpy(back).to(maps.device), embeddings, grid, paths, score_maps=score_maps)
+        result = self.result_from_maps(torch.from_numpy(back).to(maps.device), embeddings, grid, paths, score_maps=score_maps, facts=facts)
         return replace(result, extras=plan.record(result.extras))
 
-    def plain_maps(self, images: Sequence[np.ndarray], progress: ProgressCallback | None) -> np.ndarray:
+    def plain_maps(self, images: Sequence[np.ndarray], progress: ProgressCallback | None) -> tuple[np.ndarray, dict[str, Any]]:
         """(N, H, W) maps of the batch scored as it is (the default path's maps, before the image
-        scores): :meth:`score_posed`'s second pass for the corners a turn cuts off."""
+        scores) and that pass's facts: :meth:`score_posed`'s second pass for the corners a turn
+        cuts off."""
         if self.config.tiles == 1:
             scores = self.patch_scores(images, progress)
-            return self.maps_from_patch_scores(scores.patch_scores, scores.grid).cpu().numpy()
-        return self.tiled_maps(images, progress)[0].cpu().numpy()
+            return self.maps_from_patch_scores(scores.patch_scores, scores.grid).cpu().numpy(), scores.facts
+        maps, _, _, facts = self.tiled_maps(images, progress)
+        return maps.cpu().numpy(), facts
 
     def score_batch(self, images: Sequence[np.ndarray], paths: Sequence[str] | None, progress: ProgressCallback | None) -> Result:
         """Zero-shot scoring of the batch by itself (:meth:`predict` without good images)."""
         if self.config.tiles == 1:
             scores = self.patch_scores(images, progress)
-            return self.result_from_patch_scores(scores.patch_scores, scores.grid, scores.embeddings, paths)
-        maps, embeddings, grid = self.tiled_maps(images, progress)
-        return self.result_from_maps(maps, embeddings, grid, paths)
+            return self.result_from_patch_scores(scores.patch_scores, scores.grid, scores.embeddings, paths, facts=scores.facts)
+        maps, embeddings, grid, facts = self.tiled_maps(images, progress)
+        return self.result_from_maps(maps, embeddings, grid, paths, facts=facts)
 
     def tiled_maps(
         self, images: Sequence[np.ndarray], progress: ProgressCallback | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int], dict[str, Any]]:
         """Score each tile position as its own batch and stitch: (N, H, W) maps, (N, D) mean tile
-        embeddings, and the stitched patch grid (tile grid times the span in tiles)."""
+        embeddings, the stitched patch grid (tile grid times the span in tiles), and the facts:
+        each tile position decides for itself (its own MSM interval...), so every position's
+        facts are kept, row by row, as ``{"tiles": [{"tile": [row, col], ...}, ...]}`` (empty
+        when no position decided anything)."""
         tiles, overlap = self.config.tiles, self.config.tile_overlap
         positions = [(row, col) for row in range(tiles) for col in range(tiles)]
+        per_tile = []
         for number, (row, col) in enumerate(positions):
             crops = [crop_tile(image, tiles, overlap, row, col) for image in images]
             report = None
             if progress is not None:
                 report = lambda stage, done, total, k=number: progress(f"tile {k + 1}/{len(positions)}: {stage}", done, total)  # noqa: E731
             scores = self.patch_scores(crops, report)
+            per_tile.append(scores.facts)
             tile_maps = self.maps_from_patch_scores(scores.patch_scores, scores.grid)
             if number == 0:
                 shape, grid = tuple(tile_maps.shape[-2:]), scores.grid
@@ -423,7 +428,8 @@ class MuSc(Detector):
             counts[top:bottom, left:right] += 1
             embeddings += scores.embeddings
         stitched_grid = (int(round(grid[0] * full[0] / shape[0])), int(round(grid[1] * full[1] / shape[1])))
-        return canvas / counts, F.normalize(embeddings, dim=1), stitched_grid
+        facts = {"tiles": [{"tile": [row, col], **each} for (row, col), each in zip(positions, per_tile)]} if any(per_tile) else {}
+        return canvas / counts, F.normalize(embeddings, dim=1), stitched_grid, facts
 
     def predict_against_reference(
         self, images: Sequence[np.ndarray], paths: Sequence[str] | None = None, progress: ProgressCallback | None = None
@@ -465,9 +471,11 @@ class MuSc(Detector):
         grid: tuple[int, int],
         embeddings: torch.Tensor,
         paths: Sequence[str] | None = None,
+        facts: dict[str, Any] | None = None,
     ) -> Result:
-        """(N, L) patch scores -> Result: maps, image score = max of the map, then RsCIN."""
-        return self.result_from_maps(self.maps_from_patch_scores(patch_scores, grid), embeddings, grid, paths)
+        """(N, L) patch scores -> Result: maps, image score = max of the map, then RsCIN
+        (``facts``: as :meth:`result_from_maps` takes them)."""
+        return self.result_from_maps(self.maps_from_patch_scores(patch_scores, grid), embeddings, grid, paths, facts=facts)
 
     def result_from_maps(
         self,
@@ -476,9 +484,12 @@ class MuSc(Detector):
         grid: tuple[int, int],
         paths: Sequence[str] | None = None,
         score_maps: torch.Tensor | None = None,
+        facts: dict[str, Any] | None = None,
     ) -> Result:
         """(N, H, W) anomaly maps -> Result: image score = max of the map, then RsCIN
-        (``score_maps``: of these maps instead, e.g. the turned pass's alone).
+        (``score_maps``: of these maps instead, e.g. the turned pass's alone). ``facts``: what
+        the batch decided while it was scored (:class:`MuScScores`' ``facts``), spread into
+        ``extras`` and kept as ``extras["batch_facts"]`` (settings.json); none: nothing decided.
 
         Verdict: the label-free rule on the map maxima (before RsCIN). RsCIN rescales every
         batch to [0, 1] and mixes each score with its neighbours', so its values are neither
@@ -493,7 +504,7 @@ class MuSc(Detector):
         else:
             image_scores = rscin(raw, embeddings, self.config.rscin_ks)
         raw, maps = raw.cpu(), maps.cpu()
-        facts = getattr(self, "last_pose_facts", {})
+        facts = dict(facts or {})
         threshold = label_free_threshold(raw.numpy(), self.config.false_alarm_rate, statistic="map maxima")
         masks = pixel_masks(maps.numpy(), threshold)
         is_anomalous, needs_review = decide(raw.numpy(), threshold), in_review(raw.numpy(), threshold)

@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -330,9 +330,13 @@ def calibrate_border(patch_scores: torch.Tensor, grid: tuple[int, int], depth: i
 
 @dataclass
 class MuScScores:
-    """Intermediate MuSc output, kept for methods that build on it (CoDeGraph)."""
+    """Intermediate MuSc output, kept for methods that build on it (CoDeGraph). ``facts``: what
+    the batch itself decided while it was scored (the MSM interval of the several-looks gate, the
+    nearest references, the own-image ratio...), carried with the scores to the Result's
+    ``batch_facts``; empty when nothing was decided."""
 
     patch_scores: torch.Tensor
     grid: tuple[int, int]
     embeddings: torch.Tensor
     feature_sets: list[torch.Tensor] = field(default_factory=list)
+    facts: dict[str, Any] = field(default_factory=dict)

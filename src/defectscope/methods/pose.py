@@ -386,8 +386,8 @@ def scores_from_tables(
 
 
 def pose_patch_scores(detector, images: Sequence[np.ndarray], progress=None):
-    """MuSc's patch scores with the options of this module (:class:`MuScScores`; the facts of the
-    batch land in ``detector.last_pose_facts``)."""
+    """MuSc's patch scores with the options of this module (:class:`MuScScores`, the facts of the
+    batch in its ``facts``)."""
 
     config = detector.config
     sets, grid, embeddings, tables, group = similarity_tables(detector, images, progress)
@@ -398,5 +398,4 @@ def pose_patch_scores(detector, images: Sequence[np.ndarray], progress=None):
         self_mix=config.self_mix, self_gate=config.self_gate, nearest_images=config.nearest_images,
     )
     facts.update(looks, reference_copies=len(group))
-    detector.last_pose_facts = facts
-    return MuScScores(calibrate_border(scores, grid, config.border_depth), grid, embeddings, sets)
+    return MuScScores(calibrate_border(scores, grid, config.border_depth), grid, embeddings, sets, facts)
