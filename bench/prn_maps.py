@@ -12,7 +12,9 @@ For each sigma (map pixels of PRN's S x S map) and each place of the blur:
 
 ``--which verdict``: the maps of the model(s) that give the verdict instead of the detector's
 (with ``final_model`` the held-back model, trained without the held-back share: the maps PRN
-gives with ``final_model="never"``), for the pixel metrics and image scores.
+gives with ``final_model="never"``), for the pixel metrics and image scores. ``--which mean``: the
+average of the two (what PRN gives with ``map_models="all"`` when the saved run's ``maps`` are the
+final model's alone, as in runs saved before that setting).
 
 ``--split FILE --only-type T``: only the test images of defect type T (from the split JSON that
 ``bench_prn.py`` writes) and every normal test image (the verdict's FAR stays that of all normals).
@@ -67,7 +69,8 @@ def main() -> None:
     parser.add_argument("maps", help=".npz from bench_prn.py --save-maps")
     parser.add_argument("--sigmas", type=float, nargs="+", default=[0, 1, 2, 4, 6, 8])
     parser.add_argument("--places", nargs="+", choices=("map", "image"), default=["map", "image"])
-    parser.add_argument("--which", choices=("final", "verdict"), default="final", help="whose maps the pixel metrics read")
+    parser.add_argument("--which", choices=("final", "verdict", "mean"), default="final",
+                        help="whose maps the pixel metrics read (mean: the average of the two models' maps)")
     parser.add_argument("--split", default=None, help="split JSON with each test image's defect type (MTD mode)")
     parser.add_argument("--only-type", default=None, help="keep this defect type's test images and the normal ones")
     parser.add_argument("--at", choices=("image", "map"), default="image", help="resolution of the pixel metrics")
@@ -80,6 +83,8 @@ def main() -> None:
     maps, verdict_maps, calibration = data["maps"], data["verdict_maps"], data["calibration_maps"]
     if args.which == "verdict":
         maps = verdict_maps
+    elif args.which == "mean":
+        maps = ((maps.astype(np.float32) + verdict_maps.astype(np.float32)) / 2).astype(np.float16)
     labels, shapes, k = data["labels"], data["shapes"], int(data["top_k"])
     mask_paths = data["mask_paths"]
     if args.only_type:
