@@ -377,7 +377,7 @@ def test_final_model_gives_the_maps_and_the_fold_models_the_verdict(task, tmp_pa
     fold models' (statistic and cut), masks only on flagged images; save/load keeps both."""
     normals, anomalies, tests = task
     images = [image for image, _ in tests] + normals[:3]
-    config = tiny_config(samples_per_epoch=48, epochs=3, final_model="always")
+    config = tiny_config(samples_per_epoch=48, epochs=3, final_model="always", map_models="final")
     trained = PRN(replace(config, final_model="held-back"), backbone=FakeBackbone()).fit(normals, anomalies)
     both = PRN(config, backbone=FakeBackbone()).fit(normals, anomalies)
     plain = PRN(replace(config, calibration_fraction=0.0, cross_fit_folds=0), backbone=FakeBackbone()).fit(normals, anomalies)
@@ -408,10 +408,29 @@ def test_final_model_with_a_held_back_share(task):
     both = PRN(config, backbone=FakeBackbone()).fit(normals, anomalies)
     plain = PRN(replace(config, calibration_fraction=0.0), backbone=FakeBackbone()).fit(normals, anomalies)
     assert len(both.heads) == 1 and both.final_head is not None and both.model_info["normal_images"] == len(normals)
+    assert both.config.map_models == "all"  # the default
     result, reference = both.predict(images), held.predict(images)
-    assert np.allclose(result.anomaly_maps, plain.predict(images).anomaly_maps, atol=1e-6)
+    final_maps = plain.predict(images).anomaly_maps
+    # the maps are the final and the held-back model's, half each (not either one alone)
+    assert np.allclose(result.anomaly_maps, (final_maps + reference.anomaly_maps) / 2, atol=1e-6)
+    assert not np.allclose(result.anomaly_maps, final_maps, atol=1e-4)
     assert np.allclose(result.verdict_scores, reference.image_scores, atol=1e-6)
     assert result.threshold == reference.threshold and np.array_equal(result.is_anomalous, reference.is_anomalous)
+    assert not result.masks[~result.is_anomalous].any()
+    assert np.array_equal(result.masks[result.is_anomalous], result.anomaly_maps[result.is_anomalous] > result.threshold)
+    alone = PRN(replace(config, map_models="final"), backbone=FakeBackbone())
+    alone.heads, alone.final_head, alone.model_info, alone.held_out_scores = both.heads, both.final_head, both.model_info, both.held_out_scores
+    again = alone.predict(images)
+    assert np.allclose(again.anomaly_maps, final_maps, atol=1e-6)
+    assert np.array_equal(again.is_anomalous, result.is_anomalous)  # the verdict does not depend on it
+
+
+def test_models_saved_before_map_models_keep_the_final_models_maps():
+    """A PRN config written before ``map_models`` existed reads back as "final", its old behaviour."""
+    data = PRNConfig().to_json()
+    data.pop("map_models")
+    assert PRNConfig.from_dict(data).map_models == "final"
+    assert PRNConfig.from_dict(PRNConfig().to_json()).map_models == "all"
 
 
 def _never_normal_with_a_mask(result) -> None:
@@ -483,7 +502,7 @@ def test_smoothing_blurs_every_map_prn_reads(task, tmp_path):
 
     normals, anomalies, tests = task
     images = [image for image, _ in tests] + normals[:3]
-    config = tiny_config(samples_per_epoch=48, epochs=3, final_model="always")
+    config = tiny_config(samples_per_epoch=48, epochs=3, final_model="always", map_models="final")
     sharp = PRN(config, backbone=FakeBackbone()).fit(normals, anomalies)
     smooth = PRN(replace(config, smoothing_sigma=2.0), backbone=FakeBackbone()).fit(normals, anomalies)
     for a, b in zip(sharp.heads + [sharp.final_head], smooth.heads + [smooth.final_head]):

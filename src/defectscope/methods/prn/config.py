@@ -11,6 +11,7 @@ from defectscope.methods.config import DEFAULT_FALSE_ALARM_RATE, FALSE_ALARM_RAT
 
 METHOD = "prn"
 FINAL_MODEL_CHOICES = ("held-back", "always", "never")
+MAP_MODELS_CHOICES = ("all", "final")
 PSEUDO_FAMILIES = ("perlin", "thin", "stain", "missing")
 """Pseudo-defect families (:mod:`.generate`); the same names as ``generate.PSEUDO_FAMILIES``."""
 RENAMED = {"backbone_weights": "weights"}
@@ -61,6 +62,11 @@ class PRNConfig(MethodConfig):
         final_model: "held-back" (default), "always" or "never": when to also train a model on
             all normal images for the maps, image scores and masks; the calibrated model(s) then
             only give the verdict (module docstring).
+        map_models: with a final model, whose maps (and image scores, masks) the detector gives:
+            "all" (default): the average of the final model and the model(s) that give the
+            verdict, each model weighing the same (with the held-back 10 %: final and held-back
+            model half each); "final": the final model alone (the behaviour before 2026-12-04, and
+            of models saved before the setting existed). Without a final model it changes nothing.
         false_alarm_rate: share of normal images the verdict may flag.
     """
 
@@ -88,6 +94,7 @@ class PRNConfig(MethodConfig):
     calibration_fraction: float = setting(0.1, at_least=0.0, below=1.0)
     cross_fit_folds: int = 3
     final_model: str = setting("held-back", choices=FINAL_MODEL_CHOICES)
+    map_models: str = setting("all", choices=MAP_MODELS_CHOICES)
     false_alarm_rate: float = setting(DEFAULT_FALSE_ALARM_RATE, FALSE_ALARM_RATE)
     device: str = "auto"
 
@@ -105,8 +112,9 @@ class PRNConfig(MethodConfig):
     def from_dict(cls, values: dict[str, Any]) -> "PRNConfig":
         """Inverse of :meth:`to_dict`; unknown keys fail clearly. Older files' names are read
         under the current ones (see :data:`RENAMED`); files from before map smoothing existed
-        load with ``smoothing_sigma = 0`` (their maps and calibration had none)."""
-        values = {"smoothing_sigma": 0.0, **{RENAMED.get(key, key): value for key, value in values.items()}}
+        load with ``smoothing_sigma = 0`` (their maps and calibration had none), files from before
+        ``map_models`` with ``"final"`` (their maps were the final model's alone)."""
+        values = {"smoothing_sigma": 0.0, "map_models": "final", **{RENAMED.get(key, key): value for key, value in values.items()}}
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:

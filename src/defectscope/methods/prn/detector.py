@@ -26,11 +26,15 @@ per pixel.
 
 ``final_model`` (default ``"held-back"``): also train one model on all normal images with the
 full samples per epoch, exactly the model a run without calibration trains (the model of main
-before 2026-12-01). The detector's maps, image scores and masks then come from it, while the
-verdict (statistic and cut) stays that of the model trained without the held-back share, or of
-the fold models, so the guarantee above is untouched; masks are the final model's pixels above
-the cut on the images the verdict flags. A cut from ``calibrate()`` on good images applies to the
-final model's image scores (split conformal on images no model saw). ``"held-back"`` trains it
+before 2026-12-01). The detector's maps, image scores and masks then come from the average of it
+and the model(s) that give the verdict (``map_models="all"``, the default since 2026-12-04: with the
+held-back share, final and held-back model half each; two models trained on nearly the same
+images differ by several points of pixel AP, and their average beat both on the magnetic tiles,
+docs/PRN_VARIANTS.md), or from the final model alone (``map_models="final"``), while the verdict
+(statistic and cut) stays that of the model trained without the held-back share, or of the fold
+models, so the guarantee above is untouched; masks are the maps' pixels above the cut on the
+images the verdict flags. A cut from ``calibrate()`` on good images applies to the detector's
+image scores (split conformal on images no model saw). ``"held-back"`` trains it
 only on the held-back path (190 or more normal images by default), ``"always"`` also when
 cross-fitting, ``"never"`` not at all. Training costs two models instead of one. Measured
 (docs/PRN.md, thin cracks of the magnetic tiles with 476 normal tiles, two seeds): the model
@@ -161,14 +165,17 @@ class PRN(Detector):
                               feature_floats=channels * side * side // 2)
 
     def map_heads(self) -> list[PRNHead]:
-        """The heads whose (averaged) map is the detector's anomaly map: the final model when
-        there is one, else the one model or the fold models."""
+        """The heads whose (averaged) map is the detector's anomaly map: with a final model, it
+        and the verdict's model(s) (``map_models="all"``) or it alone (``"final"``); else the one
+        model or the fold models."""
         heads = self.require_heads()
-        return [self.final_head] if self.final_head is not None else heads
+        if self.final_head is None:
+            return heads
+        return [self.final_head, *heads] if self.config.map_models == "all" else [self.final_head]
 
     def anomaly_maps(self, images: Sequence[np.ndarray], progress: Progress | None = None) -> torch.Tensor:
-        """Pixel anomaly probabilities (N, S, S) for RGB uint8 images (averaged over the fold
-        models when cross-fitted; the final model's with ``final_model``)."""
+        """Pixel anomaly probabilities (N, S, S) for RGB uint8 images: the average of
+        :meth:`map_heads`' maps."""
         return self.maps_of(self.map_heads(), images, progress)
 
     def maps_of(self, heads: Sequence[PRNHead], images: Sequence[np.ndarray], progress: Progress | None = None) -> torch.Tensor:
@@ -192,9 +199,13 @@ class PRN(Detector):
         with torch.no_grad():
             for start in range(0, len(images), step):
                 features = self.features(images[start : start + step])
-                maps.append(torch.stack([torch.sigmoid(head.eval()(*features))[:, 0] for head in heads]).mean(dim=0))
+                each: dict[int, torch.Tensor] = {}  # a head in both lists runs once
+                for head in [*heads, *(fold_heads or ())]:
+                    if id(head) not in each:
+                        each[id(head)] = torch.sigmoid(head.eval()(*features))[:, 0]
+                maps.append(torch.stack([each[id(head)] for head in heads]).mean(dim=0))
                 if fold_heads:
-                    fold_maps.append(torch.stack([torch.sigmoid(h.eval()(*features))[:, 0] for h in fold_heads]).mean(dim=0))
+                    fold_maps.append(torch.stack([each[id(h)] for h in fold_heads]).mean(dim=0))
                 if progress is not None:
                     progress("predict", min(start + step, len(images)), len(images))
         joined, fold_joined = torch.cat(maps), (torch.cat(fold_maps) if fold_heads else None)

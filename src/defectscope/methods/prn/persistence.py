@@ -49,11 +49,12 @@ def save(detector: "PRN", folder: str | Path, *, overwrite: bool = False) -> Pat
 
 
 def _resume_settings(config: PRNConfig, info: dict[str, Any]) -> dict[str, Any]:
-    """What a resumed training must share with its checkpoint: every setting but the device and
-    the map smoothing (neither changes training), and the number of normal images."""
+    """What a resumed training must share with its checkpoint: every setting but the device, the
+    map smoothing and the models the maps come from (none changes training), and the number of
+    normal images."""
     data = config.to_json()
-    data.pop("device", None)
-    data.pop("smoothing_sigma", None)
+    for name in ("device", "smoothing_sigma", "map_models"):
+        data.pop(name, None)
     return {**data, "normal_images": info["normal_images"]}
 
 
