@@ -32,28 +32,6 @@ from defectscope.methods import verdict
 from defectscope.methods.verdict import decide
 
 
-def _mixture_from(x: np.ndarray, lower: np.ndarray, iterations: int = 500) -> float:
-    """Log-likelihood of the Gumbel + Gaussian mixture after EM started from ``lower`` (1 = normal)."""
-    floor = max((1e-2 * x.std()) ** 2, 1e-12)
-    previous = -np.inf
-    likelihood = previous
-    for _ in range(iterations):
-        upper = 1.0 - lower
-        weight = float(np.clip(lower.mean(), 1e-9, 1 - 1e-9))
-        location, scale = verdict.weighted_gumbel(x, lower + 1e-12)
-        mean = float((upper * x).sum() / (upper.sum() + 1e-12))
-        variance = max(float((upper * (x - mean) ** 2).sum() / (upper.sum() + 1e-12)), floor)
-        a = math.log(weight) + verdict._gumbel_log_density(x, location, scale)
-        b = math.log(1 - weight) + verdict._gaussian_log_density(x, mean, variance)
-        total = np.logaddexp(a, b)
-        lower = np.exp(a - total)
-        likelihood = float(total.sum())
-        if likelihood - previous < 1e-9:
-            break
-        previous = likelihood
-    return likelihood
-
-
 def _at_labels(x: np.ndarray, normal: np.ndarray) -> float:
     location, scale = verdict.weighted_gumbel(x[normal], np.ones(int(normal.sum())))
     mean, sd, weight = float(x[~normal].mean()), float(x[~normal].std()), float(normal.mean())
@@ -78,7 +56,7 @@ def mixture_table(folders: list[Path]) -> None:
             location, scale = verdict.weighted_gumbel(x, np.ones(n))
             one = -2.0 * float(verdict._gumbel_log_density(x, location, scale).sum()) + 2.0 * math.log(n)
             lower = (~y).astype(np.float64)
-            em = -2.0 * _mixture_from(x, lower) + 5.0 * math.log(n)
+            em = -2.0 * verdict.mixture_from(x, lower)[5] + 5.0 * math.log(n)
             fixed = -2.0 * _at_labels(x, ~y) + 5.0 * math.log(n)
             best = "one Gumbel" if one <= min(em, fixed) else "mixture"
             print(f"| {name} | {n} ({int(y.sum())}) | {one:.1f} | {em:.1f} | {fixed:.1f} ({(~y).mean():.2f}) | {best} |")

@@ -178,32 +178,42 @@ def gumbel_and_gaussian(x: np.ndarray) -> tuple[float, float, float, float, floa
     Returns (Gumbel weight, location, scale, Gaussian mean, sd, log-likelihood). The Gaussian's
     variance is floored at (1e-2 sd(x))^2 so that it cannot collapse onto one point."""
     x = np.asarray(x, dtype=np.float64)
-    floor = max((1e-2 * x.std()) ** 2, 1e-12)
     best: tuple[float, float, float, float, float, float] | None = None
     for start in _EM_STARTS:
         lower = (x <= np.quantile(x, start)).astype(np.float64)
         if not 0 < lower.sum() < x.size:
             continue
-        previous = -np.inf
-        for _ in range(_EM_ITERATIONS):
-            upper = 1.0 - lower
-            weight = float(np.clip(lower.sum() / x.size, 1e-9, 1 - 1e-9))
-            location, scale = weighted_gumbel(x, lower + 1e-12)
-            mean = float((upper * x).sum() / (upper.sum() + 1e-12))
-            variance = max(float((upper * (x - mean) ** 2).sum() / (upper.sum() + 1e-12)), floor)
-            a = math.log(weight) + _gumbel_log_density(x, location, scale)
-            b = math.log(1 - weight) + _gaussian_log_density(x, mean, variance)
-            total = np.logaddexp(a, b)
-            lower = np.exp(a - total)
-            likelihood = float(total.sum())
-            if likelihood - previous < 1e-7:
-                break
-            previous = likelihood
-        if best is None or likelihood > best[5]:
-            best = (weight, location, scale, mean, math.sqrt(variance), likelihood)
+        fit = mixture_from(x, lower)
+        if best is None or fit[5] > best[5]:
+            best = fit
     if best is None:
         raise ConfigError("a two-component fit needs at least two distinct scores")
     return best
+
+
+def mixture_from(x: np.ndarray, lower: np.ndarray) -> tuple[float, float, float, float, float, float]:
+    """EM of the Gumbel + Gaussian mixture of :func:`gumbel_and_gaussian` from one start:
+    ``lower`` holds each value's initial share in the Gumbel (normal) component. Returns (Gumbel
+    weight, location, scale, Gaussian mean, sd, log-likelihood)."""
+    x = np.asarray(x, dtype=np.float64)
+    floor = max((1e-2 * x.std()) ** 2, 1e-12)
+    lower = np.asarray(lower, dtype=np.float64)
+    previous = -np.inf
+    for _ in range(_EM_ITERATIONS):
+        upper = 1.0 - lower
+        weight = float(np.clip(lower.sum() / x.size, 1e-9, 1 - 1e-9))
+        location, scale = weighted_gumbel(x, lower + 1e-12)
+        mean = float((upper * x).sum() / (upper.sum() + 1e-12))
+        variance = max(float((upper * (x - mean) ** 2).sum() / (upper.sum() + 1e-12)), floor)
+        a = math.log(weight) + _gumbel_log_density(x, location, scale)
+        b = math.log(1 - weight) + _gaussian_log_density(x, mean, variance)
+        total = np.logaddexp(a, b)
+        lower = np.exp(a - total)
+        likelihood = float(total.sum())
+        if likelihood - previous < 1e-7:
+            break
+        previous = likelihood
+    return weight, location, scale, mean, math.sqrt(variance), likelihood
 
 
 def fit_null(x: np.ndarray) -> NullFit:
