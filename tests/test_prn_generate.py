@@ -176,3 +176,22 @@ def test_generator_passes_its_families_on():
     generator = AnomalyGenerator([np.full((64, 64, 3), 128, np.uint8)], image_size=64, families=("thin",))
     masks = [generator.make(0, "pseudo", np.random.default_rng(s)).mask for s in range(4)]
     assert all(_skeleton_and_width(m)[1] <= 5.0 for m in masks)
+
+
+def test_relative_paste_keeps_a_faint_defect_faint_on_another_exposure():
+    """A defect 6 grey levels above its bright surroundings (200) pasted onto a dark tile (50):
+    "relative" lands it about 6 levels above the dark tile (contrast jitter 0.85-1.15), "absolute"
+    near its own bright level (a 150-level step the real defect never had); the random draws
+    are the same, so the pasted mask is the same."""
+    source = np.full((SIZE, SIZE, 3), 200, np.uint8)
+    mask = np.zeros((SIZE, SIZE), dtype=bool)
+    mask[20:36, 16:40] = True
+    source[mask] = 206
+    target = np.full((SIZE, SIZE, 3), 50, np.uint8)
+    everywhere = np.ones((SIZE, SIZE), dtype=bool)
+    rel_image, rel_mask = paste_real_defect(target, source, mask, np.random.default_rng(4), foreground=everywhere, level="relative")
+    abs_image, abs_mask = paste_real_defect(target, source, mask, np.random.default_rng(4), foreground=everywhere)
+    assert np.array_equal(rel_mask, abs_mask) and rel_mask.any()
+    assert np.all(np.abs(rel_image[rel_mask].astype(int) - 56) <= 1)
+    assert np.all(abs_image[abs_mask] >= 180)
+    assert np.array_equal(rel_image[~rel_mask], target[~rel_mask])

@@ -12,6 +12,7 @@ from defectscope.methods.config import DEFAULT_FALSE_ALARM_RATE, FALSE_ALARM_RAT
 METHOD = "prn"
 FINAL_MODEL_CHOICES = ("held-back", "always", "never")
 MAP_MODELS_CHOICES = ("all", "final")
+PASTE_LEVELS = ("absolute", "relative")
 PSEUDO_FAMILIES = ("perlin", "thin", "stain", "missing")
 """Pseudo-defect families (:mod:`.generate`); the same names as ``generate.PSEUDO_FAMILIES``."""
 RENAMED = {"backbone_weights": "weights"}
@@ -54,6 +55,9 @@ class PRNConfig(MethodConfig):
             Perlin blobs and thin cracks (docs/PRN_VARIANTS.md: at the full protocol thin cracks
             raised pixel AP on all six paper types, bottle unchanged, the magnetic tiles +5.7 /
             -0.6 points at two seeds).
+        paste_level: how a real defect's grey levels are pasted (:func:`.generate.paste_real_defect`):
+            "absolute" (its own levels, brightness jitter +-15) or "relative" (its difference to
+            its own surroundings, added to the target's level around the paste).
         seed: seed for prototypes, initialisation, sampling and generation.
         calibration_fraction: share of the normal images held back from training to calibrate
             the verdict (none when there are fewer than 10 normal images).
@@ -90,6 +94,7 @@ class PRNConfig(MethodConfig):
     smoothing_sigma: float = setting(0.0, at_least=0.0, note="map pixels; 0: off")
     shares: tuple[float, float, float] = setting((0.5, 0.25, 0.25), at_least=0.0)
     pseudo_families: tuple[str, ...] = setting(("perlin", "thin"), choices=PSEUDO_FAMILIES)
+    paste_level: str = setting("absolute", choices=PASTE_LEVELS)
     seed: int = 0
     calibration_fraction: float = setting(0.1, at_least=0.0, below=1.0)
     cross_fit_folds: int = 3
@@ -114,7 +119,7 @@ class PRNConfig(MethodConfig):
         under the current ones (see :data:`RENAMED`); files from before map smoothing existed
         load with ``smoothing_sigma = 0`` (their maps and calibration had none), files from before
         ``map_models`` with ``"final"`` (their maps were the final model's alone)."""
-        values = {"smoothing_sigma": 0.0, "map_models": "final", **{RENAMED.get(key, key): value for key, value in values.items()}}
+        values = {"smoothing_sigma": 0.0, "map_models": "final", "paste_level": "absolute", **{RENAMED.get(key, key): value for key, value in values.items()}}
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:

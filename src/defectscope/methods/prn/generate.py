@@ -123,6 +123,12 @@ def _resize(array: np.ndarray, size: tuple[int, int], nearest: bool = False) -> 
     return np.asarray(Image.fromarray(array).resize((width, height), method))
 
 
+def _ring(mask: np.ndarray) -> np.ndarray:
+    """The pixels within a few pixels (2 % of the image side, at least 2) around ``mask``, not in it."""
+    width = max(2, int(round(0.02 * max(mask.shape))))
+    return ndimage.binary_dilation(mask, iterations=width) & ~mask
+
+
 def _sample_centre(allowed: np.ndarray, rng: np.random.Generator) -> tuple[int, int]:
     ys, xs = np.nonzero(allowed)
     index = int(rng.integers(len(ys)))
@@ -136,6 +142,7 @@ def paste_real_defect(
     rng: np.random.Generator,
     *,
     foreground: np.ndarray | None = None,
+    level: str = "absolute",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Cut a real defect out by its mask, augment it, paste it onto ``normal``; -> (image, mask).
 
@@ -143,6 +150,14 @@ def paste_real_defect(
     centred on a pixel of ``foreground`` (default: :func:`estimate_foreground` of ``normal``).
     Pixels of the defect that fall off the foreground are not pasted. The returned mask marks
     exactly the pasted pixels (alpha 1).
+
+    ``level``: ``"absolute"`` pastes the defect's own grey levels (contrast jitter 0.85-1.15
+    around its mean, brightness jitter +-15), so a defect cut from a brighter photograph arrives
+    with a step at its edge; ``"relative"`` keeps each pixel's difference to the defect's own
+    surroundings (the mean colour of a ring around its mask in its source image; contrast jitter
+    on that difference, no brightness jitter) and adds it to the mean colour of the target around
+    the pasted region, so a faint defect stays faint on a tile of another exposure. The random
+    draws are the same in both modes.
     """
     normal = _as_rgb(normal)
     height, width = normal.shape[:2]
@@ -150,6 +165,8 @@ def paste_real_defect(
     if not mask.any():
         return normal.copy(), np.zeros((height, width), dtype=bool)
     source = _resize(_as_rgb(defect_image), (height, width))
+    surround = _ring(mask)
+    source_level = source[surround].mean(axis=0) if surround.any() else None
     ys, xs = np.nonzero(mask)
     patch = source[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
     patch_mask = mask[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
@@ -168,8 +185,10 @@ def paste_real_defect(
         return normal.copy(), np.zeros((height, width), dtype=bool)
     contrast = rng.uniform(0.85, 1.15)
     brightness = rng.uniform(-15.0, 15.0)
-    mean = patch[patch_mask].mean()
-    patch = np.clip((patch.astype(np.float64) - mean) * contrast + mean + brightness, 0, 255).astype(np.uint8)
+    relative = level == "relative" and source_level is not None
+    if not relative:
+        mean = patch[patch_mask].mean()
+        patch = np.clip((patch.astype(np.float64) - mean) * contrast + mean + brightness, 0, 255).astype(np.uint8)
 
     allowed = estimate_foreground(normal) if foreground is None else foreground.astype(bool)
     if not allowed.any():
@@ -180,6 +199,11 @@ def paste_real_defect(
 
     placed_mask = np.zeros((height, width), dtype=bool)
     placed_mask[top : top + new_h, left : left + new_w] = patch_mask
+    if relative:
+        around = _ring(placed_mask)
+        target_level = normal[around].mean(axis=0) if around.any() else normal.reshape(-1, 3).mean(axis=0)
+        difference = (patch.astype(np.float64) - source_level) * contrast
+        patch = np.clip(difference + target_level, 0, 255).astype(np.uint8)
     placed = np.zeros_like(normal)
     placed[top : top + new_h, left : left + new_w] = patch
     pasted = placed_mask & allowed
@@ -460,9 +484,11 @@ class AnomalyGenerator:
         *,
         image_size: int,
         families: Sequence[str] = ("perlin",),
+        paste_level: str = "absolute",
     ) -> None:
         shape = (image_size, image_size)
         self.families = tuple(families)
+        self.paste_level = paste_level
         self.normals = [_resize(_as_rgb(np.asarray(image)), shape) for image in normal_images]
         self.anomalies = [
             (_resize(_as_rgb(np.asarray(image)), shape), _resize(np.asarray(mask).astype(bool), shape))
@@ -484,7 +510,7 @@ class AnomalyGenerator:
             return GeneratedSample(normal, np.zeros(normal.shape[:2], dtype=bool), kind, 0.0)
         if kind == "real" and self.anomalies:
             image, mask = self.anomalies[int(rng.integers(len(self.anomalies)))]
-            pasted, pasted_mask = paste_real_defect(normal, image, mask, rng, foreground=self.foreground(index))
+            pasted, pasted_mask = paste_real_defect(normal, image, mask, rng, foreground=self.foreground(index), level=self.paste_level)
             return GeneratedSample(pasted, pasted_mask, "real", 1.0)
         others = [self.normals[int(i)] for i in rng.integers(len(self.normals), size=min(4, len(self.normals)))]
         image, mask, alpha = pseudo_defect(

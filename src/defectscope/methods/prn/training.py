@@ -139,7 +139,9 @@ def train_head(
     ``progress`` is (callback, train steps done before this head, train steps in all)."""
     config = detector.config
     report, steps_before, steps_in_all = progress
-    generator = AnomalyGenerator(normal_images, anomalies, image_size=config.image_size, families=config.pseudo_families)
+    generator = AnomalyGenerator(
+        normal_images, anomalies, image_size=config.image_size, families=config.pseudo_families, paste_level=config.paste_level
+    )
     count = len(generator.normals)
     scales = [torch.stack([f[s] for f in normal_features]) for s in range(len(normal_features[0]))]
     info = {
