@@ -118,8 +118,10 @@ class PRNConfig(MethodConfig):
         """Inverse of :meth:`to_dict`; unknown keys fail clearly. Older files' names are read
         under the current ones (see :data:`RENAMED`); files from before map smoothing existed
         load with ``smoothing_sigma = 0`` (their maps and calibration had none), files from before
-        ``map_models`` with ``"final"`` (their maps were the final model's alone)."""
-        values = {"smoothing_sigma": 0.0, "map_models": "final", "paste_level": "absolute", **{RENAMED.get(key, key): value for key, value in values.items()}}
+        ``map_models`` with ``"final"`` (their maps were the final model's alone), files from before
+        ``paste_level`` with ``"absolute"`` (the only paste there was)."""
+        older = {"smoothing_sigma": 0.0, "map_models": "final", "paste_level": "absolute"}
+        values = {**older, **{RENAMED.get(key, key): value for key, value in values.items()}}
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
