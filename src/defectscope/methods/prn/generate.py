@@ -165,8 +165,6 @@ def paste_real_defect(
     if not mask.any():
         return normal.copy(), np.zeros((height, width), dtype=bool)
     source = _resize(_as_rgb(defect_image), (height, width))
-    surround = _ring(mask)
-    source_level = source[surround].mean(axis=0) if surround.any() else None
     ys, xs = np.nonzero(mask)
     patch = source[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
     patch_mask = mask[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
@@ -185,8 +183,11 @@ def paste_real_defect(
         return normal.copy(), np.zeros((height, width), dtype=bool)
     contrast = rng.uniform(0.85, 1.15)
     brightness = rng.uniform(-15.0, 15.0)
-    relative = level == "relative" and source_level is not None
-    if not relative:
+    surround = _ring(mask) if level == "relative" else None  # only the relative paste needs it
+    relative = surround is not None and bool(surround.any())
+    if relative:
+        source_level = source[surround].mean(axis=0)
+    else:
         mean = patch[patch_mask].mean()
         patch = np.clip((patch.astype(np.float64) - mean) * contrast + mean + brightness, 0, 255).astype(np.uint8)
 
