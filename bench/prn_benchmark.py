@@ -177,6 +177,40 @@ def save_maps(detector: Any, test: list, normals: list, path: str | Path, batch:
     return atomic_write_bytes(path, buffer.getvalue())
 
 
+def category_split(root: str | Path, k: int = 10, seed: int = 0) -> tuple[Any, list, list]:
+    """The protocol's (category, labelled defects moved to training, test samples) at ``root``."""
+    category = load_category(root, seed)
+    anomalies, test = kshot_split(category.test, k=k, seed=seed)
+    return category, anomalies, test
+
+
+def score_test(detector: Any, test: list, batch: int = 16) -> dict[str, Any]:
+    """Predict the ``test`` samples (:func:`predict_test`) and measure them: pixel (both
+    protocols), image and verdict metrics (``metrics``: pixel figures under the ``image``
+    protocol), the cut, the map size, the number of defective test images and the seconds the
+    predictions took (the metrics not counted)."""
+    raw_maps: list = []
+    review: list = []
+    started = time.time()
+    maps, masks, scores, labels, flags, last = predict_test(detector, test, batch, raw_maps=raw_maps, review=review)
+    seconds = time.time() - started
+    metrics = {
+        **pixel_metrics(maps, masks),
+        **image_metrics(np.array(scores), np.array(labels)),
+        **verdict_metrics(np.array(flags), np.array(labels), np.array(review, dtype=bool)),
+    }
+    pixel_protocols = {"image": {key: metrics[key] for key in ("pixel_auroc", "pixel_ap", "pixel_f1_max", "pixel_aupro")},
+                       "map": pixel_figures(raw_maps, masks, "map")}
+    return {
+        "metrics": metrics,
+        "pixel_protocols": pixel_protocols,
+        "map_size": list(np.shape(raw_maps[0])[-2:]) if raw_maps else None,
+        "threshold": last.threshold if last is not None else None,
+        "test_defective": int(sum(labels)),
+        "predict_seconds": seconds,
+    }
+
+
 def evaluate_category(
     root: str | Path, config: PRNConfig | None = None, *, k: int = 10, seed: int = 0, batch: int = 16,
     save_model: str | Path | None = None, save_maps_to: str | Path | None = None, log: Any = None, musc: Any = None,
@@ -187,8 +221,7 @@ def evaluate_category(
     ``save_maps_to``: an .npz for :func:`save_maps` (after the figures); ``musc``: RunOptions of
     a zero-shot method to score on the same test images first (:func:`musc_on_test`)."""
     config = config or PRNConfig(seed=seed)
-    category = load_category(root, seed)
-    anomalies, test = kshot_split(category.test, k=k, seed=seed)
+    category, anomalies, test = category_split(root, k, seed)
     zero_shot = musc_on_test(category, test, musc) if musc is not None else None
     if zero_shot is not None and log is not None:
         log(f"{zero_shot['method']} on the same {zero_shot['test']} test images: pixel AP "
@@ -201,30 +234,17 @@ def evaluate_category(
     started = time.time()
     if save_model is not None:
         detector.save(save_model, overwrite=True)
-    raw_maps: list = []
-    review: list = []
-    maps, masks, scores, labels, flags, last = predict_test(detector, test, batch, raw_maps=raw_maps, review=review)
-    predict_seconds = round(time.time() - started, 1)
-    threshold = last.threshold if last is not None else None
+    saving = time.time() - started
+    figures = score_test(detector, test, batch)
+    predict_seconds = round(saving + figures.pop("predict_seconds"), 1)
     if save_maps_to is not None:
         save_maps(detector, test, list(category.train), save_maps_to, batch, log)
-    metrics = {
-        **pixel_metrics(maps, masks),
-        **image_metrics(np.array(scores), np.array(labels)),
-        **verdict_metrics(np.array(flags), np.array(labels), np.array(review, dtype=bool)),
-    }
-    pixel_protocols = {"image": {key: metrics[key] for key in ("pixel_auroc", "pixel_ap", "pixel_f1_max", "pixel_aupro")},
-                       "map": pixel_figures(raw_maps, masks, "map")}
     return {
-        "metrics": metrics,
-        "pixel_protocols": pixel_protocols,
-        "map_size": list(np.shape(raw_maps[0])[-2:]) if raw_maps else None,
+        **figures,
         "musc": zero_shot,
         "train_normal": len(category.train),
         "train_defective": len(anomalies),
         "test": len(test),
-        "test_defective": int(sum(labels)),
-        "threshold": threshold,
         "calibration": detector.model_info.get("calibration"),
         "train_seconds": round(train_seconds, 1),
         "predict_seconds": predict_seconds,

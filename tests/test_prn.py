@@ -557,3 +557,73 @@ def test_onnx_export_blurs_like_the_detector(trained, task, tmp_path):
     tiled.heads, tiled.model_info = trained.heads, trained.model_info
     with pytest.raises(ConfigError, match="cannot export this PRN model to ONNX: it blurs its maps"):
         export_onnx(tiled, tmp_path / "tiled.onnx")
+
+
+def _mirrored_maps(detector, images, dims: tuple[int, ...]) -> torch.Tensor:
+    """The detector's unflipped maps of the images flipped along ``dims`` (-1 left-right, -2 up-down), flipped back."""
+    axes = [{-1: 1, -2: 0}[d] for d in dims]
+    mirrored = [np.ascontiguousarray(np.flip(image, axis=axes)) for image in images]
+    return detector.maps_of(detector.map_heads(), mirrored).flip(dims)
+
+
+def _sharing(detector, **changes) -> PRN:
+    """``detector``'s trained models under other prediction settings."""
+    other = PRN(replace(detector.config, **changes), backbone=detector.backbone)
+    other.heads, other.final_head, other.model_info, other.held_out_scores = (
+        detector.heads, detector.final_head, detector.model_info, detector.held_out_scores)
+    return other
+
+
+def test_map_flips_average_the_mirrored_views_and_leave_the_verdict_alone(trained, task, tmp_path):
+    """map_flips="h": the maps are the mean of the image's map and its mirror's map flipped back
+    ("hv": the four views); image scores and masks follow the maps; the verdict (statistic, cut,
+    decisions) is the unflipped one, with a final model and without (cross-fitted folds); training
+    and its calibration scores do not read it; saved and loaded, older files load with "none"."""
+    normals, anomalies, tests = task
+    images = [image for image, _ in tests] + normals[:3]
+    config = tiny_config(cross_fit_folds=0, epochs=3)  # held-back share: a final model and a held-back one
+    plain = PRN(config, backbone=FakeBackbone()).fit(normals, anomalies)
+    for detector in (plain, trained):
+        reference = detector.predict(images)
+        base = torch.from_numpy(reference.anomaly_maps)
+        h, v, hv = (_mirrored_maps(detector, images, dims) for dims in ((-1,), (-2,), (-2, -1)))
+        assert (h - base).abs().max() > 1e-3  # the mirror's map differs: the average is not the map itself
+        for flips, expected in (("h", (base + h) / 2), ("hv", (base + h + v + hv) / 4)):
+            flipped = _sharing(detector, map_flips=flips)
+            result = flipped.predict(images)
+            assert np.allclose(result.anomaly_maps, expected.numpy(), atol=1e-6)
+            assert np.allclose(flipped.anomaly_maps(images).numpy(), expected.numpy(), atol=1e-6)
+            assert np.allclose(result.image_scores, top_k_mean(expected, config.top_k).numpy(), atol=1e-6)
+            assert np.allclose(result.decision_scores(), reference.decision_scores(), atol=1e-6)
+            assert result.threshold == reference.threshold and np.array_equal(result.is_anomalous, reference.is_anomalous)
+            flagged = result.is_anomalous
+            assert not result.masks[~flagged].any()
+            assert np.array_equal(result.masks[flagged], result.anomaly_maps[flagged] > result.threshold)
+    hv_trained = PRN(replace(config, map_flips="hv"), backbone=FakeBackbone()).fit(normals, anomalies)
+    assert np.array_equal(hv_trained.held_out_scores, plain.held_out_scores)
+    hv_trained.save(tmp_path / "model")
+    loaded = PRN.load(tmp_path / "model", backbone=FakeBackbone())
+    assert loaded.config.map_flips == "hv"
+    assert np.allclose(loaded.predict(images).anomaly_maps, _sharing(plain, map_flips="hv").predict(images).anomaly_maps, atol=1e-6)
+    data = config.to_json()
+    data.pop("map_flips")
+    assert PRNConfig.from_dict(data).map_flips == "none" and PRNConfig().map_flips == "none"
+    with pytest.raises(ConfigError, match="map_flips"):
+        tiny_config(map_flips="v")
+
+
+def test_onnx_export_averages_the_flipped_views_like_the_detector(trained, task, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    from defectscope.methods.prn import export_onnx
+
+    flipped = _sharing(trained, map_flips="hv")
+    images = [image for image, _ in task[2]] + task[0][:2]
+    path = export_onnx(flipped, tmp_path / "prn.onnx", batch_size=2)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    maps, scores = session.run(None, {"image": flipped.backbone.preprocess(images).numpy()})
+    reference = flipped.predict(images)
+    assert np.abs(reference.anomaly_maps - trained.predict(images).anomaly_maps).max() > 1e-3
+    assert np.abs(maps - reference.anomaly_maps).max() <= 1e-4
+    assert np.abs(scores - reference.image_scores).max() <= 1e-4
+    with pytest.raises(ConfigError, match="without its backbone: its maps average mirrored views"):
+        export_onnx(flipped, tmp_path / "features.onnx", include_backbone=False)

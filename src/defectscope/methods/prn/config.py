@@ -12,6 +12,9 @@ from defectscope.methods.config import DEFAULT_FALSE_ALARM_RATE, FALSE_ALARM_RAT
 METHOD = "prn"
 FINAL_MODEL_CHOICES = ("held-back", "always", "never")
 MAP_MODELS_CHOICES = ("all", "final")
+MAP_FLIPS = {"none": ((),), "h": ((), (-1,)), "hv": ((), (-1,), (-2,), (-2, -1))}
+"""``map_flips`` -> the views averaged: the tensor dimensions each view flips (-1: left-right,
+-2: up-down; ``()``: the image as it is)."""
 PASTE_LEVELS = ("absolute", "relative")
 PSEUDO_FAMILIES = ("perlin", "thin", "stain", "missing")
 """Pseudo-defect families (:mod:`.generate`); the same names as ``generate.PSEUDO_FAMILIES``."""
@@ -71,6 +74,15 @@ class PRNConfig(MethodConfig):
             verdict, each model weighing the same (with the held-back 10 %: final and held-back
             model half each); "final": the final model alone (the behaviour before 2026-12-04, and
             of models saved before the setting existed). Without a final model it changes nothing.
+        map_flips: test-time flips averaged into the maps (and hence image scores and masks):
+            "none" (default), "h" (the image and its left-right mirror) or "hv" (also the
+            up-down mirror and both: 4 views, 4 times the prediction cost). Each view's map is
+            flipped back before the average; long images' tiles (``tile_aspect``) are flipped one
+            by one. The verdict's statistic and its calibration scores stay those of the
+            unflipped image, so the verdict does not change (a cut from ``calibrate()`` on good
+            images is on the image scores, so it sees the flips). Only prediction reads it (training
+            is the same with any value; bench/prn_flips.py sets it on a saved model); models saved
+            before it existed load with "none".
         false_alarm_rate: share of normal images the verdict may flag.
     """
 
@@ -100,6 +112,7 @@ class PRNConfig(MethodConfig):
     cross_fit_folds: int = 3
     final_model: str = setting("held-back", choices=FINAL_MODEL_CHOICES)
     map_models: str = setting("all", choices=MAP_MODELS_CHOICES)
+    map_flips: str = setting("none", choices=tuple(MAP_FLIPS))
     false_alarm_rate: float = setting(DEFAULT_FALSE_ALARM_RATE, FALSE_ALARM_RATE)
     device: str = "auto"
 
@@ -119,8 +132,9 @@ class PRNConfig(MethodConfig):
         under the current ones (see :data:`RENAMED`); files from before map smoothing existed
         load with ``smoothing_sigma = 0`` (their maps and calibration had none), files from before
         ``map_models`` with ``"final"`` (their maps were the final model's alone), files from before
-        ``paste_level`` with ``"absolute"`` (the only paste there was)."""
-        older = {"smoothing_sigma": 0.0, "map_models": "final", "paste_level": "absolute"}
+        ``paste_level`` with ``"absolute"`` (the only paste there was), files from before ``map_flips``
+        with ``"none"`` (no flips)."""
+        older = {"smoothing_sigma": 0.0, "map_models": "final", "paste_level": "absolute", "map_flips": "none"}
         values = {**older, **{RENAMED.get(key, key): value for key, value in values.items()}}
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)

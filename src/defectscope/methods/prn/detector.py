@@ -6,6 +6,9 @@ The image score is the mean of the ``top_k`` highest pixel scores (default 100 p
 defects). With ``smoothing_sigma`` > 0 the maps are blurred first (after long images' tiles are
 put back together), in :meth:`PRN._maps_and_fold_maps`, the one place every map comes from:
 image scores, masks, the verdict statistic and the calibration scores all see the blurred maps.
+There too, with ``map_flips``, the detector's maps average the map of the image and of its
+mirrored views, each flipped back; the verdict's statistic and the calibration scores are the
+unflipped image's (so the verdict and its calibration do not change).
 
 Verdict: a probability cut calibrated on normal images the scoring model never saw. When a
 seeded share ``calibration_fraction`` of the normal training images (when there are at least 10)
@@ -60,7 +63,7 @@ from defectscope.memory import estimate_bytes
 from defectscope.methods.base import Detector, Result, default_paths
 from defectscope.methods.holdout import MIN_POOL as MIN_CALIBRATION_POOL
 from defectscope.methods.prn import persistence, tiles, training
-from defectscope.methods.prn.config import METHOD, PRNConfig
+from defectscope.methods.prn.config import MAP_FLIPS, METHOD, PRNConfig
 from defectscope.methods.prn.features import multiscale_features
 from defectscope.methods.prn.model import PRNHead, top_k_mean
 from defectscope.methods.smoothing import gaussian_blur
@@ -175,11 +178,14 @@ class PRN(Detector):
 
     def anomaly_maps(self, images: Sequence[np.ndarray], progress: Progress | None = None) -> torch.Tensor:
         """Pixel anomaly probabilities (N, S, S) for RGB uint8 images: the average of
-        :meth:`map_heads`' maps."""
-        return self.maps_of(self.map_heads(), images, progress)
+        :meth:`map_heads`' maps (over the ``map_flips`` views)."""
+        return self.maps_of(self.map_heads(), images, progress, flips=self.config.map_flips)
 
-    def maps_of(self, heads: Sequence[PRNHead], images: Sequence[np.ndarray], progress: Progress | None = None) -> torch.Tensor:
-        return self._maps_and_fold_maps(heads, None, images, progress)[0]
+    def maps_of(
+        self, heads: Sequence[PRNHead], images: Sequence[np.ndarray], progress: Progress | None = None, *, flips: str = "none",
+    ) -> torch.Tensor:
+        """The averaged map of ``heads`` (unflipped unless ``flips`` names views of :data:`MAP_FLIPS`)."""
+        return self._maps_and_fold_maps(heads, None, images, progress, flips=flips)[0]
 
     def _maps_and_fold_maps(
         self,
@@ -187,10 +193,15 @@ class PRN(Detector):
         fold_heads: Sequence[PRNHead] | None,
         images: Sequence[np.ndarray],
         progress: Progress | None = None,
+        *,
+        flips: str = "none",
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The averaged map of ``heads`` and, when given, that of ``fold_heads`` (one backbone
         pass per batch for both). Long images are cut into tiles first with ``tile_aspect``
-        (:mod:`.tiles`) and their tiles' maps put back together."""
+        (:mod:`.tiles`) and their tiles' maps put back together. ``flips`` (a key of
+        :data:`MAP_FLIPS`): the map of ``heads`` is the mean over those views of the input, each
+        view's map flipped back; ``fold_heads``' map is always the unflipped input's."""
+        views = MAP_FLIPS[flips]
         counts, shapes = None, [np.asarray(image).shape for image in images]
         if self.config.tile_aspect > 0:
             images, counts = tiles.split_images(images, self.config.tile_aspect)
@@ -198,14 +209,19 @@ class PRN(Detector):
         step = self.config.batch_size
         with torch.no_grad():
             for start in range(0, len(images), step):
-                features = self.features(images[start : start + step])
-                each: dict[int, torch.Tensor] = {}  # a head in both lists runs once
-                for head in [*heads, *(fold_heads or ())]:
-                    if id(head) not in each:
-                        each[id(head)] = torch.sigmoid(head.eval()(*features))[:, 0]
-                maps.append(torch.stack([each[id(head)] for head in heads]).mean(dim=0))
-                if fold_heads:
-                    fold_maps.append(torch.stack([each[id(h)] for h in fold_heads]).mean(dim=0))
+                batch = self.backbone.preprocess(list(images[start : start + step]))
+                view_maps = []
+                for dims in views:
+                    features = multiscale_features(self.backbone, batch.flip(dims) if dims else batch)
+                    each: dict[int, torch.Tensor] = {}  # a head in both lists runs once
+                    for head in [*heads, *(() if dims else fold_heads or ())]:
+                        if id(head) not in each:
+                            each[id(head)] = torch.sigmoid(head.eval()(*features))[:, 0]
+                    view_map = torch.stack([each[id(head)] for head in heads]).mean(dim=0)
+                    view_maps.append(view_map.flip(dims) if dims else view_map)
+                    if fold_heads and not dims:
+                        fold_maps.append(torch.stack([each[id(h)] for h in fold_heads]).mean(dim=0))
+                maps.append(view_maps[0] if len(view_maps) == 1 else torch.stack(view_maps).mean(dim=0))
                 if progress is not None:
                     progress("predict", min(start + step, len(images)), len(images))
         joined, fold_joined = torch.cat(maps), (torch.cat(fold_maps) if fold_heads else None)
@@ -251,9 +267,13 @@ class PRN(Detector):
             raise ConfigError("PRN predict() was given no images.")
         names = default_paths(paths, len(images), self.method)
         threshold = self.threshold()
-        # With a final model the fold models give the verdict while their own scores set the cut.
-        fold_verdict = self.final_head is not None and self.calibration is None
-        maps, fold_maps = self._maps_and_fold_maps(self.map_heads(), self.heads if fold_verdict else None, list(images), progress)
+        # With a final model the fold models give the verdict while their own scores set the cut;
+        # with map_flips the verdict reads the unflipped maps its calibration scores came from.
+        flips = self.config.map_flips
+        fold_verdict = self.calibration is None and (self.final_head is not None or flips != "none")
+        maps, fold_maps = self._maps_and_fold_maps(
+            self.map_heads(), self.heads if fold_verdict else None, list(images), progress, flips=flips
+        )
         scores = top_k_mean(maps, self.config.top_k)
         result = Result(
             paths=names,

@@ -10,7 +10,10 @@ the inputs are the multi-scale feature maps instead (``feature_0`` ..., finest f
 backbones that cannot be traced. A model trained with ``tile_aspect`` exports the map of one
 S x S input: cutting long images into tiles and putting the maps back (:mod:`.tiles`) stays with
 the caller; such a model with ``smoothing_sigma`` > 0 is refused, since its maps are blurred only
-after the tiles are put back together.
+after the tiles are put back together. ``map_flips`` is in the graph: the input and its mirrored
+views go through backbone and heads and their maps are flipped back and averaged, as the detector
+does (per tile for tiled models); without the backbone (``include_backbone=False``) such a model is
+refused, since mirrored views need the image, not its features.
 """
 
 from __future__ import annotations
@@ -23,23 +26,36 @@ import torch
 from torch import nn
 
 from defectscope.errors import ConfigError
+from defectscope.methods.prn.config import MAP_FLIPS
 from defectscope.methods.prn.features import multiscale_features, pyramid
 from defectscope.methods.prn.model import PRNHead, top_k_mean
 from defectscope.methods.smoothing import blur_with, gaussian_kernel
 
 
 class _MapsAndScores(nn.Module):
-    def __init__(self, heads: list[PRNHead], top_k: int, stages: nn.Module | None, kernel: torch.Tensor | None = None) -> None:
+    def __init__(
+        self, heads: list[PRNHead], top_k: int, stages: nn.Module | None, kernel: torch.Tensor | None = None,
+        views: tuple[tuple[int, ...], ...] = ((),),
+    ) -> None:
         super().__init__()
         self.heads = nn.ModuleList(heads)
         self.top_k = top_k
         self.stages = stages
         self.kernel = kernel
+        self.views = views
+
+    def _maps(self, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return torch.stack([torch.sigmoid(head(*inputs))[:, 0] for head in self.heads]).mean(dim=0)
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.stages is not None:
-            inputs = tuple(pyramid(self.stages(inputs[0])))
-        maps = torch.stack([torch.sigmoid(head(*inputs))[:, 0] for head in self.heads]).mean(dim=0)
+        if self.stages is None:
+            maps = self._maps(inputs)
+        else:
+            view_maps = []
+            for dims in self.views:
+                view_map = self._maps(tuple(pyramid(self.stages(inputs[0].flip(dims) if dims else inputs[0]))))
+                view_maps.append(view_map.flip(dims) if dims else view_map)
+            maps = view_maps[0] if len(view_maps) == 1 else torch.stack(view_maps).mean(dim=0)
         if self.kernel is not None:
             maps = blur_with(maps, self.kernel)
         return maps, top_k_mean(maps, self.top_k)
@@ -61,6 +77,11 @@ def export_onnx(
             f"putting the tiles of long images back together (tile_aspect={config.tile_aspect:g}), which the exported "
             "one-tile graph cannot do"
         )
+    if config.map_flips != "none" and not include_backbone:
+        raise ConfigError(
+            f"cannot export this PRN model to ONNX without its backbone: its maps average mirrored views of the image "
+            f"(map_flips={config.map_flips}), which feature inputs cannot give; export it with the backbone, or set map_flips=none"
+        )
     kernel = gaussian_kernel(config.smoothing_sigma, (size, size)) if config.smoothing_sigma > 0 else None
     image = torch.zeros(batch_size, 3, size, size)
     stages = detector.backbone.stages() if include_backbone else None
@@ -70,7 +91,7 @@ def export_onnx(
     else:
         example = tuple(multiscale_features(detector.backbone, image))
         names = [f"feature_{i}" for i in range(len(example))]
-    wrapper = _MapsAndScores(heads, config.top_k, stages, kernel).eval()
+    wrapper = _MapsAndScores(heads, config.top_k, stages, kernel, MAP_FLIPS[config.map_flips]).eval()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp")

@@ -50,10 +50,10 @@ def save(detector: "PRN", folder: str | Path, *, overwrite: bool = False) -> Pat
 
 def _resume_settings(config: PRNConfig, info: dict[str, Any]) -> dict[str, Any]:
     """What a resumed training must share with its checkpoint: every setting but the device, the
-    map smoothing and the models the maps come from (none changes training), and the number of
-    normal images."""
+    map smoothing, the models the maps come from and the flips averaged into them (none changes
+    training), and the number of normal images."""
     data = config.to_json()
-    for name in ("device", "smoothing_sigma", "map_models"):
+    for name in ("device", "smoothing_sigma", "map_models", "map_flips"):
         data.pop(name, None)
     return {**data, "normal_images": info["normal_images"]}
 
