@@ -79,10 +79,11 @@ class PRNConfig(MethodConfig):
             up-down mirror and both: 4 views, 4 times the prediction cost). Each view's map is
             flipped back before the average; long images' tiles (``tile_aspect``) are flipped one
             by one. The verdict's statistic and its calibration scores stay those of the
-            unflipped image, so the verdict does not change (a cut from ``calibrate()`` on good
-            images is on the image scores, so it sees the flips). Only prediction reads it (training
-            is the same with any value; bench/prn_flips.py sets it on a saved model); models saved
-            before it existed load with "none".
+            unflipped image, so which parts are flagged does not change (a part whose averaged map
+            crosses the cut while its statistic does not goes to review, as always; a cut from
+            ``calibrate()`` on good images is on the image scores, so it sees the flips). Only
+            prediction reads it (training is the same with any value; bench/prn_flips.py sets it
+            on a saved model); models saved before it existed load with "none".
         false_alarm_rate: share of normal images the verdict may flag.
     """
 

@@ -8,7 +8,8 @@ put back together), in :meth:`PRN._maps_and_fold_maps`, the one place every map 
 image scores, masks, the verdict statistic and the calibration scores all see the blurred maps.
 There too, with ``map_flips``, the detector's maps average the map of the image and of its
 mirrored views, each flipped back; the verdict's statistic and the calibration scores are the
-unflipped image's (so the verdict and its calibration do not change).
+unflipped image's (so the flagged parts and the calibration do not change; review still
+follows the maps: a part with pixels above the cut is never called normal).
 
 Verdict: a probability cut calibrated on normal images the scoring model never saw. When a
 seeded share ``calibration_fraction`` of the normal training images (when there are at least 10)
