@@ -287,7 +287,8 @@ class PRN(Detector):
             return with_verdict(result, threshold)
         statistic = top_k_mean(fold_maps, self.config.top_k).cpu().numpy().astype(np.float64)
         result = with_verdict(result, threshold, statistic)
-        result.masks = result.masks & result.is_anomalous[:, None, None]
+        if self.final_head is not None:  # without one (map_flips alone brings us here) masks stay as without flips
+            result.masks = result.masks & result.is_anomalous[:, None, None]
         return result
 
     def save(self, folder: str | Path, *, overwrite: bool = False) -> Path:
