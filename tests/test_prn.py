@@ -425,6 +425,24 @@ def test_final_model_with_a_held_back_share(task):
     assert np.array_equal(again.is_anomalous, result.is_anomalous)  # the verdict does not depend on it
 
 
+def test_default_epochs_are_longer_only_for_a_normal_set_large_enough_to_hold_back(task):
+    """epochs=None: 16 for small normal sets (cross-fitted or no calibration), 32 when one
+    held-back set is large enough for the conformal cut (186 images at 10 % and 5 %); an
+    explicit number wins; the trained model records the number it used."""
+    from defectscope.methods.prn.training import calibration_folds, epochs_for
+
+    config = PRNConfig()
+    assert config.epochs is None
+    assert epochs_for(config, calibration_folds(24, config)) == 16  # cross-fitted folds
+    assert epochs_for(config, calibration_folds(185, config)) == 16
+    assert epochs_for(config, calibration_folds(186, config)) == 32  # one held-back set of 19
+    assert epochs_for(config, calibration_folds(5, config)) == 16  # no calibration at all
+    assert epochs_for(replace(config, epochs=7), calibration_folds(476, config)) == 7
+    normals, anomalies, _ = task
+    trained = PRN(tiny_config(epochs=None, samples_per_epoch=8), backbone=FakeBackbone()).fit(normals, anomalies)
+    assert trained.model_info["epochs"] == 16 and len(trained.losses) == 16 * len(trained.heads)
+
+
 def test_models_saved_before_map_models_keep_the_final_models_maps():
     """A PRN config written before ``map_models`` existed reads back as "final", its old behaviour."""
     data = PRNConfig().to_json()

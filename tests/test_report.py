@@ -30,7 +30,7 @@ from defectscope.report import (
     write_report,
     write_scores_csv,
 )
-from defectscope.report.atomic import DEFAULT_MARKER
+from defectscope.report.atomic import DEFAULT_MARKER, json_text, write_marker
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
@@ -101,6 +101,24 @@ def test_atomic_write_failure_keeps_old_file(tmp_path: Path) -> None:
         atomic_write_bytes(target, "not bytes")  # type: ignore[arg-type]
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["file.txt"]
+
+
+def _strict(text: str):
+    def refuse(constant: str):
+        raise ValueError(f"not standard JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_json_files_hold_no_infinity_or_nan(tmp_path: Path) -> None:
+    """A batch fact can be inf (no finite gate ratio) and a metric nan (undefined); the files
+    others read are standard JSON: those values are null, everything else unchanged."""
+    payload = {"ratio": float("inf"), "auroc": float("nan"), "nested": [1.5, float("-inf"), {"a": (2, float("nan"))}], "path": Path("x")}
+    assert _strict(json_text(payload)) == {"ratio": None, "auroc": None, "nested": [1.5, None, {"a": [2, None]}], "path": "x"}
+    with pytest.raises(ValueError):
+        _strict(json.dumps(payload, default=str))  # what plain json.dumps writes
+    marker = write_marker(tmp_path, data={"settings": {"gate": float("inf")}})
+    assert _strict(marker.read_text())["settings"] == {"gate": None}
 
 
 def test_staged_output_commits_on_success(tmp_path: Path) -> None:

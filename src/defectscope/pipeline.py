@@ -8,7 +8,6 @@ half-written outputs, and an existing output folder is replaced only with ``over
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -24,7 +23,7 @@ from defectscope.metrics import image_metrics, pixel_metrics, verdict_metrics
 from defectscope.options import RunOptions, apply_threads
 from defectscope.progress import Progress as ProgressCallback
 from defectscope.progress import prefixed
-from defectscope.report.atomic import atomic_write_text, staged_output
+from defectscope.report.atomic import atomic_write_text, json_text, staged_output
 from defectscope.report.batch import write_batch_outputs
 from defectscope.report.tables import metrics_markdown
 from defectscope.runs import RunSpec, folder_images, resolve, run_batch
@@ -195,6 +194,6 @@ def evaluate_categories(
             )
             if on_category is not None:
                 on_category(category.name, metrics)
-        atomic_write_text(staging / "metrics.json", json.dumps(results, indent=2) + "\n")
+        atomic_write_text(staging / "metrics.json", json_text(results, indent=2) + "\n")
         atomic_write_text(staging / "metrics.md", metrics_markdown(results))
     return results

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import math
 import os
 import shutil
 import sys
@@ -161,6 +162,24 @@ class OutputFolder:
     replaced: bool
 
 
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite float (inf, nan) inside dicts, lists and tuples as None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
+
+
+def json_text(payload: Any, **options: Any) -> str:
+    """Standard JSON for a file others read: ``json.dumps`` would write inf and nan as
+    ``Infinity`` / ``NaN``, which strict readers refuse; here they are ``null`` (no finite
+    value). Objects JSON cannot hold are written as ``str``, as in every output file."""
+    return json.dumps(_finite(payload), allow_nan=False, default=str, **options)
+
+
 def _marker_payload() -> dict[str, Any]:
     return {
         "tool": MARKER_TOOL,
@@ -174,7 +193,7 @@ def write_marker(folder: str | Path, marker: str = DEFAULT_MARKER, data: dict[st
     payload = _marker_payload()
     if data:
         payload.update({key: value for key, value in data.items() if key != "tool"})
-    return atomic_write_text(Path(folder) / marker, json.dumps(payload, indent=2, sort_keys=True, default=str))
+    return atomic_write_text(Path(folder) / marker, json_text(payload, indent=2, sort_keys=True))
 
 
 def is_defectscope_folder(folder: str | Path, marker: str = DEFAULT_MARKER) -> bool:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -13,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from defectscope.methods.base import Result
-from defectscope.report.atomic import atomic_write_bytes, atomic_write_text, sync_files
+from defectscope.report.atomic import atomic_write_bytes, atomic_write_text, json_text, sync_files
 from defectscope.report.html import ReportEntry, entry_pictures, write_report
 from defectscope.report.overlay import batch_color_range, encode_image, heatmap_overlay, make_thumbnail, resize_mask
 from defectscope.report.tables import score_order, write_scores_csv
@@ -146,7 +145,7 @@ def write_batch_outputs(
         # Decisions a method took from the batch itself (e.g. MuSc's several-looks gate: the
         # embedding agreement, whether it fired, the interval used), so a run can be explained.
         settings["batch_facts"] = result.extras["batch_facts"]
-    atomic_write_text(folder / "settings.json", json.dumps(settings, indent=2, default=str) + "\n")
+    atomic_write_text(folder / "settings.json", json_text(settings, indent=2) + "\n")
     if skipped:
         _append_skipped(folder / "scores.csv", skipped, with_label=labels is not None)
         buffer = io.StringIO()

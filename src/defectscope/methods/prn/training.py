@@ -49,6 +49,21 @@ def calibration_folds(count: int, config: PRNConfig) -> list[list[int]]:
     return cross_fit_folds(count, folds, config.seed)
 
 
+SMALL_SET_EPOCHS = 16
+LARGE_SET_EPOCHS = 32
+
+
+def epochs_for(config: PRNConfig, left_out: Sequence[Sequence[int]]) -> int:
+    """``config.epochs``, or when it is None: :data:`LARGE_SET_EPOCHS` when the normal set
+    is large enough for one held-back calibration set (``left_out`` from
+    :func:`calibration_folds` is one non-empty set), else :data:`SMALL_SET_EPOCHS`. On the shared
+    development data longer training raised pixel AP on the two large normal sets and lowered it
+    on a small one (docs/PRN_VARIANTS.md)."""
+    if config.epochs is not None:
+        return config.epochs
+    return LARGE_SET_EPOCHS if len(left_out) == 1 and len(left_out[0]) > 0 else SMALL_SET_EPOCHS
+
+
 def fit(
     detector: "PRN",
     normal_images: Sequence[np.ndarray],
@@ -88,8 +103,9 @@ def fit(
 
     samples = max(1, (config.samples_per_epoch or len(trained)) // len(left_out))
     full_samples = max(1, config.samples_per_epoch or len(normal_images))
-    steps = math.ceil(samples / config.batch_size) * config.epochs
-    total = steps * len(left_out) + (math.ceil(full_samples / config.batch_size) * config.epochs if with_final else 0)
+    epochs = epochs_for(config, left_out)
+    steps = math.ceil(samples / config.batch_size) * epochs
+    total = steps * len(left_out) + (math.ceil(full_samples / config.batch_size) * epochs if with_final else 0)
     checkpoint = Path(checkpoint_dir) if checkpoint_dir is not None else None
     heads, losses, scores = [], [], []
     for number, excluded in enumerate(left_out):
@@ -97,7 +113,7 @@ def fit(
         folder = checkpoint if checkpoint is None or (len(left_out) == 1 and not with_final) else checkpoint / f"model{number}"
         head, head_losses, info = train_head(
             detector,
-            [normal_images[i] for i in kept], [features[i] for i in kept], anomalies, samples,
+            [normal_images[i] for i in kept], [features[i] for i in kept], anomalies, samples, epochs,
             number if len(left_out) > 1 else None, (report, number * steps, total), folder, resume,
         )
         heads.append(head)
@@ -109,14 +125,14 @@ def fit(
     if with_final:
         final_head, final_losses, info = train_head(
             detector,
-            [normal_images[i] for i in everyone], [features[i] for i in everyone], anomalies, full_samples,
+            [normal_images[i] for i in everyone], [features[i] for i in everyone], anomalies, full_samples, epochs,
             None, (report, steps * len(left_out), total), None if checkpoint is None else checkpoint / "final", resume,
         )
         losses = final_losses + losses
     detector.heads = heads
     detector.final_head = final_head
     detector.losses = losses
-    detector.model_info = {**info, "normal_images": len(everyone if with_final else trained), "models": len(heads),
+    detector.model_info = {**info, "normal_images": len(everyone if with_final else trained), "models": len(heads), "epochs": epochs,
                            "final_model": final_head is not None,
                            "calibration": CROSS_FIT if len(heads) > 1 else (HELD_BACK if scores else None)}
     detector.held_out_scores = np.concatenate(scores) if scores else None
@@ -129,13 +145,14 @@ def train_head(
     normal_features: Sequence[Sequence[torch.Tensor]],
     anomalies: Sequence[tuple[np.ndarray, np.ndarray]],
     samples: int,
+    epochs: int,
     fold: int | None,
     progress: tuple[Progress, int, int],
     checkpoint: Path | None,
     resume: bool,
 ) -> tuple[PRNHead, list[float], dict[str, Any]]:
-    """Train one head on ``normal_images`` (their cached features given) for ``samples``
-    samples per epoch; ``fold`` (None for a single model) varies the random streams;
+    """Train one head on ``normal_images`` (their cached features given) for ``epochs`` epochs
+    of ``samples`` samples; ``fold`` (None for a single model) varies the random streams;
     ``progress`` is (callback, train steps done before this head, train steps in all)."""
     config = detector.config
     report, steps_before, steps_in_all = progress
@@ -163,7 +180,7 @@ def train_head(
     head = detector.build_head(info).to(device)
     optimizer = torch.optim.AdamW(head.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     steps_per_epoch = math.ceil(samples / config.batch_size)
-    total_steps = steps_per_epoch * config.epochs
+    total_steps = steps_per_epoch * epochs
     start_epoch = 0
     losses: list[float] = []
     if resume and checkpoint is not None and (checkpoint / "config.json").is_file():
@@ -175,7 +192,7 @@ def train_head(
         head.set_prototypes([p.to(device) for p in prototypes])
         report("prototypes", 1, 1)
 
-    for epoch in range(start_epoch, config.epochs):
+    for epoch in range(start_epoch, epochs):
         rng = np.random.default_rng(stream[:1] + [epoch] + stream[1:])
         plan = epoch_plan(samples, count, bool(generator.anomalies), config.shares, rng)
         head.train()
