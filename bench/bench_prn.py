@@ -14,6 +14,7 @@ or its verdict false-alarm rate is above 5 %. ``--update`` stores the measured f
     python bench/bench_prn.py --suite --threads 1                     # defaults, all nine (hours on 2 cores)
     python bench/bench_prn.py --suite --only magnetic_tile --param final_model=never  # a setting against the stored figures
     python bench/bench_prn.py --suite --only pa_bdp01_tl --musc --threads 1 --json bench/results/prn_paper_pa_bdp01_tl.json
+    python bench/bench_prn.py --suite --root /tmp/prnlong/long_strip --musc --threads 1   # a folder outside ../shared
 
 ``--musc`` also scores zero-shot MuSc at its defaults on exactly PRN's test images (the same
 images, masks and metric code; `prn_benchmark.musc_on_test`) and prints both methods' pixel AP
@@ -120,8 +121,12 @@ def suite(args: argparse.Namespace) -> int:
     from prn_benchmark import evaluate_category
     from defectscope.report.atomic import atomic_write_text
 
-    categories = shared_categories(Path(args.shared))
-    names = args.only or list(categories)
+    if args.root:
+        categories = {Path(args.root).name: Path(args.root)}  # a category outside ../shared: no stored figure
+        names = list(categories)
+    else:
+        categories = shared_categories(Path(args.shared))
+        names = args.only or list(categories)
     missing = [n for n in names if n not in categories]
     if missing:
         sys.exit(f"no shared category {missing} under {args.shared}")
@@ -188,6 +193,7 @@ def main() -> None:
         parser.add_argument("--protocol", choices=("defaults", "guard"), default="defaults")
         parser.add_argument("--only", nargs="+", default=None)
         parser.add_argument("--shared", default=str(SHARED))
+        parser.add_argument("--root", default=None, help="one category folder instead of the shared ones (e.g. bench/long_proxy.py's)")
         parser.add_argument("--k", type=int, default=10)
         parser.add_argument("--seed", type=int, default=0)
         parser.add_argument("--tolerance", type=float, default=0.02)
@@ -199,8 +205,10 @@ def main() -> None:
         parser.add_argument("--save-model", default=None, help="folder for the trained model (one category only)")
         parser.add_argument("--save-maps", default=None, help=".npz for the test maps etc. (one category only; bench/prn_maps.py)")
         args = parser.parse_args()
-        if (args.save_model or args.save_maps) and len(args.only or []) != 1:
+        if (args.save_model or args.save_maps) and len(args.only or []) != 1 and not args.root:
             parser.error("--save-model / --save-maps need exactly one category in --only")
+        if args.root and args.update:
+            parser.error("--update stores figures of the shared categories only, not of --root")
         torch.set_num_threads(args.threads)
         sys.exit(suite(args))
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -95,31 +95,57 @@ def musc_on_test(category: Any, test: list, options: Any = None) -> dict[str, An
     }
 
 
+def _chunks(detector: Any, test: list, batch: int) -> list[list[int]]:
+    """Positions of ``test`` in prediction chunks of at most ``batch``: in order; for a PRN with
+    ``tile_aspect`` grouped by image size first (a chunk of one size keeps its long maps' aspect,
+    :mod:`defectscope.methods.prn.tiles`; the image scores do not depend on the chunk)."""
+    order = list(range(len(test)))
+    if getattr(getattr(detector, "config", None), "tile_aspect", 0) > 0:
+        from PIL import Image
+
+        def size(position: int) -> tuple[int, int]:
+            with Image.open(test[position].path) as image:
+                return image.size
+
+        order.sort(key=lambda p: (size(p), p))
+        groups: dict[tuple[int, int], list[int]] = {}
+        for position in order:
+            groups.setdefault(size(position), []).append(position)
+        return [group[i : i + batch] for group in groups.values() for i in range(0, len(group), batch)]
+    return [order[i : i + batch] for i in range(0, len(order), batch)]
+
+
 def predict_test(
     detector: Any, test: list, batch: int = 16, log: Any = None, *, raw_maps: list | None = None, review: list | None = None,
 ) -> tuple[list, list, list, list, list, Any]:
-    """Predict the ``test`` samples in chunks of ``batch``: (maps and ground-truth masks at each
-    image's size, image scores, labels, verdict flags, the last chunk's Result); ``log`` (a
-    callable) hears the progress. ``raw_maps`` / ``review`` (lists), when given, receive each
-    map at the detector's map size and each review flag."""
-    maps, masks, scores, labels, flags, result = [], [], [], [], [], None
-    for start in range(0, len(test), batch):
-        chunk = test[start : start + batch]
+    """Predict the ``test`` samples in chunks of ``batch`` (:func:`_chunks`): (maps and
+    ground-truth masks at each image's size, image scores, labels, verdict flags, the last
+    chunk's Result), all in ``test`` order; ``log`` (a callable) hears the progress.
+    ``raw_maps`` / ``review`` (lists), when given, receive each map at the detector's map size
+    and each review flag."""
+    rows: list[Any] = [None] * len(test)
+    result, done = None, 0
+    for chunk_positions in _chunks(detector, test, batch):
+        chunk = [test[p] for p in chunk_positions]
         images = [read_image(s.path) for s in chunk]
         result = detector.predict(images, [str(s.path) for s in chunk])
-        flags.extend(bool(v) for v in result.is_anomalous)
-        if review is not None:
-            review.extend(bool(v) for v in (result.needs_review if result.needs_review is not None else np.zeros(len(chunk), bool)))
-        if raw_maps is not None:
-            raw_maps.extend(np.asarray(m, dtype=np.float32) for m in result.anomaly_maps)
-        for sample, image, anomaly_map, score in zip(chunk, images, result.anomaly_maps, result.image_scores):
+        flags = [bool(v) for v in result.is_anomalous]
+        reviews = [bool(v) for v in (result.needs_review if result.needs_review is not None else np.zeros(len(chunk), bool))]
+        for i, (position, sample, image, anomaly_map, score) in enumerate(
+            zip(chunk_positions, chunk, images, result.anomaly_maps, result.image_scores)
+        ):
             shape = image.shape[:2]
-            maps.append(resize_map(anomaly_map, shape))
-            masks.append(read_mask(sample.mask_path, shape) if sample.label == 1 else np.zeros(shape, dtype=bool))
-            scores.append(float(score))
-            labels.append(int(sample.label))
+            mask = read_mask(sample.mask_path, shape) if sample.label == 1 else np.zeros(shape, dtype=bool)
+            rows[position] = (resize_map(anomaly_map, shape), mask, float(score), int(sample.label), flags[i], reviews[i],
+                              np.asarray(anomaly_map, dtype=np.float32) if raw_maps is not None else None)
+        done += len(chunk)
         if log is not None:
-            log(f"predicted {min(start + batch, len(test))}/{len(test)}")
+            log(f"predicted {done}/{len(test)}")
+    maps, masks, scores, labels, flags, reviews, raw = (list(column) for column in zip(*rows)) if rows else ([],) * 7
+    if raw_maps is not None:
+        raw_maps.extend(raw)
+    if review is not None:
+        review.extend(reviews)
     return maps, masks, scores, labels, flags, result
 
 def save_maps(detector: Any, test: list, normals: list, path: str | Path, batch: int = 16, log: Any = None) -> Path:

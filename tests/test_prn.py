@@ -480,22 +480,53 @@ def test_a_part_with_a_mask_is_never_called_normal_by_prn(task, final_model, mon
     _never_normal_with_a_mask(result)
 
 
-def test_tiles_for_long_images_stitch_the_halves_maps(trained, task):
-    """With ``tile_aspect`` a 1 x 2 image is mapped as its two square halves put side by side
-    (then resized to S x S); a square image is mapped as without tiles."""
+def _tiled_copy(trained, **overrides):
+    tiled = PRN(replace(trained.config, tile_aspect=1.5, **overrides), backbone=trained.backbone)
+    tiled.heads, tiled.final_head, tiled.model_info, tiled.held_out_scores = (
+        trained.heads, trained.final_head, trained.model_info, trained.held_out_scores)
+    return tiled
+
+
+def test_tiles_for_long_images_keep_the_aspect(trained, task):
+    """With ``tile_aspect`` a batch of 1 x 2 images is mapped as each image's two square halves
+    side by side, S x 2S (not squashed to S x S); a tall image gives 2S x S."""
     normals, _, tests = task
-    tiled = PRN(replace(trained.config, tile_aspect=1.5), backbone=trained.backbone)
-    tiled.heads, tiled.model_info, tiled.held_out_scores = trained.heads, trained.model_info, trained.held_out_scores
+    tiled = _tiled_copy(trained)
+    left, right = tests[0][0], normals[0]
+    long_images = [np.concatenate([left, right], axis=1), np.concatenate([right, left], axis=1)]
+    halves = trained.anomaly_maps([left, right])
+    maps = tiled.anomaly_maps(long_images)
+    assert maps.shape == (2, SIZE, 2 * SIZE)
+    assert torch.allclose(maps[0], torch.cat([halves[0], halves[1]], dim=1), atol=1e-6)
+    assert torch.allclose(maps[1], torch.cat([halves[1], halves[0]], dim=1), atol=1e-6)
+    result = tiled.predict(long_images)
+    assert result.anomaly_maps.shape == (2, SIZE, 2 * SIZE) and result.masks.shape == (2, SIZE, 2 * SIZE)
+    # the image score is the top-k of the whole long map: the defective half's pixels decide it
+    assert np.allclose(result.image_scores, top_k_mean(maps, tiled.config.top_k).numpy(), atol=1e-6)
+    tall = tiled.anomaly_maps([np.concatenate([left, right], axis=0)])
+    assert tall.shape == (1, 2 * SIZE, SIZE)
+    assert torch.allclose(tall[0], torch.cat([halves[0], halves[1]], dim=0), atol=1e-6)
+
+
+def test_tiles_in_a_mixed_batch_are_squashed_but_scored_on_their_own_maps(trained, task):
+    """A batch mixing a long and a square image returns S x S maps (the long one's stitched map
+    resized), while every image score, verdict statistic included, comes from the image's own
+    map: the same score as in a batch of its own."""
+    normals, _, tests = task
+    tiled = _tiled_copy(trained)
     left, right = tests[0][0], normals[0]
     long_image = np.concatenate([left, right], axis=1)
     halves = trained.anomaly_maps([left, right])
     expected = F.interpolate(torch.cat([halves[0], halves[1]], dim=1)[None, None], size=(SIZE, SIZE),
                              mode="bilinear", align_corners=False)[0, 0]
-    maps = tiled.anomaly_maps([long_image, left])
-    assert maps.shape == (2, SIZE, SIZE)
-    assert torch.allclose(maps[0], expected, atol=1e-6)
-    assert torch.allclose(maps[1], halves[0], atol=1e-6)
-    assert tiled.predict([long_image]).anomaly_maps.shape == (1, SIZE, SIZE)
+    mixed = tiled.predict([long_image, left])
+    assert mixed.anomaly_maps.shape == (2, SIZE, SIZE)
+    assert np.allclose(mixed.anomaly_maps[0], expected.numpy(), atol=1e-6)
+    assert np.allclose(mixed.anomaly_maps[1], halves[0].numpy(), atol=1e-6)
+    alone = tiled.predict([long_image])
+    assert alone.anomaly_maps.shape == (1, SIZE, 2 * SIZE)
+    assert abs(mixed.image_scores[0] - alone.image_scores[0]) < 1e-6
+    assert abs(mixed.decision_scores()[0] - alone.decision_scores()[0]) < 1e-6
 
 
 def test_tiles_cut_the_training_images(task):
@@ -503,7 +534,29 @@ def test_tiles_cut_the_training_images(task):
     long_normals = [np.concatenate([a, b], axis=1) for a, b in zip(normals[:4], normals[4:8])] + normals[8:10]
     config = tiny_config(tile_aspect=1.5, epochs=1, samples_per_epoch=8, calibration_fraction=0.0)
     detector = PRN(config, backbone=FakeBackbone()).fit(long_normals, anomalies)
-    assert detector.model_info["normal_images"] == 4 * 2 + 2
+    assert detector.model_info["normal_images"] == 6 and detector.model_info["normal_tiles"] == 4 * 2 + 2
+
+
+def test_tiles_calibrate_whole_images_through_the_prediction_path(task):
+    """Cross-fitting with ``tile_aspect`` folds whole long images (their tiles train together)
+    and scores each held-out image as predict() scores a new one: one calibration score per
+    image, equal to its score under the fold model that never saw it."""
+    from defectscope.methods.prn.training import calibration_folds
+
+    normals, anomalies, _ = task
+    long_normals = [np.concatenate([a, b], axis=1) for a, b in zip(normals[:6], normals[6:12])] * 2
+    config = tiny_config(tile_aspect=1.5, epochs=1, samples_per_epoch=24, final_model="never")
+    detector = PRN(config, backbone=FakeBackbone()).fit(long_normals, anomalies)
+    folds = calibration_folds(len(long_normals), config)
+    assert detector.model_info["calibration"] == "cross-fit" and len(folds) == 3
+    assert detector.held_out_scores.shape == (len(long_normals),)
+    expected = np.concatenate([detector.scores_of([head], [long_normals[i] for i in fold]) for head, fold in zip(detector.heads, folds)])
+    assert np.allclose(detector.held_out_scores, expected)
+    one = PRN(replace(config, cross_fit_folds=0, calibration_fraction=0.0), backbone=detector.backbone)
+    one.heads, one.model_info = [detector.heads[0]], detector.model_info
+    # the score a new image gets in predict() is the one scores_of gave its calibration twin
+    score = one.predict([long_normals[folds[0][0]]]).image_scores[0]
+    assert abs(score - detector.held_out_scores[0]) < 1e-6
 
 
 def _blurred_top_k(maps, sigma: float, k: int) -> np.ndarray:

@@ -43,6 +43,22 @@ def test_stitch_puts_each_tile_map_on_its_side():
     assert joined[1][:, : size // 2 - 1].max() == 0 and joined[1][:, size // 2 + 1 :].min() == 1
 
 
+def test_stitch_keeps_the_aspect_when_every_image_has_the_same_tiles():
+    """Two wide images of 3 tiles -> (2, S, 3S), the tile maps side by side unchanged (a 1-pixel
+    crack in one tile stays 1 pixel wide); two tall images of 2 tiles -> (2, 2S, S)."""
+    size = 8
+    maps = torch.zeros(6, size, size)
+    maps[4, :, 3] = 1.0  # second image, middle tile: a thin vertical line
+    joined = tiles.stitch(maps, [3, 3], [(size, 3 * size), (size, 3 * size)], size)
+    assert joined.shape == (2, size, 3 * size)
+    assert torch.equal(joined[1], torch.cat(list(maps[3:6]), dim=1))
+    assert joined[1].sum(dim=0).nonzero().flatten().tolist() == [size + 3]
+    tall = tiles.stitch(maps[:4], [2, 2], [(2 * size, size), (2 * size, size)], size)
+    assert tall.shape == (2, 2 * size, size) and torch.equal(tall[1], torch.cat(list(maps[2:4]), dim=0))
+    # the same counts but one wide and one tall image: shapes differ, so both are squashed
+    assert tiles.stitch(maps[:4], [2, 2], [(size, 2 * size), (2 * size, size)], size).shape == (2, size, size)
+
+
 def test_settings_are_checked():
     import pytest
 

@@ -30,10 +30,10 @@ class PRNConfig(MethodConfig):
         backbone: backbone registry name (frozen feature extractor).
         weights: optional local weights file for the backbone (``backbone_weights`` in models
             saved before the name was shared with the other methods).
-        image_size: square input size S; maps are S x S.
+        image_size: square input size S; maps are S x S (S x n*S with ``tile_aspect``).
         tile_aspect: 0 (default: every image squashed to S x S) or r >= 1: an image whose long
             side is at least r times its short side is cut into nearly square tiles along it,
-            each fed at S x S, their maps put back together (:mod:`.tiles`).
+            each fed at S x S, their maps put back side by side: S x n*S maps (:mod:`.tiles`).
         layers: backbone layers, finest first, at strides that double (4/8/16).
         prototype_fraction: prototypes per scale as a fraction of the normal images (at least 1).
         max_prototypes: upper bound on prototypes per scale.

@@ -3,8 +3,9 @@ settings: :mod:`.config`; files: :mod:`.persistence`).
 
 The image score is the mean of the ``top_k`` highest pixel scores (default 100 pixels, about
 0.15 % of a 256 x 256 map: large enough to ignore a single hot pixel, small enough for tiny
-defects). With ``smoothing_sigma`` > 0 the maps are blurred first (after long images' tiles are
-put back together), in :meth:`PRN._maps_and_fold_maps`, the one place every map comes from:
+defects; a long image's S x n*S map of n tiles has a tile's pixels per area, so the same
+``top_k`` covers the same area). With ``smoothing_sigma`` > 0 the maps are blurred first (after
+long images' tiles are put back together), in :meth:`PRN._image_maps`, the one place every map comes from:
 image scores, masks, the verdict statistic and the calibration scores all see the blurred maps.
 There too, with ``map_flips``, the detector's maps average the map of the image and of its
 mirrored views, each flipped back; the verdict's statistic and the calibration scores are the
@@ -76,6 +77,13 @@ __all__ = ["METHOD", "PRN", "PRNConfig"]
 FALLBACK_PROBABILITY = 0.5
 
 
+def image_scores(maps: Sequence[torch.Tensor], top_k: int) -> torch.Tensor:
+    """Each map's mean of its ``top_k`` highest pixels (maps may differ in shape: long images)."""
+    if len({tuple(m.shape) for m in maps}) == 1:
+        return top_k_mean(torch.stack(list(maps)), top_k)
+    return torch.cat([top_k_mean(m[None], top_k) for m in maps])
+
+
 def build_backbone(config: PRNConfig) -> Backbone:
     """The backbone of ``config`` (all chosen layers, at ``image_size``)."""
     from defectscope.backbones import get_backbone
@@ -141,8 +149,7 @@ class PRN(Detector):
     ) -> "PRN":
         """Train on normal images and real (image, mask) anomalies; checkpoints every epoch
         (see :func:`.training.fit`)."""
-        if self.config.tile_aspect > 0:
-            normal_images, _ = tiles.split_images(normal_images, self.config.tile_aspect)
+        if self.config.tile_aspect > 0:  # normal images are cut in training.fit (calibration scores whole images)
             anomalies = tiles.split_anomalies(anomalies, self.config.tile_aspect)
         training.fit(self, normal_images, anomalies, progress=progress, checkpoint_dir=checkpoint_dir, resume=resume)
         return self
@@ -178,8 +185,9 @@ class PRN(Detector):
         return [self.final_head, *heads] if self.config.map_models == "all" else [self.final_head]
 
     def anomaly_maps(self, images: Sequence[np.ndarray], progress: Progress | None = None) -> torch.Tensor:
-        """Pixel anomaly probabilities (N, S, S) for RGB uint8 images: the average of
-        :meth:`map_heads`' maps (over the ``map_flips`` views)."""
+        """Pixel anomaly probabilities (N, H, W) for RGB uint8 images: the average of
+        :meth:`map_heads`' maps (over the ``map_flips`` views); S x S, or S x n*S for long images
+        of n tiles (:mod:`.tiles`)."""
         return self.maps_of(self.map_heads(), images, progress, flips=self.config.map_flips)
 
     def maps_of(
@@ -187,6 +195,11 @@ class PRN(Detector):
     ) -> torch.Tensor:
         """The averaged map of ``heads`` (unflipped unless ``flips`` names views of :data:`MAP_FLIPS`)."""
         return self._maps_and_fold_maps(heads, None, images, progress, flips=flips)[0]
+
+    def scores_of(self, heads: Sequence[PRNHead], images: Sequence[np.ndarray]) -> np.ndarray:
+        """Image scores of ``images`` under the average of ``heads``: the path :meth:`predict`
+        scores by (each image's own map, then top-k), so calibration scores match test scores."""
+        return image_scores(self._image_maps(heads, None, images)[0], self.config.top_k).cpu().numpy().astype(np.float64)
 
     def _maps_and_fold_maps(
         self,
@@ -197,13 +210,29 @@ class PRN(Detector):
         *,
         flips: str = "none",
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The averaged map of ``heads`` and, when given, that of ``fold_heads`` (one backbone
-        pass per batch for both). Long images are cut into tiles first with ``tile_aspect``
-        (:mod:`.tiles`) and their tiles' maps put back together. ``flips`` (a key of
-        :data:`MAP_FLIPS`): the map of ``heads`` is the mean over those views of the input, each
-        view's map flipped back; ``fold_heads``' map is always the unflipped input's."""
+        """:meth:`_image_maps` as batches (N, H, W) (:func:`.tiles.batch`)."""
+        maps, fold_maps = self._image_maps(heads, fold_heads, images, progress, flips=flips)
+        size = self.config.image_size
+        return tiles.batch(maps, size), (None if fold_maps is None else tiles.batch(fold_maps, size))
+
+    def _image_maps(
+        self,
+        heads: Sequence[PRNHead],
+        fold_heads: Sequence[PRNHead] | None,
+        images: Sequence[np.ndarray],
+        progress: Progress | None = None,
+        *,
+        flips: str = "none",
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+        """Each image's averaged map of ``heads`` and, when given, of ``fold_heads`` (one backbone
+        pass per batch for both), smoothed. Long images are cut into tiles first with
+        ``tile_aspect`` and their tiles' maps put side by side (:func:`.tiles.stitch_each`).
+        ``flips`` (a key of :data:`MAP_FLIPS`): the map of ``heads`` is the mean over those views
+        of the input (each tile's), each view's map flipped back; ``fold_heads``' map is always the
+        unflipped input's."""
         views = MAP_FLIPS[flips]
-        counts, shapes = None, [np.asarray(image).shape for image in images]
+        shapes = [np.asarray(image).shape for image in images]
+        counts = [1] * len(images)
         if self.config.tile_aspect > 0:
             images, counts = tiles.split_images(images, self.config.tile_aspect)
         maps, fold_maps = [], []
@@ -225,14 +254,16 @@ class PRN(Detector):
                 maps.append(view_maps[0] if len(view_maps) == 1 else torch.stack(view_maps).mean(dim=0))
                 if progress is not None:
                     progress("predict", min(start + step, len(images)), len(images))
-        joined, fold_joined = torch.cat(maps), (torch.cat(fold_maps) if fold_heads else None)
-        if counts is not None and max(counts) > 1:
-            size = self.config.image_size
-            joined = tiles.stitch(joined, counts, shapes, size)
-            fold_joined = None if fold_joined is None else tiles.stitch(fold_joined, counts, shapes, size)
         # The one place maps are smoothed: scores, masks, verdicts and calibration all read them here.
         sigma = self.config.smoothing_sigma
-        return gaussian_blur(joined, sigma), (None if fold_joined is None else gaussian_blur(fold_joined, sigma))
+
+        def per_image(tile_maps: torch.Tensor) -> list[torch.Tensor]:
+            joined = tiles.stitch_each(tile_maps, counts, shapes)
+            if len({tuple(m.shape) for m in joined}) == 1:
+                return list(gaussian_blur(torch.stack(joined), sigma))
+            return [gaussian_blur(m[None], sigma)[0] for m in joined]
+
+        return per_image(torch.cat(maps)), (per_image(torch.cat(fold_maps)) if fold_heads else None)
 
     def threshold(self) -> Threshold:
         """The verdict's probability cut (see the module docstring); good-image calibration first."""
@@ -261,8 +292,9 @@ class PRN(Detector):
     def predict(
         self, images: Sequence[np.ndarray], paths: Sequence[str] | None = None, progress: Progress | None = None
     ) -> Result:
-        """Anomaly maps (N, S, S), image scores (mean of the top-k pixel scores), verdicts and
-        masks from :meth:`threshold`."""
+        """Anomaly maps (N, S, S; S x n*S for long images of n tiles, :mod:`.tiles`), image
+        scores (mean of the top-k pixel scores of each image's own map), verdicts and masks from
+        :meth:`threshold`."""
         self.require_fitted()
         if len(images) == 0:
             raise ConfigError("PRN predict() was given no images.")
@@ -272,20 +304,20 @@ class PRN(Detector):
         # with map_flips the verdict reads the unflipped maps its calibration scores came from.
         flips = self.config.map_flips
         fold_verdict = self.calibration is None and (self.final_head is not None or flips != "none")
-        maps, fold_maps = self._maps_and_fold_maps(
+        each, fold_each = self._image_maps(
             self.map_heads(), self.heads if fold_verdict else None, list(images), progress, flips=flips
         )
-        scores = top_k_mean(maps, self.config.top_k)
+        maps = tiles.batch(each, self.config.image_size)
         result = Result(
             paths=names,
-            image_scores=scores.cpu().numpy().astype(np.float64),
+            image_scores=image_scores(each, self.config.top_k).cpu().numpy().astype(np.float64),
             anomaly_maps=maps.cpu().numpy().astype(np.float32),
             masks=pixel_masks(maps.cpu().numpy(), threshold),
             settings=self.settings(),
         )
-        if fold_maps is None:
+        if fold_each is None:
             return with_verdict(result, threshold)
-        statistic = top_k_mean(fold_maps, self.config.top_k).cpu().numpy().astype(np.float64)
+        statistic = image_scores(fold_each, self.config.top_k).cpu().numpy().astype(np.float64)
         result = with_verdict(result, threshold, statistic)
         if self.final_head is not None:  # without one (map_flips alone brings us here) masks stay as without flips
             result.masks = result.masks & result.is_anomalous[:, None, None]

@@ -4,10 +4,15 @@ PRN's network sees a square S x S input. A long image (say 600 x 250) squashed t
 more than half its resolution along its long side, and a thin defect across that side can fall
 below one feature cell. With ``tile_aspect`` r > 0 an image whose long side is at least r times
 its short side is cut along the long side into ``n = floor(long / short + 0.5)`` equal tiles
-(nearly square), each fed at S x S; their maps are put back side by side and the whole map is
-resized to S x S, so a tiled image's map has the shape of any other. Training cuts normal images
-and real defects the same way (the tiles of a defect that hold none of its pixels are dropped),
-so the network sees tiles at the scale it will be shown them.
+(nearly square), each fed at S x S; their maps are put back side by side into one S x n*S (or
+n*S x S) map per image (:func:`stitch_each`), so a tile's pixels keep their resolution in the
+map. Image scores (top-k pixels), the verdict statistic and its calibration are taken on these
+per-image maps, so they do not depend on which other images share a batch. The maps a batch
+returns (:func:`batch`) keep that shape when all its images have one map shape (long images of
+one size: the usual case); a batch mixing shapes gets every map resized to S x S, as all tiled
+maps were before 2026-12-04. Training cuts normal images and real defects the same way (the
+tiles of a defect that hold none of its pixels are dropped), so the network sees tiles at the
+scale it will be shown them.
 """
 
 from __future__ import annotations
@@ -67,18 +72,30 @@ def split_anomalies(
     return kept
 
 
-def stitch(tile_maps: torch.Tensor, counts: Sequence[int], shapes: Sequence[tuple[int, ...]], size: int) -> torch.Tensor:
-    """Per-tile maps (T, S, S) -> one (N, size, size) map per image: an image's tiles are laid
-    side by side along its long side (each tile map resized to its tile's share of that side)
-    and the result is resized to size x size (bilinear)."""
+def stitch_each(tile_maps: torch.Tensor, counts: Sequence[int], shapes: Sequence[tuple[int, ...]]) -> list[torch.Tensor]:
+    """Per-tile maps (T, S, S) -> one map per image, its tiles laid side by side along its long
+    side: (S, n*S) for a wide image of n tiles, (n*S, S) for a tall one, S x S for one tile."""
     out, start = [], 0
     for count, shape in zip(counts, shapes):
         maps = tile_maps[start : start + count]
         start += count
-        if count == 1:
-            out.append(maps[0])
-            continue
         vertical = shape[0] >= shape[1]
-        canvas = torch.cat(list(maps), dim=0 if vertical else 1)
-        out.append(F.interpolate(canvas[None, None], size=(size, size), mode="bilinear", align_corners=False)[0, 0])
-    return torch.stack(out)
+        out.append(maps[0] if count == 1 else torch.cat(list(maps), dim=0 if vertical else 1))
+    return out
+
+
+def batch(maps: Sequence[torch.Tensor], size: int) -> torch.Tensor:
+    """Per-image maps -> (N, H, W): stacked as they are when they all have one shape, else each
+    resized to ``size`` x ``size`` (bilinear; S x S maps are left as they are)."""
+    if len({tuple(m.shape) for m in maps}) == 1:
+        return torch.stack(list(maps))
+    return torch.stack([
+        m if tuple(m.shape) == (size, size) else F.interpolate(m[None, None], size=(size, size), mode="bilinear", align_corners=False)[0, 0]
+        for m in maps
+    ])
+
+
+def stitch(tile_maps: torch.Tensor, counts: Sequence[int], shapes: Sequence[tuple[int, ...]], size: int) -> torch.Tensor:
+    """:func:`stitch_each` then :func:`batch`: (N, S, n*S) when every image has n tiles the same
+    way round, else (N, size, size)."""
+    return batch(stitch_each(tile_maps, counts, shapes), size)

@@ -22,10 +22,10 @@ import torch
 from defectscope.device import resolve_device
 from defectscope.errors import ConfigError
 from defectscope.methods.holdout import MIN_POOL, cross_fit_folds, held_out_indices
-from defectscope.methods.prn import persistence
+from defectscope.methods.prn import persistence, tiles
 from defectscope.methods.prn.config import PRNConfig
 from defectscope.methods.prn.generate import AnomalyGenerator, epoch_plan
-from defectscope.methods.prn.model import PRNHead, build_prototypes, prn_loss, prototype_count, top_k_mean
+from defectscope.methods.prn.model import PRNHead, build_prototypes, prn_loss, prototype_count
 from defectscope.methods.verdict import conformal_count
 from defectscope.progress import Progress
 
@@ -87,12 +87,21 @@ def fit(
     if resume and checkpoint_dir is None:
         raise ConfigError("PRN resume=True needs a checkpoint_dir.")
     report = progress or (lambda stage, done, total: None)
+    # Long images (tile_aspect) train as tiles; the calibration folds hold whole images, whose
+    # scores come from detector.scores_of, the path predict() scores new images by.
+    flat, counts = tiles.split_images(normal_images, config.tile_aspect)
+    starts = np.concatenate([[0], np.cumsum(counts)]).astype(int)
+    tiles_of = [list(range(starts[i], starts[i + 1])) for i in range(len(normal_images))]
+
+    def tiles_in(images: Sequence[int]) -> list[int]:
+        return [t for i in images for t in tiles_of[i]]
+
     left_out = calibration_folds(len(normal_images), config) or [[]]
     trained = sorted(set(range(len(normal_images))) - set(left_out[0])) if len(left_out) == 1 else list(range(len(normal_images)))
     with_final = any(left_out) and (config.final_model == "always" or (config.final_model == "held-back" and len(left_out) == 1))
     everyone = list(range(len(normal_images)))
-    cached_for = everyone if with_final else trained
-    resized = AnomalyGenerator([normal_images[i] for i in cached_for], image_size=config.image_size).normals
+    cached_for = tiles_in(everyone if with_final else trained)
+    resized = AnomalyGenerator([flat[t] for t in cached_for], image_size=config.image_size).normals
     cached: list[list[torch.Tensor]] = []
     for start in range(0, len(resized), config.batch_size):
         cached.append([m.to(torch.float16) for m in detector.features(resized[start : start + config.batch_size])])
@@ -101,38 +110,39 @@ def fit(
     features = {index: [scale[position] for scale in per_scale] for position, index in enumerate(cached_for)}
     del cached, per_scale
 
-    samples = max(1, (config.samples_per_epoch or len(trained)) // len(left_out))
-    full_samples = max(1, config.samples_per_epoch or len(normal_images))
+    samples = max(1, (config.samples_per_epoch or len(tiles_in(trained))) // len(left_out))
+    full_samples = max(1, config.samples_per_epoch or len(flat))
     epochs = epochs_for(config, left_out)
     steps = math.ceil(samples / config.batch_size) * epochs
     total = steps * len(left_out) + (math.ceil(full_samples / config.batch_size) * epochs if with_final else 0)
     checkpoint = Path(checkpoint_dir) if checkpoint_dir is not None else None
     heads, losses, scores = [], [], []
     for number, excluded in enumerate(left_out):
-        kept = [i for i in trained if i not in set(excluded)]
+        kept = tiles_in([i for i in trained if i not in set(excluded)])
         folder = checkpoint if checkpoint is None or (len(left_out) == 1 and not with_final) else checkpoint / f"model{number}"
         head, head_losses, info = train_head(
             detector,
-            [normal_images[i] for i in kept], [features[i] for i in kept], anomalies, samples, epochs,
+            [flat[t] for t in kept], [features[t] for t in kept], anomalies, samples, epochs,
             number if len(left_out) > 1 else None, (report, number * steps, total), folder, resume,
         )
         heads.append(head)
         losses.extend(head_losses)
         if excluded:
-            maps = detector.maps_of([head], [normal_images[i] for i in excluded])
-            scores.append(top_k_mean(maps, config.top_k).cpu().numpy().astype(np.float64))
+            scores.append(detector.scores_of([head], [normal_images[i] for i in excluded]))
     final_head = None
     if with_final:
         final_head, final_losses, info = train_head(
             detector,
-            [normal_images[i] for i in everyone], [features[i] for i in everyone], anomalies, full_samples, epochs,
+            [flat[t] for t in tiles_in(everyone)], [features[t] for t in tiles_in(everyone)], anomalies, full_samples, epochs,
             None, (report, steps * len(left_out), total), None if checkpoint is None else checkpoint / "final", resume,
         )
         losses = final_losses + losses
     detector.heads = heads
     detector.final_head = final_head
     detector.losses = losses
-    detector.model_info = {**info, "normal_images": len(everyone if with_final else trained), "models": len(heads), "epochs": epochs,
+    used = everyone if with_final else trained
+    detector.model_info = {**info, "normal_images": len(used), "models": len(heads), "epochs": epochs,
+                           **({"normal_tiles": len(tiles_in(used))} if config.tile_aspect > 0 else {}),
                            "final_model": final_head is not None,
                            "calibration": CROSS_FIT if len(heads) > 1 else (HELD_BACK if scores else None)}
     detector.held_out_scores = np.concatenate(scores) if scores else None
