@@ -67,7 +67,10 @@ def test_settings_are_checked():
 
     config = PRNConfig.from_options({"pseudo_families": "perlin,thin", "tile_aspect": "1.5"})
     assert config.pseudo_families == ("perlin", "thin") and config.tile_aspect == 1.5
-    assert PRNConfig().pseudo_families == ("perlin", "thin") and PRNConfig().tile_aspect == 0
+    assert PRNConfig().pseudo_families == ("perlin", "thin") and PRNConfig().tile_aspect == 3.0
+    older = PRNConfig().to_json()
+    del older["tile_aspect"]
+    assert PRNConfig.from_dict(older).tile_aspect == 0  # files from before tiles existed: none
     with pytest.raises(ConfigError, match="pseudo_families"):
         PRNConfig(pseudo_families=("perlin", "crack"))
     with pytest.raises(ConfigError, match="tile_aspect"):

@@ -9,8 +9,9 @@ model with ``final_model``), the map smoothing (``smoothing_sigma``) and the top
 the inputs are the multi-scale feature maps instead (``feature_0`` ..., finest first), for
 backbones that cannot be traced. A model trained with ``tile_aspect`` exports the map of one
 S x S input: cutting long images into tiles and putting the maps back (:mod:`.tiles`) stays with
-the caller; such a model with ``smoothing_sigma`` > 0 is refused, since its maps are blurred only
-after the tiles are put back together. ``map_flips`` is in the graph: the input and its mirrored
+the caller; such a model with ``smoothing_sigma`` > 0 whose normal images were long enough to be
+cut in training is refused, since its maps are blurred only after the tiles are put back together
+(``tile_aspect`` is on by default: a model that never saw a long image exports as any other). ``map_flips`` is in the graph: the input and its mirrored
 views go through backbone and heads and their maps are flipped back and averaged, as the detector
 does (per tile for tiled models); without the backbone (``include_backbone=False``) such a model is
 refused, since mirrored views need the image, not its features.
@@ -71,7 +72,9 @@ def export_onnx(
     heads = [head.eval() for head in detector.map_heads()]
     config = detector.config
     size = config.image_size
-    if config.smoothing_sigma > 0 and config.tile_aspect > 0:
+    info = detector.model_info or {}
+    trained_on_tiles = int(info.get("normal_tiles", 0)) > int(info.get("normal_images", 0))
+    if config.smoothing_sigma > 0 and config.tile_aspect > 0 and trained_on_tiles:
         raise ConfigError(
             f"cannot export this PRN model to ONNX: it blurs its maps (smoothing_sigma={config.smoothing_sigma:g}) after "
             f"putting the tiles of long images back together (tile_aspect={config.tile_aspect:g}), which the exported "
