@@ -96,23 +96,26 @@ def musc_on_test(category: Any, test: list, options: Any = None) -> dict[str, An
 
 
 def _chunks(detector: Any, test: list, batch: int) -> list[list[int]]:
-    """Positions of ``test`` in prediction chunks of at most ``batch``: in order; for a PRN with
-    ``tile_aspect`` grouped by image size first (a chunk of one size keeps its long maps' aspect,
-    :mod:`defectscope.methods.prn.tiles`; the image scores do not depend on the chunk)."""
+    """Positions of ``test`` in prediction chunks of at most ``batch``, in order; for a PRN with
+    ``tile_aspect`` the images it cuts into tiles are grouped by image size (a chunk of one size
+    keeps its long maps' aspect, :mod:`defectscope.methods.prn.tiles`; the image scores do not
+    depend on the chunk), after the images it does not cut."""
     order = list(range(len(test)))
-    if getattr(getattr(detector, "config", None), "tile_aspect", 0) > 0:
+    aspect = getattr(getattr(detector, "config", None), "tile_aspect", 0)
+    groups: dict[Any, list[int]] = {None: []}
+    if aspect > 0:
         from PIL import Image
 
-        def size(position: int) -> tuple[int, int]:
-            with Image.open(test[position].path) as image:
-                return image.size
+        from defectscope.methods.prn.tiles import tile_count
 
-        order.sort(key=lambda p: (size(p), p))
-        groups: dict[tuple[int, int], list[int]] = {}
         for position in order:
-            groups.setdefault(size(position), []).append(position)
-        return [group[i : i + batch] for group in groups.values() for i in range(0, len(group), batch)]
-    return [order[i : i + batch] for i in range(0, len(order), batch)]
+            with Image.open(test[position].path) as image:
+                width, height = image.size
+            key = (width, height) if tile_count((height, width), aspect) > 1 else None
+            groups.setdefault(key, []).append(position)
+    else:
+        groups[None] = order
+    return [group[i : i + batch] for group in groups.values() for i in range(0, len(group), batch)]
 
 
 def predict_test(
