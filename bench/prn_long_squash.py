@@ -23,10 +23,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from prn_benchmark import load_category, predict_test  # noqa: E402
+from prn_benchmark import category_split, predict_test  # noqa: E402
 
-from defectscope.methods.prn import PRN, kshot_split  # noqa: E402
+from defectscope.methods.prn import PRN  # noqa: E402
 from defectscope.metrics import pixel_metrics  # noqa: E402
+from defectscope.report.atomic import atomic_write_text  # noqa: E402
 from defectscope.report.overlay import resize_map  # noqa: E402
 
 
@@ -40,8 +41,7 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    category = load_category(args.root, args.seed)
-    _, test = kshot_split(category.test, k=args.k, seed=args.seed)
+    _, _, test = category_split(args.root, args.k, args.seed)
     detector = PRN.load(args.model)
     size = detector.config.image_size
     raw: list = []
@@ -52,7 +52,7 @@ def main() -> None:
             "config": detector.config.to_json()}
     print(json.dumps({k: rows[k] for k in ("as_returned", "squashed", "map_shapes")}, indent=1))
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+        atomic_write_text(Path(args.json), json.dumps(rows, indent=1) + "\n")
 
 
 if __name__ == "__main__":
