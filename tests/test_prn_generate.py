@@ -127,7 +127,7 @@ def _skeleton_and_width(mask: np.ndarray) -> tuple[int, float]:
     return int(skeletonize(mask).sum()), 2.0 * float(np.percentile(inside, 95))
 
 
-@pytest.mark.parametrize("family", ["thin", "stain", "missing"])
+@pytest.mark.parametrize("family", ["thin", "stain", "missing", "uneven"])
 def test_family_changes_exactly_its_mask_and_is_seeded(family):
     normal = np.random.default_rng(5).integers(60, 200, size=(96, 96, 3)).astype(np.uint8)
     for seed in range(6):
@@ -157,6 +157,17 @@ def test_stain_family_is_low_contrast_and_missing_family_is_large():
         assert 1 <= shift.min() and shift.max() <= 21
         _, big, _ = pseudo_defect(normal, np.random.default_rng(seed), families=("missing",))
         assert big.mean() >= 0.02
+
+
+def test_uneven_family_is_large_and_faint():
+    normal = np.full((128, 128, 3), 120, dtype=np.uint8)
+    areas = []
+    for seed in range(12):
+        out, mask, _ = pseudo_defect(normal, np.random.default_rng(seed), families=("uneven",))
+        shift = np.abs(out[mask].astype(int) - 120)
+        assert 1 <= shift.min() and shift.max() <= 15, f"seed {seed}: shifts {shift.min()}-{shift.max()}"
+        areas.append(mask.mean())
+    assert min(areas) >= 0.05 and float(np.median(areas)) >= 0.15
 
 
 def test_one_family_keeps_the_perlin_output_and_mixed_families_all_occur():

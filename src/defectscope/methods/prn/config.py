@@ -16,7 +16,7 @@ MAP_FLIPS = {"none": ((),), "h": ((), (-1,)), "hv": ((), (-1,), (-2,), (-2, -1))
 """``map_flips`` -> the views averaged: the tensor dimensions each view flips (-1: left-right,
 -2: up-down; ``()``: the image as it is)."""
 PASTE_LEVELS = ("absolute", "relative")
-PSEUDO_FAMILIES = ("perlin", "thin", "stain", "missing")
+PSEUDO_FAMILIES = ("perlin", "thin", "stain", "missing", "uneven")
 """Pseudo-defect families (:mod:`.generate`); the same names as ``generate.PSEUDO_FAMILIES``."""
 RENAMED = {"backbone_weights": "weights"}
 """Setting names of older saved models -> their current names."""
@@ -64,7 +64,7 @@ class PRNConfig(MethodConfig):
             with 0.
         shares: (normal, real pasted, pseudo) share of each epoch's samples.
         pseudo_families: pseudo-defect families drawn uniformly for each pseudo sample
-            (:func:`.generate.pseudo_defect`): "perlin", "thin", "stain", "missing". Default
+            (:func:`.generate.pseudo_defect`): "perlin", "thin", "stain", "missing", "uneven". Default
             Perlin blobs and thin cracks (docs/PRN_VARIANTS.md: at the full protocol thin cracks
             raised pixel AP on all six paper types, bottle unchanged, the magnetic tiles +5.7 /
             -0.6 points at two seeds).

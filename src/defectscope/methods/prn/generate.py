@@ -18,7 +18,9 @@ exact mask of the pixels they changed.
   curve 1 to 3 px wide and 15 to 60 % of the image side long, darker or brighter than its
   surroundings), ``"stain"`` (:func:`stain_defect`, a Perlin blob shifted by only 6 to 20 grey
   levels) and ``"missing"`` (:func:`missing_region`, a large jagged region, 4 to 30 % of the
-  image, filled with a flat dark, bright or background colour, as a broken-off part). Each
+  image, filled with a flat dark, bright or background colour, as a broken-off part) and
+  ``"uneven"`` (:func:`uneven_defect`, a band cut off one side or a large rounded region, 10 to
+  55 % of the image, shifted by only 4 to 14 grey levels, as uneven brightness). Each
   changes only the pixels of the mask it returns, and changes all of them.
 * :func:`estimate_foreground` is the simple object estimate used to place defects "on the
   object": each pixel's colour distance to the median border colour, split by Otsu's threshold.
@@ -271,7 +273,8 @@ def pseudo_defect(
     ``"perlin"`` (the default, and the only family before 2026-12-03): a procedural texture (or
     a patch of another normal image) blended into a Perlin mask; inside ``mask`` the pixels are
     ``round((1 - alpha) * normal + alpha * texture)``, outside they are unchanged. The other
-    families: :func:`thin_defect`, :func:`stain_defect`, :func:`missing_region`. Returns
+    families: :func:`thin_defect`, :func:`stain_defect`, :func:`missing_region`,
+    :func:`uneven_defect`. Returns
     (image, mask, alpha); with one family no random number is spent on the choice, so
     ``families=("perlin",)`` gives exactly the earlier output.
     """
@@ -290,6 +293,8 @@ def pseudo_defect(
         return stain_defect(normal, rng, allowed=allowed)
     if family == "missing":
         return missing_region(normal, rng, allowed=allowed)
+    if family == "uneven":
+        return uneven_defect(normal, rng, allowed=allowed)
     mask = perlin_mask(shape, rng, allowed=allowed)
     if len(other_images) > 0 and rng.random() < 0.5:
         other = _resize(_as_rgb(other_images[int(rng.integers(len(other_images)))]), shape)
@@ -398,6 +403,54 @@ def stain_defect(
     shape = normal.shape[:2]
     mask = perlin_mask(shape, rng, allowed=allowed)
     image, depth = _shifted(normal, mask, rng, dark_share=0.5, depths=(6, 20), base=0.7, swing=0.3)
+    return image, mask, float(depth / 255.0)
+
+
+def uneven_mask(shape: tuple[int, int], rng: np.random.Generator, *, allowed: np.ndarray | None = None) -> np.ndarray:
+    """A large region of uneven brightness: three times in five a band cut off one side of the
+    image by a smooth, slightly tilted curve (20 to 55 % of the image deep), otherwise a rounded blob
+    (radius 20 to 40 % of the shorter side, edge warped by Perlin noise); clipped to ``allowed``
+    (never empty unless ``allowed`` is)."""
+    height, width = shape
+    allowed_mask = np.ones(shape, dtype=bool) if allowed is None else allowed.astype(bool)
+    ys, xs = np.mgrid[0:height, 0:width]
+    if rng.random() < 0.6:
+        side = int(rng.integers(4))  # 0 top, 1 bottom, 2 left, 3 right
+        across, along = (height, width) if side < 2 else (width, height)
+        position = np.linspace(0.0, 1.0, along)
+        wave = perlin_noise((1, along), (1, int(rng.integers(1, 4))), rng)[0]
+        depth = rng.uniform(0.2, 0.55) + rng.uniform(-0.12, 0.12) * (position - 0.5) + rng.uniform(0.0, 0.08) * wave
+        edge = np.clip(depth, 0.05, 0.95) * across
+        if side == 0:
+            mask = ys < edge[None, :]
+        elif side == 1:
+            mask = (height - 1 - ys) < edge[None, :]
+        elif side == 2:
+            mask = xs < edge[:, None]
+        else:
+            mask = (width - 1 - xs) < edge[:, None]
+    else:
+        centre_y, centre_x = _sample_centre(allowed_mask, rng)
+        radius = float(rng.uniform(0.2, 0.4)) * min(height, width)
+        distance = np.sqrt((ys - centre_y) ** 2 + ((xs - centre_x) * rng.uniform(0.6, 1.6)) ** 2)
+        mask = distance < radius * (1.0 + 0.25 * perlin_noise(shape, (2, 2), rng))
+    mask &= allowed_mask
+    if not mask.any():
+        centre_y, centre_x = _sample_centre(allowed_mask, rng)
+        mask[centre_y, centre_x] = True
+    return mask
+
+
+def uneven_defect(
+    normal: np.ndarray, rng: np.random.Generator, *, allowed: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Uneven brightness: a large :func:`uneven_mask` region whose pixels shift by only 4 to 14 grey
+    levels (darker or brighter, the shift varying gently inside), as the magnetic tiles' Uneven
+    class (a quarter of the image at about 6 grey levels); -> (image, mask, alpha) with alpha the
+    mean shift / 255."""
+    normal = _as_rgb(normal)
+    mask = uneven_mask(normal.shape[:2], rng, allowed=allowed)
+    image, depth = _shifted(normal, mask, rng, dark_share=0.5, depths=(4, 14), base=0.8, swing=0.2)
     return image, mask, float(depth / 255.0)
 
 
