@@ -382,3 +382,13 @@ def test_serve_refuses_a_folder_of_another_run_and_needs_a_source(category, tmp_
     assert result.exit_code == 2 and "--model" in result.output
     result = runner.invoke(app, ["serve", "--good", str(category), "--out", str(tmp_path / "mine")])
     assert result.exit_code == 2 and "did not write" in result.output
+
+
+def test_json_answers_send_non_finite_numbers_as_null():
+    """A model's facts may hold inf (MuSc's own-image ratio) or nan; the service answers them as
+    null in standard JSON instead of failing with a 500 (json.dumps with allow_nan=False raises)."""
+    from defectscope.serve.app import _json
+
+    response = _json({"model": {"own_image_ratio": float("inf"), "ap": float("nan"), "scores": [1.5, float("-inf")]}})
+    assert response.status_code == 200
+    assert json.loads(response.body) == {"model": {"own_image_ratio": None, "ap": None, "scores": [1.5, None]}}

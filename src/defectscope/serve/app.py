@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
-import json
 import math
 import secrets
 import time
@@ -36,6 +35,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from defectscope import __version__
 from defectscope.errors import DefectscopeError
+from defectscope.report.atomic import json_text
 from defectscope.serve.batching import Batcher, QueueFull
 from defectscope.serve.decode import MULTIPART, BadRequest, Upload, check_content_type, decode_image, media_type, multipart_image
 from defectscope.serve.inspector import Decision, Inspector, Pending, utc_now
@@ -64,7 +64,9 @@ class Limits:
 
 
 def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    body = json.dumps(payload, allow_nan=False, default=str).encode("utf-8")
+    """A JSON response; a non-finite number anywhere (a model's inf ratio, an undefined score) is
+    sent as null, as in the output files (:func:`defectscope.report.atomic.json_text`)."""
+    body = json_text(payload).encode("utf-8")
     return Response(body, status_code=status, media_type="application/json", headers=headers)
 
 
@@ -123,16 +125,13 @@ def _png(array: np.ndarray) -> str:
 
 def render(decision: Decision, inspector: Inspector, maps: bool) -> dict[str, Any]:
     """The JSON answer for one decision."""
-    def finite(value: float | None) -> float | None:
-        return None if value is None or not math.isfinite(value) else value
-
     answer: dict[str, Any] = {
         "id": decision.id,
         "name": decision.name or None,
-        "score": finite(decision.score),
+        "score": decision.score,
         "verdict": decision.verdict,
-        "verdict_score": finite(decision.verdict_score),
-        "threshold": finite(inspector.threshold),
+        "verdict_score": decision.verdict_score,
+        "threshold": inspector.threshold,
         "threshold_rule": inspector.threshold_rule,
         "threshold_applies_to": inspector.threshold_applies_to,
         "regions": decision.regions,
