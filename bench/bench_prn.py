@@ -212,6 +212,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
         sys.exit(suite(args))
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--suite", action="store_true", help="the regression suite instead of MTD mode; `--suite --help` lists its options")
     parser.add_argument("--root", default=str(ROOT.parent / "shared" / "datasets" / "magnetic_tile"))
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
