@@ -537,6 +537,41 @@ def test_tiles_cut_the_training_images(task):
     assert detector.model_info["normal_images"] == 6 and detector.model_info["normal_tiles"] == 4 * 2 + 2
 
 
+def test_large_sets_of_long_images_train_a_final_model_while_cross_fitted():
+    """final_model="large" (the default): a final model on the held-back path, as "held-back";
+    a cross-fitted set gets one only when its long images are cut into as many training tiles
+    as a held-back share would need images (186 at 10 % and 5 %); no calibration, no final model."""
+    from defectscope.methods.prn.training import calibration_folds, trains_final_model
+
+    config = PRNConfig()
+    assert config.final_model == "large"
+    cases = [(476, 476, True), (90, 450, True), (90, 186, True), (90, 185, False), (24, 24, False), (5, 15, False)]
+    for images, tiles, expected in cases:
+        folds = calibration_folds(images, config)
+        assert trains_final_model(config, folds, tiles) is expected, (images, tiles)
+        held_back = replace(config, final_model="held-back")
+        assert trains_final_model(held_back, folds, tiles) is (len(folds) == 1)  # tiles do not count
+        assert trains_final_model(replace(config, final_model="always"), folds, tiles) is any(folds)
+        assert trains_final_model(replace(config, final_model="never"), folds, tiles) is False
+    small_held_back = replace(config, cross_fit_folds=0)  # a held-back share too small to be conformal
+    assert trains_final_model(small_held_back, calibration_folds(24, small_held_back), 24) is True
+
+
+def test_a_cross_fitted_set_of_long_images_trains_the_final_model_end_to_end(task):
+    """The rule above in fit(): long normal images cut into enough tiles get a final model beside
+    the fold models (maps averaged), while the verdict stays the folds' cross-fitted one."""
+    normals, anomalies, _ = task
+    long_normals = [np.concatenate([a, b], axis=1) for a, b in zip(normals[:6], normals[6:12])] * 2
+    config = tiny_config(tile_aspect=1.5, epochs=1, samples_per_epoch=24, calibration_fraction=0.5)
+    # 12 long images -> 24 tiles; at 50 % a held-back share of 12 tiles would not reach the 19 a 5 % cut needs
+    few = PRN(config, backbone=FakeBackbone()).fit(long_normals, anomalies)
+    assert few.model_info["calibration"] == "cross-fit" and few.final_head is None
+    many = PRN(replace(config, false_alarm_rate=0.1), backbone=FakeBackbone()).fit(long_normals, anomalies)
+    # at 10 % a cut needs 9 images; 12 long images held back at 50 % are 6 (cross-fit), their 24 tiles 12
+    assert many.model_info["calibration"] == "cross-fit" and many.final_head is not None
+    assert many.model_info["final_model"] is True and many.model_info["normal_tiles"] == 24
+
+
 def test_tiles_calibrate_whole_images_through_the_prediction_path(task):
     """Cross-fitting with ``tile_aspect`` folds whole long images (their tiles train together)
     and scores each held-out image as predict() scores a new one: one calibration score per

@@ -10,7 +10,7 @@ from defectscope.methods.base import MethodConfig
 from defectscope.methods.config import DEFAULT_FALSE_ALARM_RATE, FALSE_ALARM_RATE, setting
 
 METHOD = "prn"
-FINAL_MODEL_CHOICES = ("held-back", "always", "never")
+FINAL_MODEL_CHOICES = ("large", "held-back", "always", "never")
 MAP_MODELS_CHOICES = ("all", "final")
 MAP_FLIPS = {"none": ((),), "h": ((), (-1,)), "hv": ((), (-1,), (-2,), (-2, -1))}
 """``map_flips`` -> the views averaged: the tensor dimensions each view flips (-1: left-right,
@@ -76,9 +76,15 @@ class PRNConfig(MethodConfig):
             the verdict (none when there are fewer than 10 normal images).
         cross_fit_folds: fold models trained instead when that share is too small for a
             conformal cut at ``false_alarm_rate`` (see the module docstring; below 2: never).
-        final_model: "held-back" (default), "always" or "never": when to also train a model on
-            all normal images for the maps, image scores and masks; the calibrated model(s) then
-            only give the verdict (module docstring).
+        final_model: "large" (default), "held-back", "always" or "never": when to also train a
+            model on all normal images for the maps, image scores and masks; the calibrated
+            model(s) then only give the verdict (detector module docstring). "held-back": when one
+            held-back share calibrates (186 normal images or more by default); "large" (the default
+            since 2026-12-05; models saved before keep their "held-back"): also when the normal set
+            is cross-fitted but its long images (``tile_aspect``) are cut into as many training
+            tiles as a held-back share would need images (186 by default). On the shared
+            categories the two are the same (no shared image is long enough to be cut); on the
+            long-strip proxy (dev data, docs/PRN_LONG.md) the final model raised pixel AP.
         map_models: with a final model, whose maps (and image scores, masks) the detector gives:
             "all" (default): the average of the final model and the model(s) that give the
             verdict, each model weighing the same (with the held-back 10 %: final and held-back
@@ -121,7 +127,7 @@ class PRNConfig(MethodConfig):
     seed: int = 0
     calibration_fraction: float = setting(0.1, at_least=0.0, below=1.0)
     cross_fit_folds: int = 3
-    final_model: str = setting("held-back", choices=FINAL_MODEL_CHOICES)
+    final_model: str = setting("large", choices=FINAL_MODEL_CHOICES)
     map_models: str = setting("all", choices=MAP_MODELS_CHOICES)
     map_flips: str = setting("none", choices=tuple(MAP_FLIPS))
     false_alarm_rate: float = setting(DEFAULT_FALSE_ALARM_RATE, FALSE_ALARM_RATE)

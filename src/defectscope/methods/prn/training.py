@@ -21,7 +21,7 @@ import torch
 
 from defectscope.device import resolve_device
 from defectscope.errors import ConfigError
-from defectscope.methods.holdout import MIN_POOL, cross_fit_folds, held_out_indices
+from defectscope.methods.holdout import MIN_POOL, cross_fit_folds, held_out_count, held_out_indices
 from defectscope.methods.prn import persistence, tiles
 from defectscope.methods.prn.config import PRNConfig
 from defectscope.methods.prn.generate import AnomalyGenerator, epoch_plan
@@ -47,6 +47,22 @@ def calibration_folds(count: int, config: PRNConfig) -> list[list[int]]:
     if folds < 2 or count < MIN_POOL or len(held) >= conformal_count(config.false_alarm_rate):
         return [held] if held else []
     return cross_fit_folds(count, folds, config.seed)
+
+
+def trains_final_model(config: PRNConfig, left_out: Sequence[Sequence[int]], tile_count: int) -> bool:
+    """Whether :func:`fit` also trains the final model on all normal images (``final_model``):
+    never without calibration (``left_out`` from :func:`calibration_folds` empty); with
+    "held-back" when one held-back set calibrates; with "large" also when the normal images,
+    cut into ``tile_count`` training tiles (``tile_aspect``), are as many tiles as a held-back
+    set would need images (so a cross-fitted set of long images counts as large)."""
+    if not any(left_out) or config.final_model == "never":
+        return False
+    held_back = len(left_out) == 1
+    if config.final_model == "always" or (config.final_model == "held-back" and held_back):
+        return True
+    if config.final_model != "large":
+        return False
+    return held_back or held_out_count(tile_count, config.calibration_fraction) >= conformal_count(config.false_alarm_rate)
 
 
 SMALL_SET_EPOCHS = 16
@@ -98,7 +114,7 @@ def fit(
 
     left_out = calibration_folds(len(normal_images), config) or [[]]
     trained = sorted(set(range(len(normal_images))) - set(left_out[0])) if len(left_out) == 1 else list(range(len(normal_images)))
-    with_final = any(left_out) and (config.final_model == "always" or (config.final_model == "held-back" and len(left_out) == 1))
+    with_final = trains_final_model(config, left_out, len(flat))
     everyone = list(range(len(normal_images)))
     cached_for = tiles_in(everyone if with_final else trained)
     resized = AnomalyGenerator([flat[t] for t in cached_for], image_size=config.image_size).normals
