@@ -64,7 +64,8 @@ class PRNConfig(MethodConfig):
             with 0.
         shares: (normal, real pasted, pseudo) share of each epoch's samples.
         pseudo_families: pseudo-defect families drawn uniformly for each pseudo sample
-            (:func:`.generate.pseudo_defect`): "perlin", "thin", "stain", "missing", "uneven". Default
+            (:func:`.generate.pseudo_defect`): "perlin", "thin", "stain", "missing", "uneven" (a name
+            listed twice is drawn twice as often). Default
             Perlin blobs and thin cracks (docs/PRN_VARIANTS.md: at the full protocol thin cracks
             raised pixel AP on all six paper types, bottle unchanged, the magnetic tiles +5.7 /
             -0.6 points at two seeds).
