@@ -427,8 +427,9 @@ def test_final_model_with_a_held_back_share(task):
 
 def test_default_epochs_are_longer_only_for_a_normal_set_large_enough_to_hold_back(task):
     """epochs=None: 16 for small normal sets (cross-fitted or no calibration), 32 when one
-    held-back set is large enough for the conformal cut (186 images at 10 % and 5 %); an
-    explicit number wins; the trained model records the number it used."""
+    held-back set is large enough for the conformal cut (186 images at 10 % and 5 %) or a
+    cross-fitted set's long images give as many training tiles; an explicit number wins; the
+    trained model records the number it used."""
     from defectscope.methods.prn.training import calibration_folds, epochs_for
 
     config = PRNConfig()
@@ -438,6 +439,10 @@ def test_default_epochs_are_longer_only_for_a_normal_set_large_enough_to_hold_ba
     assert epochs_for(config, calibration_folds(186, config)) == 32  # one held-back set of 19
     assert epochs_for(config, calibration_folds(5, config)) == 16  # no calibration at all
     assert epochs_for(replace(config, epochs=7), calibration_folds(476, config)) == 7
+    # long images: a cross-fitted set cut into 186 or more training tiles is large too
+    assert epochs_for(config, calibration_folds(90, config), 450) == 32
+    assert epochs_for(config, calibration_folds(90, config), 185) == 16
+    assert epochs_for(config, calibration_folds(5, config), 450) == 16  # still no calibration
     normals, anomalies, _ = task
     trained = PRN(tiny_config(epochs=None, samples_per_epoch=8), backbone=FakeBackbone()).fit(normals, anomalies)
     assert trained.model_info["epochs"] == 16 and len(trained.losses) == 16 * len(trained.heads)
@@ -570,6 +575,8 @@ def test_a_cross_fitted_set_of_long_images_trains_the_final_model_end_to_end(tas
     # at 10 % a cut needs 9 images; 12 long images held back at 50 % are 6 (cross-fit), their 24 tiles 12
     assert many.model_info["calibration"] == "cross-fit" and many.final_head is not None
     assert many.model_info["final_model"] is True and many.model_info["normal_tiles"] == 24
+    auto = PRN(replace(config, false_alarm_rate=0.1, epochs=None), backbone=FakeBackbone()).fit(long_normals, anomalies)
+    assert auto.model_info["epochs"] == 32 and auto.final_head is not None  # a large set trains longer too
 
 
 def test_tiles_calibrate_whole_images_through_the_prediction_path(task):

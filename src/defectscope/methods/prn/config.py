@@ -45,12 +45,13 @@ class PRNConfig(MethodConfig):
         widths: hidden channels of the head per scale.
         attention_scales: scales (0 = finest) whose residuals get multi-size window attention.
         attention_divisors: attention window sides as divisors of the scale's side (H, H/2, ...).
-        epochs: training epochs; None (default): 16, or 32 when the normal set is large enough
-            to hold back a calibration pool for the verdict (one held-back share, not
-            cross-fitted folds: 186 images or more at the default 10 % and 5 %; the sets that
-            also train a final model). Longer training raised pixel AP on both such shared
-            sets (magnetic tiles, bottle) and lowered it on a small paper type
-            (docs/PRN_VARIANTS.md, "Longer training for large normal sets").
+        epochs: training epochs; None (default): 32 for a large normal set, 16 otherwise. Large
+            (:func:`.training.large_set`): one held-back calibration share (186 images or more at
+            the default 10 % and 5 %; the sets that also train a final model), or, since
+            2026-12-05, a cross-fitted set of long images cut into 186 or more training tiles.
+            Longer training raised pixel AP on both large shared sets (magnetic tiles, bottle)
+            and on the long-strip proxy, and lowered it on a small paper type
+            (docs/PRN_VARIANTS.md, "Longer training for large normal sets"; docs/PRN_LONG.md).
         samples_per_epoch: samples per epoch (None: one per normal image).
         batch_size: training and prediction batch size.
         learning_rate: AdamW peak learning rate (cosine decay to 0 over all steps).
@@ -81,11 +82,11 @@ class PRNConfig(MethodConfig):
             model on all normal images for the maps, image scores and masks; the calibrated
             model(s) then only give the verdict (detector module docstring). "held-back": when one
             held-back share calibrates (186 normal images or more by default); "large" (the default
-            since 2026-12-05; models saved before keep their "held-back"): also when the normal set
-            is cross-fitted but its long images (``tile_aspect``) are cut into as many training
-            tiles as a held-back share would need images (186 by default). On the shared
-            categories the two are the same (no shared image is long enough to be cut); on the
-            long-strip proxy (dev data, docs/PRN_LONG.md) the final model raised pixel AP.
+            since 2026-12-05; models saved before keep their "held-back"): for every large set
+            (see ``epochs``), so also a cross-fitted set of long images cut into 186 or more
+            training tiles. On the shared categories the two are the same (no shared image is
+            long enough to be cut); on the long-strip proxy (dev data, docs/PRN_LONG.md) the
+            final model raised pixel AP.
         map_models: with a final model, whose maps (and image scores, masks) the detector gives:
             "all" (default): the average of the final model and the model(s) that give the
             verdict, each model weighing the same (with the held-back 10 %: final and held-back

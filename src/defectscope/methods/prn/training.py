@@ -49,35 +49,41 @@ def calibration_folds(count: int, config: PRNConfig) -> list[list[int]]:
     return cross_fit_folds(count, folds, config.seed)
 
 
-def trains_final_model(config: PRNConfig, left_out: Sequence[Sequence[int]], tile_count: int) -> bool:
+def large_set(config: PRNConfig, left_out: Sequence[Sequence[int]], tile_count: int = 0) -> bool:
+    """Whether a calibrated normal set counts as large: one held-back set calibrates it
+    (``left_out`` from :func:`calibration_folds` is one non-empty set: 186 images or more at the
+    default 10 % and 5 %), or its long images, cut into ``tile_count`` training tiles
+    (``tile_aspect``; 0: not cut), are as many tiles as a held-back set would need images (so a
+    cross-fitted set of long images can count as large). Never without calibration."""
+    if not any(left_out):
+        return False
+    return len(left_out) == 1 or held_out_count(tile_count, config.calibration_fraction) >= conformal_count(config.false_alarm_rate)
+
+
+def trains_final_model(config: PRNConfig, left_out: Sequence[Sequence[int]], tile_count: int = 0) -> bool:
     """Whether :func:`fit` also trains the final model on all normal images (``final_model``):
-    never without calibration (``left_out`` from :func:`calibration_folds` empty); with
-    "held-back" when one held-back set calibrates; with "large" also when the normal images,
-    cut into ``tile_count`` training tiles (``tile_aspect``), are as many tiles as a held-back
-    set would need images (so a cross-fitted set of long images counts as large)."""
+    never without calibration; "held-back" when one held-back set calibrates; "large" (the
+    default) when the set is :func:`large_set`; "always" whenever it calibrates."""
     if not any(left_out) or config.final_model == "never":
         return False
-    held_back = len(left_out) == 1
-    if config.final_model == "always" or (config.final_model == "held-back" and held_back):
-        return True
-    if config.final_model != "large":
-        return False
-    return held_back or held_out_count(tile_count, config.calibration_fraction) >= conformal_count(config.false_alarm_rate)
+    if config.final_model == "held-back":
+        return len(left_out) == 1
+    return config.final_model == "always" or large_set(config, left_out, tile_count)
 
 
 SMALL_SET_EPOCHS = 16
 LARGE_SET_EPOCHS = 32
 
 
-def epochs_for(config: PRNConfig, left_out: Sequence[Sequence[int]]) -> int:
-    """``config.epochs``, or when it is None: :data:`LARGE_SET_EPOCHS` when the normal set
-    is large enough for one held-back calibration set (``left_out`` from
-    :func:`calibration_folds` is one non-empty set), else :data:`SMALL_SET_EPOCHS`. On the shared
-    development data longer training raised pixel AP on the two large normal sets and lowered it
-    on a small one (docs/PRN_VARIANTS.md)."""
+def epochs_for(config: PRNConfig, left_out: Sequence[Sequence[int]], tile_count: int = 0) -> int:
+    """``config.epochs``, or when it is None: :data:`LARGE_SET_EPOCHS` for a :func:`large_set`
+    (the held-back path, or a cross-fitted set of long images cut into enough tiles), else
+    :data:`SMALL_SET_EPOCHS`. On the shared development data longer training raised pixel AP on
+    the two large normal sets and lowered it on a small one; on the long-strip proxy it raised
+    it again (docs/PRN_VARIANTS.md, docs/PRN_LONG.md)."""
     if config.epochs is not None:
         return config.epochs
-    return LARGE_SET_EPOCHS if len(left_out) == 1 and len(left_out[0]) > 0 else SMALL_SET_EPOCHS
+    return LARGE_SET_EPOCHS if large_set(config, left_out, tile_count) else SMALL_SET_EPOCHS
 
 
 def fit(
@@ -128,7 +134,7 @@ def fit(
 
     samples = max(1, (config.samples_per_epoch or len(tiles_in(trained))) // len(left_out))
     full_samples = max(1, config.samples_per_epoch or len(flat))
-    epochs = epochs_for(config, left_out)
+    epochs = epochs_for(config, left_out, len(flat))
     steps = math.ceil(samples / config.batch_size) * epochs
     total = steps * len(left_out) + (math.ceil(full_samples / config.batch_size) * epochs if with_final else 0)
     checkpoint = Path(checkpoint_dir) if checkpoint_dir is not None else None
