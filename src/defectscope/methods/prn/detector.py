@@ -43,7 +43,7 @@ image scores (split conformal on images no model saw). ``"held-back"`` trains it
 only on the held-back path (186 or more normal images by default); ``"large"`` also when a
 cross-fitted set of long images is cut into 186 or more training tiles (``tile_aspect``;
 :func:`.training.trains_final_model`; on the long-strip proxy, 90 strips in 450 tiles, it raised
-pixel AP from 0.211 / 0.108 to 0.287 / 0.192 at seeds 0 / 1, dev data, docs/PRN_LONG.md);
+pixel AP from 0.211 / 0.108 to 0.287 / 0.192 at seeds 0 / 1 at 16 epochs, dev data, docs/PRN_LONG.md);
 ``"always"`` whenever it calibrates, ``"never"`` not at all. The final model trains on the full
 samples per epoch, so training takes about twice as long. Measured
 (docs/PRN.md, thin cracks of the magnetic tiles with 476 normal tiles, two seeds): the model

@@ -52,8 +52,8 @@ def calibration_folds(count: int, config: PRNConfig) -> list[list[int]]:
 def large_set(config: PRNConfig, left_out: Sequence[Sequence[int]], tile_count: int = 0) -> bool:
     """Whether a calibrated normal set counts as large: one held-back set calibrates it
     (``left_out`` from :func:`calibration_folds` is one non-empty set: 186 images or more at the
-    default 10 % and 5 %), or its long images, cut into ``tile_count`` training tiles
-    (``tile_aspect``; 0: not cut), are as many tiles as a held-back set would need images (so a
+    default 10 % and 5 %), or its ``tile_count`` training tiles (``tile_aspect`` cuts long images;
+    an uncut image is one tile) are as many as a held-back set would need images (so a
     cross-fitted set of long images can count as large). Never without calibration."""
     if not any(left_out):
         return False
