@@ -46,6 +46,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import platform
 import sys
 import time
@@ -107,6 +108,18 @@ def with_params(config: PRNConfig, params: list[str]) -> PRNConfig:
     return PRNConfig.from_options({**config.to_json(), **overrides}) if overrides else config
 
 
+def _machine() -> str:
+    """The CPU model, its core count and torch's version: the same commit and seed can differ
+    between machines (1.6 points of pixel AP on the magnetic tiles, docs/PRN_VARIANTS.md)."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            model = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} CPUs, torch {torch.__version__}"
+
+
 def _commit() -> str:
     import subprocess
 
@@ -152,7 +165,7 @@ def suite(args: argparse.Namespace) -> int:
                "test": measured["test"], "test_defective": measured["test_defective"], "calibration": measured["calibration"],
                "threshold": measured["threshold"], "pixel_protocols": measured["pixel_protocols"], "map_size": measured["map_size"],
                "seconds": round(measured["train_seconds"] + measured["predict_seconds"], 1), "commit": _commit(),
-               "overrides": overrides,
+               "machine": _machine(), "overrides": overrides,
                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
         before = stored.get(name, {}).get("pixel_ap")
         problems = []
