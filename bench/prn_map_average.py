@@ -17,10 +17,10 @@ import json
 
 import numpy as np
 
-from defectscope.data import read_mask
 from defectscope.metrics import pixel_metrics
 from defectscope.report.atomic import atomic_write_text
 from defectscope.report.overlay import resize_map
+from prn_maps import test_masks
 
 
 def main() -> None:
@@ -34,16 +34,13 @@ def main() -> None:
         if not np.array_equal(run["paths"], paths):
             parser.error(f"{path} holds other test images than {args.maps[0]} (another seed or category?)")
     shapes, labels = runs[0]["shapes"], runs[0]["labels"]
-    masks = [read_mask(path, tuple(shape)) if label == 1 else np.zeros(tuple(shape), bool)
-             for path, shape, label in zip(runs[0]["mask_paths"], shapes, labels)]
-    maps = [run["maps"] for run in runs]  # read each run's maps once (an npz member is read on every access)
+    masks = test_masks(runs[0]["mask_paths"], shapes, labels)
+    # each run's maps at each image's size, once (an npz member is read again on every access)
+    resized = [[resize_map(m.astype(np.float32), tuple(shape)) for m, shape in zip(run["maps"], shapes)] for run in runs]
+    average = [sum(maps) / len(runs) for maps in zip(*resized)]
     rows = []
-    for name, chosen in [(path, [i]) for i, path in enumerate(args.maps)] + [("average", list(range(len(runs))))]:
-        resized = []
-        for index, shape in enumerate(shapes):
-            total = sum(resize_map(maps[r][index].astype(np.float32), tuple(shape)) for r in chosen)
-            resized.append(total / len(chosen))
-        row = {"maps": name, **pixel_metrics(resized, masks)}
+    for name, maps in [*zip(args.maps, resized), ("average", average)]:
+        row = {"maps": name, **pixel_metrics(maps, masks)}
         rows.append(row)
         print(f"{name}: P-AP {row['pixel_ap']:.3f}  P-AUROC {row['pixel_auroc']:.3f}  AUPRO {row['pixel_aupro']:.3f}", flush=True)
     if args.json:

@@ -57,6 +57,12 @@ def blur(maps: np.ndarray, sigma: float) -> np.ndarray:
     return gaussian_blur(torch.as_tensor(np.asarray(maps, dtype=np.float32)), sigma).numpy()
 
 
+def test_masks(mask_paths, shapes, labels) -> list[np.ndarray]:
+    """Each saved test image's ground-truth mask at its own size (all False for a normal image)."""
+    return [read_mask(path, tuple(shape)) if label == 1 else np.zeros(tuple(shape), bool)
+            for path, shape, label in zip(mask_paths, shapes, labels)]
+
+
 def cut(calibration_scores: np.ndarray, alpha: float) -> Threshold:
     """PRN's rule (detector.threshold) on held-back scores."""
     if calibration_scores.size < conformal_count(alpha):
@@ -96,8 +102,7 @@ def main() -> None:
             parser.error(f"no test image of type {args.only_type!r} in {args.split}")
         maps, verdict_maps, labels, shapes, mask_paths = maps[keep], verdict_maps[keep], labels[keep], shapes[keep], mask_paths[keep]
     size = maps.shape[-1]
-    masks = [read_mask(path, tuple(shape)) if label == 1 else np.zeros(tuple(shape), bool)
-             for path, shape, label in zip(mask_paths, shapes, labels)]
+    masks = test_masks(mask_paths, shapes, labels)
     if args.at == "map":
         from defectscope.pipeline import _mask_at
 
