@@ -456,6 +456,22 @@ def test_models_saved_before_map_models_keep_the_final_models_maps():
     assert PRNConfig.from_dict(PRNConfig().to_json()).map_models == "all"
 
 
+def test_seen_share_trains_on_the_labelled_images_and_reads_back(task):
+    """``seen_share`` reaches training (a different model from the pasted-only one at the same
+    seed), is bounded to [0, 1], and files written before it existed read back as 0."""
+    normals, anomalies, _ = task
+    config = tiny_config(epochs=1, samples_per_epoch=16, calibration_fraction=0.0)
+    pasted = PRN(config, backbone=FakeBackbone()).fit(normals, anomalies)
+    seen = PRN(replace(config, seen_share=1.0), backbone=FakeBackbone()).fit(normals, anomalies)
+    assert pasted.losses != seen.losses
+    with pytest.raises(ConfigError, match="seen_share"):
+        tiny_config(seen_share=1.5)
+    data = replace(config, seen_share=0.5).to_json()
+    assert PRNConfig.from_dict(data).seen_share == 0.5
+    data.pop("seen_share")
+    assert PRNConfig.from_dict(data).seen_share == 0.0
+
+
 def _never_normal_with_a_mask(result) -> None:
     outlined = result.masks.reshape(len(result.paths), -1).any(axis=1)
     words = result.verdicts()

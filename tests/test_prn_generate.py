@@ -206,3 +206,26 @@ def test_relative_paste_keeps_a_faint_defect_faint_on_another_exposure():
     assert np.all(np.abs(rel_image[rel_mask].astype(int) - 56) <= 1)
     assert np.all(abs_image[abs_mask] >= 180)
     assert np.array_equal(rel_image[~rel_mask], target[~rel_mask])
+
+
+def test_seen_share_gives_the_labelled_image_itself_mirrored():
+    """``seen_share=1``: every real-defect sample is the labelled image itself (at the generator's
+    size), mirrored at random, with its own mask mirrored the same way; never the normal image it
+    was drawn for. ``seen_share=0`` draws exactly what the generator drew before the setting."""
+    image, mask = _defect()
+    normals = [_texture(i) for i in range(3)]
+    seen = AnomalyGenerator(normals, [(image, mask)], image_size=SIZE, seen_share=1.0)
+    views = {(False, False): (image, mask), (True, False): (image[:, ::-1], mask[:, ::-1]),
+             (False, True): (image[::-1], mask[::-1]), (True, True): (image[::-1, ::-1], mask[::-1, ::-1])}
+    found = set()
+    for s in range(16):
+        sample = seen.make(1, "real", np.random.default_rng(s))
+        match = [key for key, (view, view_mask) in views.items()
+                 if np.array_equal(sample.image, view) and np.array_equal(sample.mask, view_mask)]
+        assert len(match) == 1 and sample.kind == "real"
+        found.add(match[0])
+    assert len(found) >= 3  # the flips are random, not fixed
+    pasted = AnomalyGenerator(normals, [(image, mask)], image_size=SIZE, seen_share=0.0).make(1, "real", np.random.default_rng(5))
+    before = AnomalyGenerator(normals, [(image, mask)], image_size=SIZE).make(1, "real", np.random.default_rng(5))
+    assert np.array_equal(pasted.image, before.image) and np.array_equal(pasted.mask, before.mask)
+    assert not any(np.array_equal(pasted.image, view) for view, _ in views.values())

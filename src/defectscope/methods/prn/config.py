@@ -73,6 +73,10 @@ class PRNConfig(MethodConfig):
         paste_level: how a real defect's grey levels are pasted (:func:`.generate.paste_real_defect`):
             "absolute" (its own levels, brightness jitter +-15) or "relative" (its difference to
             its own surroundings, added to the target's level around the paste).
+        seen_share: share of the real-defect samples (the ``shares``' second entry) that are a
+            labelled defective image itself, mirrored at random (:func:`.generate.flipped_defect`),
+            instead of its defect cut out and pasted onto a normal image; 0: pasted only (the
+            behaviour before 2026-12-06, and of models saved before the setting existed).
         seed: seed for prototypes, initialisation, sampling and generation.
         calibration_fraction: share of the normal images held back from training to calibrate
             the verdict (none when there are fewer than 10 normal images).
@@ -126,6 +130,7 @@ class PRNConfig(MethodConfig):
     shares: tuple[float, float, float] = setting((0.5, 0.25, 0.25), at_least=0.0)
     pseudo_families: tuple[str, ...] = setting(("perlin", "thin"), choices=PSEUDO_FAMILIES)
     paste_level: str = setting("absolute", choices=PASTE_LEVELS)
+    seen_share: float = setting(0.0, at_least=0.0, at_most=1.0)
     seed: int = 0
     calibration_fraction: float = setting(0.1, at_least=0.0, below=1.0)
     cross_fit_folds: int = 3
@@ -152,8 +157,9 @@ class PRNConfig(MethodConfig):
         load with ``smoothing_sigma = 0`` (their maps and calibration had none), files from before
         ``map_models`` with ``"final"`` (their maps were the final model's alone), files from before
         ``paste_level`` with ``"absolute"`` (the only paste there was), files from before ``map_flips``
-        with ``"none"`` (no flips), files from before ``tile_aspect`` with 0 (no tiles)."""
-        older = {"smoothing_sigma": 0.0, "map_models": "final", "paste_level": "absolute", "map_flips": "none", "tile_aspect": 0.0}
+        with ``"none"`` (no flips), files from before ``tile_aspect`` with 0 (no tiles), files from
+        before ``seen_share`` with 0 (pasted real defects only)."""
+        older = {"smoothing_sigma": 0.0, "map_models": "final", "paste_level": "absolute", "map_flips": "none", "tile_aspect": 0.0, "seen_share": 0.0}
         values = {**older, **{RENAMED.get(key, key): value for key, value in values.items()}}
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)

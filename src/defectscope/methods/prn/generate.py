@@ -217,6 +217,22 @@ def paste_real_defect(
     return output, pasted
 
 
+def flipped_defect(
+    defect_image: np.ndarray, defect_mask: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """A labelled defective image itself as a training sample, mirrored left-right and up-down
+    at random (each with probability 1/2); -> (image, mask), copies. The whole image keeps the
+    defect's true surroundings, which a paste onto another normal image does not (a faint
+    region is faint against its own image, not against another exposure). No rotation: an image
+    squashed to a square would come out with its squash turned."""
+    image, mask = np.asarray(defect_image), np.asarray(defect_mask).astype(bool)
+    if rng.random() < 0.5:
+        image, mask = image[:, ::-1], mask[:, ::-1]
+    if rng.random() < 0.5:
+        image, mask = image[::-1], mask[::-1]
+    return np.ascontiguousarray(image), np.ascontiguousarray(mask)
+
+
 def procedural_texture(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
     """A random RGB uint8 texture: coloured fractal noise, stripes, checks or speckle."""
     height, width = shape
@@ -539,10 +555,12 @@ class AnomalyGenerator:
         image_size: int,
         families: Sequence[str] = ("perlin",),
         paste_level: str = "absolute",
+        seen_share: float = 0.0,
     ) -> None:
         shape = (image_size, image_size)
         self.families = tuple(families)
         self.paste_level = paste_level
+        self.seen_share = float(seen_share)
         self.normals = [_resize(_as_rgb(np.asarray(image)), shape) for image in normal_images]
         self.anomalies = [
             (_resize(_as_rgb(np.asarray(image)), shape), _resize(np.asarray(mask).astype(bool), shape))
@@ -564,6 +582,10 @@ class AnomalyGenerator:
             return GeneratedSample(normal, np.zeros(normal.shape[:2], dtype=bool), kind, 0.0)
         if kind == "real" and self.anomalies:
             image, mask = self.anomalies[int(rng.integers(len(self.anomalies)))]
+            # No draw when seen_share is 0, so the default streams stay those of before the setting.
+            if self.seen_share > 0 and rng.random() < self.seen_share:
+                seen, seen_mask = flipped_defect(image, mask, rng)
+                return GeneratedSample(seen, seen_mask, "real", 1.0)
             pasted, pasted_mask = paste_real_defect(normal, image, mask, rng, foreground=self.foreground(index), level=self.paste_level)
             return GeneratedSample(pasted, pasted_mask, "real", 1.0)
         others = [self.normals[int(i)] for i in rng.integers(len(self.normals), size=min(4, len(self.normals)))]

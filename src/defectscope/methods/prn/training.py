@@ -189,7 +189,8 @@ def train_head(
     config = detector.config
     report, steps_before, steps_in_all = progress
     generator = AnomalyGenerator(
-        normal_images, anomalies, image_size=config.image_size, families=config.pseudo_families, paste_level=config.paste_level
+        normal_images, anomalies, image_size=config.image_size, families=config.pseudo_families, paste_level=config.paste_level,
+        seen_share=config.seen_share,
     )
     count = len(generator.normals)
     scales = [torch.stack([f[s] for f in normal_features]) for s in range(len(normal_features[0]))]
