@@ -108,9 +108,12 @@ def planted(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
 
 
 def tiny_config(**overrides) -> PRNConfig:
+    # seen_share 0: in 6 short epochs the tiny heads learn the planted squares only from pastes
+    # at new places (half the real samples as the three whole images leave them undecided);
+    # test_seen_share_... trains the whole images longer.
     values = dict(
         backbone="fake", image_size=SIZE, widths=(8, 8, 8), epochs=6, samples_per_epoch=32,
-        batch_size=8, learning_rate=1e-2, top_k=20, max_prototypes=4, seed=0,
+        batch_size=8, learning_rate=1e-2, top_k=20, max_prototypes=4, seed=0, seen_share=0.0,
     )
     values.update(overrides)
     return PRNConfig(**values)
@@ -458,12 +461,20 @@ def test_models_saved_before_map_models_keep_the_final_models_maps():
 
 def test_seen_share_trains_on_the_labelled_images_and_reads_back(task):
     """``seen_share`` reaches training (a different model from the pasted-only one at the same
-    seed), is bounded to [0, 1], and files written before it existed read back as 0."""
-    normals, anomalies, _ = task
+    seed), a model trained on the labelled images whole (no pastes) flags the planted test squares
+    where they are, it is bounded to [0, 1] (default 0.5), and files written before it existed
+    read back as 0."""
+    normals, anomalies, tests = task
+    assert PRNConfig().seen_share == 0.5
     config = tiny_config(epochs=1, samples_per_epoch=16, calibration_fraction=0.0)
     pasted = PRN(config, backbone=FakeBackbone()).fit(normals, anomalies)
     seen = PRN(replace(config, seen_share=1.0), backbone=FakeBackbone()).fit(normals, anomalies)
     assert pasted.losses != seen.losses
+    whole = PRN(tiny_config(cross_fit_folds=0, final_model="never", seen_share=1.0, epochs=12), backbone=FakeBackbone())
+    result = whole.fit(normals, anomalies).predict([image for image, _ in tests])
+    assert result.is_anomalous.all()
+    for anomaly_map, (_, mask) in zip(result.anomaly_maps, tests):
+        assert anomaly_map[mask].mean() > anomaly_map[~mask].mean() + 0.1
     with pytest.raises(ConfigError, match="seen_share"):
         tiny_config(seen_share=1.5)
     data = replace(config, seen_share=0.5).to_json()
