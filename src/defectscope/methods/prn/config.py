@@ -63,7 +63,7 @@ class PRNConfig(MethodConfig):
             image scores, masks, the verdict statistic and its calibration, ONNX export. Fixed at
             training (the calibration scores depend on it); models saved before it existed load
             with 0.
-        shares: (normal, real pasted, pseudo) share of each epoch's samples.
+        shares: (normal, real, pseudo) share of each epoch's samples (real: see ``seen_share``).
         pseudo_families: pseudo-defect families drawn uniformly for each pseudo sample
             (:func:`.generate.pseudo_defect`): "perlin", "thin", "stain", "missing", "uneven" (a name
             listed twice is drawn twice as often). Default

@@ -1,4 +1,5 @@
-"""Anomaly generation for PRN training: real defects pasted on normal images, and pseudo defects.
+"""Anomaly generation for PRN training: real defects (the labelled images themselves, or their
+defects pasted on normal images) and pseudo defects.
 
 All functions work on RGB uint8 images (H, W, 3) that are already at the training size, take a
 ``numpy.random.Generator`` for every random choice (so a seed fixes the output), and return the
@@ -9,6 +10,8 @@ exact mask of the pixels they changed.
   normal image, centred on a foreground pixel and clipped to the foreground. The returned mask
   is exactly the set of pasted pixels: outside it the image is unchanged, inside it every pixel
   is the defect's pixel.
+* :func:`flipped_defect` gives a labelled defective image itself, mirrored at random, with its
+  own mask (``AnomalyGenerator``'s ``seen_share`` of the real-defect samples).
 * :func:`pseudo_defect` thresholds seeded Perlin noise into a mask and alpha-blends a procedural
   texture or a shifted, rotated patch of another normal image into it, with one alpha in
   [0.5, 1] per defect: inside the mask ``out = round((1 - alpha) * image + alpha * texture)``,

@@ -1,8 +1,9 @@
 """Training PRN: the fold plan, cached features, one head per model (seeded, resumable).
 
 Training data: normal images plus a few real defective images with masks. Every epoch draws
-``samples_per_epoch`` samples balanced as ``shares`` (default 50 % normal, 25 % real defects
-pasted onto normal images, 25 % Perlin pseudo defects; see :mod:`.generate`). Backbone features of
+``samples_per_epoch`` samples balanced as ``shares`` (default 50 % normal, 25 % real defects:
+half the labelled images themselves, half pasted onto normal images (``seen_share``), 25 %
+pseudo defects; see :mod:`.generate`). Backbone features of
 the normal images are computed once and cached (float16); only generated images go through the
 frozen backbone during training. Randomness of epoch ``e`` comes from the seed pair
 ``(seed, e)``, so a run resumed from a checkpoint continues exactly as an uninterrupted one.
