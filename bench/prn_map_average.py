@@ -19,8 +19,7 @@ import numpy as np
 
 from defectscope.metrics import pixel_metrics
 from defectscope.report.atomic import atomic_write_text
-from defectscope.report.overlay import resize_map
-from prn_maps import test_masks
+from prn_maps import at_image_size, test_masks
 
 
 def main() -> None:
@@ -36,7 +35,7 @@ def main() -> None:
     shapes, labels = runs[0]["shapes"], runs[0]["labels"]
     masks = test_masks(runs[0]["mask_paths"], shapes, labels)
     # each run's maps at each image's size, once (an npz member is read again on every access)
-    resized = [[resize_map(m.astype(np.float32), tuple(shape)) for m, shape in zip(run["maps"], shapes)] for run in runs]
+    resized = [at_image_size(run["maps"], shapes) for run in runs]
     average = [sum(maps) / len(runs) for maps in zip(*resized)]
     rows = []
     for name, maps in [*zip(args.maps, resized), ("average", average)]:

@@ -63,6 +63,11 @@ def test_masks(mask_paths, shapes, labels) -> list[np.ndarray]:
             for path, shape, label in zip(mask_paths, shapes, labels)]
 
 
+def at_image_size(maps, shapes) -> list[np.ndarray]:
+    """Each map resized (bilinear) to its test image's own size: the benchmark's image protocol."""
+    return [resize_map(np.asarray(m, dtype=np.float32), tuple(shape)) for m, shape in zip(maps, shapes)]
+
+
 def cut(calibration_scores: np.ndarray, alpha: float) -> Threshold:
     """PRN's rule (detector.threshold) on held-back scores."""
     if calibration_scores.size < conformal_count(alpha):
@@ -121,7 +126,7 @@ def main() -> None:
             row: dict = {"place": place, "sigma": sigma}
             if place == "map":
                 blurred = blur(maps, sigma)
-                resized = list(blurred) if args.at == "map" else [resize_map(m, tuple(s)) for m, s in zip(blurred, shapes)]
+                resized = list(blurred) if args.at == "map" else at_image_size(blurred, shapes)
                 scores = top_k(blurred, k)
                 threshold = cut(top_k(blur(calibration, sigma), k), args.false_alarm_rate) if len(calibration) else None
                 statistic = top_k(blur(verdict_maps, sigma), k)

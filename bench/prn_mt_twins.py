@@ -25,9 +25,8 @@ import numpy as np
 from PIL import Image
 
 from defectscope.metrics import pixel_metrics
-from defectscope.report.overlay import resize_map
 
-from prn_maps import test_masks
+from prn_maps import at_image_size, test_masks
 from prn_mt_split import defect_type
 
 
@@ -38,21 +37,23 @@ def number(path: Path) -> int:
 def twinned(test_paths: list[str], num_gap: int, size_gap: int) -> set[str]:
     """The defective test paths with a twin among their class's images outside the test set."""
     tested = {str(Path(p).resolve()) for p in test_paths}
+    outside: dict[Path, list[tuple[int, tuple[int, int]]]] = {}  # class folder -> (N, size) of its training images
+
+    def training(folder: Path) -> list[tuple[int, tuple[int, int]]]:
+        if folder not in outside:
+            outside[folder] = [(number(other), Image.open(other).size) for other in sorted(folder.glob("*.jpg"))
+                               if str(other.resolve()) not in tested]
+        return outside[folder]
+
     out = set()
     for path in test_paths:
-        kind = defect_type(path)
-        if kind is None:
+        if defect_type(path) is None:
             continue
         here = Path(path)
-        width, height = Image.open(here).size
-        for other in sorted(here.parent.glob("*.jpg")):
-            if str(other.resolve()) in tested:
-                continue
-            other_width, other_height = Image.open(other).size
-            if (abs(number(other) - number(here)) < num_gap and abs(other_width - width) <= size_gap
-                    and abs(other_height - height) <= size_gap):
-                out.add(path)
-                break
+        (width, height), n = Image.open(here).size, number(here)
+        if any(abs(other_n - n) < num_gap and abs(other_width - width) <= size_gap and abs(other_height - height) <= size_gap
+               for other_n, (other_width, other_height) in training(here.parent)):
+            out.add(path)
     return out
 
 
@@ -68,7 +69,7 @@ def main() -> None:
         twins = twinned(paths, args.num_gap, args.size_gap)
         keep = np.array([p not in twins for p in paths])
         masks = test_masks(saved["mask_paths"], saved["shapes"], saved["labels"])
-        maps = [resize_map(m.astype(np.float32), tuple(s)) for m, s in zip(saved["maps"], saved["shapes"])]
+        maps = at_image_size(saved["maps"], saved["shapes"])
         every = pixel_metrics(maps, masks)
         kept = pixel_metrics([m for m, k in zip(maps, keep) if k], [m for m, k in zip(masks, keep) if k])
         defective = int(saved["labels"].sum())

@@ -173,10 +173,7 @@ def paste_real_defect(
     ys, xs = np.nonzero(mask)
     patch = source[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
     patch_mask = mask[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
-    if rng.random() < 0.5:
-        patch, patch_mask = patch[:, ::-1], patch_mask[:, ::-1]
-    if rng.random() < 0.5:
-        patch, patch_mask = patch[::-1], patch_mask[::-1]
+    patch, patch_mask = flipped_defect(patch, patch_mask, rng)
     turns = int(rng.integers(4))
     patch, patch_mask = np.rot90(patch, turns), np.rot90(patch_mask, turns)
     scale = float(rng.uniform(0.75, 1.25))
@@ -223,11 +220,12 @@ def paste_real_defect(
 def flipped_defect(
     defect_image: np.ndarray, defect_mask: np.ndarray, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
-    """A labelled defective image itself as a training sample, mirrored left-right and up-down
-    at random (each with probability 1/2); -> (image, mask), copies. The whole image keeps the
-    defect's true surroundings, which a paste onto another normal image does not (a faint
-    region is faint against its own image, not against another exposure). No rotation: an image
-    squashed to a square would come out with its squash turned."""
+    """A defective image and its mask mirrored left-right and up-down at random (each with
+    probability 1/2, in that order); -> (image, mask), copies. Used whole, a labelled image keeps
+    the defect's true surroundings, which a paste onto another normal image does not (a faint
+    region is faint against its own image, not against another exposure); no rotation then, as
+    an image squashed to a square would come out with its squash turned. :func:`paste_real_defect`
+    mirrors its cut-out patch with it too (and rotates that)."""
     image, mask = np.asarray(defect_image), np.asarray(defect_mask).astype(bool)
     if rng.random() < 0.5:
         image, mask = image[:, ::-1], mask[:, ::-1]
